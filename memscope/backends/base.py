@@ -1,0 +1,207 @@
+"""The backend interface and the registry of backends.
+
+Everything device-specific in memscope sits behind :class:`DeviceBackend`. A backend is one
+module in this package that defines a subclass and decorates it with :func:`register_backend`;
+the package imports every such module, so adding a backend touches one file.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import torch
+
+from memscope.exceptions import DeviceUnavailableError
+
+__all__ = [
+    "DeviceBackend",
+    "MemoryReading",
+    "available_devices",
+    "create_backend",
+    "detect_device",
+    "register_backend",
+    "registered_backends",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryReading:
+    """Raw memory figures of one device, in bytes; ``None`` where the device cannot tell.
+
+    ``used`` is what the device cannot give this process's next allocation, and ``total`` is
+    the capacity that usage is measured against. The other figures are for reports.
+    """
+
+    allocated: int | None = None
+    reserved: int | None = None
+    free: int | None = None
+    total: int | None = None
+    used: int | None = None
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+
+    @classmethod
+    def from_caching_allocator(
+        cls,
+        *,
+        free: int,
+        total: int,
+        allocated: int,
+        reserved: int,
+        peak_allocated: int | None = None,
+        peak_reserved: int | None = None,
+    ) -> MemoryReading:
+        """Build a reading for a device whose memory torch manages with a caching allocator.
+
+        The driver's ``free`` does not count blocks that torch has cached but no tensor uses,
+        yet the next allocation will reuse them, so they count as available. Memory held by
+        other processes counts as used, because this process cannot have it.
+        """
+        cached_but_free = max(reserved - allocated, 0)
+        return cls(
+            allocated=allocated,
+            reserved=reserved,
+            free=free,
+            total=total,
+            used=total - free - cached_but_free,
+            peak_allocated=peak_allocated,
+            peak_reserved=peak_reserved,
+        )
+
+
+class DeviceBackend(abc.ABC):
+    """How memscope talks to one kind of device.
+
+    A backend instance is bound to one concrete device (``index`` is ``None`` for devices
+    that have no index, such as the CPU). Class-level methods answer questions about the
+    device type as a whole; they must not allocate memory on the device.
+    """
+
+    device_type: ClassVar[str]
+    """The ``torch.device`` type this backend serves, such as ``"cuda"``."""
+
+    detection_priority: ClassVar[int]
+    """Auto-detection tries backends in ascending order of this number."""
+
+    def __init__(self, index: int | None) -> None:
+        self.index = index
+
+    @property
+    def device(self) -> torch.device:
+        """The concrete device this backend queries."""
+        if self.index is None:
+            return torch.device(self.detected_type())
+        return torch.device(self.detected_type(), self.index)
+
+    @classmethod
+    def detected_type(cls) -> str:
+        """The device type as torch names it; fixed for most backends."""
+        return cls.device_type
+
+    @classmethod
+    def handles(cls, device_type: str) -> bool:
+        """Whether this backend serves devices of ``device_type``."""
+        return device_type == cls.device_type
+
+    @classmethod
+    @abc.abstractmethod
+    def is_available(cls) -> bool:
+        """Whether at least one device of this type is usable in this process."""
+
+    @classmethod
+    def device_count(cls) -> int:
+        """How many devices of this type this process can use."""
+        return 1 if cls.is_available() else 0
+
+    @classmethod
+    def default_index(cls) -> int | None:
+        """The index to use when the caller names the type without an index."""
+        return None
+
+    @classmethod
+    def indexed(cls) -> bool:
+        """Whether devices of this type are addressed by an index (``cuda:1``)."""
+        return cls.default_index() is not None
+
+    @abc.abstractmethod
+    def empty_cache(self) -> None:
+        """Return memory that torch caches but no tensor uses to the device."""
+
+    @abc.abstractmethod
+    def read_memory(self) -> MemoryReading:
+        """Read the device's memory figures now."""
+
+    def reset_peak_memory_stats(self) -> None:
+        """Start peak figures afresh; a no-op where the device keeps none."""
+        return None
+
+
+BackendClass = TypeVar("BackendClass", bound=type[DeviceBackend])
+
+_BACKENDS: list[type[DeviceBackend]] = []
+
+
+def register_backend(backend: BackendClass) -> BackendClass:
+    """Class decorator that makes a backend known to memscope."""
+    _BACKENDS.append(backend)
+    _BACKENDS.sort(key=lambda registered: registered.detection_priority)
+    return backend
+
+
+def registered_backends() -> tuple[type[DeviceBackend], ...]:
+    """The registered backends, in auto-detection order."""
+    return tuple(_BACKENDS)
+
+
+def _backend_class_for(device_type: str) -> type[DeviceBackend] | None:
+    for backend in _BACKENDS:
+        if backend.handles(device_type):
+            return backend
+    return None
+
+
+def available_devices() -> list[str]:
+    """Every device this process can use, as strings such as ``"cuda:0"`` or ``"cpu"``."""
+    names: list[str] = []
+    for backend in _BACKENDS:
+        if not backend.is_available():
+            continue
+        if backend.indexed():
+            device_type = backend.detected_type()
+            names.extend(f"{device_type}:{index}" for index in range(backend.device_count()))
+        else:
+            names.append(backend.detected_type())
+    return names
+
+
+def detect_device() -> torch.device:
+    """The device auto-detection picks: the first available backend in priority order."""
+    for backend in _BACKENDS:
+        if backend.is_available():
+            return torch.device(backend.detected_type())
+    # The CPU backend is always available, so this only happens with a broken registry.
+    raise DeviceUnavailableError("no memscope backend reports an available device")
+
+
+def _unavailable(device: object, reason: str) -> DeviceUnavailableError:
+    available = ", ".join(available_devices()) or "none"
+    return DeviceUnavailableError(f"device {device!r} {reason}; available devices: {available}")
+
+
+def create_backend(device: torch.device) -> DeviceBackend:
+    """The backend bound to ``device``, after checking that the device is really there."""
+    backend_class = _backend_class_for(device.type)
+    if backend_class is None or not backend_class.is_available():
+        raise _unavailable(str(device), "is not available on this machine")
+    index: int | None = device.index
+    if index is None:
+        index = backend_class.default_index()
+    elif not backend_class.indexed():
+        if index != 0:
+            raise _unavailable(str(device), "has no device with that index")
+        index = None
+    elif index >= backend_class.device_count():
+        raise _unavailable(str(device), "has no device with that index")
+    return backend_class(index)

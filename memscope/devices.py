@@ -1,0 +1,50 @@
+"""Turning what a caller passes as ``device`` into a device memscope can query."""
+
+from __future__ import annotations
+
+import torch
+
+from memscope.backends import DeviceBackend, create_backend, detect_device
+from memscope.backends.base import available_devices
+from memscope.exceptions import DeviceUnavailableError, InvalidArgumentTypeError
+
+__all__ = ["DeviceLike", "as_torch_device", "resolve_device"]
+
+DeviceLike = torch.device | str | int | None
+"""What memscope accepts as a device: a ``torch.device``, ``"cuda:1"``, a CUDA index, or
+``None`` for auto-detection (CUDA, then MPS, then another accelerator, then the CPU)."""
+
+
+def as_torch_device(device: DeviceLike) -> torch.device:
+    """The ``torch.device`` the caller means, without checking that it is present."""
+    if device is None:
+        return detect_device()
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, bool):
+        raise InvalidArgumentTypeError(f"device must not be a bool, got {device!r}")
+    if isinstance(device, int):
+        if device < 0:
+            raise DeviceUnavailableError(
+                f"device index must be >= 0, got {device!r}; "
+                f"available devices: {', '.join(available_devices())}"
+            )
+        return torch.device("cuda", device)
+    if isinstance(device, str):
+        try:
+            return torch.device(device)
+        except (RuntimeError, ValueError) as error:
+            raise DeviceUnavailableError(
+                f"device {device!r} is not a device torch knows ({error}); "
+                f"available devices: {', '.join(available_devices())}"
+            ) from None
+    raise InvalidArgumentTypeError(
+        "device must be a torch.device, a str such as 'cuda:1', an int CUDA index or None, "
+        f"got {device!r} of type {type(device).__name__}"
+    )
+
+
+def resolve_device(device: DeviceLike) -> tuple[torch.device, DeviceBackend]:
+    """The caller's device and the backend bound to the concrete device behind it."""
+    torch_device = as_torch_device(device)
+    return torch_device, create_backend(torch_device)

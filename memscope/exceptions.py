@@ -1,0 +1,37 @@
+"""The exceptions memscope raises.
+
+Every error memscope raises on its own account derives from :class:`MemscopeError`, so one
+``except MemscopeError`` catches them all. Errors about bad arguments also derive from the
+built-in class a caller would expect (``ValueError`` or ``TypeError``), so code written against
+the seed ``MemoryManager`` keeps catching what it caught before.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeviceUnavailableError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "MemoryFiguresUnavailableError",
+    "MemscopeError",
+]
+
+
+class MemscopeError(Exception):
+    """Base class of every error memscope raises on its own account."""
+
+
+class InvalidArgumentError(MemscopeError, ValueError):
+    """An argument has the right type but a value memscope cannot use."""
+
+
+class InvalidArgumentTypeError(MemscopeError, TypeError):
+    """An argument has a type memscope cannot use."""
+
+
+class DeviceUnavailableError(MemscopeError, ValueError):
+    """The requested device is not a device, or is not present on this machine."""
+
+
+class MemoryFiguresUnavailableError(MemscopeError):
+    """The device does not report the memory figures an operation needs."""

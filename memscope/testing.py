@@ -1,0 +1,304 @@
+"""Test memory-managed code without a GPU.
+
+:class:`FakeDevice` stands in for a CUDA, MPS or other accelerator device: while it is
+active, the torch functions memscope's backends call are replaced by recording fakes that
+answer from figures you set, so a test can assert both what memscope asked torch and what
+it made of the answers::
+
+    from memscope import MemoryManager
+    from memscope.testing import FakeDevice, GiB
+
+    def test_collects_when_memory_is_tight():
+        with FakeDevice("cuda", total=8 * GiB) as fake:
+            fake.set_memory(allocated=7 * GiB, reserved=7 * GiB)
+            manager = MemoryManager("cuda", memory_threshold=0.8)
+            assert manager.trigger_gc_if_needed() is True
+            assert fake.count("torch.cuda.empty_cache") == 1
+
+The fake patches module attributes of ``torch`` for the whole process, so it is not safe to
+use from tests that run in parallel threads.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = ["FakeCall", "FakeDevice", "FakeMemory", "GiB", "MiB"]
+
+MiB = 1024**2
+GiB = 1024**3
+
+_MISSING = object()
+
+
+class FakeCall(NamedTuple):
+    """One call of a faked torch function, such as ``("torch.cuda.mem_get_info", (1,))``."""
+
+    function: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass
+class FakeMemory:
+    """The memory of one fake device, in bytes.
+
+    ``reserved`` is what torch's caching allocator holds (live tensors plus cache),
+    ``other_processes`` what other processes hold; the driver's free memory is what is left.
+    """
+
+    total: int
+    allocated: int = 0
+    reserved: int = 0
+    other_processes: int = 0
+    peak_allocated: int = 0
+    peak_reserved: int = 0
+    scripted_usage: deque[float] = field(default_factory=deque)
+
+    @property
+    def free(self) -> int:
+        return max(self.total - self.reserved - self.other_processes, 0)
+
+    def update_peaks(self) -> None:
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+
+    def apply_next_scripted_usage(self) -> None:
+        # A scripted usage is realised as live tensors, so every backend's formula gives it.
+        if self.scripted_usage:
+            usage = self.scripted_usage.popleft()
+            self.allocated = self.reserved = round(usage * self.total)
+            self.other_processes = 0
+            self.update_peaks()
+
+
+class FakeDevice:
+    """A scripted fake device whose torch functions record every call.
+
+    Args:
+        device_type: ``"cuda"``, ``"mps"``, or any other accelerator type (``"xpu"``,
+            ``"npu"``, ...), which is faked through ``torch.accelerator``.
+        device_count: how many devices of the type exist (MPS always has one).
+        total: each device's capacity in bytes; for MPS, Metal's recommended working set.
+        current_device: the index torch reports as the current device.
+        recommended_max_memory: MPS only; ``False`` fakes a torch without
+            ``torch.mps.recommended_max_memory`` to exercise the fallback.
+    """
+
+    def __init__(
+        self,
+        device_type: str = "cuda",
+        *,
+        device_count: int = 1,
+        total: int = 16 * GiB,
+        current_device: int = 0,
+        recommended_max_memory: bool = True,
+    ) -> None:
+        if device_type == "cpu":
+            raise ValueError("device_type 'cpu' needs no fake: the CPU is always there")
+        self.device_type = device_type
+        self.device_count = 1 if device_type == "mps" else device_count
+        self.current_device = current_device
+        self.recommended_max_memory = recommended_max_memory
+        self.memory = [FakeMemory(total=total) for _ in range(self.device_count)]
+        self.calls: list[FakeCall] = []
+        self._failures: dict[str, BaseException] = {}
+        self._saved: list[tuple[object, str, object]] = []
+
+    # Setting figures -------------------------------------------------------------------
+
+    def set_memory(
+        self,
+        index: int = 0,
+        *,
+        allocated: int | None = None,
+        reserved: int | None = None,
+        other_processes: int | None = None,
+        total: int | None = None,
+    ) -> None:
+        """Set one device's figures; ``reserved`` defaults to at least ``allocated``."""
+        memory = self.memory[index]
+        if total is not None:
+            memory.total = total
+        if allocated is not None:
+            memory.allocated = allocated
+            memory.reserved = max(memory.reserved, allocated)
+        if reserved is not None:
+            memory.reserved = reserved
+        if other_processes is not None:
+            memory.other_processes = other_processes
+        memory.update_peaks()
+
+    def set_usage(self, usage: float, index: int = 0) -> None:
+        """Make the device report ``usage`` (a fraction), held by live tensors."""
+        self.set_memory(index, allocated=round(usage * self.memory[index].total))
+        self.memory[index].reserved = self.memory[index].allocated
+        self.memory[index].other_processes = 0
+
+    def script_usage(self, usages: Iterable[float], index: int = 0) -> None:
+        """Queue usages that successive memory readings report, one per reading.
+
+        A reading is the call of the function that starts a backend's query
+        (``mem_get_info`` for CUDA and accelerators, ``driver_allocated_memory`` for MPS).
+        When the queue runs out, the last figures stay.
+        """
+        self.memory[index].scripted_usage.extend(usages)
+
+    def fail(self, function: str, error: BaseException) -> None:
+        """Make the faked ``function`` (a full name, ``"torch.cuda.mem_get_info"``) raise."""
+        self._failures[function] = error
+
+    def clear_failures(self) -> None:
+        """Make every faked function answer normally again."""
+        self._failures.clear()
+
+    # Reading what happened --------------------------------------------------------------
+
+    def count(self, function: str) -> int:
+        """How often the faked ``function`` (full name) was called."""
+        return sum(1 for call in self.calls if call.function == function)
+
+    def calls_to(self, function: str) -> list[FakeCall]:
+        """The calls of the faked ``function`` (full name), in order."""
+        return [call for call in self.calls if call.function == function]
+
+    # Activation -------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeDevice:
+        for module, name, fake in self._fakes():
+            self._saved.append((module, name, getattr(module, name, _MISSING)))
+            if fake is _MISSING:
+                if hasattr(module, name):
+                    delattr(module, name)
+            else:
+                setattr(module, name, fake)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        while self._saved:
+            module, name, original = self._saved.pop()
+            if original is _MISSING:
+                if hasattr(module, name):
+                    delattr(module, name)
+            else:
+                setattr(module, name, original)
+
+    # The fakes --------------------------------------------------------------------------
+
+    def _recorded(self, function: str, implementation: Callable[..., Any]) -> Callable[..., Any]:
+        def fake(*args: Any) -> Any:
+            self.calls.append(FakeCall(function, args))
+            error = self._failures.get(function)
+            if error is not None:
+                raise error
+            return implementation(*args)
+
+        fake.__name__ = function.rsplit(".", 1)[-1]
+        return fake
+
+    def _index(self, device: object = None) -> int:
+        if device is None:
+            return self.current_device
+        if isinstance(device, torch.device):
+            return self.current_device if device.index is None else device.index
+        if isinstance(device, str):
+            return self._index(torch.device(device))
+        if isinstance(device, int):
+            return device
+        raise TypeError(f"fake {self.device_type} function got an unexpected device {device!r}")
+
+    def _reading(self, device: object = None) -> FakeMemory:
+        memory = self.memory[self._index(device)]
+        memory.apply_next_scripted_usage()
+        return memory
+
+    def _empty_cache(self) -> None:
+        for memory in self.memory:
+            memory.reserved = memory.allocated
+
+    def _reset_peak_memory_stats(self, device: object = None) -> None:
+        memory = self.memory[self._index(device)]
+        memory.peak_allocated = memory.allocated
+        memory.peak_reserved = memory.reserved
+
+    def _fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+        if self.device_type == "cuda":
+            yield from self._cuda_fakes()
+        elif self.device_type == "mps":
+            yield from self._mps_fakes()
+        else:
+            yield from self._accelerator_fakes()
+
+    def _caching_allocator_fakes(
+        self, module: types.ModuleType, prefix: str, mem_get_info_name: str
+    ) -> Iterator[tuple[types.ModuleType, str, object]]:
+        def mem_get_info(device: object = None) -> tuple[int, int]:
+            memory = self._reading(device)
+            return memory.free, memory.total
+
+        implementations: dict[str, Callable[..., Any]] = {
+            mem_get_info_name: mem_get_info,
+            "memory_allocated": lambda device=None: self.memory[self._index(device)].allocated,
+            "memory_reserved": lambda device=None: self.memory[self._index(device)].reserved,
+            "max_memory_allocated": lambda device=None: (
+                self.memory[self._index(device)].peak_allocated
+            ),
+            "max_memory_reserved": lambda device=None: (
+                self.memory[self._index(device)].peak_reserved
+            ),
+            "reset_peak_memory_stats": self._reset_peak_memory_stats,
+            "empty_cache": self._empty_cache,
+            "device_count": lambda: self.device_count,
+        }
+        for name, implementation in implementations.items():
+            yield module, name, self._recorded(f"{prefix}.{name}", implementation)
+
+    def _cuda_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+        cuda = torch.cuda
+        yield cuda, "is_available", self._recorded("torch.cuda.is_available", lambda: True)
+        yield (
+            cuda,
+            "current_device",
+            self._recorded("torch.cuda.current_device", lambda: self.current_device),
+        )
+        yield from self._caching_allocator_fakes(cuda, "torch.cuda", "mem_get_info")
+
+    def _mps_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+        memory = self.memory[0]
+        yield (
+            torch.backends.mps,
+            "is_available",
+            self._recorded("torch.backends.mps.is_available", lambda: True),
+        )
+        implementations: dict[str, Callable[..., Any]] = {
+            "current_allocated_memory": lambda: memory.allocated,
+            "driver_allocated_memory": lambda: self._reading().reserved,
+            "empty_cache": self._empty_cache,
+        }
+        for name, implementation in implementations.items():
+            yield torch.mps, name, self._recorded(f"torch.mps.{name}", implementation)
+        recommended: object = _MISSING
+        if self.recommended_max_memory:
+            recommended = self._recorded("torch.mps.recommended_max_memory", lambda: memory.total)
+        yield torch.mps, "recommended_max_memory", recommended
+
+    def _accelerator_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+        accelerator = torch.accelerator
+        prefix = "torch.accelerator"
+        yield accelerator, "is_available", self._recorded(f"{prefix}.is_available", lambda: True)
+        yield (
+            accelerator,
+            "current_accelerator",
+            self._recorded(f"{prefix}.current_accelerator", lambda: torch.device(self.device_type)),
+        )
+        yield (
+            accelerator,
+            "current_device_index",
+            self._recorded(f"{prefix}.current_device_index", lambda: self.current_device),
+        )
+        yield from self._caching_allocator_fakes(accelerator, prefix, "get_memory_info")

@@ -1,0 +1,41 @@
+"""Shared fixtures, and the ``gpu`` marker's skip rule."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+def _real_accelerator() -> str | None:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _real_accelerator() is not None:
+        return
+    skip = pytest.mark.skip(reason="needs a real CUDA or MPS device; this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def accelerator() -> str:
+    """The real accelerator's device type, for tests marked ``gpu``."""
+    device_type = _real_accelerator()
+    assert device_type is not None
+    return device_type
+
+
+@pytest.fixture
+def memscope_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture everything the ``memscope`` logger emits, DEBUG included."""
+    with caplog.at_level(logging.DEBUG, logger="memscope"):
+        yield caplog
