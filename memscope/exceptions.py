@@ -9,6 +9,7 @@ the seed ``MemoryManager`` keeps catching what it caught before.
 from __future__ import annotations
 
 __all__ = [
+    "BatchStateError",
     "DeviceUnavailableError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
@@ -35,3 +36,7 @@ class DeviceUnavailableError(MemscopeError, ValueError):
 
 class MemoryFiguresUnavailableError(MemscopeError):
     """The device does not report the memory figures an operation needs."""
+
+
+class BatchStateError(MemscopeError, RuntimeError):
+    """A managed batch was used in a state that does not allow it (before it started, say)."""

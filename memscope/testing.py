@@ -29,7 +29,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["FakeCall", "FakeDevice", "FakeMemory", "GiB", "MiB"]
+from memscope.devices import DeviceLike
+from memscope.manager import MemoryManager
+
+__all__ = ["FakeCall", "FakeDevice", "FakeMemory", "GiB", "MiB", "RecordingManager"]
 
 MiB = 1024**2
 GiB = 1024**3
@@ -302,3 +305,35 @@ class FakeDevice:
             self._recorded(f"{prefix}.current_device_index", lambda: self.current_device),
         )
         yield from self._caching_allocator_fakes(accelerator, prefix, "get_memory_info")
+
+
+class RecordingManager(MemoryManager):
+    """A real :class:`~memscope.MemoryManager` that records the cleanup calls made on it.
+
+    ``events`` lists ``"clear_cache"`` and ``"trigger_gc_if_needed"`` in call order; pass
+    a shared list to interleave them with your own events. Set ``cleanup_error`` to make
+    both methods raise it (after recording), to test how code copes with failing cleanup.
+    """
+
+    def __init__(
+        self,
+        device: DeviceLike = "cpu",
+        memory_threshold: float = 0.8,
+        *,
+        events: list[str] | None = None,
+    ) -> None:
+        super().__init__(device, memory_threshold)
+        self.events: list[str] = [] if events is None else events
+        self.cleanup_error: BaseException | None = None
+
+    def clear_cache(self) -> None:
+        self.events.append("clear_cache")
+        if self.cleanup_error is not None:
+            raise self.cleanup_error
+        super().clear_cache()
+
+    def trigger_gc_if_needed(self) -> bool:
+        self.events.append("trigger_gc_if_needed")
+        if self.cleanup_error is not None:
+            raise self.cleanup_error
+        return super().trigger_gc_if_needed()

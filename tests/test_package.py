@@ -21,17 +21,28 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_public_names_of_modules_are_reexported() -> None:
     """Every module's ``__all__`` is available from ``memscope`` directly."""
-    import memscope.backends
+    import memscope.batch
+    import memscope.cleanup
+    import memscope.context
+    import memscope.decorator
     import memscope.estimation
     import memscope.exceptions
     import memscope.manager
+    import memscope.report
     import memscope.snapshot
+    import memscope.units
 
     for module in (
+        memscope.batch,
+        memscope.cleanup,
+        memscope.context,
+        memscope.decorator,
         memscope.estimation,
         memscope.exceptions,
         memscope.manager,
+        memscope.report,
         memscope.snapshot,
+        memscope.units,
     ):
         for name in module.__all__:
             assert name in memscope.__all__, f"{module.__name__}.{name}"

@@ -1,0 +1,282 @@
+"""``@auto_clear``: clean up device memory around a per-item function.
+
+The decorator counts calls of the decorated function and, after every ``every``-th call
+(and after any call that raises), clears the cache and runs the threshold GC. It is built on
+wrapt, so it works the same on functions, methods, classmethods, staticmethods, callable
+objects and ``async def`` functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast, overload
+
+import wrapt
+
+from memscope import context
+from memscope._validation import check_fraction, check_int
+from memscope.cleanup import run_cleanup_safely
+from memscope.devices import DeviceLike, as_torch_device
+from memscope.exceptions import InvalidArgumentTypeError
+from memscope.manager import MemoryManager
+
+__all__ = ["AutoClearFunction", "CleanupStats", "auto_clear"]
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+Enabled = bool | Callable[[], bool]
+
+
+@dataclass
+class CleanupStats:
+    """What ``@auto_clear`` has done for one decorated function.
+
+    The object is created once per decorated function and updated in place, so a reference
+    taken once (by an outer decorator, say) stays current.
+    """
+
+    calls: int = 0
+    errors: int = 0
+    cleanups: int = 0
+    gc_runs: int = 0
+    cleanup_failures: int = 0
+
+
+class _CleanupCadence:
+    """The per-function state behind one ``@auto_clear``: options, call count, statistics.
+
+    It is the wrapt wrapper of a plain function; the subclasses below serve coroutine and
+    generator functions. The class is picked once, when decorating.
+    """
+
+    def __init__(
+        self,
+        *,
+        every: int,
+        device: DeviceLike,
+        memory_threshold: float,
+        manager: MemoryManager | None,
+        name: str,
+    ) -> None:
+        self.every = every
+        self.device = device
+        self.memory_threshold = memory_threshold
+        self.manager = manager
+        self.name = name
+        self.stats = CleanupStats()
+        self._lock = threading.Lock()
+
+    def __call__(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        batch = context.active_batch.get()
+        failure: BaseException | None = None
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            failure = error
+        # Cleanup runs here, after the except block has been left.
+        self.finish_call(batch, failed=failure is not None)
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                # Breaks the cycle frame -> failure -> traceback -> frame.
+                failure = None
+        return result
+
+    def finish_call(self, batch: Any, *, failed: bool) -> None:
+        with self._lock:
+            self.stats.calls += 1
+            if failed:
+                self.stats.errors += 1
+            due = failed or self.stats.calls % self.every == 0
+        if batch is not None:
+            batch.record_call(failed=failed)
+        if due:
+            self._clean_up(batch)
+
+    def _clean_up(self, batch: Any) -> None:
+        manager = self._manager_for(batch)
+        outcome = run_cleanup_safely(manager, f"a call of {self.name}")
+        with self._lock:
+            if outcome is None:
+                self.stats.cleanup_failures += 1
+            else:
+                self.stats.cleanups += 1
+                self.stats.gc_runs += int(outcome.collected)
+        if batch is not None and manager is batch.manager:
+            batch.record_cleanup(outcome)
+
+    def _manager_for(self, batch: Any) -> MemoryManager:
+        if self.manager is not None:
+            return self.manager
+        if batch is not None and (
+            self.device is None or as_torch_device(self.device) == batch.manager.device
+        ):
+            manager: MemoryManager = batch.manager
+            return manager
+        return context.shared_manager(self.device, self.memory_threshold)
+
+
+class _AsyncCleanupCadence(_CleanupCadence):
+    """The cadence of an ``async def`` function: cleanup after the awaited body finishes."""
+
+    async def __call__(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        batch = context.active_batch.get()
+        failure: BaseException | None = None
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            failure = error
+        self.finish_call(batch, failed=failure is not None)
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                failure = None
+        return result
+
+
+class _GeneratorCleanupCadence(_CleanupCadence):
+    """The cadence of a generator function: cleanup when the generator finishes or closes."""
+
+    def __call__(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Generator[Any, Any, Any]:
+        # Neither generator runs any body until first advanced, so no cleanup happens
+        # before the body runs, and one closed before it started never cleans up.
+        return self._drive(wrapped(*args, **kwargs), context.active_batch.get())
+
+    def _drive(self, generator: Generator[Any, Any, Any], batch: Any) -> Generator[Any, Any, Any]:
+        failed = False
+        try:
+            return (yield from generator)
+        except GeneratorExit:
+            raise
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self.finish_call(batch, failed=failed)
+
+
+class _BoundAutoClearFunction(wrapt.BoundFunctionWrapper[..., Any]):
+    @property
+    def cleanup_stats(self) -> CleanupStats:
+        """The decorated function's statistics (for methods, shared by every instance)."""
+        return cast(_CleanupCadence, self._self_wrapper).stats
+
+
+class AutoClearFunction(wrapt.FunctionWrapper[..., Any]):
+    """A function decorated with ``@auto_clear``; ``cleanup_stats`` holds its statistics."""
+
+    __bound_function_wrapper__ = _BoundAutoClearFunction
+
+    @property
+    def cleanup_stats(self) -> CleanupStats:
+        """The decorated function's statistics, updated in place."""
+        return cast(_CleanupCadence, self._self_wrapper).stats
+
+
+def _underlying_function(target: Any) -> Any:
+    """The function whose kind (plain, coroutine, generator) decides the wrapper's form."""
+    if isinstance(target, (classmethod, staticmethod)):
+        return target.__func__
+    if not inspect.isroutine(target) and callable(target):
+        return type(target).__call__
+    return target
+
+
+def _check_enabled(enabled: object) -> Enabled:
+    if isinstance(enabled, bool) or callable(enabled):
+        return enabled
+    raise InvalidArgumentTypeError(
+        f"enabled must be a bool or a zero-argument callable, got {enabled!r}"
+    )
+
+
+@overload
+def auto_clear(wrapped: Function) -> Function: ...
+
+
+@overload
+def auto_clear(
+    wrapped: None = None,
+    *,
+    every: int = 5,
+    device: DeviceLike = None,
+    memory_threshold: float = 0.8,
+    manager: MemoryManager | None = None,
+    enabled: Enabled = True,
+) -> Callable[[Function], Function]: ...
+
+
+def auto_clear(
+    wrapped: Function | None = None,
+    *,
+    every: int = 5,
+    device: DeviceLike = None,
+    memory_threshold: float = 0.8,
+    manager: MemoryManager | None = None,
+    enabled: Enabled = True,
+) -> Function | Callable[[Function], Function]:
+    """Clear the cache and run the threshold GC after every ``every``-th call.
+
+    Use it bare (``@auto_clear``), empty (``@auto_clear()``) or with options; every option
+    works in every form.
+
+    Args:
+        every: clean up after every this many calls (an int >= 1). A call that raises
+            cleans up whatever the count.
+        device: the device of the default manager; ``None`` auto-detects.
+        memory_threshold: the default manager's GC threshold.
+        manager: the manager to clean up through. Without one, calls inside a
+            ``managed_batch`` use the batch's manager, and other calls share one default
+            manager per device and threshold, made at the first cleanup.
+        enabled: a bool, or a zero-argument callable asked at every call; while it is
+            false, calls pass straight through, uncounted.
+
+    Calls are counted per decorated function across all threads; for methods the count
+    belongs to the function and is shared by all instances. The function's result and
+    exception come back unchanged; a failing cleanup is logged and never replaces them.
+    Statistics are on the decorated function as ``cleanup_stats``.
+    """
+    every = check_int(every, "every", minimum=1)
+    memory_threshold = check_fraction(memory_threshold, "memory_threshold")
+    enabled = _check_enabled(enabled)
+    if manager is not None and not isinstance(manager, MemoryManager):
+        raise InvalidArgumentTypeError(f"manager must be a MemoryManager or None, got {manager!r}")
+    if wrapped is None:
+        return functools.partial(
+            auto_clear,
+            every=every,
+            device=device,
+            memory_threshold=memory_threshold,
+            manager=manager,
+            enabled=enabled,
+        )
+
+    function = _underlying_function(wrapped)
+    if inspect.isasyncgenfunction(function):
+        raise InvalidArgumentTypeError(
+            f"auto_clear cannot decorate the async generator function {wrapped!r}: "
+            "decorate the function that consumes it, or wrap the loop in managed_batch"
+        )
+    if inspect.iscoroutinefunction(function):
+        cadence_class: type[_CleanupCadence] = _AsyncCleanupCadence
+    elif inspect.isgeneratorfunction(function):
+        cadence_class = _GeneratorCleanupCadence
+    else:
+        cadence_class = _CleanupCadence
+    cadence = cadence_class(
+        every=every,
+        device=device,
+        memory_threshold=memory_threshold,
+        manager=manager,
+        name=getattr(function, "__qualname__", repr(wrapped)),
+    )
+    return cast(Function, AutoClearFunction(wrapped, cadence, enabled))

@@ -1,0 +1,66 @@
+"""What a managed batch did, as an immutable record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from memscope.units import format_bytes
+
+__all__ = ["BatchReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """The figures of one ``managed_batch``, available as ``batch.report`` after it ends.
+
+    Counts of items, calls and cleanups belong to the innermost batch active when they
+    happened, so the reports of nested batches never count the same event twice. Peaks are
+    the device's peaks during the batch, nested batches included; ``None`` where the
+    device keeps none.
+    """
+
+    device: str
+    items: int
+    calls: int
+    failures: int
+    cleanup_failures: int
+    elapsed_seconds: float
+    usage_start: float
+    usage_end: float
+    peak_allocated: int | None
+    peak_reserved: int | None
+    cache_clears: int
+    gc_runs: int
+    gc_seconds: float
+    ended_by: str | None = None
+    """The name of the exception that ended the batch, or ``None`` if it ended normally."""
+
+    @property
+    def items_per_second(self) -> float:
+        """Items completed per second of the batch (0.0 for an instant batch)."""
+        return self.items / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-serialisable dict, ``items_per_second`` included."""
+        data = asdict(self)
+        data["items_per_second"] = self.items_per_second
+        return data
+
+    def summary(self) -> str:
+        """One line for a log or a terminal."""
+        line = (
+            f"{self.device}: {self.items} items in {self.elapsed_seconds:.2f} s "
+            f"({self.items_per_second:.2f} items/s), usage {self.usage_start:.1%} -> "
+            f"{self.usage_end:.1%}, peak allocated {format_bytes(self.peak_allocated)}, "
+            f"{self.cache_clears} cache clears, {self.gc_runs} GC runs "
+            f"({self.gc_seconds * 1000:.0f} ms)"
+        )
+        if self.failures or self.cleanup_failures:
+            line += f", {self.failures} failures, {self.cleanup_failures} failed cleanups"
+        if self.ended_by is not None:
+            line += f", ended by {self.ended_by}"
+        return line
+
+    def __str__(self) -> str:
+        return self.summary()

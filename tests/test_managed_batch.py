@@ -1,0 +1,391 @@
+"""``managed_batch()``: tracking, cadence, reports, nesting, threads, async, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from memscope import (
+    BatchStateError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MemoryManager,
+    auto_clear,
+    current_batch,
+    managed_batch,
+)
+from memscope.testing import FakeCall, FakeDevice, GiB, RecordingManager
+
+
+def test_track_yields_every_item_and_counts_after_the_body() -> None:
+    """track() yields the items; an item is counted once its loop body is done."""
+    seen: list[tuple[int, int]] = []
+    with managed_batch(manager=RecordingManager()) as batch:
+        for item in batch.track(["a", "b", "c"]):
+            seen.append((len(seen), batch.items))
+            assert item in "abc"
+    assert seen == [(0, 0), (1, 1), (2, 2)]
+    assert batch.report.items == 3
+
+
+@pytest.mark.parametrize(("every", "items"), [(1, 7), (3, 10), (5, 5)])
+def test_cadence_cleans_up_every_n_items(every: int, items: int) -> None:
+    """With ``every=N``, cleanups follow items N, 2N, ..., plus one final cleanup."""
+    events: list[str] = []
+    manager = RecordingManager(events=events)
+    with managed_batch(manager=manager, every=every) as batch:
+        for item in batch.track(range(items)):
+            events.append(f"item {item}")
+        events.append("loop done")
+    cleaned_after = [
+        events[position - 1] for position, event in enumerate(events) if event == "clear_cache"
+    ]
+    expected = [f"item {n - 1}" for n in range(every, items + 1, every)]
+    assert cleaned_after == [*expected, "loop done"]
+    assert batch.report.cache_clears == len(expected) + 1
+
+
+def test_cadence_against_a_fake_cuda_device() -> None:
+    """every=5 over 12 items on a fake GPU at 90 % usage: 2 cadence cleanups and a final one,
+    each a clear plus a collection (two empty_cache calls)."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_usage(0.9)
+        with managed_batch("cuda", every=5) as batch:
+            for _ in batch.track(range(12)):
+                pass
+    assert fake.count("torch.cuda.empty_cache") == 6
+    report = batch.report
+    assert (report.cache_clears, report.gc_runs) == (6, 3)
+    assert report.gc_seconds > 0
+
+
+def test_step_counts_loops_without_track() -> None:
+    """step() does the same bookkeeping for a hand-written loop."""
+    manager = RecordingManager()
+    with managed_batch(manager=manager, every=2) as batch:
+        for _ in range(4):
+            batch.step()
+    assert batch.report.items == 4
+    assert manager.events.count("clear_cache") == 3
+
+
+def test_entry_records_start_and_resets_peak() -> None:
+    """Entering reads the device and resets its peak, so the report's peak is the batch's."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_memory(allocated=6 * GiB)
+        fake.set_memory(allocated=1 * GiB, reserved=1 * GiB)
+        with managed_batch("cuda") as batch:
+            fake.set_memory(allocated=3 * GiB, reserved=3 * GiB)
+            fake.set_memory(allocated=2 * GiB, reserved=2 * GiB)
+    assert FakeCall("torch.cuda.reset_peak_memory_stats", (0,)) in fake.calls
+    report = batch.report
+    assert report.peak_allocated == 3 * GiB
+    assert report.usage_start == 1 / 8
+    assert report.usage_end == 2 / 8
+
+
+def test_report_fields_and_json() -> None:
+    """The report holds every promised figure and its dict survives JSON."""
+    with managed_batch(manager=RecordingManager()) as batch:
+        for _ in batch.track(range(4)):
+            pass
+    data = json.loads(json.dumps(batch.report.to_dict()))
+    assert set(data) == {
+        "device",
+        "items",
+        "calls",
+        "failures",
+        "cleanup_failures",
+        "elapsed_seconds",
+        "items_per_second",
+        "usage_start",
+        "usage_end",
+        "peak_allocated",
+        "peak_reserved",
+        "cache_clears",
+        "gc_runs",
+        "gc_seconds",
+        "ended_by",
+    }
+    assert data["items"] == 4
+    assert data["device"] == "cpu"
+    assert data["peak_allocated"] is None
+    assert data["items_per_second"] == pytest.approx(4 / data["elapsed_seconds"])
+
+
+def test_summary_is_logged_at_info(memscope_log: pytest.LogCaptureFixture) -> None:
+    """One summary line is logged at INFO when the batch ends."""
+    with managed_batch(manager=RecordingManager()) as batch:
+        batch.step()
+    infos = [r.getMessage() for r in memscope_log.records if r.levelno == logging.INFO]
+    assert len(infos) == 1
+    assert "1 items" in infos[0]
+    assert batch.report.summary() in infos[0]
+
+
+def test_exception_propagates_unchanged_and_report_is_kept() -> None:
+    """An exception leaves the batch as the same object; the report names it."""
+    original = ValueError("bad image")
+    manager = RecordingManager()
+    batch = managed_batch(manager=manager)
+
+    def run() -> None:
+        with batch:
+            batch.step()
+            raise original
+
+    with pytest.raises(ValueError, match="bad image") as raised:
+        run()
+    assert raised.value is original
+    assert batch.report.ended_by == "ValueError"
+    assert batch.report.items == 1
+    assert manager.events[-2:] == ["clear_cache", "trigger_gc_if_needed"]
+
+
+def test_report_after_keyboard_interrupt() -> None:
+    """Ctrl-C in the loop: final cleanup runs, the interrupt propagates, the report exists."""
+    manager = RecordingManager()
+    batch = managed_batch(manager=manager, every=100)
+
+    def run() -> None:
+        with batch:
+            for item in batch.track(range(10)):
+                if item == 3:
+                    raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert batch.report.items == 3
+    assert batch.report.ended_by == "KeyboardInterrupt"
+    assert manager.events == ["clear_cache", "trigger_gc_if_needed"]
+
+
+def test_abandoned_track_generator_is_closed_on_exit() -> None:
+    """Breaking out of track() leaves no generator to run later; the batch closes it."""
+    closed: list[bool] = []
+
+    def images() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            closed.append(True)
+
+    with managed_batch(manager=RecordingManager()) as batch:
+        tracked = batch.track(images())
+        for item in tracked:
+            if item == 2:
+                break
+        assert closed == []
+    assert closed == [True]
+    assert batch.report.items == 2
+
+
+def test_failing_final_cleanup_does_not_mask_exception(
+    memscope_log: pytest.LogCaptureFixture,
+) -> None:
+    """A final cleanup that raises is logged; the body's exception still propagates."""
+    manager = RecordingManager()
+    manager.cleanup_error = RuntimeError("cleanup broke")
+    with pytest.raises(KeyError), managed_batch(manager=manager) as batch:
+        raise KeyError("body")
+    assert batch.report.cleanup_failures == 1
+    assert any(r.levelno == logging.WARNING for r in memscope_log.records)
+
+
+def test_failing_cadence_cleanup_does_not_stop_the_loop() -> None:
+    """A cleanup failure during the loop is counted and the loop carries on."""
+    manager = RecordingManager()
+    manager.cleanup_error = RuntimeError("cleanup broke")
+    with managed_batch(manager=manager, every=1) as batch:
+        for _ in batch.track(range(3)):
+            pass
+    assert batch.report.items == 3
+    assert batch.report.cleanup_failures == 4
+
+
+def test_decorated_calls_count_into_the_report() -> None:
+    """@auto_clear calls inside the batch count as calls and failures in its report."""
+
+    @auto_clear(every=2)
+    def colorize(image: int) -> int:
+        if image == 3:
+            raise ValueError("corrupt")
+        return image
+
+    with managed_batch(manager=RecordingManager(), every=1000) as batch:
+        for image in batch.track(range(5)):
+            with contextlib.suppress(ValueError):
+                colorize(image)
+    report = batch.report
+    assert (report.calls, report.failures, report.items) == (5, 1, 5)
+    # The decorator cleans up after calls 2 and 4 (cadence; call 4 is also the failing one),
+    # and the batch once at the end.
+    assert colorize.cleanup_stats.cleanups == 2  # type: ignore[attr-defined]
+    assert report.cache_clears == 3
+
+
+def test_nested_batches_share_the_manager_and_do_not_double_count() -> None:
+    """An inner batch on the same device reuses the outer manager; each event is counted in
+    exactly one report, and the outer peak covers the inner batch."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        with managed_batch("cuda", every=1) as outer:
+            for _ in outer.track(range(2)):
+                pass
+            fake.set_memory(allocated=5 * GiB, reserved=5 * GiB)
+            fake.set_memory(allocated=GiB, reserved=GiB)
+            with managed_batch(every=1) as inner:
+                assert inner.manager is outer.manager
+                assert current_batch() is inner
+                for _ in inner.track(range(3)):
+                    pass
+                fake.set_memory(allocated=4 * GiB, reserved=4 * GiB)
+                fake.set_memory(allocated=GiB, reserved=GiB)
+            assert current_batch() is outer
+        total_clears = fake.count("torch.cuda.empty_cache")
+    assert (outer.report.items, inner.report.items) == (2, 3)
+    assert outer.report.cache_clears + inner.report.cache_clears == total_clears
+    assert inner.report.peak_allocated == 4 * GiB
+    assert outer.report.peak_allocated == 5 * GiB
+
+
+def test_reentering_the_same_batch_object() -> None:
+    """Entering the same batch twice nests like a stack: one report, at the outer exit."""
+    manager = RecordingManager()
+    batch = managed_batch(manager=manager, every=1000)
+    with batch:
+        batch.step()
+        with batch:
+            batch.step()
+        assert batch.active
+        with pytest.raises(BatchStateError):
+            _ = batch.report
+    assert batch.report.items == 2
+    assert cleanup_count(manager) == 1
+
+
+def cleanup_count(manager: RecordingManager) -> int:
+    """How many final or cadence cleanups a recording manager saw."""
+    return manager.events.count("clear_cache")
+
+
+def test_threads_share_a_batch_with_exact_counts() -> None:
+    """Eight workers stepping and calling through bind() give exact totals."""
+
+    @auto_clear(every=10)
+    def colorize(image: int) -> int:
+        return image
+
+    with managed_batch(manager=RecordingManager(), every=4) as batch:
+        colorize_in_batch = batch.bind(colorize)
+
+        def worker(images: range) -> None:
+            for image in images:
+                colorize_in_batch(image)
+                batch.step()
+
+        threads = [threading.Thread(target=worker, args=(range(500),)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert batch.report.items == 4000
+    assert batch.report.calls == 4000
+    assert batch.report.cache_clears == 4000 // 4 + 4000 // 10 + 1
+
+
+def test_thread_pool_with_bind() -> None:
+    """ThreadPoolExecutor.map over a bound function counts every call."""
+
+    @auto_clear(every=1)
+    def colorize(image: int) -> int:
+        return image * 2
+
+    with (
+        managed_batch(manager=RecordingManager(), every=1000) as batch,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        results = list(pool.map(batch.bind(colorize), range(20)))
+    assert results == [image * 2 for image in range(20)]
+    assert batch.report.calls == 20
+
+
+def test_async_with() -> None:
+    """``async with`` works the same as ``with``."""
+
+    async def main() -> int:
+        async with managed_batch(manager=RecordingManager(), every=2) as batch:
+            for _ in batch.track(range(5)):
+                await asyncio.sleep(0)
+        return batch.report.items
+
+    assert asyncio.run(main()) == 5
+
+
+def test_progress_bar_shows_total_and_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    """progress=True draws a tqdm bar with the total from len() and the memory usage."""
+    pytest.importorskip("tqdm")
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_usage(0.25)
+        with managed_batch("cuda", progress=True) as batch:
+            for _ in batch.track([1, 2, 3]):
+                pass
+    err = capsys.readouterr().err
+    assert "3/3" in err
+    assert "memory 25%" in err
+    assert batch.report.items == 3
+
+
+def test_progress_without_tqdm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without tqdm, progress=True fails at once, naming the extra to install."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with pytest.raises(ImportError, match=r"pip install 'memscope\[progress\]'"):
+        managed_batch(progress=True)
+
+
+def test_bad_arguments_fail_at_construction() -> None:
+    """Bad every, threshold, manager, progress or device fail before the batch starts."""
+    with pytest.raises(InvalidArgumentError, match="every"):
+        managed_batch(every=0)
+    with pytest.raises(InvalidArgumentTypeError, match="every"):
+        managed_batch(every=True)
+    with pytest.raises(ValueError, match="memory_threshold must be between 0 and 1"):
+        managed_batch(memory_threshold=0)
+    with pytest.raises(TypeError, match="manager"):
+        managed_batch(manager=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="progress"):
+        managed_batch(progress="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'gpu'"):
+        managed_batch("gpu")
+
+
+def test_using_a_batch_outside_with_is_a_clear_error() -> None:
+    """manager, report, step() and track() say plainly when the batch is not active."""
+    batch = managed_batch()
+    with pytest.raises(BatchStateError, match="entered"):
+        _ = batch.manager
+    with pytest.raises(BatchStateError, match="ended"):
+        _ = batch.report
+    with pytest.raises(BatchStateError, match="step"):
+        batch.step()
+    with pytest.raises(BatchStateError, match="track"):
+        batch.track([1])
+
+
+def test_batch_makes_its_own_manager_for_the_device() -> None:
+    """Without a manager, the batch makes one for its device and threshold."""
+    with FakeDevice("cuda", device_count=2) as fake:
+        fake.set_usage(0.1, index=1)
+        with managed_batch("cuda:1", memory_threshold=0.5) as batch:
+            manager = batch.manager
+    assert isinstance(manager, MemoryManager)
+    assert str(manager.resolved_device) == "cuda:1"
+    assert manager.memory_threshold == 0.5
