@@ -17,6 +17,7 @@ from memscope.exceptions import (
     MemscopeError,
 )
 from memscope.manager import ManagerStats, MemoryManager
+from memscope.policies import CachePolicy, ClearAlways, ClearWhenUseful, GCBackoff
 from memscope.report import BatchReport
 from memscope.snapshot import MemorySnapshot
 from memscope.units import format_bytes
@@ -25,11 +26,15 @@ __all__ = [
     "AutoClearFunction",
     "BatchReport",
     "BatchStateError",
+    "CachePolicy",
     "CleanupOutcome",
     "CleanupStats",
+    "ClearAlways",
+    "ClearWhenUseful",
     "DeviceBackend",
     "DeviceLike",
     "DeviceUnavailableError",
+    "GCBackoff",
     "ImageMemoryModel",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",

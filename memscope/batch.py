@@ -12,12 +12,13 @@ from collections.abc import Callable, Generator, Iterable, Sized
 from types import TracebackType
 from typing import Any, TypeVar
 
-from memscope import context
+from memscope import context, heap
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import CleanupOutcome, run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
 from memscope.exceptions import BatchStateError, InvalidArgumentTypeError
 from memscope.manager import MemoryManager
+from memscope.policies import CachePolicy, ClearAlways, GCBackoff, check_cache_policy
 from memscope.report import BatchReport
 
 __all__ = ["ManagedBatch", "managed_batch"]
@@ -66,6 +67,8 @@ class ManagedBatch:
         manager: MemoryManager | None = None,
         every: int = 1,
         progress: bool = False,
+        freeze_heap: bool = True,
+        cache_policy: CachePolicy | None = None,
     ) -> None:
         if device is not None:
             as_torch_device(device)
@@ -75,11 +78,17 @@ class ManagedBatch:
             )
         if not isinstance(progress, bool):
             raise InvalidArgumentTypeError(f"progress must be a bool, got {progress!r}")
+        if not isinstance(freeze_heap, bool):
+            raise InvalidArgumentTypeError(f"freeze_heap must be a bool, got {freeze_heap!r}")
         self._device = device
         self._memory_threshold = check_fraction(memory_threshold, "memory_threshold")
         self._explicit_manager = manager
         self.every = check_int(every, "every", minimum=1)
         self._tqdm = _load_tqdm() if progress else None
+        self.freeze_heap = freeze_heap
+        self.cache_policy = (
+            ClearAlways() if cache_policy is None else check_cache_policy(cache_policy)
+        )
 
         self._lock = threading.Lock()
         self._tokens: list[contextvars.Token[ManagedBatch | None]] = []
@@ -158,6 +167,8 @@ class ManagedBatch:
         self.__exit__(exc_type, exc, traceback)
 
     def _start(self) -> None:
+        if self.freeze_heap:
+            heap.hold_frozen_heap()
         parent = context.active_batch.get()
         self._parent = parent
         self._manager = self._resolve_manager(parent)
@@ -180,16 +191,23 @@ class ManagedBatch:
             and (self._device is None or as_torch_device(self._device) == parent.manager.device)
         ):
             return parent.manager
-        return MemoryManager(self._device, self._memory_threshold)
+        return MemoryManager(self._device, self._memory_threshold, gc_backoff=GCBackoff())
 
     def _finish(self, exc_type: type[BaseException] | None) -> None:
+        try:
+            self._finish_report(exc_type)
+        finally:
+            if self.freeze_heap:
+                heap.release_frozen_heap()
+
+    def _finish_report(self, exc_type: type[BaseException] | None) -> None:
         manager = self.manager
         for generator in list(self._open_tracks):
             try:
                 generator.close()
             except Exception:
                 logger.debug("could not close an abandoned track() generator", exc_info=True)
-        self.record_cleanup(run_cleanup_safely(manager, "the batch"))
+        self.record_cleanup(run_cleanup_safely(manager, "the batch", self.cache_policy))
         end = manager.snapshot()
         self.observe_peak(end.peak_allocated, end.peak_reserved)
         with self._lock:
@@ -231,7 +249,8 @@ class ManagedBatch:
             self._items += 1
             item = self._items
         if item % self.every == 0:
-            self.record_cleanup(run_cleanup_safely(self.manager, f"batch item {item}"))
+            outcome = run_cleanup_safely(self.manager, f"batch item {item}", self.cache_policy)
+            self.record_cleanup(outcome)
 
     def track(self, iterable: Iterable[Item]) -> Generator[Item, None, None]:
         """Yield the items of ``iterable``, counting each once its loop body is done.
@@ -313,6 +332,8 @@ def managed_batch(
     manager: MemoryManager | None = None,
     every: int = 1,
     progress: bool = False,
+    freeze_heap: bool = True,
+    cache_policy: CachePolicy | None = None,
 ) -> ManagedBatch:
     """Keep memory in check around a batch loop.
 
@@ -332,6 +353,11 @@ def managed_batch(
         every: clean up (clear the cache, threshold GC) after every this many items.
         progress: show a tqdm progress bar in ``track()`` (``pip install
             'memscope[progress]'``).
+        freeze_heap: freeze the objects that exist when the batch starts (``gc.freeze()``),
+            so each collection inside the batch traverses only what the batch created; the
+            heap is unfrozen when the last batch ends, whatever the cause.
+        cache_policy: when a cleanup empties the cache: :class:`ClearAlways` (the default)
+            or :class:`ClearWhenUseful`.
     """
     return ManagedBatch(
         device,
@@ -339,4 +365,6 @@ def managed_batch(
         manager=manager,
         every=every,
         progress=progress,
+        freeze_heap=freeze_heap,
+        cache_policy=cache_policy,
     )

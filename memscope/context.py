@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from memscope.devices import DeviceLike, as_torch_device
 from memscope.manager import MemoryManager
+from memscope.policies import GCBackoff
 
 if TYPE_CHECKING:
     from memscope.batch import ManagedBatch
@@ -34,5 +35,16 @@ def shared_manager(device: DeviceLike, memory_threshold: float) -> MemoryManager
     with _shared_managers_lock:
         manager = _shared_managers.get(key)
         if manager is None:
-            manager = _shared_managers[key] = MemoryManager(device, memory_threshold)
+            manager = MemoryManager(device, memory_threshold, gc_backoff=GCBackoff())
+            _shared_managers[key] = manager
         return manager
+
+
+def forget_shared_managers() -> None:
+    """Drop the shared default managers; the next cleanup makes fresh ones.
+
+    :class:`memscope.testing.FakeDevice` calls this on entry and exit, so managers made for
+    a fake device never outlive it.
+    """
+    with _shared_managers_lock:
+        _shared_managers.clear()

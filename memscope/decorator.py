@@ -23,11 +23,13 @@ from memscope.cleanup import run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
+from memscope.policies import CachePolicy, ClearAlways, check_cache_policy
 
 __all__ = ["AutoClearFunction", "CleanupStats", "auto_clear"]
 
 Function = TypeVar("Function", bound=Callable[..., Any])
 Enabled = bool | Callable[[], bool]
+_CLEAR_ALWAYS = ClearAlways()
 
 
 @dataclass
@@ -59,12 +61,14 @@ class _CleanupCadence:
         device: DeviceLike,
         memory_threshold: float,
         manager: MemoryManager | None,
+        cache_policy: CachePolicy | None,
         name: str,
     ) -> None:
         self.every = every
         self.device = device
         self.memory_threshold = memory_threshold
         self.manager = manager
+        self.cache_policy = cache_policy
         self.name = name
         self.stats = CleanupStats()
         self._lock = threading.Lock()
@@ -99,7 +103,10 @@ class _CleanupCadence:
 
     def _clean_up(self, batch: Any) -> None:
         manager = self._manager_for(batch)
-        outcome = run_cleanup_safely(manager, f"a call of {self.name}")
+        policy = self.cache_policy
+        if policy is None:
+            policy = _CLEAR_ALWAYS if batch is None else batch.cache_policy
+        outcome = run_cleanup_safely(manager, f"a call of {self.name}", policy)
         with self._lock:
             if outcome is None:
                 self.stats.cleanup_failures += 1
@@ -212,6 +219,7 @@ def auto_clear(
     memory_threshold: float = 0.8,
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
+    cache_policy: CachePolicy | None = None,
 ) -> Callable[[Function], Function]: ...
 
 
@@ -223,6 +231,7 @@ def auto_clear(
     memory_threshold: float = 0.8,
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
+    cache_policy: CachePolicy | None = None,
 ) -> Function | Callable[[Function], Function]:
     """Clear the cache and run the threshold GC after every ``every``-th call.
 
@@ -239,6 +248,8 @@ def auto_clear(
             manager per device and threshold, made at the first cleanup.
         enabled: a bool, or a zero-argument callable asked at every call; while it is
             false, calls pass straight through, uncounted.
+        cache_policy: when a cleanup empties the cache; ``None`` uses the active batch's
+            policy, or :class:`ClearAlways` outside a batch.
 
     Calls are counted per decorated function across all threads; for methods the count
     belongs to the function and is shared by all instances. The function's result and
@@ -248,6 +259,8 @@ def auto_clear(
     every = check_int(every, "every", minimum=1)
     memory_threshold = check_fraction(memory_threshold, "memory_threshold")
     enabled = _check_enabled(enabled)
+    if cache_policy is not None:
+        check_cache_policy(cache_policy)
     if manager is not None and not isinstance(manager, MemoryManager):
         raise InvalidArgumentTypeError(f"manager must be a MemoryManager or None, got {manager!r}")
     if wrapped is None:
@@ -258,6 +271,7 @@ def auto_clear(
             memory_threshold=memory_threshold,
             manager=manager,
             enabled=enabled,
+            cache_policy=cache_policy,
         )
 
     function = _underlying_function(wrapped)
@@ -277,6 +291,7 @@ def auto_clear(
         device=device,
         memory_threshold=memory_threshold,
         manager=manager,
+        cache_policy=cache_policy,
         name=getattr(function, "__qualname__", repr(wrapped)),
     )
     return cast(Function, AutoClearFunction(wrapped, cadence, enabled))

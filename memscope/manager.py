@@ -17,7 +17,8 @@ from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
 from memscope.devices import DeviceLike, resolve_device
 from memscope.estimation import ImageMemoryModel
-from memscope.exceptions import MemoryFiguresUnavailableError
+from memscope.exceptions import InvalidArgumentTypeError, MemoryFiguresUnavailableError
+from memscope.policies import GCBackoff
 from memscope.snapshot import MemorySnapshot
 
 __all__ = ["ManagerStats", "MemoryManager"]
@@ -45,6 +46,10 @@ class MemoryManager:
         memory_threshold: usage (0 < t <= 1) at or above which
             :meth:`trigger_gc_if_needed` collects garbage.
         memory_model: the assumptions behind :meth:`estimate_memory_required`.
+        gc_backoff: skip threshold collections that would most likely free nothing (see
+            :class:`GCBackoff`). ``None``, the default, collects at every check at or above
+            the threshold, as the seed did; managers that ``managed_batch`` and
+            ``@auto_clear`` make for you use ``GCBackoff()``.
     """
 
     def __init__(
@@ -53,8 +58,14 @@ class MemoryManager:
         memory_threshold: float = 0.8,
         *,
         memory_model: ImageMemoryModel | None = None,
+        gc_backoff: GCBackoff | None = None,
     ) -> None:
         self._memory_threshold = check_fraction(memory_threshold, "memory_threshold")
+        if gc_backoff is not None and not isinstance(gc_backoff, GCBackoff):
+            raise InvalidArgumentTypeError(
+                f"gc_backoff must be a GCBackoff or None, got {gc_backoff!r}"
+            )
+        self._backoff = None if gc_backoff is None else gc_backoff.new_state()
         self._device, self._backend = resolve_device(device)
         self.memory_model = ImageMemoryModel() if memory_model is None else memory_model
         self._stats = ManagerStats()
@@ -92,6 +103,11 @@ class MemoryManager:
         self._memory_threshold = check_fraction(value, "memory_threshold")
 
     @property
+    def gc_backoff(self) -> GCBackoff | None:
+        """The policy that skips fruitless collections, or ``None`` (collect every time)."""
+        return None if self._backoff is None else self._backoff.policy
+
+    @property
     def stats(self) -> ManagerStats:
         """Cache clears, GC runs and seconds spent in GC since the manager was made."""
         return self._stats
@@ -121,10 +137,21 @@ class MemoryManager:
     def trigger_gc_if_needed(self) -> bool:
         """Collect garbage and clear the cache when usage is at or above the threshold.
 
-        Returns whether it collected.
+        With a :class:`GCBackoff`, a collection that would most likely free nothing is
+        skipped. Returns whether it collected.
         """
         usage = self.check_memory_usage()
+        backoff = self._backoff
         if usage < self._memory_threshold:
+            if backoff is not None:
+                backoff.below_threshold()
+            return False
+        if backoff is not None and not backoff.allows(usage):
+            logger.debug(
+                "%s: usage %.1f%% >= threshold, but the last collection freed nothing: skipped",
+                self.resolved_device,
+                usage * 100,
+            )
             return False
         started = time.perf_counter()
         gc.collect()
@@ -136,16 +163,19 @@ class MemoryManager:
                 gc_runs=self._stats.gc_runs + 1,
                 gc_seconds=self._stats.gc_seconds + elapsed,
             )
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s: usage %.1f%% >= threshold %.1f%%: collected garbage in %.1f ms, "
-                "usage now %.1f%%",
-                self.resolved_device,
-                usage * 100,
-                self._memory_threshold * 100,
-                elapsed * 1000,
-                self.check_memory_usage() * 100,
-            )
+        if backoff is None and not logger.isEnabledFor(logging.DEBUG):
+            return True
+        usage_after = self.check_memory_usage()
+        if backoff is not None:
+            backoff.collected(usage, usage_after)
+        logger.debug(
+            "%s: usage %.1f%% >= threshold %.1f%%: collected garbage in %.1f ms, usage now %.1f%%",
+            self.resolved_device,
+            usage * 100,
+            self._memory_threshold * 100,
+            elapsed * 1000,
+            usage_after * 100,
+        )
         return True
 
     def estimate_memory_required(self, image_size: tuple[int, int]) -> int:

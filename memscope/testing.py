@@ -16,7 +16,8 @@ it made of the answers::
             assert fake.count("torch.cuda.empty_cache") == 1
 
 The fake patches module attributes of ``torch`` for the whole process, so it is not safe to
-use from tests that run in parallel threads.
+use from tests that run in parallel threads. Entering and leaving it also drops the default
+managers ``@auto_clear`` shares, so none of them outlives the fake device it was made for.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from memscope.context import forget_shared_managers
 from memscope.devices import DeviceLike
 from memscope.manager import MemoryManager
 
@@ -173,6 +175,9 @@ class FakeDevice:
     # Activation -------------------------------------------------------------------------
 
     def __enter__(self) -> FakeDevice:
+        # Shared default managers (those @auto_clear makes) hold backends bound to whatever
+        # device was there when they were made: start and end with none.
+        forget_shared_managers()
         for module, name, fake in self._fakes():
             self._saved.append((module, name, getattr(module, name, _MISSING)))
             if fake is _MISSING:
@@ -183,6 +188,7 @@ class FakeDevice:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        forget_shared_managers()
         while self._saved:
             module, name, original = self._saved.pop()
             if original is _MISSING:

@@ -684,3 +684,18 @@ def test_new_threads_do_not_inherit_the_batch_but_a_copied_context_does() -> Non
         thread.join()
     assert plain_batch.report.calls == 0
     assert copied_batch.report.calls == 1
+
+
+def test_shared_default_managers_do_not_outlive_a_fake_device() -> None:
+    """A default manager made under one FakeDevice is not reused under the next one."""
+
+    @auto_clear(every=1, device="cuda", memory_threshold=0.5)
+    def work() -> None:
+        pass
+
+    with FakeDevice("cuda", device_count=1) as first:
+        work()
+    with FakeDevice("cuda", device_count=2, current_device=1) as second:
+        work()
+    assert {call.args for call in first.calls_to("torch.cuda.mem_get_info")} == {(0,)}
+    assert {call.args for call in second.calls_to("torch.cuda.mem_get_info")} == {(1,)}

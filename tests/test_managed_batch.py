@@ -54,11 +54,11 @@ def test_cadence_cleans_up_every_n_items(every: int, items: int) -> None:
 
 
 def test_cadence_against_a_fake_cuda_device() -> None:
-    """every=5 over 12 items on a fake GPU at 90 % usage: 2 cadence cleanups and a final one,
-    each a clear plus a collection (two empty_cache calls)."""
+    """every=5 over 12 items on a fake GPU at 90 % usage, with a manager that collects at
+    every check: 2 cadence cleanups and a final one, each a clear plus a collection."""
     with FakeDevice("cuda", total=8 * GiB) as fake:
         fake.set_usage(0.9)
-        with managed_batch("cuda", every=5) as batch:
+        with managed_batch(manager=MemoryManager("cuda"), every=5) as batch:
             for _ in batch.track(range(12)):
                 pass
     assert fake.count("torch.cuda.empty_cache") == 6
@@ -389,3 +389,16 @@ def test_batch_makes_its_own_manager_for_the_device() -> None:
     assert isinstance(manager, MemoryManager)
     assert str(manager.resolved_device) == "cuda:1"
     assert manager.memory_threshold == 0.5
+
+
+def test_batch_made_manager_backs_off_fruitless_collections() -> None:
+    """The manager a batch makes skips collections that freed nothing: with usage pinned at
+    90 %, cleanups after items 5 and 10 and the final one collect twice, not three times."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_usage(0.9)
+        with managed_batch("cuda", every=5) as batch:
+            for _ in batch.track(range(12)):
+                pass
+    assert batch.manager.gc_backoff is not None
+    assert batch.report.gc_runs == 2
+    assert fake.count("torch.cuda.empty_cache") == 3 + 2

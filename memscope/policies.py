@@ -1,0 +1,159 @@
+"""Small, immutable policies that decide when cleanup is worth its cost.
+
+- :class:`GCBackoff` stops a threshold GC from firing at every check when the model itself
+  keeps usage above the threshold and collecting frees nothing.
+- :class:`ClearAlways` and :class:`ClearWhenUseful` decide whether a cleanup step empties the
+  device's cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from memscope._validation import check_fraction, check_int, check_positive_number
+from memscope.exceptions import InvalidArgumentTypeError
+from memscope.snapshot import MemorySnapshot
+
+__all__ = [
+    "CachePolicy",
+    "ClearAlways",
+    "ClearWhenUseful",
+    "GCBackoff",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class GCBackoff:
+    """When to skip a threshold GC that would most likely free nothing.
+
+    A collection is *fruitless* when it lowers usage by less than ``min_freed`` (a fraction
+    of the device's capacity). After a fruitless collection the threshold GC stays off
+    until one of these:
+
+    - usage climbs ``margin`` above the level the last collection left (new garbage, or
+      new tensors, have arrived: collect promptly);
+    - usage drops below the threshold (pressure is gone; the next rise starts afresh);
+    - a number of checks have passed, which doubles after every fruitless collection, up to
+      ``max_interval`` (a safety net: 100 checks pinned above the threshold collect 6 times).
+
+    A productive collection re-arms it at once.
+    """
+
+    margin: float = 0.05
+    min_freed: float = 0.01
+    max_interval: int = 64
+
+    def __post_init__(self) -> None:
+        check_fraction(self.margin, "margin")
+        check_fraction(self.min_freed, "min_freed")
+        check_int(self.max_interval, "max_interval", minimum=1)
+
+    def new_state(self) -> GCBackoffState:
+        """Fresh per-manager state that follows this policy."""
+        return GCBackoffState(self)
+
+
+class GCBackoffState:
+    """The mutable side of :class:`GCBackoff`, one per manager; safe across threads."""
+
+    def __init__(self, policy: GCBackoff) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._armed = True
+        self._floor = 0.0
+        self._interval = 1
+        self._checks_since_collection = 0
+        self.skipped = 0
+
+    def allows(self, usage: float) -> bool:
+        """Whether a collection at ``usage`` (already at or above the threshold) may run."""
+        with self._lock:
+            if self._armed:
+                return True
+            self._checks_since_collection += 1
+            if (
+                usage >= self._floor + self.policy.margin
+                or self._checks_since_collection >= self._interval
+            ):
+                return True
+            self.skipped += 1
+            return False
+
+    def below_threshold(self) -> None:
+        """Usage is under the threshold: the next time it rises, collect at once."""
+        with self._lock:
+            self._armed = True
+            self._interval = 1
+
+    def collected(self, usage_before: float, usage_after: float) -> None:
+        """Record one collection and whether it freed enough to be worth repeating."""
+        with self._lock:
+            self._checks_since_collection = 0
+            if usage_before - usage_after >= self.policy.min_freed:
+                self._armed = True
+                self._interval = 1
+            else:
+                self._armed = False
+                self._floor = usage_after
+                self._interval = min(self._interval * 2, self.policy.max_interval)
+
+
+class CachePolicy(Protocol):
+    """Decides whether a cleanup step empties the device's cache."""
+
+    needs_snapshot: ClassVar[bool]
+    """Whether the policy looks at the device's figures (reading them costs a query)."""
+
+    def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
+        """Whether to call ``clear_cache()`` now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAlways:
+    """Empty the cache at every cleanup step: the seed's behaviour, and the default.
+
+    Predictable: memory torch caches but no tensor uses goes back to the driver every
+    cleanup, so other processes (and ``nvidia-smi``) see it. The cost is that the next
+    allocations go to the driver again; with a cadence of a few items that cost is small.
+    """
+
+    needs_snapshot: ClassVar[bool] = False
+
+    def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ClearWhenUseful:
+    """Empty the cache only when it can help.
+
+    That is when usage is at or above the threshold, or when the cache holds at least
+    ``min_cached_bytes`` that no tensor uses (``reserved - allocated``). Otherwise the cached
+    blocks stay for the next item to reuse, which spares the allocator a trip to the driver
+    per item. Devices that report no figures are always cleared.
+    """
+
+    needs_snapshot: ClassVar[bool] = True
+    min_cached_bytes: int = 1024**3
+
+    def __post_init__(self) -> None:
+        check_positive_number(self.min_cached_bytes, "min_cached_bytes", allow_zero=True)
+
+    def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
+        if snapshot is None or snapshot.reserved is None or snapshot.allocated is None:
+            return True
+        if snapshot.usage >= memory_threshold:
+            return True
+        return snapshot.reserved - snapshot.allocated >= self.min_cached_bytes
+
+
+def check_cache_policy(policy: object) -> CachePolicy:
+    """A cache policy: a callable with a ``needs_snapshot`` flag."""
+    if not callable(policy) or not isinstance(getattr(policy, "needs_snapshot", None), bool):
+        raise InvalidArgumentTypeError(
+            f"cache_policy must be a CachePolicy such as ClearWhenUseful(), got {policy!r}"
+        )
+    return policy  # type: ignore[return-value]

@@ -1,0 +1,155 @@
+"""Heap freezing inside managed_batch: fast collections that still free the batch's cycles."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+import torch
+
+from memscope import managed_batch
+from memscope.heap import heap_holders
+from memscope.testing import FakeDevice, GiB, RecordingManager
+
+
+class Node:
+    """One half of a reference cycle."""
+
+    def __init__(self) -> None:
+        self.partner: Node | None = None
+        self.tensor: torch.Tensor | None = None
+
+
+def make_cycle_holding_tensor() -> weakref.ref[torch.Tensor]:
+    """Leave a two-node cycle that holds a 4 MB tensor; return a weak reference to it."""
+    first, second = Node(), Node()
+    first.partner, second.partner = second, first
+    first.tensor = torch.zeros(1024, 1024)
+    return weakref.ref(first.tensor)
+
+
+@pytest.fixture(autouse=True)
+def _no_frozen_heap_left() -> None:
+    """Each test starts with nothing frozen."""
+    assert gc.get_freeze_count() == 0
+
+
+def test_objects_from_before_the_batch_are_frozen_inside_it() -> None:
+    """Inside the batch the pre-existing heap sits in the permanent generation."""
+    with managed_batch(manager=RecordingManager()):
+        assert gc.get_freeze_count() > 0
+        assert heap_holders() == 1
+    assert gc.get_freeze_count() == 0
+    assert heap_holders() == 0
+
+
+def test_cycles_created_in_the_batch_are_still_collected() -> None:
+    """A cycle holding a tensor, made and dropped during the batch, is freed by the batch's
+    threshold GC."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_usage(0.9)
+        with managed_batch("cuda", every=1) as batch:
+            tensor = make_cycle_holding_tensor()
+            assert tensor() is not None
+            batch.step()
+            assert tensor() is None
+    assert batch.report.gc_runs >= 1
+
+
+def test_cycles_from_before_the_batch_wait_until_it_ends() -> None:
+    """The documented trade-off: garbage that predates the batch survives its collections,
+    and is collectable again once the batch has ended."""
+    gc.disable()
+    try:
+        tensor = make_cycle_holding_tensor()
+        with managed_batch(manager=RecordingManager()):
+            gc.collect()
+            assert tensor() is not None
+        gc.collect()
+        assert tensor() is None
+    finally:
+        gc.enable()
+
+
+def test_heap_is_unfrozen_after_an_exception() -> None:
+    """An exception in the batch still unfreezes the heap."""
+
+    def run() -> None:
+        with managed_batch(manager=RecordingManager()):
+            raise RuntimeError("bad image")
+
+    with pytest.raises(RuntimeError):
+        run()
+    assert gc.get_freeze_count() == 0
+
+
+def test_heap_is_unfrozen_after_keyboard_interrupt() -> None:
+    """Ctrl-C in the batch still unfreezes the heap."""
+
+    def run() -> None:
+        with managed_batch(manager=RecordingManager()):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert gc.get_freeze_count() == 0
+
+
+def test_nested_batches_unfreeze_only_at_the_last_exit() -> None:
+    """The freeze is reference-counted: the inner exit keeps it, the outer exit ends it."""
+    with managed_batch(manager=RecordingManager()):
+        with managed_batch(manager=RecordingManager()):
+            assert heap_holders() == 2
+        assert heap_holders() == 1
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+
+
+def test_concurrent_batches_in_threads_share_the_freeze() -> None:
+    """Batches in several threads keep the heap frozen until the last one ends."""
+    entered = threading.Barrier(4)
+    release = threading.Event()
+
+    def run() -> None:
+        with managed_batch(manager=RecordingManager()):
+            entered.wait(timeout=10)
+            release.wait(timeout=10)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    entered.wait(timeout=10)
+    assert heap_holders() == 3
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert heap_holders() == 0
+    assert gc.get_freeze_count() == 0
+
+
+def test_freeze_heap_false_leaves_the_heap_alone() -> None:
+    """freeze_heap=False opts out."""
+    with managed_batch(manager=RecordingManager(), freeze_heap=False):
+        assert gc.get_freeze_count() == 0
+
+
+def test_someone_elses_freeze_is_respected() -> None:
+    """If the heap was frozen before the batch (say, before a fork), the batch neither
+    freezes more nor unfreezes it."""
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with managed_batch(manager=RecordingManager()):
+            # No second freeze: objects made since (this frame's, the manager) stay out.
+            assert gc.get_freeze_count() <= frozen
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_freeze_heap_must_be_a_bool() -> None:
+    """A non-bool freeze_heap is refused."""
+    with pytest.raises(TypeError, match="freeze_heap"):
+        managed_batch(freeze_heap="yes")  # type: ignore[arg-type]
