@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from memscope import context, heap
+from memscope._counter import AtomicCounter
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import CleanupOutcome, run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
@@ -99,8 +100,9 @@ class ManagedBatch:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
-        self._items = 0
-        self._calls = 0
+        # Items and calls are counted on hot paths, so without a lock; the rest are rare.
+        self._items = AtomicCounter()
+        self._calls = AtomicCounter()
         self._failures = 0
         self._cleanup_failures = 0
         self._cache_clears = 0
@@ -135,7 +137,7 @@ class ManagedBatch:
     @property
     def items(self) -> int:
         """Items completed so far."""
-        return self._items
+        return self._items.value
 
     # Entering and leaving --------------------------------------------------------------
 
@@ -213,8 +215,8 @@ class ManagedBatch:
         with self._lock:
             self._report = BatchReport(
                 device=str(manager.resolved_device),
-                items=self._items,
-                calls=self._calls,
+                items=self._items.value,
+                calls=self._calls.value,
                 failures=self._failures,
                 cleanup_failures=self._cleanup_failures,
                 elapsed_seconds=time.perf_counter() - self._started,
@@ -245,9 +247,7 @@ class ManagedBatch:
     def step(self) -> None:
         """Count one finished item, and clean up if it completes a run of ``every``."""
         self._require_active("batch.step()")
-        with self._lock:
-            self._items += 1
-            item = self._items
+        item = self._items.increment()
         if item % self.every == 0:
             outcome = run_cleanup_safely(self.manager, f"batch item {item}", self.cache_policy)
             self.record_cleanup(outcome)
@@ -284,9 +284,10 @@ class ManagedBatch:
 
     def record_call(self, *, failed: bool) -> None:
         """Count a call of an ``@auto_clear`` function made inside this batch."""
-        with self._lock:
-            self._calls += 1
-            self._failures += int(failed)
+        self._calls.increment()
+        if failed:
+            with self._lock:
+                self._failures += 1
 
     def record_cleanup(self, outcome: CleanupOutcome | None) -> None:
         """Count a cleanup made through this batch's manager; ``None`` means it failed."""

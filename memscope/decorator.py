@@ -12,12 +12,12 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
 import wrapt
 
 from memscope import context
+from memscope._counter import AtomicCounter
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
@@ -30,9 +30,9 @@ __all__ = ["AutoClearFunction", "CleanupStats", "auto_clear"]
 Function = TypeVar("Function", bound=Callable[..., Any])
 Enabled = bool | Callable[[], bool]
 _CLEAR_ALWAYS = ClearAlways()
+_active_batch = context.active_batch.get
 
 
-@dataclass
 class CleanupStats:
     """What ``@auto_clear`` has done for one decorated function.
 
@@ -40,18 +40,41 @@ class CleanupStats:
     taken once (by an outer decorator, say) stays current.
     """
 
-    calls: int = 0
-    errors: int = 0
-    cleanups: int = 0
-    gc_runs: int = 0
-    cleanup_failures: int = 0
+    __slots__ = ("_calls", "cleanup_failures", "cleanups", "errors", "gc_runs")
+
+    def __init__(self) -> None:
+        self._calls = AtomicCounter()
+        self.errors = 0
+        self.cleanups = 0
+        self.gc_runs = 0
+        self.cleanup_failures = 0
+
+    @property
+    def calls(self) -> int:
+        """Calls made while enabled, failing ones included."""
+        return self._calls.value
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as a dict."""
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "cleanups": self.cleanups,
+            "gc_runs": self.gc_runs,
+            "cleanup_failures": self.cleanup_failures,
+        }
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value}" for name, value in self.as_dict().items())
+        return f"CleanupStats({fields})"
 
 
 class _CleanupCadence:
     """The per-function state behind one ``@auto_clear``: options, call count, statistics.
 
-    It is the wrapt wrapper of a plain function; the subclasses below serve coroutine and
-    generator functions. The class is picked once, when decorating.
+    Its ``call``, ``call_async`` and ``call_generator`` methods are the wrapt wrappers of
+    plain, coroutine and generator functions; the right one is picked once, when decorating.
+    (A bound method is a much cheaper wrapt wrapper than a callable object.)
     """
 
     def __init__(
@@ -73,33 +96,80 @@ class _CleanupCadence:
         self.stats = CleanupStats()
         self._lock = threading.Lock()
 
-    def __call__(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        batch = context.active_batch.get()
-        failure: BaseException | None = None
+    def call(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        batch = _active_batch()
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
             failure = error
+        else:
+            # The hot path: no lock, one atomic increment, cleanup only when due.
+            if batch is not None:
+                batch.record_call(failed=False)
+            if self.stats._calls.increment() % self.every == 0:
+                self._clean_up(batch)
+            return result
         # Cleanup runs here, after the except block has been left.
-        self.finish_call(batch, failed=failure is not None)
-        if failure is not None:
-            try:
-                raise failure
-            finally:
-                # Breaks the cycle frame -> failure -> traceback -> frame.
-                failure = None
-        return result
+        self._finish_failed_call(batch)
+        try:
+            raise failure
+        finally:
+            # Breaks the cycle frame -> failure -> traceback -> frame.
+            del failure
+
+    async def call_async(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        batch = _active_batch()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            failure = error
+        else:
+            self.finish_call(batch, failed=False)
+            return result
+        self._finish_failed_call(batch)
+        try:
+            raise failure
+        finally:
+            del failure
+
+    def call_generator(
+        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+    ) -> Generator[Any, Any, Any]:
+        # Neither generator runs any body until first advanced, so no cleanup happens
+        # before the body runs, and one closed before it started never cleans up.
+        return self._drive(wrapped(*args, **kwargs), _active_batch())
+
+    def _drive(self, generator: Generator[Any, Any, Any], batch: Any) -> Generator[Any, Any, Any]:
+        failed = False
+        try:
+            return (yield from generator)
+        except GeneratorExit:
+            raise
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self.finish_call(batch, failed=failed)
 
     def finish_call(self, batch: Any, *, failed: bool) -> None:
-        with self._lock:
-            self.stats.calls += 1
-            if failed:
-                self.stats.errors += 1
-            due = failed or self.stats.calls % self.every == 0
+        """Count one finished call and clean up if it is due (always after a failure)."""
+        if failed:
+            self._finish_failed_call(batch)
+            return
         if batch is not None:
-            batch.record_call(failed=failed)
-        if due:
+            batch.record_call(failed=False)
+        if self.stats._calls.increment() % self.every == 0:
             self._clean_up(batch)
+
+    def _finish_failed_call(self, batch: Any) -> None:
+        self.stats._calls.increment()
+        with self._lock:
+            self.stats.errors += 1
+        if batch is not None:
+            batch.record_call(failed=True)
+        self._clean_up(batch)
 
     def _clean_up(self, batch: Any) -> None:
         manager = self._manager_for(batch)
@@ -127,55 +197,15 @@ class _CleanupCadence:
         return context.shared_manager(self.device, self.memory_threshold)
 
 
-class _AsyncCleanupCadence(_CleanupCadence):
-    """The cadence of an ``async def`` function: cleanup after the awaited body finishes."""
-
-    async def __call__(
-        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
-    ) -> Any:
-        batch = context.active_batch.get()
-        failure: BaseException | None = None
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as error:
-            failure = error
-        self.finish_call(batch, failed=failure is not None)
-        if failure is not None:
-            try:
-                raise failure
-            finally:
-                failure = None
-        return result
-
-
-class _GeneratorCleanupCadence(_CleanupCadence):
-    """The cadence of a generator function: cleanup when the generator finishes or closes."""
-
-    def __call__(
-        self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
-    ) -> Generator[Any, Any, Any]:
-        # Neither generator runs any body until first advanced, so no cleanup happens
-        # before the body runs, and one closed before it started never cleans up.
-        return self._drive(wrapped(*args, **kwargs), context.active_batch.get())
-
-    def _drive(self, generator: Generator[Any, Any, Any], batch: Any) -> Generator[Any, Any, Any]:
-        failed = False
-        try:
-            return (yield from generator)
-        except GeneratorExit:
-            raise
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            self.finish_call(batch, failed=failed)
+def _cadence_of(wrapper: object) -> _CleanupCadence:
+    return cast(_CleanupCadence, cast(Any, wrapper).__self__)
 
 
 class _BoundAutoClearFunction(wrapt.BoundFunctionWrapper[..., Any]):
     @property
     def cleanup_stats(self) -> CleanupStats:
         """The decorated function's statistics (for methods, shared by every instance)."""
-        return cast(_CleanupCadence, self._self_wrapper).stats
+        return _cadence_of(self._self_wrapper).stats
 
 
 class AutoClearFunction(wrapt.FunctionWrapper[..., Any]):
@@ -186,7 +216,7 @@ class AutoClearFunction(wrapt.FunctionWrapper[..., Any]):
     @property
     def cleanup_stats(self) -> CleanupStats:
         """The decorated function's statistics, updated in place."""
-        return cast(_CleanupCadence, self._self_wrapper).stats
+        return _cadence_of(self._self_wrapper).stats
 
 
 def _underlying_function(target: Any) -> Any:
@@ -280,13 +310,7 @@ def auto_clear(
             f"auto_clear cannot decorate the async generator function {wrapped!r}: "
             "decorate the function that consumes it, or wrap the loop in managed_batch"
         )
-    if inspect.iscoroutinefunction(function):
-        cadence_class: type[_CleanupCadence] = _AsyncCleanupCadence
-    elif inspect.isgeneratorfunction(function):
-        cadence_class = _GeneratorCleanupCadence
-    else:
-        cadence_class = _CleanupCadence
-    cadence = cadence_class(
+    cadence = _CleanupCadence(
         every=every,
         device=device,
         memory_threshold=memory_threshold,
@@ -294,4 +318,12 @@ def auto_clear(
         cache_policy=cache_policy,
         name=getattr(function, "__qualname__", repr(wrapped)),
     )
-    return cast(Function, AutoClearFunction(wrapped, cadence, enabled))
+    if inspect.iscoroutinefunction(function):
+        wrapper: Callable[..., Any] = cadence.call_async
+    elif inspect.isgeneratorfunction(function):
+        wrapper = cadence.call_generator
+    else:
+        wrapper = cadence.call
+    # wrapt checks a non-None `enabled` at every call; "always on" is cheaper as None.
+    switch = None if enabled is True else enabled
+    return cast(Function, AutoClearFunction(wrapped, wrapper, switch))

@@ -1,0 +1,1 @@
+"""memscope's benchmark suite: ``python -m benchmarks`` (see docs/performance.md)."""
