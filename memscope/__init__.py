@@ -6,19 +6,24 @@ from memscope.devices import DeviceLike
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     DeviceUnavailableError,
+    HostMemoryUnavailableError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemoryFiguresUnavailableError,
     MemscopeError,
 )
+from memscope.host import HostMemoryLimit, HostMemoryMonitor
 from memscope.manager import ManagerStats, MemoryManager
 from memscope.snapshot import MemorySnapshot
-from memscope.units import format_bytes
+from memscope.units import format_bytes, parse_bytes
 
 __all__ = [
     "DeviceBackend",
     "DeviceLike",
     "DeviceUnavailableError",
+    "HostMemoryLimit",
+    "HostMemoryMonitor",
+    "HostMemoryUnavailableError",
     "ImageMemoryModel",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
@@ -31,5 +36,6 @@ __all__ = [
     "__version__",
     "available_devices",
     "format_bytes",
+    "parse_bytes",
     "register_backend",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "DeviceUnavailableError",
+    "HostMemoryUnavailableError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "MemoryFiguresUnavailableError",
@@ -35,3 +36,10 @@ class DeviceUnavailableError(MemscopeError, ValueError):
 
 class MemoryFiguresUnavailableError(MemscopeError):
     """The device does not report the memory figures an operation needs."""
+
+
+class HostMemoryUnavailableError(MemoryFiguresUnavailableError):
+    """Host memory monitoring was asked for, but this platform cannot tell the figures.
+
+    Raised when a manager is made, so a job fails before its first batch, not in the middle.
+    """

@@ -24,14 +24,18 @@ def test_public_names_of_modules_are_reexported() -> None:
     import memscope.backends
     import memscope.estimation
     import memscope.exceptions
+    import memscope.host
     import memscope.manager
     import memscope.snapshot
+    import memscope.units
 
     for module in (
         memscope.estimation,
         memscope.exceptions,
+        memscope.host,
         memscope.manager,
         memscope.snapshot,
+        memscope.units,
     ):
         for name in module.__all__:
             assert name in memscope.__all__, f"{module.__name__}.{name}"
