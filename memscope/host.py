@@ -224,9 +224,12 @@ class HostMemoryMonitor:
 
     Args:
         use_psutil: read through psutil when it is installed; ``False`` reads ``/proc``.
-        proc_root: where ``/proc`` is.
-        cgroup_root: where the cgroup file systems are mounted.
+        proc_root: where ``/proc`` is; ``PROC_ROOT`` of this module by default.
+        cgroup_root: where the cgroup file systems are mounted; ``CGROUP_ROOT`` by default.
         getrlimit: reads resource limits; :func:`resource.getrlimit` by default.
+
+    The defaults are looked up when a monitor is made, which is how
+    :class:`memscope.testing.FakeHost` points the monitors a test makes at fake figures.
 
     Raises:
         HostMemoryUnavailableError: neither psutil nor ``/proc`` can tell the resident
@@ -237,10 +240,13 @@ class HostMemoryMonitor:
         self,
         *,
         use_psutil: bool = True,
-        proc_root: Path = PROC_ROOT,
-        cgroup_root: Path = CGROUP_ROOT,
+        proc_root: Path | None = None,
+        cgroup_root: Path | None = None,
         getrlimit: GetRlimit | None = None,
     ) -> None:
+        proc_root = PROC_ROOT if proc_root is None else proc_root
+        cgroup_root = CGROUP_ROOT if cgroup_root is None else cgroup_root
+        getrlimit = _default_getrlimit if getrlimit is None else getrlimit
         psutil = _import_psutil() if use_psutil else None
         self._read_resident: Callable[[], int]
         if psutil is not None:
@@ -275,6 +281,10 @@ class HostMemoryMonitor:
     def usage(self, resident_bytes: int) -> float:
         """``resident_bytes`` as a fraction of the limit, clamped to [0, 1]."""
         return min(max(resident_bytes / self.limit.size, 0.0), 1.0)
+
+
+_default_getrlimit: GetRlimit | None = None
+"""``None`` means :func:`resource.getrlimit`; :class:`memscope.testing.FakeHost` replaces it."""
 
 
 def _import_psutil() -> ModuleType | None:
