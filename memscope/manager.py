@@ -183,7 +183,7 @@ class MemoryManager:
 
         Returns whether it collected.
         """
-        usage = self._measure().usage
+        usage = self.check_memory_usage()
         if usage < self._memory_threshold:
             return False
         started = time.perf_counter()
