@@ -65,10 +65,13 @@ class MemorySnapshot:
                     f"{self.device}: usage {self.usage:.1%} (the device reports no memory figures)"
                 )
             return ", ".join([f"{self.device}: usage {self.usage:.1%}", *monitored])
-        parts = [
-            f"{self.device}: {self.usage:.1%} used ({format_bytes(self.used)} of "
-            f"{format_bytes(self.total)})"
-        ]
+        device_figures = f"{format_bytes(self.used)} of {format_bytes(self.total)}"
+        if monitored:
+            # Usage may come from the budget or the host, so the device's share is labelled.
+            head = f"{self.device}: usage {self.usage:.1%} (device {device_figures} used)"
+        else:
+            head = f"{self.device}: {self.usage:.1%} used ({device_figures})"
+        parts = [head]
         for label, value in (
             ("allocated", self.allocated),
             ("reserved", self.reserved),

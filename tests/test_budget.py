@@ -226,7 +226,10 @@ def test_budget_snapshot_dict_and_text() -> None:
     data = json.loads(json.dumps(snapshot.to_dict()))
     assert (data["budget"], data["budget_used"]) == (4 * GiB, 3 * GiB)
     assert "host_limit" not in data
-    assert "budget 3.0 GiB of 4.0 GiB" in str(snapshot)
+    assert str(snapshot) == (
+        "cuda:0: usage 75.0% (device 1.0 GiB of 16.0 GiB used), allocated 1.0 GiB, "
+        "reserved 3.0 GiB, free 13.0 GiB, peak allocated 1.0 GiB, budget 3.0 GiB of 4.0 GiB"
+    )
 
 
 def test_repr_shows_the_budget() -> None:
