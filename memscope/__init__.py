@@ -11,16 +11,18 @@ from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     BatchStateError,
     DeviceUnavailableError,
+    HostMemoryUnavailableError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemoryFiguresUnavailableError,
     MemscopeError,
 )
+from memscope.host import HostMemoryLimit, HostMemoryMonitor
 from memscope.manager import ManagerStats, MemoryManager
 from memscope.policies import CachePolicy, ClearAlways, ClearWhenUseful, GCBackoff
 from memscope.report import BatchReport
 from memscope.snapshot import MemorySnapshot
-from memscope.units import format_bytes
+from memscope.units import format_bytes, parse_bytes
 
 __all__ = [
     "AutoClearFunction",
@@ -35,6 +37,9 @@ __all__ = [
     "DeviceLike",
     "DeviceUnavailableError",
     "GCBackoff",
+    "HostMemoryLimit",
+    "HostMemoryMonitor",
+    "HostMemoryUnavailableError",
     "ImageMemoryModel",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
@@ -51,5 +56,6 @@ __all__ = [
     "current_batch",
     "format_bytes",
     "managed_batch",
+    "parse_bytes",
     "register_backend",
 ]

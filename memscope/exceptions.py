@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "BatchStateError",
     "DeviceUnavailableError",
+    "HostMemoryUnavailableError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "MemoryFiguresUnavailableError",
@@ -40,3 +41,10 @@ class MemoryFiguresUnavailableError(MemscopeError):
 
 class BatchStateError(MemscopeError, RuntimeError):
     """A managed batch was used in a state that does not allow it (before it started, say)."""
+
+
+class HostMemoryUnavailableError(MemoryFiguresUnavailableError):
+    """Host memory monitoring was asked for, but this platform cannot tell the figures.
+
+    Raised when a manager is made, so a job fails before its first batch, not in the middle.
+    """

@@ -17,9 +17,15 @@ from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
 from memscope.devices import DeviceLike, resolve_device
 from memscope.estimation import ImageMemoryModel
-from memscope.exceptions import InvalidArgumentTypeError, MemoryFiguresUnavailableError
+from memscope.exceptions import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MemoryFiguresUnavailableError,
+)
+from memscope.host import HostMemoryMonitor
 from memscope.policies import GCBackoff
 from memscope.snapshot import MemorySnapshot
+from memscope.units import format_bytes, parse_bytes
 
 __all__ = ["ManagerStats", "MemoryManager"]
 
@@ -33,6 +39,16 @@ class ManagerStats:
     cache_clears: int = 0
     gc_runs: int = 0
     gc_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Measurement:
+    """Everything one usage check read, so that a snapshot and its usage agree."""
+
+    reading: MemoryReading
+    usage: float
+    host_resident: int | None = None
+    budget_used: int | None = None
 
 
 class MemoryManager:
@@ -50,6 +66,17 @@ class MemoryManager:
             :class:`GCBackoff`). ``None``, the default, collects at every check at or above
             the threshold, as the seed did; managers that ``managed_batch`` and
             ``@auto_clear`` make for you use ``GCBackoff()``.
+        host: also watch this process's resident memory against the host's effective limit
+            (the smallest of the RAM, the cgroup limit and ``RLIMIT_AS``/``RLIMIT_RSS``);
+            usage is then the larger of the device's and the host's. The limit is read
+            once, here. Raises :class:`~memscope.HostMemoryUnavailableError` where neither
+            psutil nor ``/proc`` can tell the figures.
+        budget: bytes this process may use (an int, or a string such as ``"6GiB"`` or
+            ``"512MB"``); usage is then also measured against it. What counts against the
+            budget is this process's own footprint: the memory torch's allocator holds on a
+            device that reports it (CUDA, MPS, other accelerators), the resident memory on
+            the CPU, where a budget turns host monitoring on. A budget larger than the
+            device's capacity raises :class:`~memscope.InvalidArgumentError`.
     """
 
     def __init__(
@@ -59,6 +86,8 @@ class MemoryManager:
         *,
         memory_model: ImageMemoryModel | None = None,
         gc_backoff: GCBackoff | None = None,
+        host: bool = False,
+        budget: int | str | None = None,
     ) -> None:
         self._memory_threshold = check_fraction(memory_threshold, "memory_threshold")
         if gc_backoff is not None and not isinstance(gc_backoff, GCBackoff):
@@ -66,16 +95,35 @@ class MemoryManager:
                 f"gc_backoff must be a GCBackoff or None, got {gc_backoff!r}"
             )
         self._backoff = None if gc_backoff is None else gc_backoff.new_state()
+        if not isinstance(host, bool):
+            raise InvalidArgumentTypeError(
+                f"host must be True or False, got {host!r} of type {type(host).__name__}"
+            )
+        self._budget = None if budget is None else _check_budget(budget)
         self._device, self._backend = resolve_device(device)
         self.memory_model = ImageMemoryModel() if memory_model is None else memory_model
         self._stats = ManagerStats()
         self._stats_lock = threading.Lock()
-        self._query_failing = False
+        self._failing_queries: set[str] = set()
+        self._budget_counts_host_memory = False
+        device_capacity: int | None = None
+        if self._budget is not None:
+            device_capacity, self._budget_counts_host_memory = self._probe_device_for_budget()
+        self._host_monitor: HostMemoryMonitor | None = None
+        if host or self._budget_counts_host_memory:
+            self._host_monitor = HostMemoryMonitor()
+        if self._budget is not None:
+            self._check_budget_fits(budget, self._budget, device_capacity)
 
     def __repr__(self) -> str:
+        extras = ""
+        if self._host_monitor is not None:
+            extras += ", host=True"
+        if self._budget is not None:
+            extras += f", budget={self._budget}"
         return (
             f"MemoryManager(device={str(self._backend.device)!r}, "
-            f"memory_threshold={self._memory_threshold})"
+            f"memory_threshold={self._memory_threshold}{extras})"
         )
 
     @property
@@ -108,6 +156,16 @@ class MemoryManager:
         return None if self._backoff is None else self._backoff.policy
 
     @property
+    def budget(self) -> int | None:
+        """The byte budget usage is also measured against, or ``None``."""
+        return self._budget
+
+    @property
+    def host_monitor(self) -> HostMemoryMonitor | None:
+        """What watches the host's memory, with its ``limit``; ``None`` when not watched."""
+        return self._host_monitor
+
+    @property
     def stats(self) -> ManagerStats:
         """Cache clears, GC runs and seconds spent in GC since the manager was made."""
         return self._stats
@@ -129,10 +187,12 @@ class MemoryManager:
         On CUDA this is ``(total - free - (reserved - allocated)) / total``: memory other
         processes hold counts as used, blocks torch caches but no tensor uses count as free.
         On MPS it is the Metal driver's allocation over Metal's recommended working set.
-        The CPU reports 0.0. The result is clamped to [0, 1]. A failing query logs a
-        warning and returns 0.0: monitoring never raises.
+        The CPU reports 0.0. With host monitoring, the host's usage (resident memory over
+        the effective limit) counts too; with a budget, the footprint over the budget does;
+        the largest figure wins. The result is clamped to [0, 1]. A failing query logs a
+        warning and counts as 0.0: monitoring never raises.
         """
-        return self._usage(self._read_memory())
+        return self._measure().usage
 
     def trigger_gc_if_needed(self) -> bool:
         """Collect garbage and clear the cache when usage is at or above the threshold.
@@ -187,11 +247,21 @@ class MemoryManager:
         return self.memory_model.estimate(image_size)
 
     def snapshot(self) -> MemorySnapshot:
-        """The device's memory figures now; fields the device cannot tell are ``None``."""
-        reading = self._read_memory()
+        """The device's memory figures now; fields the device cannot tell are ``None``.
+
+        The host figures are set when the host is monitored, the budget figures when there
+        is a budget.
+        """
+        measurement = self._measure()
+        reading = measurement.reading
+        host_limit = host_usage = None
+        if self._host_monitor is not None:
+            host_limit = self._host_monitor.limit.size
+            if measurement.host_resident is not None:
+                host_usage = self._host_monitor.usage(measurement.host_resident)
         return MemorySnapshot(
             device=str(self.resolved_device),
-            usage=self._usage(reading),
+            usage=measurement.usage,
             allocated=reading.allocated,
             reserved=reading.reserved,
             free=reading.free,
@@ -199,24 +269,44 @@ class MemoryManager:
             used=reading.used,
             peak_allocated=reading.peak_allocated,
             peak_reserved=reading.peak_reserved,
+            budget=self._budget,
+            budget_used=measurement.budget_used,
+            host_resident=measurement.host_resident,
+            host_limit=host_limit,
+            host_usage=host_usage,
         )
 
     def max_batch_size(self, image_size: tuple[int, int]) -> int:
         """How many images of ``image_size`` fit in the memory available now.
 
-        Available memory is the device's capacity less what is used (cached-but-free blocks
-        count as available). Raises :class:`~memscope.MemoryFiguresUnavailableError` on a
-        device that reports no capacity, such as the CPU.
+        Available memory is the smallest of what is left: of the device's capacity less what
+        is used (cached-but-free blocks count as available); with host monitoring, of the
+        host's limit less the resident memory; with a budget, of the budget less what the
+        batch cannot reuse (torch's allocated memory on a device that reports it, as cached
+        blocks are reused; the resident memory on the CPU). Raises
+        :class:`~memscope.MemoryFiguresUnavailableError` where none of these is known, as on
+        the CPU without ``host=True`` or a budget.
         """
         per_image = self.estimate_memory_required(image_size)
-        reading = self._read_memory()
-        if reading.total is None or reading.used is None:
+        measurement = self._measure()
+        reading = measurement.reading
+        available: list[int] = []
+        if reading.total is not None and reading.used is not None:
+            available.append(reading.total - reading.used)
+        if self._host_monitor is not None and measurement.host_resident is not None:
+            available.append(self._host_monitor.limit.size - measurement.host_resident)
+        if self._budget is not None:
+            in_use = (
+                measurement.host_resident if self._budget_counts_host_memory else reading.allocated
+            )
+            if in_use is not None:
+                available.append(self._budget - in_use)
+        if not available:
             raise MemoryFiguresUnavailableError(
                 f"max_batch_size needs the free memory of {self.resolved_device}, "
-                "which does not report it"
+                "which does not report it; pass host=True or a budget to measure host memory"
             )
-        available = max(reading.total - reading.used, 0)
-        return available // per_image
+        return max(min(available), 0) // per_image
 
     def reset_peak_memory_stats(self) -> None:
         """Start the device's peak figures afresh; a no-op where the device keeps none."""
@@ -225,23 +315,80 @@ class MemoryManager:
         except Exception as error:
             self._report_query_failure("reset peak memory statistics", error)
 
+    def _measure(self) -> _Measurement:
+        reading = self._read_memory()
+        usages = [_fraction(reading.used, reading.total)]
+        host_resident = None
+        if self._host_monitor is not None:
+            host_resident = self._read_host_resident(self._host_monitor)
+            usages.append(_fraction(host_resident, self._host_monitor.limit.size))
+        budget_used = None
+        if self._budget is not None:
+            budget_used = host_resident if self._budget_counts_host_memory else reading.reserved
+            usages.append(_fraction(budget_used, self._budget))
+        return _Measurement(reading, max(usages), host_resident, budget_used)
+
     def _read_memory(self) -> MemoryReading:
         try:
             reading = self._backend.read_memory()
         except Exception as error:
             self._report_query_failure("read memory figures", error)
             return MemoryReading()
-        self._query_failing = False
+        self._failing_queries.discard("read memory figures")
         return reading
 
+    def _read_host_resident(self, monitor: HostMemoryMonitor) -> int | None:
+        action = "read the host's resident memory"
+        try:
+            resident = monitor.resident_bytes()
+        except Exception as error:
+            self._report_query_failure(action, error)
+            return None
+        self._failing_queries.discard(action)
+        return resident
+
     def _report_query_failure(self, action: str, error: Exception) -> None:
-        # One warning when queries start failing, not one per call of a hot loop.
-        level = logging.DEBUG if self._query_failing else logging.WARNING
-        self._query_failing = True
+        # One warning when a query starts failing, not one per call of a hot loop.
+        level = logging.DEBUG if action in self._failing_queries else logging.WARNING
+        self._failing_queries.add(action)
         logger.log(level, "could not %s of %s: %r", action, self.resolved_device, error)
 
-    @staticmethod
-    def _usage(reading: MemoryReading) -> float:
-        if reading.used is None or not reading.total:
-            return 0.0
-        return min(max(reading.used / reading.total, 0.0), 1.0)
+    def _probe_device_for_budget(self) -> tuple[int | None, bool]:
+        """The device's capacity, and whether the budget must count host memory instead.
+
+        A device that answers but reports no figures of its own (the CPU) keeps its tensors
+        in host memory, so its footprint is the process's resident memory.
+        """
+        try:
+            reading = self._backend.read_memory()
+        except Exception as error:
+            self._report_query_failure("read the capacity to check the budget", error)
+            return None, False
+        reports_nothing = reading.total is None and reading.reserved is None
+        return reading.total, reports_nothing
+
+    def _check_budget_fits(
+        self, budget: object, budget_size: int, device_capacity: int | None
+    ) -> None:
+        capacity, of_what = device_capacity, f"the total memory of {self.resolved_device}"
+        if self._budget_counts_host_memory and self._host_monitor is not None:
+            capacity = self._host_monitor.limit.size
+            of_what = f"the host's memory limit, {self._host_monitor.limit}"
+        if capacity is not None and budget_size > capacity:
+            raise InvalidArgumentError(
+                f"budget {budget!r} ({format_bytes(budget_size)}) is larger than {of_what} "
+                f"({format_bytes(capacity)})"
+            )
+
+
+def _check_budget(budget: object) -> int:
+    size = parse_bytes(budget, "budget")
+    if size == 0:
+        raise InvalidArgumentError(f"budget must be more than 0 bytes, got {budget!r}")
+    return size
+
+
+def _fraction(part: int | None, whole: int | None) -> float:
+    if part is None or not whole:
+        return 0.0
+    return min(max(part / whole, 0.0), 1.0)

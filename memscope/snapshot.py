@@ -9,13 +9,22 @@ from memscope.units import format_bytes
 
 __all__ = ["MemorySnapshot"]
 
+_BUDGET_FIELDS = ("budget", "budget_used")
+_HOST_FIELDS = ("host_resident", "host_limit", "host_usage")
+
 
 @dataclass(frozen=True, slots=True)
 class MemorySnapshot:
     """A device's memory figures in bytes, ``None`` where the device cannot tell.
 
-    ``usage`` is the fraction of ``total`` that this process's next allocation cannot have,
-    the same figure :meth:`MemoryManager.check_memory_usage` returns.
+    ``usage`` is the figure :meth:`MemoryManager.check_memory_usage` returns: the fraction of
+    ``total`` that this process's next allocation cannot have, or, where the manager also
+    watches the host or a budget, the largest of that, ``host_usage`` and
+    ``budget_used / budget``.
+
+    ``budget`` is the manager's byte budget and ``budget_used`` what counts against it;
+    ``host_resident`` is the process's resident memory, ``host_limit`` the host's effective
+    limit and ``host_usage`` their ratio. Each is ``None`` when it is not monitored.
     """
 
     device: str
@@ -27,18 +36,42 @@ class MemorySnapshot:
     used: int | None = None
     peak_allocated: int | None = None
     peak_reserved: int | None = None
+    budget: int | None = None
+    budget_used: int | None = None
+    host_resident: int | None = None
+    host_limit: int | None = None
+    host_usage: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The snapshot as a JSON-serialisable dict."""
-        return asdict(self)
+        """The snapshot as a JSON-serialisable dict.
+
+        The budget figures appear only when there is a budget and the host figures only when
+        the host is monitored, so a plain device's dict keeps the keys it always had.
+        """
+        data = asdict(self)
+        if self.budget is None:
+            for key in _BUDGET_FIELDS:
+                del data[key]
+        if self.host_limit is None:
+            for key in _HOST_FIELDS:
+                del data[key]
+        return data
 
     def __str__(self) -> str:
+        monitored = self._budget_and_host_parts()
         if self.total is None:
-            return f"{self.device}: usage {self.usage:.1%} (the device reports no memory figures)"
-        parts = [
-            f"{self.device}: {self.usage:.1%} used ({format_bytes(self.used)} of "
-            f"{format_bytes(self.total)})"
-        ]
+            if not monitored:
+                return (
+                    f"{self.device}: usage {self.usage:.1%} (the device reports no memory figures)"
+                )
+            return ", ".join([f"{self.device}: usage {self.usage:.1%}", *monitored])
+        device_figures = f"{format_bytes(self.used)} of {format_bytes(self.total)}"
+        if monitored:
+            # Usage may come from the budget or the host, so the device's share is labelled.
+            head = f"{self.device}: usage {self.usage:.1%} (device {device_figures} used)"
+        else:
+            head = f"{self.device}: {self.usage:.1%} used ({device_figures})"
+        parts = [head]
         for label, value in (
             ("allocated", self.allocated),
             ("reserved", self.reserved),
@@ -47,4 +80,16 @@ class MemorySnapshot:
         ):
             if value is not None:
                 parts.append(f"{label} {format_bytes(value)}")
-        return ", ".join(parts)
+        return ", ".join([*parts, *monitored])
+
+    def _budget_and_host_parts(self) -> list[str]:
+        parts = []
+        if self.budget is not None:
+            parts.append(f"budget {format_bytes(self.budget_used)} of {format_bytes(self.budget)}")
+        if self.host_limit is not None:
+            host_usage = "n/a" if self.host_usage is None else f"{self.host_usage:.1%}"
+            parts.append(
+                f"host {format_bytes(self.host_resident)} resident of "
+                f"{format_bytes(self.host_limit)} ({host_usage})"
+            )
+        return parts

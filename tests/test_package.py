@@ -27,6 +27,7 @@ def test_public_names_of_modules_are_reexported() -> None:
     import memscope.decorator
     import memscope.estimation
     import memscope.exceptions
+    import memscope.host
     import memscope.manager
     import memscope.report
     import memscope.snapshot
@@ -39,6 +40,7 @@ def test_public_names_of_modules_are_reexported() -> None:
         memscope.decorator,
         memscope.estimation,
         memscope.exceptions,
+        memscope.host,
         memscope.manager,
         memscope.report,
         memscope.snapshot,
