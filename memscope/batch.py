@@ -17,10 +17,11 @@ from memscope._counter import AtomicCounter
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import CleanupOutcome, run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
-from memscope.exceptions import BatchStateError, InvalidArgumentTypeError
+from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import MemoryManager
 from memscope.policies import CachePolicy, ClearAlways, GCBackoff, check_cache_policy
 from memscope.report import BatchReport
+from memscope.units import parse_bytes
 
 __all__ = ["ManagedBatch", "managed_batch"]
 
@@ -70,6 +71,8 @@ class ManagedBatch:
         progress: bool = False,
         freeze_heap: bool = True,
         cache_policy: CachePolicy | None = None,
+        host: bool = False,
+        budget: int | str | None = None,
     ) -> None:
         if device is not None:
             as_torch_device(device)
@@ -79,11 +82,22 @@ class ManagedBatch:
             )
         if not isinstance(progress, bool):
             raise InvalidArgumentTypeError(f"progress must be a bool, got {progress!r}")
+        if manager is not None and (host or budget is not None):
+            raise InvalidArgumentError(
+                "host and budget configure the manager managed_batch makes; with manager=, "
+                f"pass them to your MemoryManager instead (got host={host!r}, budget={budget!r})"
+            )
+        if not isinstance(host, bool):
+            raise InvalidArgumentTypeError(f"host must be a bool, got {host!r}")
+        if budget is not None:
+            parse_bytes(budget, "budget")
         if not isinstance(freeze_heap, bool):
             raise InvalidArgumentTypeError(f"freeze_heap must be a bool, got {freeze_heap!r}")
         self._device = device
         self._memory_threshold = check_fraction(memory_threshold, "memory_threshold")
         self._explicit_manager = manager
+        self._host = host
+        self._budget = budget
         self.every = check_int(every, "every", minimum=1)
         self._tqdm = _load_tqdm() if progress else None
         self.freeze_heap = freeze_heap
@@ -111,6 +125,7 @@ class ManagedBatch:
         self._peak_allocated: int | None = None
         self._peak_reserved: int | None = None
         self._usage_start = 0.0
+        self._host_resident_start: int | None = None
         self._started = 0.0
 
     # Public state ----------------------------------------------------------------------
@@ -182,6 +197,7 @@ class ManagedBatch:
             parent.observe_peak(start.peak_allocated, start.peak_reserved)
         self._manager.reset_peak_memory_stats()
         self._usage_start = start.usage
+        self._host_resident_start = start.host_resident
         self._started = time.perf_counter()
 
     def _resolve_manager(self, parent: ManagedBatch | None) -> MemoryManager:
@@ -189,11 +205,19 @@ class ManagedBatch:
             return self._explicit_manager
         if (
             parent is not None
+            and not self._host
+            and self._budget is None
             and parent.manager.memory_threshold == self._memory_threshold
             and (self._device is None or as_torch_device(self._device) == parent.manager.device)
         ):
             return parent.manager
-        return MemoryManager(self._device, self._memory_threshold, gc_backoff=GCBackoff())
+        return MemoryManager(
+            self._device,
+            self._memory_threshold,
+            gc_backoff=GCBackoff(),
+            host=self._host,
+            budget=self._budget,
+        )
 
     def _finish(self, exc_type: type[BaseException] | None) -> None:
         try:
@@ -228,6 +252,10 @@ class ManagedBatch:
                 gc_runs=self._gc_runs,
                 gc_seconds=self._gc_seconds,
                 ended_by=None if exc_type is None else exc_type.__name__,
+                host_resident_start=self._host_resident_start,
+                host_resident_end=end.host_resident,
+                host_limit=end.host_limit,
+                budget=end.budget,
             )
         parent = self._parent
         if (
@@ -335,6 +363,8 @@ def managed_batch(
     progress: bool = False,
     freeze_heap: bool = True,
     cache_policy: CachePolicy | None = None,
+    host: bool = False,
+    budget: int | str | None = None,
 ) -> ManagedBatch:
     """Keep memory in check around a batch loop.
 
@@ -359,6 +389,10 @@ def managed_batch(
             heap is unfrozen when the last batch ends, whatever the cause.
         cache_policy: when a cleanup empties the cache: :class:`ClearAlways` (the default)
             or :class:`ClearWhenUseful`.
+        host: watch this process's resident memory too (see :class:`MemoryManager`).
+        budget: measure usage against this many bytes (an int or ``"6GiB"``); on the CPU
+            this watches the host's memory. ``host`` and ``budget`` configure the manager
+            the batch makes, so they cannot be combined with ``manager``.
     """
     return ManagedBatch(
         device,
@@ -368,4 +402,6 @@ def managed_batch(
         progress=progress,
         freeze_heap=freeze_heap,
         cache_policy=cache_policy,
+        host=host,
+        budget=budget,
     )

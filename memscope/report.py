@@ -35,6 +35,14 @@ class BatchReport:
     gc_seconds: float
     ended_by: str | None = None
     """The name of the exception that ended the batch, or ``None`` if it ended normally."""
+    host_resident_start: int | None = None
+    """The process's resident memory when the batch started, when the host is watched."""
+    host_resident_end: int | None = None
+    """The process's resident memory when the batch ended, when the host is watched."""
+    host_limit: int | None = None
+    """The host's effective memory limit, when the host is watched."""
+    budget: int | None = None
+    """The manager's byte budget, if it has one."""
 
     @property
     def items_per_second(self) -> float:
@@ -56,6 +64,13 @@ class BatchReport:
             f"{self.cache_clears} cache clears, {self.gc_runs} GC runs "
             f"({self.gc_seconds * 1000:.0f} ms)"
         )
+        if self.host_resident_end is not None:
+            line += (
+                f", resident {format_bytes(self.host_resident_start)} -> "
+                f"{format_bytes(self.host_resident_end)} of {format_bytes(self.host_limit)}"
+            )
+        if self.budget is not None:
+            line += f", budget {format_bytes(self.budget)}"
         if self.failures or self.cleanup_failures:
             line += f", {self.failures} failures, {self.cleanup_failures} failed cleanups"
         if self.ended_by is not None:

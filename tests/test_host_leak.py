@@ -121,3 +121,29 @@ def test_manager_with_host_budget_keeps_resident_memory_bounded(frozen_heap: Non
     )
     assert manager.stats.gc_runs >= 1
     assert manager.snapshot().budget_used is not None
+
+
+def test_managed_batch_with_host_budget_keeps_resident_memory_bounded() -> None:
+    """Inside managed_batch("cpu", host=True, budget=...), the issue's loop of 100 leaky
+    items peaks under budget plus one item, and the report carries the host figures."""
+    from memscope import managed_batch
+
+    gc.collect()
+    start = measure_resident()
+    budget = start + BUDGET_HEADROOM
+    peak = start
+    with managed_batch("cpu", host=True, budget=budget) as batch:
+        for _ in batch.track(range(ITEMS)):
+            process_one_item()
+            peak = max(peak, measure_resident())
+    assert peak <= budget + ITEM_BYTES, (
+        f"peak {peak - start} bytes over the start, budget {BUDGET_HEADROOM}"
+    )
+    report = batch.report
+    assert report.items == ITEMS
+    assert report.gc_runs >= 1
+    assert report.budget == budget
+    assert report.host_resident_start is not None
+    assert report.host_resident_end is not None
+    assert report.host_limit is not None
+    assert "budget" in report.summary()

@@ -114,6 +114,10 @@ def test_report_fields_and_json() -> None:
         "gc_runs",
         "gc_seconds",
         "ended_by",
+        "host_resident_start",
+        "host_resident_end",
+        "host_limit",
+        "budget",
     }
     assert data["items"] == 4
     assert data["device"] == "cpu"
@@ -402,3 +406,15 @@ def test_batch_made_manager_backs_off_fruitless_collections() -> None:
     assert batch.manager.gc_backoff is not None
     assert batch.report.gc_runs == 2
     assert fake.count("torch.cuda.empty_cache") == 3 + 2
+
+
+def test_host_and_budget_configure_the_batch_manager() -> None:
+    """host= and budget= reach the manager the batch makes; with manager= they are refused."""
+    with managed_batch("cpu", budget="1GiB", host=True) as batch:
+        assert batch.manager.host_monitor is not None
+        assert batch.manager.budget == 1024**3
+    assert batch.report.host_resident_end is not None
+    with pytest.raises(InvalidArgumentError, match="host and budget"):
+        managed_batch(manager=RecordingManager(), host=True)
+    with pytest.raises(ValueError, match="budget"):
+        managed_batch("cpu", budget="lots")
