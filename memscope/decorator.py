@@ -89,6 +89,8 @@ class _CleanupCadence:
     ) -> None:
         self.every = every
         self.device = device
+        # Parsed once here (parsing touches no device), compared at each cleanup.
+        self.torch_device = None if device is None else as_torch_device(device)
         self.memory_threshold = memory_threshold
         self.manager = manager
         self.cache_policy = cache_policy
@@ -190,7 +192,7 @@ class _CleanupCadence:
         if self.manager is not None:
             return self.manager
         if batch is not None and (
-            self.device is None or as_torch_device(self.device) == batch.manager.device
+            self.torch_device is None or self.torch_device == batch.manager.device
         ):
             manager: MemoryManager = batch.manager
             return manager
@@ -293,6 +295,8 @@ def auto_clear(
         check_cache_policy(cache_policy)
     if manager is not None and not isinstance(manager, MemoryManager):
         raise InvalidArgumentTypeError(f"manager must be a MemoryManager or None, got {manager!r}")
+    if device is not None:
+        as_torch_device(device)
     if wrapped is None:
         return functools.partial(
             auto_clear,

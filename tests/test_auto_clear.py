@@ -167,6 +167,8 @@ def test_bad_threshold_and_manager_are_refused_when_decorating() -> None:
         auto_clear(manager="cuda")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="enabled"):
         auto_clear(enabled="yes")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="'gpu'"):
+        auto_clear(device="gpu")
 
 
 def test_decorating_an_async_generator_is_refused() -> None:
