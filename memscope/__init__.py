@@ -7,6 +7,15 @@ from memscope.cleanup import CleanupOutcome
 from memscope.context import current_batch
 from memscope.decorator import AutoClearFunction, CleanupStats, auto_clear
 from memscope.devices import DeviceLike
+from memscope.distributed import (
+    CombinedReport,
+    RankReport,
+    ReportGathering,
+    gather_reports,
+    gathered_reports,
+    process_rank,
+    with_process_rank,
+)
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     BatchStateError,
@@ -15,6 +24,7 @@ from memscope.exceptions import (
     InvalidArgumentTypeError,
     MemoryFiguresUnavailableError,
     MemscopeError,
+    ReportGatherError,
 )
 from memscope.manager import ManagerStats, MemoryManager
 from memscope.report import BatchReport
@@ -27,6 +37,7 @@ __all__ = [
     "BatchStateError",
     "CleanupOutcome",
     "CleanupStats",
+    "CombinedReport",
     "DeviceBackend",
     "DeviceLike",
     "DeviceUnavailableError",
@@ -40,11 +51,18 @@ __all__ = [
     "MemoryReading",
     "MemorySnapshot",
     "MemscopeError",
+    "RankReport",
+    "ReportGatherError",
+    "ReportGathering",
     "__version__",
     "auto_clear",
     "available_devices",
     "current_batch",
     "format_bytes",
+    "gather_reports",
+    "gathered_reports",
     "managed_batch",
+    "process_rank",
     "register_backend",
+    "with_process_rank",
 ]

@@ -16,6 +16,7 @@ from memscope import context
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import CleanupOutcome, run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
+from memscope.distributed import with_process_rank
 from memscope.exceptions import BatchStateError, InvalidArgumentTypeError
 from memscope.manager import MemoryManager
 from memscope.report import BatchReport
@@ -209,6 +210,7 @@ class ManagedBatch:
                 gc_seconds=self._gc_seconds,
                 ended_by=None if exc_type is None else exc_type.__name__,
             )
+            self._report = with_process_rank(self._report)
         parent = self._parent
         if (
             parent is not None

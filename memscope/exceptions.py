@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgumentTypeError",
     "MemoryFiguresUnavailableError",
     "MemscopeError",
+    "ReportGatherError",
 ]
 
 
@@ -40,3 +41,12 @@ class MemoryFiguresUnavailableError(MemscopeError):
 
 class BatchStateError(MemscopeError, RuntimeError):
     """A managed batch was used in a state that does not allow it (before it started, say)."""
+
+
+class ReportGatherError(MemscopeError, RuntimeError):
+    """Gathering the ranks' reports failed: a rank did not arrive in time, or left."""
+
+    def __init__(self, message: str, *, missing_ranks: tuple[int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.missing_ranks = missing_ranks
+        """The ranks that did not arrive, where torch could tell; else ``None``."""

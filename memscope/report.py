@@ -35,6 +35,10 @@ class BatchReport:
     gc_seconds: float
     ended_by: str | None = None
     """The name of the exception that ended the batch, or ``None`` if it ended normally."""
+    rank: int | None = None
+    """This process's rank in a torch.distributed job, or ``None`` outside of one."""
+    world_size: int | None = None
+    """How many processes the distributed job has, or ``None`` outside of one."""
 
     @property
     def items_per_second(self) -> float:
@@ -42,14 +46,21 @@ class BatchReport:
         return self.items / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as a JSON-serialisable dict, ``items_per_second`` included."""
+        """The report as a JSON-serialisable dict, ``items_per_second`` included.
+
+        ``rank`` and ``world_size`` appear only when they are set.
+        """
         data = asdict(self)
         data["items_per_second"] = self.items_per_second
+        # A single-process report keeps the shape it had before ranks existed.
+        for name in ("rank", "world_size"):
+            if data[name] is None:
+                del data[name]
         return data
 
     def summary(self) -> str:
         """One line for a log or a terminal."""
-        line = (
+        line = self._rank_prefix() + (
             f"{self.device}: {self.items} items in {self.elapsed_seconds:.2f} s "
             f"({self.items_per_second:.2f} items/s), usage {self.usage_start:.1%} -> "
             f"{self.usage_end:.1%}, peak allocated {format_bytes(self.peak_allocated)}, "
@@ -61,6 +72,13 @@ class BatchReport:
         if self.ended_by is not None:
             line += f", ended by {self.ended_by}"
         return line
+
+    def _rank_prefix(self) -> str:
+        if self.rank is None:
+            return ""
+        if self.world_size is None:
+            return f"rank {self.rank} "
+        return f"rank {self.rank}/{self.world_size} "
 
     def __str__(self) -> str:
         return self.summary()
