@@ -372,7 +372,8 @@ def _make_gloo_group(timeout: timedelta) -> dist.ProcessGroup:
         group = dist.new_group(backend="gloo", timeout=timeout)
     except RuntimeError as error:
         raise ReportGatherError(
-            f"not every rank came to gather reports within {_seconds(timeout)}: {error}"
+            "could not make the process group that gathers reports (did every rank get to "
+            f"gather_reports or gathered_reports within {_seconds(timeout)}?): {error}"
         ) from error
     if not isinstance(group, dist.ProcessGroup):
         # new_group hands non-members a placeholder; every rank is a member of this group.

@@ -326,6 +326,9 @@ def test_report_gather_error_is_a_memscope_error_with_missing_ranks() -> None:
 
 WORLD_SIZE = 2
 GATHER_TIMEOUT_SECONDS = 2.0
+"""The gathering timeout where a rank is meant to be missing: short, to keep the tests fast."""
+ROOMY_TIMEOUT_SECONDS = 30.0
+"""The gathering timeout where every rank comes: long, so a slow machine never trips it."""
 PROCESS_DEADLINE_SECONDS = 60.0
 """No test waits longer than this for its processes: a hang fails the test instead."""
 
@@ -338,8 +341,8 @@ def free_loopback_port() -> int:
         return port
 
 
-def rank_main(rank: int, port: int, scenario: str, results: str) -> None:
-    """One rank of a two-process job: run a batch, gather, and write what happened to a file."""
+def join_two_rank_job(rank: int, port: int) -> None:
+    """Become ``rank`` of a two-process gloo job on the loopback interface, as torchrun would."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -349,26 +352,44 @@ def rank_main(rank: int, port: int, scenario: str, results: str) -> None:
     )
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    outcome: dict[str, Any] = {"combined": None, "error": None, "missing_ranks": None}
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=30))
-    gathering = gathered_reports(batch := managed_batch(), timeout=GATHER_TIMEOUT_SECONDS)
+
+
+def rank_main(rank: int, port: int, scenario: str, results: str) -> None:
+    """One rank of a two-process job: run a batch, gather, and write what happened to a file."""
+    join_two_rank_job(rank, port)
+    outcome: dict[str, Any] = {"combined": None, "error": None, "missing_ranks": None}
+    combined: CombinedReport | None = None
+    expects_missing_rank = scenario in {"absent", "late"}
+    timeout = GATHER_TIMEOUT_SECONDS if expects_missing_rank else ROOMY_TIMEOUT_SECONDS
     try:
-        with gathering:
-            # A fake GPU per rank: LOCAL_RANK picks it, and the peaks differ between ranks.
-            with FakeDevice("cuda", device_count=WORLD_SIZE, total=8 * GiB) as fake, batch:
-                for _ in batch.track(range(3 + 2 * rank)):
-                    fake.set_memory(rank, allocated=(1 + rank) * GiB)
-                    fake.set_memory(rank, allocated=0)
-                if scenario == "raise" and rank == 1:
-                    raise RuntimeError("rank 1 ran out of images")
-            if scenario == "late" and rank == 1:
-                time.sleep(GATHER_TIMEOUT_SECONDS + 1.5)
+        if scenario == "absent":
+            # Rank 1 never calls gather_reports at all.
+            with managed_batch("cpu") as batch:
+                batch.step()
+            if rank == 0:
+                combined = gather_reports(batch.report, timeout=timeout)
+        else:
+            gathering = gathered_reports(batch := managed_batch(), timeout=timeout)
+            try:
+                with gathering:
+                    # A fake GPU per rank: LOCAL_RANK picks it, and the peaks differ by rank.
+                    with FakeDevice("cuda", device_count=WORLD_SIZE, total=8 * GiB) as fake, batch:
+                        for _ in batch.track(range(3 + 2 * rank)):
+                            fake.set_memory(rank, allocated=(1 + rank) * GiB)
+                            fake.set_memory(rank, allocated=0)
+                        if scenario == "raise" and rank == 1:
+                            raise RuntimeError("rank 1 ran out of images")
+                    if scenario == "late" and rank == 1:
+                        time.sleep(GATHER_TIMEOUT_SECONDS + 3)
+            finally:
+                combined = gathering.combined
     except Exception as error:
         outcome["error"] = f"{type(error).__name__}: {error}"
         outcome["missing_ranks"] = getattr(error, "missing_ranks", None)
-    if gathering.combined is not None:
-        outcome["combined"] = gathering.combined.to_dict()
-        outcome["table"] = str(gathering.combined)
+    if combined is not None:
+        outcome["combined"] = combined.to_dict()
+        outcome["table"] = str(combined)
     Path(results, f"rank{rank}.json").write_text(json.dumps(outcome))
     dist.destroy_process_group()
 
@@ -452,3 +473,15 @@ def test_distributed_marker_is_registered(pytestconfig: pytest.Config) -> None:
     """The two-process tests can be deselected with ``-m "not distributed"``."""
     markers = pytestconfig.getini("markers")
     assert any(str(marker).startswith("distributed:") for marker in markers)
+
+
+@pytest.mark.distributed
+def test_rank_that_never_calls_gather_reports_ends_the_others_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 skips gather_reports entirely: rank 0 raises ReportGatherError, not a hang."""
+    outcomes = run_two_ranks("absent", tmp_path)
+    assert outcomes[0]["error"].startswith("ReportGatherError: ")
+    assert "within 2 s" in outcomes[0]["error"]
+    assert outcomes[0]["combined"] is None
+    assert outcomes[1]["error"] is None
