@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -485,3 +486,53 @@ def test_rank_that_never_calls_gather_reports_ends_the_others_within_the_timeout
     assert "within 2 s" in outcomes[0]["error"]
     assert outcomes[0]["combined"] is None
     assert outcomes[1]["error"] is None
+
+
+# A one-rank job in this process -------------------------------------------------------------
+
+
+@pytest.fixture
+def one_rank_job() -> Iterator[None]:
+    """torch.distributed initialised in this process as a gloo job of one rank."""
+    dist.init_process_group(
+        "gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timedelta(seconds=30)
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_rank_job")
+def test_process_rank_prefers_torch_distributed_over_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once init_process_group has run, the rank comes from torch.distributed."""
+    monkeypatch.setenv("RANK", "7")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert process_rank() == (0, 1)
+    with managed_batch(manager=RecordingManager()) as batch:
+        batch.step()
+    assert (batch.report.rank, batch.report.world_size) == (0, 1)
+
+
+@pytest.mark.usefixtures("one_rank_job")
+def test_gather_on_a_given_gloo_group() -> None:
+    """gather_reports uses a gloo group the caller gives, and leaves it usable."""
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=30))
+    report = make_report(rank=0, world_size=1)
+    first = gather_reports(report, group=group, timeout=30)
+    second = gather_reports(report, group=group, timeout=30)
+    assert first == second
+    assert first.ranks[0].report == report
+    assert first.totals["items"] == 10
+
+
+@pytest.mark.usefixtures("one_rank_job")
+def test_gathered_reports_in_a_one_rank_job_goes_through_gloo() -> None:
+    """In an initialised job the gathering makes, uses and releases its own gloo group."""
+    batch = managed_batch(manager=RecordingManager())
+    with gathered_reports(batch, timeout=30) as gathering, batch:
+        batch.step()
+    assert gathering.combined is not None
+    assert gathering.combined.ranks[0].report == batch.report
