@@ -7,6 +7,15 @@ from memscope.cleanup import CleanupOutcome
 from memscope.context import current_batch
 from memscope.decorator import AutoClearFunction, CleanupStats, auto_clear
 from memscope.devices import DeviceLike
+from memscope.distributed import (
+    CombinedReport,
+    RankReport,
+    ReportGathering,
+    gather_reports,
+    gathered_reports,
+    process_rank,
+    with_process_rank,
+)
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     BatchStateError,
@@ -16,6 +25,7 @@ from memscope.exceptions import (
     InvalidArgumentTypeError,
     MemoryFiguresUnavailableError,
     MemscopeError,
+    ReportGatherError,
 )
 from memscope.host import HostMemoryLimit, HostMemoryMonitor
 from memscope.manager import ManagerStats, MemoryManager
@@ -33,6 +43,7 @@ __all__ = [
     "CleanupStats",
     "ClearAlways",
     "ClearWhenUseful",
+    "CombinedReport",
     "DeviceBackend",
     "DeviceLike",
     "DeviceUnavailableError",
@@ -50,12 +61,19 @@ __all__ = [
     "MemoryReading",
     "MemorySnapshot",
     "MemscopeError",
+    "RankReport",
+    "ReportGatherError",
+    "ReportGathering",
     "__version__",
     "auto_clear",
     "available_devices",
     "current_batch",
     "format_bytes",
+    "gather_reports",
+    "gathered_reports",
     "managed_batch",
     "parse_bytes",
+    "process_rank",
     "register_backend",
+    "with_process_rank",
 ]

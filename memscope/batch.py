@@ -17,6 +17,7 @@ from memscope._counter import AtomicCounter
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import CleanupOutcome, run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
+from memscope.distributed import with_process_rank
 from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import MemoryManager
 from memscope.policies import CachePolicy, ClearAlways, GCBackoff, check_cache_policy
@@ -257,6 +258,7 @@ class ManagedBatch:
                 host_limit=end.host_limit,
                 budget=end.budget,
             )
+            self._report = with_process_rank(self._report)
         parent = self._parent
         if (
             parent is not None

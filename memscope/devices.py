@@ -12,7 +12,8 @@ __all__ = ["DeviceLike", "as_torch_device", "resolve_device"]
 
 DeviceLike = torch.device | str | int | None
 """What memscope accepts as a device: a ``torch.device``, ``"cuda:1"``, a CUDA index, or
-``None`` for auto-detection (CUDA, then MPS, then another accelerator, then the CPU)."""
+``None`` for auto-detection (CUDA, then MPS, then another accelerator, then the CPU; under
+torchrun, the GPU whose index is in ``LOCAL_RANK``)."""
 
 
 def as_torch_device(device: DeviceLike) -> torch.device:

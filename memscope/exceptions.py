@@ -16,6 +16,7 @@ __all__ = [
     "InvalidArgumentTypeError",
     "MemoryFiguresUnavailableError",
     "MemscopeError",
+    "ReportGatherError",
 ]
 
 
@@ -48,3 +49,12 @@ class HostMemoryUnavailableError(MemoryFiguresUnavailableError):
 
     Raised when a manager is made, so a job fails before its first batch, not in the middle.
     """
+
+
+class ReportGatherError(MemscopeError, RuntimeError):
+    """Gathering the ranks' reports failed: a rank did not arrive in time, or left."""
+
+    def __init__(self, message: str, *, missing_ranks: tuple[int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.missing_ranks = missing_ranks
+        """The ranks that did not arrive, where torch could tell; else ``None``."""

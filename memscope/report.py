@@ -43,6 +43,10 @@ class BatchReport:
     """The host's effective memory limit, when the host is watched."""
     budget: int | None = None
     """The manager's byte budget, if it has one."""
+    rank: int | None = None
+    """This process's rank in a torch.distributed job, or ``None`` outside of one."""
+    world_size: int | None = None
+    """How many processes the distributed job has, or ``None`` outside of one."""
 
     @property
     def items_per_second(self) -> float:
@@ -57,7 +61,7 @@ class BatchReport:
 
     def summary(self) -> str:
         """One line for a log or a terminal."""
-        line = (
+        line = self._rank_prefix() + (
             f"{self.device}: {self.items} items in {self.elapsed_seconds:.2f} s "
             f"({self.items_per_second:.2f} items/s), usage {self.usage_start:.1%} -> "
             f"{self.usage_end:.1%}, peak allocated {format_bytes(self.peak_allocated)}, "
@@ -76,6 +80,13 @@ class BatchReport:
         if self.ended_by is not None:
             line += f", ended by {self.ended_by}"
         return line
+
+    def _rank_prefix(self) -> str:
+        if self.rank is None:
+            return ""
+        if self.world_size is None:
+            return f"rank {self.rank} "
+        return f"rank {self.rank}/{self.world_size} "
 
     def __str__(self) -> str:
         return self.summary()

@@ -118,6 +118,8 @@ def test_report_fields_and_json() -> None:
         "host_resident_end",
         "host_limit",
         "budget",
+        "rank",
+        "world_size",
     }
     assert data["items"] == 4
     assert data["device"] == "cpu"

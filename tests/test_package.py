@@ -25,6 +25,7 @@ def test_public_names_of_modules_are_reexported() -> None:
     import memscope.cleanup
     import memscope.context
     import memscope.decorator
+    import memscope.distributed
     import memscope.estimation
     import memscope.exceptions
     import memscope.host
@@ -38,6 +39,7 @@ def test_public_names_of_modules_are_reexported() -> None:
         memscope.cleanup,
         memscope.context,
         memscope.decorator,
+        memscope.distributed,
         memscope.estimation,
         memscope.exceptions,
         memscope.host,

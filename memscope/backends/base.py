@@ -8,6 +8,7 @@ the package imports every such module, so adding a backend touches one file.
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -24,6 +25,10 @@ __all__ = [
     "register_backend",
     "registered_backends",
 ]
+
+LOCAL_RANK_VARIABLE = "LOCAL_RANK"
+"""The environment variable in which torchrun (and other launchers) tell each process the
+index of the device it owns on its machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,20 @@ class DeviceBackend(abc.ABC):
         return None
 
     @classmethod
+    def detected_index(cls) -> int | None:
+        """The index auto-detection picks; ``None`` leaves it to :meth:`default_index`.
+
+        Under torchrun each process owns the device whose index is in ``LOCAL_RANK``, so an
+        indexed backend picks that one. Backends without indexes (MPS, the CPU) ignore it:
+        every process on the machine shares their one device.
+        """
+        local_rank = os.environ.get(LOCAL_RANK_VARIABLE)
+        # Without LOCAL_RANK nothing is asked of the device, not even whether it is indexed.
+        if local_rank is None or not cls.indexed():
+            return None
+        return _local_rank_index(cls, local_rank)
+
+    @classmethod
     def indexed(cls) -> bool:
         """Whether devices of this type are addressed by an index (``cuda:1``)."""
         return cls.default_index() is not None
@@ -176,11 +195,42 @@ def available_devices() -> list[str]:
     return names
 
 
+def _local_rank_index(backend: type[DeviceBackend], value: str) -> int:
+    device_type = backend.detected_type()
+    try:
+        index = int(value)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise DeviceUnavailableError(
+            f"{LOCAL_RANK_VARIABLE}={value!r} in the environment is not a device index (an int "
+            f">= 0), so memscope cannot pick this process's {device_type} device; fix the "
+            "launcher's environment or pass device= explicitly"
+        )
+    count = backend.device_count()
+    if index >= count:
+        raise DeviceUnavailableError(
+            f"{LOCAL_RANK_VARIABLE}={value!r} in the environment names {device_type}:{index}, "
+            f"but this process sees {count} {device_type} device(s); "
+            f"available devices: {', '.join(available_devices())}. If the launcher gives each "
+            f"process only its own device, pass device={device_type!r} explicitly"
+        )
+    return index
+
+
 def detect_device() -> torch.device:
-    """The device auto-detection picks: the first available backend in priority order."""
+    """The device auto-detection picks: the first available backend in priority order.
+
+    On an indexed device type under torchrun, the device is the one ``LOCAL_RANK`` names
+    (``cuda:3`` for ``LOCAL_RANK=3``); otherwise it is index-free, and the backend's default
+    index (for CUDA the current device) applies.
+    """
     for backend in _BACKENDS:
         if backend.is_available():
-            return torch.device(backend.detected_type())
+            index = backend.detected_index()
+            if index is None:
+                return torch.device(backend.detected_type())
+            return torch.device(backend.detected_type(), index)
     # The CPU backend is always available, so this only happens with a broken registry.
     raise DeviceUnavailableError("no memscope backend reports an available device")
 

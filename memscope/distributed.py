@@ -1,0 +1,627 @@
+"""Batch reports across the processes of a torch.distributed job, such as one run by torchrun.
+
+Each process (rank) runs its own ``managed_batch`` and gets its own :class:`BatchReport`, which
+names the rank. :func:`gathered_reports` and :func:`gather_reports` bring every rank's report
+together into one :class:`CombinedReport`: a row per rank and totals for the whole job.
+
+Gathering is a collective call: every rank has to take part, and a rank that never does would
+leave the others waiting. Two rules keep that from becoming a hang:
+
+- a rank whose work raised still takes part, with a record of its failure instead of a report
+  (:func:`gathered_reports` does this for you, then lets the exception go on);
+- every wait is bounded by ``timeout``; a rank that does not arrive in time makes the others
+  raise :class:`~memscope.ReportGatherError`, which names the missing ranks where torch can tell.
+
+The gathering runs on a process group of its own, made with the gloo backend, so it works the
+same whatever backend the job trains with (NCCL included), moves only a few hundred bytes per
+rank through host memory, and has its own timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from memscope._validation import check_positive_number
+from memscope.exceptions import (
+    BatchStateError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ReportGatherError,
+)
+from memscope.report import BatchReport
+from memscope.units import format_bytes
+
+if TYPE_CHECKING:
+    from memscope.batch import ManagedBatch
+
+__all__ = [
+    "CombinedReport",
+    "RankReport",
+    "ReportGathering",
+    "gather_reports",
+    "gathered_reports",
+    "process_rank",
+    "with_process_rank",
+]
+
+logger = logging.getLogger("memscope")
+
+DEFAULT_GATHER_TIMEOUT = timedelta(minutes=30)
+"""How long a gathering waits for the other ranks: torch's own default for collectives.
+
+The wait includes the time the fastest rank spends waiting for the slowest to finish its share
+of the batch, so it must be longer than the ranks' difference in running time.
+"""
+
+SUMMED_FIELDS = (
+    "items",
+    "calls",
+    "failures",
+    "cleanup_failures",
+    "cache_clears",
+    "gc_runs",
+    "gc_seconds",
+    "ooms",
+)
+"""Report fields that add up across ranks. Names the report does not have are skipped, so a
+count added to :class:`BatchReport` later is totalled once it is named here."""
+
+LARGEST_FIELDS = ("elapsed_seconds", "peak_allocated", "peak_reserved")
+"""Report fields whose job-wide figure is the largest rank's: each rank has its own device,
+so the peak that matters is the peak of the most loaded one."""
+
+_REPORT_FIELDS = frozenset(field.name for field in fields(BatchReport))
+
+# Rank 0's monitored_barrier error lists the ranks that did not arrive ("Ranks 1, 3 failed to
+# pass monitoredBarrier"); other ranks only learn that rank 0 did not answer.
+_MISSING_RANKS_PATTERN = re.compile(r"Ranks? ([\d,\s]+?) failed to pass monitoredBarrier")
+
+
+# This process's rank ----------------------------------------------------------------------
+
+
+def _distributed_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _environment_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        logger.warning("ignoring %s=%r in the environment: it is not an int", name, value)
+        return None
+
+
+def process_rank() -> tuple[int | None, int | None]:
+    """This process's ``(rank, world_size)`` in a distributed job; ``(None, None)`` outside one.
+
+    The figures come from torch.distributed when its default process group is initialised,
+    else from the ``RANK`` and ``WORLD_SIZE`` variables that torchrun sets.
+    """
+    if _distributed_ready():
+        try:
+            return dist.get_rank(), dist.get_world_size()
+        except Exception:
+            # The group was torn down between the check and the call; a report without a rank
+            # beats a batch whose exit raises.
+            logger.debug("could not read the rank from torch.distributed", exc_info=True)
+    return _environment_int("RANK"), _environment_int("WORLD_SIZE")
+
+
+def with_process_rank(report: BatchReport) -> BatchReport:
+    """``report`` with this process's rank and world size filled in (see :func:`process_rank`)."""
+    rank, world_size = process_rank()
+    if rank is None and world_size is None:
+        return report
+    return replace(report, rank=rank, world_size=world_size)
+
+
+# The combined report ----------------------------------------------------------------------
+
+
+def _report_from_dict(data: dict[str, Any]) -> BatchReport:
+    # Derived entries such as items_per_second are not constructor arguments.
+    return BatchReport(**{name: value for name, value in data.items() if name in _REPORT_FIELDS})
+
+
+@dataclass(frozen=True, slots=True)
+class RankReport:
+    """One rank's part of a :class:`CombinedReport`."""
+
+    rank: int
+    """The rank's global rank in the job."""
+    host: str
+    """The name of the machine the rank ran on."""
+    report: BatchReport | None
+    """The rank's batch report; ``None`` if it failed before a batch ended."""
+    error: str | None = None
+    """``"RuntimeError: message"`` if the rank's work raised, else ``None``."""
+
+    @property
+    def failed(self) -> bool:
+        """Whether the rank's work raised."""
+        return self.error is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rank's part as a JSON-serialisable dict."""
+        return {
+            "rank": self.rank,
+            "host": self.host,
+            "error": self.error,
+            "report": None if self.report is None else self.report.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankReport:
+        """The inverse of :meth:`to_dict`."""
+        report = data["report"]
+        return cls(
+            rank=int(data["rank"]),
+            host=str(data["host"]),
+            report=None if report is None else _report_from_dict(report),
+            error=data["error"],
+        )
+
+
+def _largest(values: list[Any]) -> Any:
+    present = [value for value in values if value is not None]
+    return max(present) if present else None
+
+
+@dataclass(frozen=True, slots=True)
+class CombinedReport:
+    """Every rank's batch report, in rank order, and totals for the whole job.
+
+    ``str()`` gives a table with one row per rank and a row of totals.
+    """
+
+    ranks: tuple[RankReport, ...]
+
+    @property
+    def world_size(self) -> int:
+        """How many ranks took part."""
+        return len(self.ranks)
+
+    @property
+    def failed_ranks(self) -> tuple[int, ...]:
+        """The ranks whose work raised."""
+        return tuple(entry.rank for entry in self.ranks if entry.failed)
+
+    @property
+    def reports(self) -> tuple[BatchReport, ...]:
+        """The batch reports of the ranks that have one."""
+        return tuple(entry.report for entry in self.ranks if entry.report is not None)
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        """Job-wide figures: the sum over ranks of :data:`SUMMED_FIELDS` and the largest
+        of :data:`LARGEST_FIELDS` (``None`` where no rank has a figure), for the fields the
+        reports have."""
+        reports = self.reports
+        present = self._report_attributes()
+        totals: dict[str, Any] = {}
+        for name in SUMMED_FIELDS:
+            if name in present:
+                values = [getattr(report, name, None) for report in reports]
+                totals[name] = sum(value for value in values if value is not None)
+        for name in LARGEST_FIELDS:
+            if name in present:
+                totals[name] = _largest([getattr(report, name, None) for report in reports])
+        return totals
+
+    def _report_attributes(self) -> set[str]:
+        # The reports' own fields, not a fixed list, so that a figure BatchReport gains later
+        # (an OOM count, say) is totalled and shown as soon as it is named in SUMMED_FIELDS.
+        names = set(_REPORT_FIELDS)
+        for report in self.reports:
+            names.update(field.name for field in fields(report))
+        return names | {"items_per_second"}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The combined report as a JSON-serialisable dict."""
+        return {
+            "world_size": self.world_size,
+            "failed_ranks": list(self.failed_ranks),
+            "totals": self.totals,
+            "ranks": [entry.to_dict() for entry in self.ranks],
+        }
+
+    def table(self) -> str:
+        """A plain-text table: one row per rank, then the totals."""
+        # A column whose figure the reports do not have (yet) is left out.
+        present = self._report_attributes()
+        columns = [column for column in _COLUMNS if column.field in present]
+        headers = ["rank", "host", "device", *(column.header for column in columns), "status"]
+        rows = [_rank_row(entry, columns) for entry in self.ranks]
+        totals = self.totals
+        failed = len(self.failed_ranks)
+        rows.append(
+            [
+                "all",
+                "",
+                "",
+                *(column.format_total(totals) for column in columns),
+                f"{failed} of {self.world_size} failed" if failed else "ok",
+            ]
+        )
+        # Numbers read best right-aligned; the rank, host, device and status are text.
+        right_aligned = {index + 3 for index in range(len(columns))}
+        widths = [max(len(row[index]) for row in [headers, *rows]) for index in range(len(headers))]
+        lines = [f"memscope report of {self.world_size} rank(s)"]
+        for row in [headers, *rows]:
+            cells = [
+                cell.rjust(width) if index in right_aligned else cell.ljust(width)
+                for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    header: str
+    field: str
+    format_value: Callable[[Any], str]
+    total: bool = True
+
+    def format_total(self, totals: dict[str, Any]) -> str:
+        if not self.total or self.field not in totals:
+            return ""
+        return self.format_value(totals[self.field])
+
+
+def _count(value: Any) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def _decimal(places: int) -> Callable[[Any], str]:
+    def format_decimal(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.{places}f}"
+
+    return format_decimal
+
+
+_COLUMNS = (
+    _Column("items", "items", _count),
+    _Column("items/s", "items_per_second", _decimal(2), total=False),
+    _Column("peak allocated", "peak_allocated", format_bytes),
+    _Column("GC runs", "gc_runs", _count),
+    _Column("OOMs", "ooms", _count),
+    _Column("seconds", "elapsed_seconds", _decimal(1)),
+)
+
+
+def _rank_row(entry: RankReport, columns: list[_Column]) -> list[str]:
+    report = entry.report
+    device = "" if report is None else report.device
+    if report is None:
+        values = ["" for _ in columns]
+    else:
+        values = [column.format_value(getattr(report, column.field, None)) for column in columns]
+    status = "ok" if entry.error is None else f"failed: {entry.error}"
+    return [str(entry.rank), entry.host, device, *values, status]
+
+
+# Gathering --------------------------------------------------------------------------------
+
+
+def _check_timeout(timeout: object) -> timedelta:
+    if isinstance(timeout, timedelta):
+        if timeout.total_seconds() <= 0:
+            raise InvalidArgumentError(f"timeout must be a positive duration, got {timeout!r}")
+        return timeout
+    if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool):
+        return timedelta(seconds=check_positive_number(timeout, "timeout"))
+    raise InvalidArgumentTypeError(
+        f"timeout must be a datetime.timedelta or a number of seconds, got {timeout!r} "
+        f"of type {type(timeout).__name__}"
+    )
+
+
+def _check_group(group: object) -> dist.ProcessGroup | None:
+    if group is None:
+        return None
+    if not isinstance(group, dist.ProcessGroup):
+        raise InvalidArgumentTypeError(
+            f"group must be a torch.distributed ProcessGroup or None, got {group!r}"
+        )
+    return group
+
+
+def _own_record(report: BatchReport | None, error: BaseException | str | None) -> RankReport:
+    if report is not None and not isinstance(report, BatchReport):
+        raise InvalidArgumentTypeError(f"report must be a BatchReport or None, got {report!r}")
+    if isinstance(error, BaseException):
+        error = f"{type(error).__name__}: {error}"
+    elif error is not None and not isinstance(error, str):
+        raise InvalidArgumentTypeError(
+            f"error must be an exception, a str or None, got {error!r} of type "
+            f"{type(error).__name__}"
+        )
+    rank, _ = process_rank()
+    return RankReport(
+        rank=0 if rank is None else rank, host=socket.gethostname(), report=report, error=error
+    )
+
+
+def _make_gloo_group(timeout: timedelta) -> dist.ProcessGroup:
+    if not dist.is_gloo_available():
+        raise ReportGatherError(
+            "gathering reports needs torch.distributed's gloo backend, which this torch build lacks"
+        )
+    try:
+        group = dist.new_group(backend="gloo", timeout=timeout)
+    except RuntimeError as error:
+        raise ReportGatherError(
+            "could not make the process group that gathers reports (did every rank get to "
+            f"gather_reports or gathered_reports within {_seconds(timeout)}?): {error}"
+        ) from error
+    if not isinstance(group, dist.ProcessGroup):
+        # new_group hands non-members a placeholder; every rank is a member of this group.
+        raise ReportGatherError(f"torch.distributed.new_group returned {group!r}")
+    return group
+
+
+def _release_group(group: dist.ProcessGroup) -> None:
+    try:
+        dist.destroy_process_group(group)
+    except Exception:
+        logger.debug("could not destroy the report-gathering process group", exc_info=True)
+
+
+def _seconds(timeout: timedelta) -> str:
+    return f"{timeout.total_seconds():g} s"
+
+
+def _missing_ranks(error: BaseException, group: dist.ProcessGroup) -> tuple[int, ...] | None:
+    match = _MISSING_RANKS_PATTERN.search(str(error))
+    if match is None:
+        return None
+    group_ranks = [int(rank) for rank in re.findall(r"\d+", match.group(1))]
+    try:
+        return tuple(dist.get_global_rank(group, rank) for rank in group_ranks)
+    except (RuntimeError, ValueError):
+        return tuple(group_ranks)
+
+
+def _wait_for_every_rank(group: dist.ProcessGroup, timeout: timedelta) -> None:
+    try:
+        dist.monitored_barrier(group, timeout=timeout, wait_all_ranks=True)
+    except RuntimeError as error:
+        missing = _missing_ranks(error, group)
+        if missing is None:
+            what = "rank 0 did not confirm that every rank arrived"
+        else:
+            what = f"rank(s) {', '.join(map(str, missing))} did not arrive"
+        raise ReportGatherError(
+            f"gathering reports failed: {what} within {_seconds(timeout)} ({error})",
+            missing_ranks=missing,
+        ) from error
+
+
+def _all_gather_bytes(payload: bytes, group: dist.ProcessGroup) -> list[bytes]:
+    # all_gather_object would do, but it needs numpy to decode and, on NCCL, the right current
+    # device; plain uint8 tensors on the CPU need neither.
+    world_size = dist.get_world_size(group)
+    size = torch.tensor([len(payload)], dtype=torch.int64)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
+    dist.all_gather(sizes, size, group=group)
+    lengths = [int(rank_size.item()) for rank_size in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8)
+    padded[: len(payload)] = torch.tensor(list(payload), dtype=torch.uint8)
+    buffers = [torch.empty(max(lengths), dtype=torch.uint8) for _ in range(world_size)]
+    dist.all_gather(buffers, padded, group=group)
+    return [
+        bytes(buffer[:length].tolist()) for buffer, length in zip(buffers, lengths, strict=True)
+    ]
+
+
+def _gather_on(group: dist.ProcessGroup, record: RankReport, timeout: timedelta) -> CombinedReport:
+    _wait_for_every_rank(group, timeout)
+    try:
+        payloads = _all_gather_bytes(json.dumps(record.to_dict()).encode(), group)
+    except RuntimeError as error:
+        raise ReportGatherError(
+            f"gathering reports failed after every rank arrived: {error}"
+        ) from error
+    entries = [RankReport.from_dict(json.loads(payload)) for payload in payloads]
+    combined = CombinedReport(tuple(sorted(entries, key=lambda entry: entry.rank)))
+    if combined.failed_ranks and record.rank == 0:
+        failures = [f"rank {entry.rank}: {entry.error}" for entry in combined.ranks if entry.failed]
+        logger.warning("%d rank(s) failed: %s", len(failures), "; ".join(failures))
+    return combined
+
+
+def gather_reports(
+    report: BatchReport | None,
+    *,
+    error: BaseException | str | None = None,
+    group: dist.ProcessGroup | None = None,
+    timeout: timedelta | float = DEFAULT_GATHER_TIMEOUT,
+) -> CombinedReport:
+    """Every rank's report, combined; a collective call that every rank must make.
+
+    Every rank gets the same :class:`CombinedReport` back. Outside a distributed job it
+    holds this process's report alone, so one script serves both cases.
+
+    A rank whose work failed should still call it, with ``error`` set (and its report, or
+    ``None``); :func:`gathered_reports` does that for you.
+
+    Args:
+        report: this rank's batch report, or ``None`` if it has none.
+        error: what this rank's work raised, or ``None``.
+        group: a process group with the gloo backend to gather on. Without it, a gloo group of
+            every rank is made for this call (itself a collective) and destroyed after it.
+        timeout: how long to wait for the other ranks, a ``timedelta`` or seconds.
+
+    Raises:
+        ReportGatherError: a rank did not arrive within ``timeout`` or the gathering failed;
+            ``missing_ranks`` names the absent ranks where torch tells which.
+    """
+    record = _own_record(report, error)
+    wait = _check_timeout(timeout)
+    given_group = _check_group(group)
+    if not _distributed_ready():
+        return CombinedReport((record,))
+    if given_group is not None:
+        _require_gloo(given_group)
+        return _gather_on(given_group, record, wait)
+    own_group = _make_gloo_group(wait)
+    try:
+        return _gather_on(own_group, record, wait)
+    finally:
+        _release_group(own_group)
+
+
+def _require_gloo(group: dist.ProcessGroup) -> None:
+    backend = dist.get_backend(group)
+    if backend != "gloo":
+        raise InvalidArgumentError(
+            f"group must use the gloo backend (it waits with monitored_barrier), got a "
+            f"{backend!r} group; make one with torch.distributed.new_group(backend='gloo')"
+        )
+
+
+class ReportGathering:
+    """Gathers the ranks' reports when its ``with`` block ends; made by :func:`gathered_reports`.
+
+    After the block, ``combined`` holds the :class:`CombinedReport` on every rank (``None``
+    only where the gathering itself failed while the block's own exception went on).
+    """
+
+    def __init__(
+        self,
+        batch: ManagedBatch | None,
+        *,
+        group: dist.ProcessGroup | None,
+        timeout: timedelta | float,
+    ) -> None:
+        from memscope.batch import ManagedBatch  # batch.py imports this module
+
+        if batch is not None and not isinstance(batch, ManagedBatch):
+            raise InvalidArgumentTypeError(
+                f"batch must be a ManagedBatch (from managed_batch()) or None, got {batch!r}"
+            )
+        self._batch = batch
+        self._given_group = _check_group(group)
+        self._timeout = _check_timeout(timeout)
+        self._own_group: dist.ProcessGroup | None = None
+        self._entered = False
+        self.report: BatchReport | None = None
+        """This rank's report, for when no batch was given; a given batch's report wins."""
+        self.combined: CombinedReport | None = None
+        """Every rank's report, once the block has ended."""
+
+    def __enter__(self) -> ReportGathering:
+        if self._entered:
+            raise BatchStateError("a ReportGathering can be entered once")
+        if self._batch is not None and self._batch.active:
+            raise BatchStateError(
+                "enter gathered_reports(batch) before the batch, so that the batch has ended "
+                "and has its report when the gathering starts: "
+                "`with gathered_reports(batch) as gathering, batch:`"
+            )
+        self._entered = True
+        if _distributed_ready():
+            if self._given_group is not None:
+                _require_gloo(self._given_group)
+            else:
+                # Made while every rank is still on the same line of the program, so that at
+                # the end a missing rank shows up by name in the barrier, not as a failure to
+                # make the group.
+                self._own_group = _make_gloo_group(self._timeout)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is not None and not isinstance(exc, Exception):
+                # KeyboardInterrupt or SystemExit: the process is leaving, and holding it for
+                # the timeout would only delay that. The others end in ReportGatherError.
+                return
+            self._gather(exc)
+        finally:
+            if self._own_group is not None:
+                _release_group(self._own_group)
+                self._own_group = None
+
+    def _gather(self, error: BaseException | None) -> None:
+        record = _own_record(self._own_report(), error)
+        try:
+            if not _distributed_ready():
+                self.combined = CombinedReport((record,))
+                return
+            group = self._given_group if self._given_group is not None else self._own_group
+            if group is None:
+                # torch.distributed was initialised inside the block: make the group now.
+                self._own_group = group = _make_gloo_group(self._timeout)
+            self.combined = _gather_on(group, record, self._timeout)
+        except Exception:
+            if error is None:
+                raise
+            # The rank's own exception is what its caller needs to see.
+            logger.warning("could not gather the ranks' reports", exc_info=True)
+
+    def _own_report(self) -> BatchReport | None:
+        if self._batch is None:
+            return self.report
+        try:
+            return self._batch.report
+        except BatchStateError:
+            # The work failed before the batch ended (or began): the rank has no report.
+            return None
+
+
+def gathered_reports(
+    batch: ManagedBatch | None = None,
+    *,
+    group: dist.ProcessGroup | None = None,
+    timeout: timedelta | float = DEFAULT_GATHER_TIMEOUT,
+) -> ReportGathering:
+    """Gather every rank's batch report when the ``with`` block ends, even if it raised.
+
+    ::
+
+        batch = managed_batch(every=5)
+        with gathered_reports(batch) as gathering, batch:
+            for image in batch.track(my_share_of_images):
+                colorize(image)
+        if dist.get_rank() == 0:
+            print(gathering.combined)
+
+    Entering makes the process group the gathering uses (a collective: every rank enters).
+    Leaving gathers on every rank. If the block raised, the rank takes part with a record of
+    its exception (and its batch's report, if the batch ended), then the exception goes on,
+    so the other ranks get a report that names the failure instead of waiting for a rank
+    that will never come. A failure of the gathering itself does not replace that exception:
+    it is logged. ``KeyboardInterrupt`` and ``SystemExit`` skip the gathering.
+
+    Args:
+        batch: the rank's batch, entered inside the gathering; without one, set
+            ``gathering.report`` inside the block.
+        group, timeout: as for :func:`gather_reports`.
+    """
+    return ReportGathering(batch, group=group, timeout=timeout)
