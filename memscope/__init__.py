@@ -17,6 +17,14 @@ from memscope.exceptions import (
     MemscopeError,
 )
 from memscope.manager import ManagerStats, MemoryManager
+from memscope.oom import (
+    CaughtOom,
+    call_catching_oom,
+    call_catching_oom_async,
+    is_oom_error,
+    reclaim_memory,
+    release_exception_frames,
+)
 from memscope.report import BatchReport
 from memscope.snapshot import MemorySnapshot
 from memscope.units import format_bytes
@@ -25,6 +33,7 @@ __all__ = [
     "AutoClearFunction",
     "BatchReport",
     "BatchStateError",
+    "CaughtOom",
     "CleanupOutcome",
     "CleanupStats",
     "DeviceBackend",
@@ -43,8 +52,13 @@ __all__ = [
     "__version__",
     "auto_clear",
     "available_devices",
+    "call_catching_oom",
+    "call_catching_oom_async",
     "current_batch",
     "format_bytes",
+    "is_oom_error",
     "managed_batch",
+    "reclaim_memory",
     "register_backend",
+    "release_exception_frames",
 ]

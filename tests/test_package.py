@@ -28,6 +28,7 @@ def test_public_names_of_modules_are_reexported() -> None:
     import memscope.estimation
     import memscope.exceptions
     import memscope.manager
+    import memscope.oom
     import memscope.report
     import memscope.snapshot
     import memscope.units
@@ -40,6 +41,7 @@ def test_public_names_of_modules_are_reexported() -> None:
         memscope.estimation,
         memscope.exceptions,
         memscope.manager,
+        memscope.oom,
         memscope.report,
         memscope.snapshot,
         memscope.units,
