@@ -7,6 +7,7 @@ from memscope.cleanup import CleanupOutcome
 from memscope.context import current_batch
 from memscope.decorator import AutoClearFunction, CleanupStats, auto_clear
 from memscope.devices import DeviceLike
+from memscope.diagnosis import add_oom_note
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     BatchStateError,
@@ -16,6 +17,7 @@ from memscope.exceptions import (
     MemoryFiguresUnavailableError,
     MemscopeError,
 )
+from memscope.history import MemoryHistoryRecorder
 from memscope.manager import ManagerStats, MemoryManager
 from memscope.oom import (
     CaughtOom,
@@ -45,11 +47,13 @@ __all__ = [
     "ManagedBatch",
     "ManagerStats",
     "MemoryFiguresUnavailableError",
+    "MemoryHistoryRecorder",
     "MemoryManager",
     "MemoryReading",
     "MemorySnapshot",
     "MemscopeError",
     "__version__",
+    "add_oom_note",
     "auto_clear",
     "available_devices",
     "call_catching_oom",

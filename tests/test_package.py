@@ -25,8 +25,10 @@ def test_public_names_of_modules_are_reexported() -> None:
     import memscope.cleanup
     import memscope.context
     import memscope.decorator
+    import memscope.diagnosis
     import memscope.estimation
     import memscope.exceptions
+    import memscope.history
     import memscope.manager
     import memscope.oom
     import memscope.report
@@ -38,8 +40,10 @@ def test_public_names_of_modules_are_reexported() -> None:
         memscope.cleanup,
         memscope.context,
         memscope.decorator,
+        memscope.diagnosis,
         memscope.estimation,
         memscope.exceptions,
+        memscope.history,
         memscope.manager,
         memscope.oom,
         memscope.report,
