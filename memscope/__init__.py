@@ -1,6 +1,14 @@
 """memscope: keep GPU memory in check across long PyTorch batch jobs."""
 
 from memscope._version import __version__
+from memscope.adaptive import (
+    AdaptiveBatchFunction,
+    AdaptiveBatchState,
+    Combine,
+    adaptive_batch,
+    process_in_chunks,
+    process_in_chunks_async,
+)
 from memscope.backends import DeviceBackend, MemoryReading, available_devices, register_backend
 from memscope.batch import ManagedBatch, managed_batch
 from memscope.cleanup import CleanupOutcome
@@ -10,6 +18,7 @@ from memscope.devices import DeviceLike
 from memscope.diagnosis import add_oom_note
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
+    BatchSizeExhaustedError,
     BatchStateError,
     DeviceUnavailableError,
     InvalidArgumentError,
@@ -32,12 +41,16 @@ from memscope.snapshot import MemorySnapshot
 from memscope.units import format_bytes
 
 __all__ = [
+    "AdaptiveBatchFunction",
+    "AdaptiveBatchState",
     "AutoClearFunction",
     "BatchReport",
+    "BatchSizeExhaustedError",
     "BatchStateError",
     "CaughtOom",
     "CleanupOutcome",
     "CleanupStats",
+    "Combine",
     "DeviceBackend",
     "DeviceLike",
     "DeviceUnavailableError",
@@ -53,6 +66,7 @@ __all__ = [
     "MemorySnapshot",
     "MemscopeError",
     "__version__",
+    "adaptive_batch",
     "add_oom_note",
     "auto_clear",
     "available_devices",
@@ -62,6 +76,8 @@ __all__ = [
     "format_bytes",
     "is_oom_error",
     "managed_batch",
+    "process_in_chunks",
+    "process_in_chunks_async",
     "reclaim_memory",
     "register_backend",
     "release_exception_frames",

@@ -9,6 +9,7 @@ the seed ``MemoryManager`` keeps catching what it caught before.
 from __future__ import annotations
 
 __all__ = [
+    "BatchSizeExhaustedError",
     "BatchStateError",
     "DeviceUnavailableError",
     "InvalidArgumentError",
@@ -40,3 +41,15 @@ class MemoryFiguresUnavailableError(MemscopeError):
 
 class BatchStateError(MemscopeError, RuntimeError):
     """A managed batch was used in a state that does not allow it (before it started, say)."""
+
+
+class BatchSizeExhaustedError(MemscopeError, RuntimeError):
+    """Memory ran out at every batch size tried, down to the smallest one allowed.
+
+    Raised ``from`` the last out-of-memory error; ``sizes_tried`` lists the sizes in the
+    order they were tried.
+    """
+
+    def __init__(self, message: str, *, sizes_tried: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.sizes_tried = sizes_tried

@@ -21,6 +21,7 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_public_names_of_modules_are_reexported() -> None:
     """Every module's ``__all__`` is available from ``memscope`` directly."""
+    import memscope.adaptive
     import memscope.batch
     import memscope.cleanup
     import memscope.context
@@ -36,6 +37,7 @@ def test_public_names_of_modules_are_reexported() -> None:
     import memscope.units
 
     for module in (
+        memscope.adaptive,
         memscope.batch,
         memscope.cleanup,
         memscope.context,
