@@ -327,13 +327,11 @@ def _raise_exhausted(
 ) -> NoReturn:
     # The last out-of-memory error keeps its traceback: it is the cause the user reads.
     add_oom_note(error, manager, batch_sizes_tried=sizes)
-    pending: BatchSizeExhaustedError | None = error
-    del error
     try:
-        raise cast(BatchSizeExhaustedError, pending) from caught.error
+        raise error from caught.error
     finally:
         # Breaks the cycle frame -> error -> traceback -> frame.
-        pending = None
+        del error
 
 
 def _note_size(sizes: list[int], size: int) -> None:
