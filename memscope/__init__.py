@@ -1,12 +1,21 @@
 """memscope: keep GPU memory in check across long PyTorch batch jobs."""
 
 from memscope._version import __version__
+from memscope.adaptive import (
+    AdaptiveBatchFunction,
+    AdaptiveBatchState,
+    Combine,
+    adaptive_batch,
+    process_in_chunks,
+    process_in_chunks_async,
+)
 from memscope.backends import DeviceBackend, MemoryReading, available_devices, register_backend
 from memscope.batch import ManagedBatch, managed_batch
 from memscope.cleanup import CleanupOutcome
 from memscope.context import current_batch
 from memscope.decorator import AutoClearFunction, CleanupStats, auto_clear
 from memscope.devices import DeviceLike
+from memscope.diagnosis import add_oom_note
 from memscope.distributed import (
     CombinedReport,
     RankReport,
@@ -18,6 +27,7 @@ from memscope.distributed import (
 )
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
+    BatchSizeExhaustedError,
     BatchStateError,
     DeviceUnavailableError,
     HostMemoryUnavailableError,
@@ -27,22 +37,36 @@ from memscope.exceptions import (
     MemscopeError,
     ReportGatherError,
 )
+from memscope.history import MemoryHistoryRecorder
 from memscope.host import HostMemoryLimit, HostMemoryMonitor
 from memscope.manager import ManagerStats, MemoryManager
+from memscope.oom import (
+    CaughtOom,
+    call_catching_oom,
+    call_catching_oom_async,
+    is_oom_error,
+    reclaim_memory,
+    release_exception_frames,
+)
 from memscope.policies import CachePolicy, ClearAlways, ClearWhenUseful, GCBackoff
 from memscope.report import BatchReport
 from memscope.snapshot import MemorySnapshot
 from memscope.units import format_bytes, parse_bytes
 
 __all__ = [
+    "AdaptiveBatchFunction",
+    "AdaptiveBatchState",
     "AutoClearFunction",
     "BatchReport",
+    "BatchSizeExhaustedError",
     "BatchStateError",
     "CachePolicy",
+    "CaughtOom",
     "CleanupOutcome",
     "CleanupStats",
     "ClearAlways",
     "ClearWhenUseful",
+    "Combine",
     "CombinedReport",
     "DeviceBackend",
     "DeviceLike",
@@ -57,6 +81,7 @@ __all__ = [
     "ManagedBatch",
     "ManagerStats",
     "MemoryFiguresUnavailableError",
+    "MemoryHistoryRecorder",
     "MemoryManager",
     "MemoryReading",
     "MemorySnapshot",
@@ -65,15 +90,24 @@ __all__ = [
     "ReportGatherError",
     "ReportGathering",
     "__version__",
+    "adaptive_batch",
+    "add_oom_note",
     "auto_clear",
     "available_devices",
+    "call_catching_oom",
+    "call_catching_oom_async",
     "current_batch",
     "format_bytes",
     "gather_reports",
     "gathered_reports",
+    "is_oom_error",
     "managed_batch",
     "parse_bytes",
+    "process_in_chunks",
+    "process_in_chunks_async",
     "process_rank",
+    "reclaim_memory",
     "register_backend",
+    "release_exception_frames",
     "with_process_rank",
 ]

@@ -9,6 +9,7 @@ the seed ``MemoryManager`` keeps catching what it caught before.
 from __future__ import annotations
 
 __all__ = [
+    "BatchSizeExhaustedError",
     "BatchStateError",
     "DeviceUnavailableError",
     "HostMemoryUnavailableError",
@@ -58,3 +59,15 @@ class ReportGatherError(MemscopeError, RuntimeError):
         super().__init__(message)
         self.missing_ranks = missing_ranks
         """The ranks that did not arrive, where torch could tell; else ``None``."""
+
+
+class BatchSizeExhaustedError(MemscopeError, RuntimeError):
+    """Memory ran out at every batch size tried, down to the smallest one allowed.
+
+    Raised ``from`` the last out-of-memory error; ``sizes_tried`` lists the sizes in the
+    order they were tried.
+    """
+
+    def __init__(self, message: str, *, sizes_tried: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.sizes_tried = sizes_tried

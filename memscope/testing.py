@@ -27,6 +27,7 @@ CPU budgets can be tested without filling the machine's RAM.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
 import types
@@ -54,10 +55,16 @@ _MISSING = object()
 
 
 class FakeCall(NamedTuple):
-    """One call of a faked torch function, such as ``("torch.cuda.mem_get_info", (1,))``."""
+    """One call of a faked torch function, such as ``("torch.cuda.mem_get_info", (1,))``.
+
+    ``kwargs`` holds keyword arguments as ``(name, value)`` pairs sorted by name; it is empty
+    for the calls memscope makes positionally, so ``FakeCall(function, args)`` compares
+    equal to them.
+    """
 
     function: str
     args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -104,6 +111,11 @@ class FakeDevice:
         current_device: the index torch reports as the current device.
         recommended_max_memory: MPS only; ``False`` fakes a torch without
             ``torch.mps.recommended_max_memory`` to exercise the fallback.
+
+    For CUDA, the recorder of allocation history is faked too:
+    ``torch.cuda.memory._record_memory_history`` sets ``memory_history`` (``"all"`` while
+    recording, ``None`` once stopped), and ``torch.cuda.memory._dump_snapshot(path)``
+    writes a small pickle to ``path`` and appends the path to ``snapshot_files``.
     """
 
     def __init__(
@@ -123,6 +135,8 @@ class FakeDevice:
         self.recommended_max_memory = recommended_max_memory
         self.memory = [FakeMemory(total=total) for _ in range(self.device_count)]
         self.calls: list[FakeCall] = []
+        self.memory_history: str | None = None
+        self.snapshot_files: list[str] = []
         self._failures: dict[str, BaseException] = {}
         self._saved: list[tuple[object, str, object]] = []
 
@@ -211,12 +225,12 @@ class FakeDevice:
     # The fakes --------------------------------------------------------------------------
 
     def _recorded(self, function: str, implementation: Callable[..., Any]) -> Callable[..., Any]:
-        def fake(*args: Any) -> Any:
-            self.calls.append(FakeCall(function, args))
+        def fake(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(FakeCall(function, args, tuple(sorted(kwargs.items()))))
             error = self._failures.get(function)
             if error is not None:
                 raise error
-            return implementation(*args)
+            return implementation(*args, **kwargs)
 
         fake.__name__ = function.rsplit(".", 1)[-1]
         return fake
@@ -287,6 +301,34 @@ class FakeDevice:
             self._recorded("torch.cuda.current_device", lambda: self.current_device),
         )
         yield from self._caching_allocator_fakes(cuda, "torch.cuda", "mem_get_info")
+        yield from self._memory_history_fakes()
+
+    def _memory_history_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+        # The recorder of CUDA allocation history: the fake keeps only whether it is on,
+        # and its snapshot files hold an empty history in the shape torch writes.
+        def record_memory_history(enabled: str | None = "all", *args: Any, **options: Any) -> None:
+            self.memory_history = enabled
+
+        def dump_snapshot(filename: str = "dump_snapshot.pickle", *args: Any) -> None:
+            snapshot: dict[str, list[Any]] = {
+                "segments": [],
+                "device_traces": [[] for _ in range(self.device_count)],
+            }
+            with open(filename, "wb") as file:
+                pickle.dump(snapshot, file)
+            self.snapshot_files.append(str(filename))
+
+        prefix = "torch.cuda.memory"
+        yield (
+            torch.cuda.memory,
+            "_record_memory_history",
+            self._recorded(f"{prefix}._record_memory_history", record_memory_history),
+        )
+        yield (
+            torch.cuda.memory,
+            "_dump_snapshot",
+            self._recorded(f"{prefix}._dump_snapshot", dump_snapshot),
+        )
 
     def _mps_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
         memory = self.memory[0]

@@ -21,29 +21,37 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_public_names_of_modules_are_reexported() -> None:
     """Every module's ``__all__`` is available from ``memscope`` directly."""
+    import memscope.adaptive
     import memscope.batch
     import memscope.cleanup
     import memscope.context
     import memscope.decorator
+    import memscope.diagnosis
     import memscope.distributed
     import memscope.estimation
     import memscope.exceptions
+    import memscope.history
     import memscope.host
     import memscope.manager
+    import memscope.oom
     import memscope.report
     import memscope.snapshot
     import memscope.units
 
     for module in (
+        memscope.adaptive,
         memscope.batch,
         memscope.cleanup,
         memscope.context,
         memscope.decorator,
+        memscope.diagnosis,
         memscope.distributed,
         memscope.estimation,
         memscope.exceptions,
+        memscope.history,
         memscope.host,
         memscope.manager,
+        memscope.oom,
         memscope.report,
         memscope.snapshot,
         memscope.units,

@@ -1,0 +1,145 @@
+"""Genuine out-of-memory errors on a real accelerator: detected, recovered, recorded.
+
+These run only with a real CUDA (or, where said, MPS) device; the ``gpu`` marker skips them
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import gc
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from memscope import (
+    CaughtOom,
+    MemoryHistoryRecorder,
+    MemoryManager,
+    adaptive_batch,
+    call_catching_oom,
+    is_oom_error,
+    process_in_chunks,
+)
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture
+def cuda(accelerator: str) -> torch.device:
+    """The real CUDA device, or a skip on other accelerators."""
+    if accelerator != "cuda":
+        pytest.skip("needs CUDA")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _total_bytes(device: torch.device) -> int:
+    return int(torch.cuda.mem_get_info(device)[1])
+
+
+def _settle() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def test_genuine_cuda_oom_is_recognised(cuda: torch.device) -> None:
+    """Allocating twice the device's memory raises an error is_oom_error recognises."""
+    total = _total_bytes(cuda)
+    outcome = call_catching_oom(torch.empty, total * 2, dtype=torch.uint8, device=cuda)
+    assert isinstance(outcome, CaughtOom)
+    assert is_oom_error(outcome.error)
+    del outcome
+    _settle()
+
+
+def test_adaptive_batch_recovers_from_a_genuine_cuda_oom(cuda: torch.device) -> None:
+    """A size whose allocation exceeds the device shrinks until the allocation fits."""
+    total = _total_bytes(cuda)
+    per_item = total // 8
+    baseline = torch.cuda.memory_allocated(cuda)
+
+    @adaptive_batch(start=16, device=cuda)
+    def allocate(batch_size: int) -> int:
+        # 16 items need twice the device, 8 need all of it; 4 need half.
+        block = torch.empty(batch_size * per_item, dtype=torch.uint8, device=cuda)
+        block.fill_(1)
+        return batch_size
+
+    assert allocate() <= 4
+    state = allocate.adaptive_state  # type: ignore[attr-defined]
+    assert state.reductions >= 2
+    assert state.oom_count >= 2
+    _settle()
+    assert torch.cuda.memory_allocated(cuda) == baseline
+
+
+def test_failed_attempts_tensors_are_freed_for_the_retry_on_cuda(cuda: torch.device) -> None:
+    """The retry needs the memory the failed attempt held: it fits only if that was freed."""
+    total = _total_bytes(cuda)
+    held = int(total * 0.6)
+
+    @adaptive_batch(start=2, device=cuda)
+    def step(batch_size: int) -> int:
+        # Over half the device, held by a local while the attempt fails; the retry allocates
+        # it again, which only fits if the first one was released.
+        activations = torch.empty(held, dtype=torch.uint8, device=cuda)
+        if batch_size > 1:
+            torch.empty(total * 2, dtype=torch.uint8, device=cuda)
+        return int(activations.numel() > 0)
+
+    assert step() == 1
+    _settle()
+
+
+def test_chunks_recover_from_a_genuine_cuda_oom(cuda: torch.device) -> None:
+    """process_in_chunks shrinks chunks on a real OOM and still covers every item once."""
+    total = _total_bytes(cuda)
+    per_item = total // 8
+    items = torch.arange(32)
+    done: list[int] = []
+
+    def step(chunk: torch.Tensor) -> torch.Tensor:
+        block = torch.empty(len(chunk) * per_item, dtype=torch.uint8, device=cuda)
+        block.fill_(0)
+        done.extend(chunk.tolist())
+        return chunk * 2
+
+    result = process_in_chunks(step, items, start=16, device=cuda)
+    assert torch.equal(result, items * 2)
+    assert done == list(range(32))
+    _settle()
+
+
+def test_memory_history_snapshot_of_a_genuine_oom(cuda: torch.device, tmp_path: Path) -> None:
+    """A real OOM inside the recorder writes a snapshot torch's viewer can read."""
+    total = _total_bytes(cuda)
+    recorder = MemoryHistoryRecorder(
+        cuda, tmp_path, max_entries=10_000, manager=MemoryManager(cuda)
+    )
+    caught: BaseException | None = None
+    try:
+        with recorder:
+            torch.empty(total * 2, dtype=torch.uint8, device=cuda)
+    except Exception as error:
+        caught = error
+    assert caught is not None
+    assert is_oom_error(caught)
+    (path,) = recorder.snapshot_paths
+    with path.open("rb") as file:
+        snapshot = pickle.load(file)
+    assert "segments" in snapshot
+    assert "device_traces" in snapshot
+    assert str(path) in caught.__notes__[0]
+    del caught
+    _settle()
+
+
+def test_genuine_mps_oom_is_recognised(accelerator: str) -> None:
+    """On Apple silicon, allocating far beyond Metal's limit is recognised as an OOM."""
+    if accelerator != "mps":
+        pytest.skip("needs MPS")
+    limit = int(torch.mps.recommended_max_memory())
+    outcome = call_catching_oom(torch.empty, limit * 4, dtype=torch.uint8, device="mps")
+    assert isinstance(outcome, CaughtOom)
+    assert is_oom_error(outcome.error)
