@@ -339,6 +339,14 @@ def _note_size(sizes: list[int], size: int) -> None:
         sizes.append(size)
 
 
+def _report_to_batch(error: BaseException, size: int, retry: int | None) -> None:
+    batch = context.active_batch.get()
+    if batch is not None:
+        batch.record_oom(
+            error, retried=retry is not None, batch_size_reduced=retry is not None and retry < size
+        )
+
+
 def _recover(caught: CaughtOom, manager: MemoryManager) -> None:
     # Runs outside the except block that caught the error, so once the error lets go of
     # the failed call's frames, their tensors are unreachable and can really be freed.
@@ -400,6 +408,7 @@ class _AdaptiveRunner:
                 self.state._record_success(attempt)
                 return outcome
             retry = self.state._record_oom(attempt)
+            _report_to_batch(outcome.error, attempt.size, retry)
             if retry is None:
                 self._raise_exhausted(outcome, manager, sizes)
             _log_retry(self.name, attempt, retry)
@@ -423,6 +432,7 @@ class _AdaptiveRunner:
                 self.state._record_success(attempt)
                 return outcome
             retry = self.state._record_oom(attempt)
+            _report_to_batch(outcome.error, attempt.size, retry)
             if retry is None:
                 self._raise_exhausted(outcome, manager, sizes)
             _log_retry(self.name, attempt, retry)
@@ -745,6 +755,7 @@ class _ChunkRun:
 
     def failed(self, attempt: _Attempt, caught: CaughtOom) -> None:
         retry = self.state._record_oom(attempt)
+        _report_to_batch(caught.error, attempt.size, retry)
         if retry is None:
             self._raise_exhausted(caught)
         _log_retry(self.name, attempt, retry)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+import itertools
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Sized
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -17,9 +21,12 @@ from memscope._counter import AtomicCounter
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import CleanupOutcome, run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
+from memscope.diagnosis import add_oom_note
 from memscope.distributed import with_process_rank
 from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
+from memscope.history import MemoryHistoryRecorder
 from memscope.manager import MemoryManager
+from memscope.oom import is_oom_error
 from memscope.policies import CachePolicy, ClearAlways, GCBackoff, check_cache_policy
 from memscope.report import BatchReport
 from memscope.units import parse_bytes
@@ -30,6 +37,8 @@ logger = logging.getLogger("memscope")
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+DEFAULT_HISTORY_FOLDER = "memscope-memory-history"
 
 PROGRESS_MISSING = (
     "progress=True needs tqdm, which is not installed: pip install 'memscope[progress]'"
@@ -42,6 +51,25 @@ def _load_tqdm() -> Any:
     except ImportError:
         raise ImportError(PROGRESS_MISSING) from None
     return tqdm
+
+
+_batch_serials = itertools.count()
+
+
+def _first_sighting(error: BaseException, batch_serial: int) -> bool:
+    """Whether this batch meets ``error`` for the first time.
+
+    An error can pass through several memscope layers (a decorator's retries, then the
+    batch's exit); it is counted once. Exceptions take no weak references, and keeping a
+    strong one would keep the failed call's memory alive, so the mark goes on the error.
+    """
+    seen: set[int] = getattr(error, "_memscope_counted_by", set())
+    if batch_serial in seen:
+        return False
+    # An exception type without a __dict__ cannot be marked; it may then count twice.
+    with contextlib.suppress(AttributeError):
+        error._memscope_counted_by = seen | {batch_serial}  # type: ignore[attr-defined]
+    return True
 
 
 def _larger(current: int | None, candidate: int | None) -> int | None:
@@ -74,6 +102,8 @@ class ManagedBatch:
         cache_policy: CachePolicy | None = None,
         host: bool = False,
         budget: int | str | None = None,
+        record_history: bool = False,
+        history_folder: str | PathLike[str] = DEFAULT_HISTORY_FOLDER,
     ) -> None:
         if device is not None:
             as_torch_device(device)
@@ -92,6 +122,12 @@ class ManagedBatch:
             raise InvalidArgumentTypeError(f"host must be a bool, got {host!r}")
         if budget is not None:
             parse_bytes(budget, "budget")
+        if not isinstance(record_history, bool):
+            raise InvalidArgumentTypeError(f"record_history must be a bool, got {record_history!r}")
+        if not isinstance(history_folder, (str, PathLike)):
+            raise InvalidArgumentTypeError(
+                f"history_folder must be a str or a path, got {history_folder!r}"
+            )
         if not isinstance(freeze_heap, bool):
             raise InvalidArgumentTypeError(f"freeze_heap must be a bool, got {freeze_heap!r}")
         self._device = device
@@ -99,6 +135,9 @@ class ManagedBatch:
         self._explicit_manager = manager
         self._host = host
         self._budget = budget
+        self.record_history = record_history
+        self.history_folder = Path(history_folder)
+        self._recorder: MemoryHistoryRecorder | None = None
         self.every = check_int(every, "every", minimum=1)
         self._tqdm = _load_tqdm() if progress else None
         self.freeze_heap = freeze_heap
@@ -106,6 +145,7 @@ class ManagedBatch:
             ClearAlways() if cache_policy is None else check_cache_policy(cache_policy)
         )
 
+        self._serial = next(_batch_serials)
         self._lock = threading.Lock()
         self._tokens: list[contextvars.Token[ManagedBatch | None]] = []
         self._manager: MemoryManager | None = None
@@ -125,6 +165,9 @@ class ManagedBatch:
         self._gc_seconds = 0.0
         self._peak_allocated: int | None = None
         self._peak_reserved: int | None = None
+        self._ooms = 0
+        self._oom_retries = 0
+        self._batch_size_reductions = 0
         self._usage_start = 0.0
         self._host_resident_start: int | None = None
         self._started = 0.0
@@ -171,7 +214,7 @@ class ManagedBatch:
     ) -> None:
         context.active_batch.reset(self._tokens.pop())
         if not self._tokens:
-            self._finish(exc_type)
+            self._finish(exc_type, exc)
 
     async def __aenter__(self) -> ManagedBatch:
         return self.__enter__()
@@ -197,6 +240,11 @@ class ManagedBatch:
             # Resetting the device's peak erases what the outer batch has seen so far.
             parent.observe_peak(start.peak_allocated, start.peak_reserved)
         self._manager.reset_peak_memory_stats()
+        if self.record_history:
+            self._recorder = MemoryHistoryRecorder(
+                self._manager.resolved_device, self.history_folder, manager=self._manager
+            )
+            self._recorder.start()
         self._usage_start = start.usage
         self._host_resident_start = start.host_resident
         self._started = time.perf_counter()
@@ -220,12 +268,24 @@ class ManagedBatch:
             budget=self._budget,
         )
 
-    def _finish(self, exc_type: type[BaseException] | None) -> None:
+    def _finish(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         try:
+            if exc is not None and is_oom_error(exc):
+                self._diagnose_escaping_oom(exc)
             self._finish_report(exc_type)
         finally:
+            if self._recorder is not None:
+                self._recorder.stop()
             if self.freeze_heap:
                 heap.release_frozen_heap()
+
+    def _diagnose_escaping_oom(self, error: BaseException) -> None:
+        # Runs before the final cleanup, so the note shows the figures of the failure.
+        self.record_oom(error, retried=False)
+        snapshot_path = None
+        if self._recorder is not None:
+            snapshot_path = self._recorder.dump()
+        add_oom_note(error, self.manager, snapshot_path=snapshot_path)
 
     def _finish_report(self, exc_type: type[BaseException] | None) -> None:
         manager = self.manager
@@ -257,6 +317,12 @@ class ManagedBatch:
                 host_resident_end=end.host_resident,
                 host_limit=end.host_limit,
                 budget=end.budget,
+                ooms=self._ooms,
+                oom_retries=self._oom_retries,
+                batch_size_reductions=self._batch_size_reductions,
+                memory_snapshots=tuple(
+                    str(path) for path in (self._recorder.snapshot_paths if self._recorder else ())
+                ),
             )
             self._report = with_process_rank(self._report)
         parent = self._parent
@@ -319,6 +385,16 @@ class ManagedBatch:
             with self._lock:
                 self._failures += 1
 
+    def record_oom(
+        self, error: BaseException, *, retried: bool, batch_size_reduced: bool = False
+    ) -> None:
+        """Count an out-of-memory error met inside this batch, and what was done about it."""
+        with self._lock:
+            if _first_sighting(error, self._serial):
+                self._ooms += 1
+            self._oom_retries += int(retried)
+            self._batch_size_reductions += int(batch_size_reduced)
+
     def record_cleanup(self, outcome: CleanupOutcome | None) -> None:
         """Count a cleanup made through this batch's manager; ``None`` means it failed."""
         with self._lock:
@@ -367,6 +443,8 @@ def managed_batch(
     cache_policy: CachePolicy | None = None,
     host: bool = False,
     budget: int | str | None = None,
+    record_history: bool = False,
+    history_folder: str | PathLike[str] = DEFAULT_HISTORY_FOLDER,
 ) -> ManagedBatch:
     """Keep memory in check around a batch loop.
 
@@ -395,6 +473,10 @@ def managed_batch(
         budget: measure usage against this many bytes (an int or ``"6GiB"``); on the CPU
             this watches the host's memory. ``host`` and ``budget`` configure the manager
             the batch makes, so they cannot be combined with ``manager``.
+        record_history: on CUDA, record the allocation history during the batch and, when
+            an out-of-memory error leaves it, write a snapshot file into ``history_folder``
+            (it opens in https://pytorch.org/memory_viz), named in the error's note.
+        history_folder: where snapshot files go; created when the first one is written.
     """
     return ManagedBatch(
         device,
@@ -406,4 +488,6 @@ def managed_batch(
         cache_policy=cache_policy,
         host=host,
         budget=budget,
+        record_history=record_history,
+        history_folder=history_folder,
     )

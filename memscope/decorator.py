@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar, cast, overload
@@ -21,8 +22,10 @@ from memscope._counter import AtomicCounter
 from memscope._validation import check_fraction, check_int
 from memscope.cleanup import run_cleanup_safely
 from memscope.devices import DeviceLike, as_torch_device
+from memscope.diagnosis import add_oom_note
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
+from memscope.oom import is_oom_error, reclaim_memory, release_exception_frames
 from memscope.policies import CachePolicy, ClearAlways, check_cache_policy
 
 __all__ = ["AutoClearFunction", "CleanupStats", "auto_clear"]
@@ -31,6 +34,7 @@ Function = TypeVar("Function", bound=Callable[..., Any])
 Enabled = bool | Callable[[], bool]
 _CLEAR_ALWAYS = ClearAlways()
 _active_batch = context.active_batch.get
+logger = logging.getLogger("memscope")
 
 
 class CleanupStats:
@@ -40,7 +44,15 @@ class CleanupStats:
     taken once (by an outer decorator, say) stays current.
     """
 
-    __slots__ = ("_calls", "cleanup_failures", "cleanups", "errors", "gc_runs")
+    __slots__ = (
+        "_calls",
+        "cleanup_failures",
+        "cleanups",
+        "errors",
+        "gc_runs",
+        "oom_retries",
+        "ooms",
+    )
 
     def __init__(self) -> None:
         self._calls = AtomicCounter()
@@ -48,6 +60,8 @@ class CleanupStats:
         self.cleanups = 0
         self.gc_runs = 0
         self.cleanup_failures = 0
+        self.ooms = 0
+        self.oom_retries = 0
 
     @property
     def calls(self) -> int:
@@ -62,6 +76,8 @@ class CleanupStats:
             "cleanups": self.cleanups,
             "gc_runs": self.gc_runs,
             "cleanup_failures": self.cleanup_failures,
+            "ooms": self.ooms,
+            "oom_retries": self.oom_retries,
         }
 
     def __repr__(self) -> str:
@@ -85,9 +101,11 @@ class _CleanupCadence:
         memory_threshold: float,
         manager: MemoryManager | None,
         cache_policy: CachePolicy | None,
+        oom_retries: int,
         name: str,
     ) -> None:
         self.every = every
+        self.oom_retries = oom_retries
         self.device = device
         # Parsed once here (parsing touches no device), compared at each cleanup.
         self.torch_device = None if device is None else as_torch_device(device)
@@ -100,6 +118,8 @@ class _CleanupCadence:
 
     def call(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         batch = _active_batch()
+        if self.oom_retries:
+            return self._call_retrying(wrapped, args, kwargs, batch)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
@@ -119,22 +139,76 @@ class _CleanupCadence:
             # Breaks the cycle frame -> failure -> traceback -> frame.
             del failure
 
+    def _call_retrying(
+        self, wrapped: Callable[..., Any], args: Any, kwargs: Any, batch: Any
+    ) -> Any:
+        retries_left = self.oom_retries
+        while True:
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException as error:
+                failure = error
+            else:
+                self.finish_call(batch, failed=False)
+                return result
+            # Outside the except block: nothing but `failure` holds the failed attempt.
+            if not self._prepare_retry(failure, retries_left, batch):
+                self._finish_failed_call(batch)
+                try:
+                    raise failure
+                finally:
+                    del failure
+            del failure
+            retries_left -= 1
+            reclaim_memory(self._manager_for(batch))
+
     async def call_async(
         self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
     ) -> Any:
         batch = _active_batch()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as error:
-            failure = error
-        else:
-            self.finish_call(batch, failed=False)
-            return result
-        self._finish_failed_call(batch)
-        try:
-            raise failure
-        finally:
+        retries_left = self.oom_retries
+        while True:
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as error:
+                failure = error
+            else:
+                self.finish_call(batch, failed=False)
+                return result
+            if not self._prepare_retry(failure, retries_left, batch):
+                self._finish_failed_call(batch)
+                try:
+                    raise failure
+                finally:
+                    del failure
             del failure
+            retries_left -= 1
+            reclaim_memory(self._manager_for(batch))
+
+    def _prepare_retry(self, failure: BaseException, retries_left: int, batch: Any) -> bool:
+        """Whether to call again after ``failure``; if so, let go of the failed attempt.
+
+        Only out-of-memory errors are retried, ``oom_retries`` times. The last one leaves
+        with its traceback intact and a note with the device's figures at failure.
+        """
+        if not is_oom_error(failure):
+            return False
+        retry = retries_left > 0
+        with self._lock:
+            self.stats.ooms += 1
+            self.stats.oom_retries += int(retry)
+        if batch is not None:
+            batch.record_oom(failure, retried=retry)
+        if not retry:
+            add_oom_note(failure, self._manager_for(batch))
+            return False
+        logger.info(
+            "%s ran out of memory; freeing memory and retrying (%d retries left)",
+            self.name,
+            retries_left - 1,
+        )
+        release_exception_frames(failure)
+        return True
 
     def call_generator(
         self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
@@ -252,6 +326,7 @@ def auto_clear(
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,
+    oom_retries: int = 0,
 ) -> Callable[[Function], Function]: ...
 
 
@@ -264,6 +339,7 @@ def auto_clear(
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,
+    oom_retries: int = 0,
 ) -> Function | Callable[[Function], Function]:
     """Clear the cache and run the threshold GC after every ``every``-th call.
 
@@ -282,6 +358,11 @@ def auto_clear(
             false, calls pass straight through, uncounted.
         cache_policy: when a cleanup empties the cache; ``None`` uses the active batch's
             policy, or :class:`ClearAlways` outside a batch.
+        oom_retries: on an out-of-memory error, free memory and call again, up to this
+            many times. Memory is freed outside the ``except`` block, after dropping the
+            failed attempt's traceback, so the retry really has the memory back; after the
+            last failed retry the last error propagates unchanged but for a note with the
+            device's figures. Not for generator functions.
 
     Calls are counted per decorated function across all threads; for methods the count
     belongs to the function and is shared by all instances. The function's result and
@@ -289,6 +370,7 @@ def auto_clear(
     Statistics are on the decorated function as ``cleanup_stats``.
     """
     every = check_int(every, "every", minimum=1)
+    oom_retries = check_int(oom_retries, "oom_retries", minimum=0)
     memory_threshold = check_fraction(memory_threshold, "memory_threshold")
     enabled = _check_enabled(enabled)
     if cache_policy is not None:
@@ -306,6 +388,7 @@ def auto_clear(
             manager=manager,
             enabled=enabled,
             cache_policy=cache_policy,
+            oom_retries=oom_retries,
         )
 
     function = _underlying_function(wrapped)
@@ -320,11 +403,17 @@ def auto_clear(
         memory_threshold=memory_threshold,
         manager=manager,
         cache_policy=cache_policy,
+        oom_retries=oom_retries,
         name=getattr(function, "__qualname__", repr(wrapped)),
     )
     if inspect.iscoroutinefunction(function):
         wrapper: Callable[..., Any] = cadence.call_async
     elif inspect.isgeneratorfunction(function):
+        if oom_retries:
+            raise InvalidArgumentTypeError(
+                f"oom_retries cannot be used on the generator function {wrapped!r}: a "
+                "generator cannot be rerun from the start once it has yielded"
+            )
         wrapper = cadence.call_generator
     else:
         wrapper = cadence.call

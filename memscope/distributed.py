@@ -75,6 +75,8 @@ SUMMED_FIELDS = (
     "gc_runs",
     "gc_seconds",
     "ooms",
+    "oom_retries",
+    "batch_size_reductions",
 )
 """Report fields that add up across ranks. Names the report does not have are skipped, so a
 count added to :class:`BatchReport` later is totalled once it is named here."""
@@ -135,11 +137,6 @@ def with_process_rank(report: BatchReport) -> BatchReport:
 # The combined report ----------------------------------------------------------------------
 
 
-def _report_from_dict(data: dict[str, Any]) -> BatchReport:
-    # Derived entries such as items_per_second are not constructor arguments.
-    return BatchReport(**{name: value for name, value in data.items() if name in _REPORT_FIELDS})
-
-
 @dataclass(frozen=True, slots=True)
 class RankReport:
     """One rank's part of a :class:`CombinedReport`."""
@@ -174,7 +171,7 @@ class RankReport:
         return cls(
             rank=int(data["rank"]),
             host=str(data["host"]),
-            report=None if report is None else _report_from_dict(report),
+            report=None if report is None else BatchReport.from_dict(report),
             error=data["error"],
         )
 

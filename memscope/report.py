@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from memscope.units import format_bytes
@@ -47,6 +47,14 @@ class BatchReport:
     """This process's rank in a torch.distributed job, or ``None`` outside of one."""
     world_size: int | None = None
     """How many processes the distributed job has, or ``None`` outside of one."""
+    ooms: int = 0
+    """Out-of-memory errors seen inside the batch (each counted once)."""
+    oom_retries: int = 0
+    """Calls repeated after an out-of-memory error (``oom_retries``, ``adaptive_batch``)."""
+    batch_size_reductions: int = 0
+    """Times ``adaptive_batch`` shrank a batch size after an out-of-memory error."""
+    memory_snapshots: tuple[str, ...] = ()
+    """Memory-history snapshot files written on out-of-memory (``record_history=True``)."""
 
     @property
     def items_per_second(self) -> float:
@@ -58,6 +66,17 @@ class BatchReport:
         data = asdict(self)
         data["items_per_second"] = self.items_per_second
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchReport:
+        """The report :meth:`to_dict` gave, for example after a trip through JSON."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name in data:
+                value = data[field.name]
+                # JSON has no tuples: sequences come back as lists.
+                values[field.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
 
     def summary(self) -> str:
         """One line for a log or a terminal."""
@@ -75,6 +94,11 @@ class BatchReport:
             )
         if self.budget is not None:
             line += f", budget {format_bytes(self.budget)}"
+        if self.ooms:
+            line += (
+                f", {self.ooms} out-of-memory errors ({self.oom_retries} retried, "
+                f"{self.batch_size_reductions} batch size reductions)"
+            )
         if self.failures or self.cleanup_failures:
             line += f", {self.failures} failures, {self.cleanup_failures} failed cleanups"
         if self.ended_by is not None:

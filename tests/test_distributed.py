@@ -171,22 +171,18 @@ def test_totals_skip_ranks_without_report_and_missing_peaks() -> None:
     assert len(combined.reports) == 1
 
 
-def test_a_count_added_to_the_report_later_is_totalled() -> None:
-    """A report that has an ``ooms`` field gets it summed and shown, with no other change."""
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class ReportWithOoms(BatchReport):
-        ooms: int = 0
-
+def test_out_of_memory_counts_are_totalled() -> None:
+    """OOMs, retries and batch-size reductions add up across ranks and show in the table."""
     combined = CombinedReport(
         (
-            RankReport(0, "h", ReportWithOoms(**dataclasses.asdict(make_report()), ooms=2)),
-            RankReport(1, "h", ReportWithOoms(**dataclasses.asdict(make_report()), ooms=1)),
+            RankReport(0, "h", dataclasses.replace(make_report(), ooms=2, oom_retries=2)),
+            RankReport(1, "h", dataclasses.replace(make_report(), ooms=1, batch_size_reductions=1)),
         )
     )
     assert combined.totals["ooms"] == 3
+    assert combined.totals["oom_retries"] == 2
+    assert combined.totals["batch_size_reductions"] == 1
     assert "OOMs" in combined.table()
-    assert "ooms" not in two_rank_report().totals
 
 
 def test_combined_report_dict_survives_json() -> None:

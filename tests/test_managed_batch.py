@@ -120,6 +120,10 @@ def test_report_fields_and_json() -> None:
         "budget",
         "rank",
         "world_size",
+        "ooms",
+        "oom_retries",
+        "batch_size_reductions",
+        "memory_snapshots",
     }
     assert data["items"] == 4
     assert data["device"] == "cpu"

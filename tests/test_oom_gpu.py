@@ -18,6 +18,7 @@ from memscope import (
     MemoryHistoryRecorder,
     MemoryManager,
     adaptive_batch,
+    auto_clear,
     call_catching_oom,
     is_oom_error,
     process_in_chunks,
@@ -89,6 +90,28 @@ def test_failed_attempts_tensors_are_freed_for_the_retry_on_cuda(cuda: torch.dev
         return int(activations.numel() > 0)
 
     assert step() == 1
+    _settle()
+
+
+def test_auto_clear_retry_recovers_from_a_genuine_cuda_oom(cuda: torch.device) -> None:
+    """@auto_clear(oom_retries=1): the first attempt holds 60 % of the device and then runs
+    out of memory; the retry allocates the 60 % again, which fits only if the failed
+    attempt's memory was really freed."""
+    total = _total_bytes(cuda)
+    held = int(total * 0.6)
+    attempts: list[int] = []
+
+    @auto_clear(oom_retries=1, manager=MemoryManager(cuda))
+    def step() -> int:
+        activations = torch.empty(held, dtype=torch.uint8, device=cuda)
+        attempts.append(1)
+        if len(attempts) == 1:
+            torch.empty(total * 2, dtype=torch.uint8, device=cuda)
+        return int(activations.numel() > 0)
+
+    assert step() == 1
+    assert len(attempts) == 2
+    assert step.cleanup_stats.oom_retries == 1  # type: ignore[attr-defined]
     _settle()
 
 
