@@ -6,7 +6,8 @@ stack trace (``torch.cuda.memory._record_memory_history``). A snapshot of that h
 https://pytorch.org/memory_viz and shows which code held the memory when it ran out.
 
 Only CUDA (and ROCm, which torch exposes as CUDA) records this history; on other devices the
-recorder does nothing and says so once in an INFO log record.
+recorder does nothing and says so once in an INFO log record. The device-specific calls sit
+in the backends (``DeviceBackend.start_memory_history`` and friends).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import time
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import torch
 
 from memscope._validation import check_int
+from memscope.backends import DeviceBackend, create_backend
 from memscope.devices import DeviceLike, as_torch_device
 from memscope.diagnosis import MEMORY_VIEWER_URL, add_oom_note
 from memscope.exceptions import InvalidArgumentTypeError
@@ -44,16 +45,6 @@ takes a few KB in the snapshot file, so this bounds a snapshot to some hundreds 
 _recording_lock = threading.Lock()
 _active_recorders = 0
 _file_numbers = itertools.count(1)
-
-
-def _record_memory_history_function() -> Any:
-    memory = getattr(torch.cuda, "memory", None)
-    return getattr(memory, "_record_memory_history", None)
-
-
-def _dump_snapshot_function() -> Any:
-    memory = getattr(torch.cuda, "memory", None)
-    return getattr(memory, "_dump_snapshot", None)
 
 
 def _safe_label(label: str) -> str:
@@ -101,7 +92,13 @@ class MemoryHistoryRecorder:
         self.manager = manager
         self.snapshot_paths: list[Path] = []
         self._recording = False
+        self._backend: DeviceBackend | None = None
         self._lock = threading.Lock()
+
+    def _backend_for(self, device: torch.device) -> DeviceBackend:
+        if self.manager is not None and self.manager.resolved_device.type == device.type:
+            return self.manager.backend
+        return create_backend(device)
 
     def __repr__(self) -> str:
         return (
@@ -126,24 +123,20 @@ class MemoryHistoryRecorder:
             if self._device is None:
                 self._device = as_torch_device(None)
             device = self._device
-            if device.type != "cuda":
-                logger.info(
-                    "memory history is recorded on CUDA devices only; %s records none", device
-                )
-                return False
-            record = _record_memory_history_function()
-            if record is None:
-                logger.info("this torch cannot record CUDA memory history")
-                return False
+            backend = self._backend_for(device)
             global _active_recorders
             with _recording_lock:
                 if _active_recorders == 0:
                     try:
-                        record(enabled="all", max_entries=self.max_entries)
+                        started = backend.start_memory_history(self.max_entries)
                     except Exception:
                         logger.warning("could not start recording memory history", exc_info=True)
                         return False
+                    if not started:
+                        logger.info("%s records no allocation history (CUDA does)", device)
+                        return False
                 _active_recorders += 1
+            self._backend = backend
             self._recording = True
             logger.debug(
                 "recording memory history of %s (max %d entries)", device, self.max_entries
@@ -161,10 +154,9 @@ class MemoryHistoryRecorder:
                 _active_recorders -= 1
                 if _active_recorders > 0:
                     return
-                record = _record_memory_history_function()
                 try:
-                    if record is not None:
-                        record(enabled=None)
+                    if self._backend is not None:
+                        self._backend.stop_memory_history()
                 except Exception:
                     logger.warning("could not stop recording memory history", exc_info=True)
 
@@ -175,17 +167,15 @@ class MemoryHistoryRecorder:
         Returns ``None`` (and logs why) when nothing is being recorded or the file cannot be
         written; it never raises.
         """
-        if not self._recording:
+        if not self._recording or self._backend is None:
             logger.debug("no memory history snapshot: nothing is being recorded")
-            return None
-        dump_snapshot = _dump_snapshot_function()
-        if dump_snapshot is None:
-            logger.info("this torch cannot write CUDA memory history snapshots")
             return None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self._new_path(label)
-            dump_snapshot(str(path))
+            if not self._backend.dump_memory_history(str(path)):
+                logger.info("%s cannot write allocation history snapshots", self._device)
+                return None
         except Exception:
             logger.warning(
                 "could not write a memory history snapshot to %s", self.folder, exc_info=True

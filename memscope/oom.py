@@ -5,7 +5,8 @@ Two facts drive this module:
 * Backends report running out of memory differently. Recent torch raises
   ``torch.OutOfMemoryError`` for its caching allocators, but the driver, cuDNN, cuBLAS, the
   CPU allocator and out-of-tree backends raise plain ``RuntimeError``\\ s whose message is the
-  only clue. :func:`is_oom_error` checks the type first and then one table of messages.
+  only clue. :func:`is_oom_error` checks the type first and then the messages each backend
+  lists in ``DeviceBackend.oom_messages``.
 * An exception pins memory. Its traceback references the frame of every call it unwound,
   and those frames keep their local variables, tensors included, alive. While an ``except``
   block runs, the exception is alive, so memory cannot be freed there. Retry logic therefore
@@ -26,6 +27,7 @@ from typing import ParamSpec, TypeVar
 
 import torch
 
+from memscope.backends import DeviceBackend, registered_backends
 from memscope.manager import MemoryManager
 
 __all__ = [
@@ -58,26 +60,26 @@ def _oom_types() -> tuple[type[BaseException], ...]:
 
 _OOM_TYPES = _oom_types()
 
-# Messages that mean "out of memory" when the error type does not say so. Matched
-# case-sensitively against the message of RuntimeErrors (every torch backend raises
-# RuntimeError or a subclass), so that an unrelated ValueError that happens to talk about
-# memory never counts.
-_OOM_MESSAGE_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("CUDA caching allocator", r"CUDA out of memory"),
-    ("CUDA driver", r"CUDA error: ?out of memory"),
-    ("CUDA runtime status", r"cudaErrorMemoryAllocation"),
-    ("ROCm caching allocator", r"HIP out of memory"),
-    ("ROCm driver", r"HIP error: ?out of memory|hipErrorOutOfMemory"),
-    ("Intel XPU", r"XPU out of memory"),
-    ("Ascend NPU", r"NPU out of memory"),
-    ("Apple MPS", r"MPS backend out of memory"),
-    ("cuDNN", r"CUDNN_STATUS_(?:ALLOC_FAILED|NOT_SUPPORTED)"),
-    ("cuBLAS, cuSOLVER, cuSPARSE", r"CU(?:BLAS|SOLVER|SPARSE)_STATUS_ALLOC_FAILED"),
-    ("cuFFT", r"CUFFT_ALLOC_FAILED"),
-    ("CPU allocator", r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)"),
-)
+# Each backend lists the messages by which its device says "out of memory" when the error
+# type does not say so. They are matched case-sensitively against the message of
+# RuntimeErrors only (every torch backend raises RuntimeError or a subclass), so that an
+# unrelated ValueError that happens to talk about memory never counts. The combined pattern
+# is rebuilt when a backend registers.
+_compiled_for: tuple[type[DeviceBackend], ...] = ()
+_compiled_pattern: re.Pattern[str] | None = None
 
-_OOM_MESSAGE = re.compile("|".join(f"(?:{pattern})" for _, pattern in _OOM_MESSAGE_PATTERNS))
+
+def _oom_message_pattern() -> re.Pattern[str] | None:
+    global _compiled_for, _compiled_pattern
+    backends = registered_backends()
+    if backends != _compiled_for:
+        patterns = [pattern for backend in backends for pattern in backend.oom_messages]
+        _compiled_pattern = (
+            re.compile("|".join(f"(?:{pattern})" for pattern in patterns)) if patterns else None
+        )
+        _compiled_for = backends
+    return _compiled_pattern
+
 
 # A chain longer than this is pathological; stop looking rather than walk it all.
 _MAX_CHAIN_LENGTH = 64
@@ -92,7 +94,8 @@ def _is_oom_itself(error: BaseException) -> bool:
         message = str(error)
     except Exception:
         return False
-    return _OOM_MESSAGE.search(message) is not None
+    pattern = _oom_message_pattern()
+    return pattern is not None and pattern.search(message) is not None
 
 
 def is_oom_error(error: BaseException) -> bool:

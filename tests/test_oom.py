@@ -450,3 +450,29 @@ def test_call_catching_oom_async() -> None:
     assert isinstance(asyncio.run(call_catching_oom_async(fails)), CaughtOom)
     with pytest.raises(ValueError, match="bad"):
         asyncio.run(call_catching_oom_async(bad))
+
+
+def test_a_new_backend_brings_its_own_oom_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out-of-memory messages live with the backends: registering one adds its messages."""
+    from memscope.backends import base
+
+    class FutureBackend(base.DeviceBackend):
+        device_type = "future"
+        detection_priority = 500
+        oom_messages = (r"FPU ran dry",)
+
+        @classmethod
+        def is_available(cls) -> bool:
+            return False
+
+        def empty_cache(self) -> None:
+            pass
+
+        def read_memory(self) -> base.MemoryReading:
+            return base.MemoryReading()
+
+    error = RuntimeError("FPU ran dry while allocating 2 GiB")
+    assert not is_oom_error(error)
+    monkeypatch.setattr(base, "_BACKENDS", [*base._BACKENDS])
+    base.register_backend(FutureBackend)
+    assert is_oom_error(error)

@@ -23,6 +23,7 @@ class AcceleratorBackend(DeviceBackend):
 
     device_type = "accelerator"
     detection_priority = 30
+    oom_messages = (r"XPU out of memory", r"NPU out of memory")
 
     # CUDA and MPS have dedicated backends with earlier priority; listing them keeps this
     # backend from claiming them even when it is asked directly.

@@ -90,6 +90,11 @@ class DeviceBackend(abc.ABC):
     detection_priority: ClassVar[int]
     """Auto-detection tries backends in ascending order of this number."""
 
+    oom_messages: ClassVar[tuple[str, ...]] = ()
+    """Regular expressions for the messages of plain ``RuntimeError``\\ s by which this
+    device (its driver and libraries included) says it ran out of memory.
+    :func:`memscope.is_oom_error` matches them against errors whose type does not say so."""
+
     def __init__(self, index: int | None) -> None:
         self.index = index
 
@@ -155,6 +160,18 @@ class DeviceBackend(abc.ABC):
     def reset_peak_memory_stats(self) -> None:
         """Start peak figures afresh; a no-op where the device keeps none."""
         return None
+
+    def start_memory_history(self, max_entries: int) -> bool:
+        """Start recording allocation history; ``False`` where the device records none."""
+        return False
+
+    def stop_memory_history(self) -> None:
+        """Stop recording allocation history; a no-op where the device records none."""
+        return None
+
+    def dump_memory_history(self, path: str) -> bool:
+        """Write the recorded history to ``path``; ``False`` where the device records none."""
+        return False
 
 
 BackendClass = TypeVar("BackendClass", bound=type[DeviceBackend])

@@ -11,6 +11,7 @@ class CpuBackend(DeviceBackend):
 
     device_type = "cpu"
     detection_priority = 1000
+    oom_messages = (r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",)
 
     @classmethod
     def is_available(cls) -> bool:

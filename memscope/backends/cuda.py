@@ -13,6 +13,16 @@ class CudaBackend(DeviceBackend):
 
     device_type = "cuda"
     detection_priority = 10
+    oom_messages = (
+        r"CUDA out of memory",  # the caching allocator
+        r"CUDA error: ?out of memory",  # the driver
+        r"cudaErrorMemoryAllocation",  # the runtime's status name
+        r"HIP out of memory",  # ROCm's caching allocator (ROCm is torch's "cuda" too)
+        r"HIP error: ?out of memory|hipErrorOutOfMemory",  # the ROCm driver
+        r"CUDNN_STATUS_(?:ALLOC_FAILED|NOT_SUPPORTED)",  # cuDNN's workspace allocations
+        r"CU(?:BLAS|SOLVER|SPARSE)_STATUS_ALLOC_FAILED",
+        r"CUFFT_ALLOC_FAILED",
+    )
 
     @classmethod
     def is_available(cls) -> bool:
@@ -44,3 +54,25 @@ class CudaBackend(DeviceBackend):
 
     def reset_peak_memory_stats(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.index)
+
+    # Allocation history is process-wide in torch (every CUDA device at once), and private
+    # API: looked up at each use, so a torch without it records nothing instead of failing.
+
+    def start_memory_history(self, max_entries: int) -> bool:
+        record = getattr(torch.cuda.memory, "_record_memory_history", None)
+        if record is None:
+            return False
+        record(enabled="all", max_entries=max_entries)
+        return True
+
+    def stop_memory_history(self) -> None:
+        record = getattr(torch.cuda.memory, "_record_memory_history", None)
+        if record is not None:
+            record(enabled=None)
+
+    def dump_memory_history(self, path: str) -> bool:
+        dump_snapshot = getattr(torch.cuda.memory, "_dump_snapshot", None)
+        if dump_snapshot is None:
+            return False
+        dump_snapshot(path)
+        return True

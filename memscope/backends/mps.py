@@ -33,6 +33,7 @@ class MpsBackend(DeviceBackend):
 
     device_type = "mps"
     detection_priority = 20
+    oom_messages = (r"MPS backend out of memory",)
 
     @classmethod
     def is_available(cls) -> bool:
