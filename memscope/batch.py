@@ -79,7 +79,7 @@ def _larger(current: int | None, candidate: int | None) -> int | None:
 
 
 class ManagedBatch:
-    """A batch loop under memory management; made by :func:`managed_batch`.
+    """Keep memory in check around a batch loop; ``managed_batch`` is this class.
 
     It is a sync and an async context manager. Inside it, ``track()`` and ``step()`` count
     items and clean up every ``every`` items, and functions decorated with ``@auto_clear``
@@ -88,6 +88,36 @@ class ManagedBatch:
 
     Entering and leaving happen in one thread; ``step()``, ``track()`` and decorated
     functions may be used from many (see :meth:`bind`), with exact counts.
+
+    ::
+
+        with managed_batch("cuda", every=5) as batch:
+            for image in batch.track(images):
+                colorize(image)
+        print(batch.report)
+
+    Args:
+        device: the device, as for :class:`MemoryManager`; ``None`` auto-detects (inside
+            another batch: that batch's device).
+        memory_threshold: the GC threshold of the manager the batch makes.
+        manager: use this manager instead of making one. Without it, a batch nested in
+            another with the same device and threshold shares the outer batch's manager.
+        every: clean up (clear the cache, threshold GC) after every this many items.
+        progress: show a tqdm progress bar in ``track()`` (``pip install
+            'memscope[progress]'``).
+        freeze_heap: freeze the objects that exist when the batch starts (``gc.freeze()``),
+            so each collection inside the batch traverses only what the batch created; the
+            heap is unfrozen when the last batch ends, whatever the cause.
+        cache_policy: when a cleanup empties the cache: :class:`ClearAlways` (the default)
+            or :class:`ClearWhenUseful`.
+        host: watch this process's resident memory too (see :class:`MemoryManager`).
+        budget: measure usage against this many bytes (an int or ``"6GiB"``); on the CPU
+            this watches the host's memory. ``host`` and ``budget`` configure the manager
+            the batch makes, so they cannot be combined with ``manager``.
+        record_history: on CUDA, record the allocation history during the batch and, when
+            an out-of-memory error leaves it, write a snapshot file into ``history_folder``
+            (it opens in https://pytorch.org/memory_viz), named in the error's note.
+        history_folder: where snapshot files go; created when the first one is written.
     """
 
     def __init__(
@@ -432,62 +462,6 @@ class ManagedBatch:
         return run_in_batch
 
 
-def managed_batch(
-    device: DeviceLike = None,
-    *,
-    memory_threshold: float = 0.8,
-    manager: MemoryManager | None = None,
-    every: int = 1,
-    progress: bool = False,
-    freeze_heap: bool = True,
-    cache_policy: CachePolicy | None = None,
-    host: bool = False,
-    budget: int | str | None = None,
-    record_history: bool = False,
-    history_folder: str | PathLike[str] = DEFAULT_HISTORY_FOLDER,
-) -> ManagedBatch:
-    """Keep memory in check around a batch loop.
-
-    ::
-
-        with managed_batch("cuda", every=5) as batch:
-            for image in batch.track(images):
-                colorize(image)
-        print(batch.report)
-
-    Args:
-        device: the device, as for :class:`MemoryManager`; ``None`` auto-detects (inside
-            another batch: that batch's device).
-        memory_threshold: the GC threshold of the manager the batch makes.
-        manager: use this manager instead of making one. Without it, a batch nested in
-            another with the same device and threshold shares the outer batch's manager.
-        every: clean up (clear the cache, threshold GC) after every this many items.
-        progress: show a tqdm progress bar in ``track()`` (``pip install
-            'memscope[progress]'``).
-        freeze_heap: freeze the objects that exist when the batch starts (``gc.freeze()``),
-            so each collection inside the batch traverses only what the batch created; the
-            heap is unfrozen when the last batch ends, whatever the cause.
-        cache_policy: when a cleanup empties the cache: :class:`ClearAlways` (the default)
-            or :class:`ClearWhenUseful`.
-        host: watch this process's resident memory too (see :class:`MemoryManager`).
-        budget: measure usage against this many bytes (an int or ``"6GiB"``); on the CPU
-            this watches the host's memory. ``host`` and ``budget`` configure the manager
-            the batch makes, so they cannot be combined with ``manager``.
-        record_history: on CUDA, record the allocation history during the batch and, when
-            an out-of-memory error leaves it, write a snapshot file into ``history_folder``
-            (it opens in https://pytorch.org/memory_viz), named in the error's note.
-        history_folder: where snapshot files go; created when the first one is written.
-    """
-    return ManagedBatch(
-        device,
-        memory_threshold=memory_threshold,
-        manager=manager,
-        every=every,
-        progress=progress,
-        freeze_heap=freeze_heap,
-        cache_policy=cache_policy,
-        host=host,
-        budget=budget,
-        record_history=record_history,
-        history_folder=history_folder,
-    )
+# contextlib's style: a lowercase name for the context manager people call, the class for
+# isinstance checks and type hints. One signature, so the two can never drift apart.
+managed_batch = ManagedBatch

@@ -152,15 +152,9 @@ class _CleanupCadence:
                 self.finish_call(batch, failed=False)
                 return result
             # Outside the except block: nothing but `failure` holds the failed attempt.
-            if not self._prepare_retry(failure, retries_left, batch):
-                self._finish_failed_call(batch)
-                try:
-                    raise failure
-                finally:
-                    del failure
+            self._raise_or_prepare_retry(failure, retries_left, batch)
             del failure
             retries_left -= 1
-            reclaim_memory(self._manager_for(batch))
 
     async def call_async(
         self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
@@ -175,17 +169,24 @@ class _CleanupCadence:
             else:
                 self.finish_call(batch, failed=False)
                 return result
-            if not self._prepare_retry(failure, retries_left, batch):
-                self._finish_failed_call(batch)
-                try:
-                    raise failure
-                finally:
-                    del failure
+            self._raise_or_prepare_retry(failure, retries_left, batch)
             del failure
             retries_left -= 1
-            reclaim_memory(self._manager_for(batch))
 
-    def _prepare_retry(self, failure: BaseException, retries_left: int, batch: Any) -> bool:
+    def _raise_or_prepare_retry(
+        self, failure: BaseException, retries_left: int, batch: Any
+    ) -> None:
+        """Raise ``failure``, unless it is an out-of-memory error worth another attempt;
+        then free the failed attempt's memory for it."""
+        if not self._retryable(failure, retries_left, batch):
+            self._finish_failed_call(batch)
+            try:
+                raise failure
+            finally:
+                del failure
+        reclaim_memory(self._manager_for(batch))
+
+    def _retryable(self, failure: BaseException, retries_left: int, batch: Any) -> bool:
         """Whether to call again after ``failure``; if so, let go of the failed attempt.
 
         Only out-of-memory errors are retried, ``oom_retries`` times. The last one leaves
