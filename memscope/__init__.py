@@ -19,6 +19,7 @@ from memscope.exceptions import (
 from memscope.manager import ManagerStats, MemoryManager
 from memscope.report import BatchReport
 from memscope.snapshot import MemorySnapshot
+from memscope.timeline import TimelineEntry
 from memscope.units import format_bytes
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "MemoryReading",
     "MemorySnapshot",
     "MemscopeError",
+    "TimelineEntry",
     "__version__",
     "auto_clear",
     "available_devices",

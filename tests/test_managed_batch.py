@@ -114,6 +114,8 @@ def test_report_fields_and_json() -> None:
         "gc_runs",
         "gc_seconds",
         "ended_by",
+        "memory_threshold",
+        "timeline",
     }
     assert data["items"] == 4
     assert data["device"] == "cpu"
