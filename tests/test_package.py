@@ -23,25 +23,35 @@ def test_public_names_of_modules_are_reexported() -> None:
     """Every module's ``__all__`` is available from ``memscope`` directly."""
     import memscope.batch
     import memscope.cleanup
+    import memscope.cli
     import memscope.context
     import memscope.decorator
+    import memscope.demo
     import memscope.estimation
     import memscope.exceptions
+    import memscope.export
     import memscope.manager
+    import memscope.plot
     import memscope.report
     import memscope.snapshot
+    import memscope.timeline
     import memscope.units
 
     for module in (
         memscope.batch,
         memscope.cleanup,
+        memscope.cli,
         memscope.context,
         memscope.decorator,
+        memscope.demo,
         memscope.estimation,
         memscope.exceptions,
+        memscope.export,
         memscope.manager,
+        memscope.plot,
         memscope.report,
         memscope.snapshot,
+        memscope.timeline,
         memscope.units,
     ):
         for name in module.__all__:
