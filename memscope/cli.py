@@ -119,22 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="image size as WIDTHxHEIGHT (1024x768) or one side (512)",
     )
-    estimate.add_argument("--references", type=int, help="reference images per image (4)")
+    estimate.add_argument(
+        "--references", type=int, metavar="N", help="reference images per image (4)"
+    )
     estimate.add_argument(
         "--dtype",
         choices=sorted(DTYPE_BYTES),
         help="element type of the tensors (float32)",
     )
     estimate.add_argument(
-        "--reference-scale", type=float, help="reference side over image side (1.0)"
+        "--reference-scale", type=float, metavar="S", help="reference side over image side (1.0)"
     )
-    estimate.add_argument("--channels", type=int, help="image channels (3)")
-    estimate.add_argument("--latent-channels", type=int, help="latent channels (4)")
-    estimate.add_argument("--latent-downscale", type=int, help="latent downscale factor (8)")
+    estimate.add_argument("--channels", type=int, metavar="N", help="image channels (3)")
+    estimate.add_argument("--latent-channels", type=int, metavar="N", help="latent channels (4)")
     estimate.add_argument(
-        "--activation-factor", type=float, help="activations as a multiple of the latent (2.0)"
+        "--latent-downscale", type=int, metavar="N", help="latent downscale factor (8)"
     )
-    estimate.add_argument("--overhead", type=float, help="overall overhead factor (1.5)")
+    estimate.add_argument(
+        "--activation-factor",
+        type=float,
+        metavar="F",
+        help="activations as a multiple of the latent (2.0)",
+    )
+    estimate.add_argument(
+        "--overhead", type=float, metavar="F", help="overall overhead factor (1.5)"
+    )
     estimate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     estimate.set_defaults(command_parser=estimate)
 
@@ -150,31 +159,43 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument(
-        "--images", type=int, default=DEFAULT_IMAGES, help=f"how many images ({DEFAULT_IMAGES})"
+        "--images",
+        type=int,
+        default=DEFAULT_IMAGES,
+        metavar="N",
+        help=f"how many images ({DEFAULT_IMAGES})",
     )
     demo.add_argument(
         "--size",
         type=parse_image_size,
         default=DEFAULT_SIZE,
+        metavar="SIZE",
         help=f"image size, WIDTHxHEIGHT or one side ({_format_size(DEFAULT_SIZE)})",
     )
-    demo.add_argument("--device", default=None, help="device to colorize on (auto-detect)")
+    demo.add_argument(
+        "--device", default=None, metavar="DEVICE", help="device to colorize on (auto-detect)"
+    )
     demo.add_argument(
         "--threshold",
         type=float,
         default=0.8,
+        metavar="T",
         help="memory usage at or above which a cleanup collects garbage (0.8)",
     )
     demo.add_argument(
         "--every",
         type=int,
         default=DEFAULT_EVERY,
+        metavar="K",
         help=f"clean up after every this many images ({DEFAULT_EVERY})",
     )
-    demo.add_argument("--seed", type=int, default=0, help="picks the images and weights (0)")
+    demo.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="picks the images and weights (0)"
+    )
     demo.add_argument(
         "--out",
         default=None,
+        metavar="DIR",
         help="output folder, new or empty (a new memscope-demo-YYYYmmdd-HHMMSS folder here)",
     )
     demo.add_argument(
