@@ -51,6 +51,7 @@ from memscope.oom import (
 from memscope.policies import CachePolicy, ClearAlways, ClearWhenUseful, GCBackoff
 from memscope.report import BatchReport
 from memscope.snapshot import MemorySnapshot
+from memscope.timeline import TimelineEntry
 from memscope.units import format_bytes, parse_bytes
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "RankReport",
     "ReportGatherError",
     "ReportGathering",
+    "TimelineEntry",
     "__version__",
     "adaptive_batch",
     "add_oom_note",

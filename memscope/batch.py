@@ -29,6 +29,7 @@ from memscope.manager import MemoryManager
 from memscope.oom import is_oom_error
 from memscope.policies import CachePolicy, ClearAlways, GCBackoff, check_cache_policy
 from memscope.report import BatchReport
+from memscope.timeline import TimelineEntry
 from memscope.units import parse_bytes
 
 __all__ = ["ManagedBatch", "managed_batch"]
@@ -118,6 +119,9 @@ class ManagedBatch:
             an out-of-memory error leaves it, write a snapshot file into ``history_folder``
             (it opens in https://pytorch.org/memory_viz), named in the error's note.
         history_folder: where snapshot files go; created when the first one is written.
+        timeline: record one memory reading per item into ``report.timeline`` (for
+            ``report.to_csv`` and ``report.plot``); off by default, as it costs a device
+            query per item.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class ManagedBatch:
         budget: int | str | None = None,
         record_history: bool = False,
         history_folder: str | PathLike[str] = DEFAULT_HISTORY_FOLDER,
+        timeline: bool = False,
     ) -> None:
         if device is not None:
             as_torch_device(device)
@@ -160,6 +165,8 @@ class ManagedBatch:
             )
         if not isinstance(freeze_heap, bool):
             raise InvalidArgumentTypeError(f"freeze_heap must be a bool, got {freeze_heap!r}")
+        if not isinstance(timeline, bool):
+            raise InvalidArgumentTypeError(f"timeline must be a bool, got {timeline!r}")
         self._device = device
         self._memory_threshold = check_fraction(memory_threshold, "memory_threshold")
         self._explicit_manager = manager
@@ -174,6 +181,7 @@ class ManagedBatch:
         self.cache_policy = (
             ClearAlways() if cache_policy is None else check_cache_policy(cache_policy)
         )
+        self._records_timeline = timeline
 
         self._serial = next(_batch_serials)
         self._lock = threading.Lock()
@@ -201,6 +209,8 @@ class ManagedBatch:
         self._usage_start = 0.0
         self._host_resident_start: int | None = None
         self._started = 0.0
+        self._timeline: list[TimelineEntry] = []
+        self._gc_runs_at_last_entry = 0
 
     # Public state ----------------------------------------------------------------------
 
@@ -353,6 +363,8 @@ class ManagedBatch:
                 memory_snapshots=tuple(
                     str(path) for path in (self._recorder.snapshot_paths if self._recorder else ())
                 ),
+                memory_threshold=manager.memory_threshold,
+                timeline=tuple(self._timeline),
             )
             self._report = with_process_rank(self._report)
         parent = self._parent
@@ -377,6 +389,24 @@ class ManagedBatch:
         if item % self.every == 0:
             outcome = run_cleanup_safely(self.manager, f"batch item {item}", self.cache_policy)
             self.record_cleanup(outcome)
+        if self._records_timeline:
+            self._record_timeline(item)
+
+    def _record_timeline(self, item: int) -> None:
+        snapshot = self.manager.snapshot()
+        seconds = time.perf_counter() - self._started
+        with self._lock:
+            self._timeline.append(
+                TimelineEntry(
+                    item=item,
+                    seconds=seconds,
+                    usage=snapshot.usage,
+                    allocated=snapshot.allocated,
+                    reserved=snapshot.reserved,
+                    gc_ran=self._gc_runs > self._gc_runs_at_last_entry,
+                )
+            )
+            self._gc_runs_at_last_entry = self._gc_runs
 
     def track(self, iterable: Iterable[Item]) -> Generator[Item, None, None]:
         """Yield the items of ``iterable``, counting each once its loop body is done.

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from memscope.timeline import TimelineEntry
 from memscope.units import format_bytes
 
 __all__ = ["BatchReport"]
+
+# The file formats live in memscope.export and memscope.plot, which import this module, so
+# the methods below import them when called.
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +24,9 @@ class BatchReport:
     happened, so the reports of nested batches never count the same event twice. Peaks are
     the device's peaks during the batch, nested batches included; ``None`` where the
     device keeps none.
+
+    ``timeline`` holds one :class:`TimelineEntry` per item; ``to_json``, ``to_csv`` and
+    ``plot`` write the report and its timeline to files.
     """
 
     device: str
@@ -55,6 +64,10 @@ class BatchReport:
     """Times ``adaptive_batch`` shrank a batch size after an out-of-memory error."""
     memory_snapshots: tuple[str, ...] = ()
     """Memory-history snapshot files written on out-of-memory (``record_history=True``)."""
+    memory_threshold: float | None = None
+    """The usage at or above which the batch's manager collected garbage."""
+    timeline: tuple[TimelineEntry, ...] = ()
+    """The device's memory as each item finished, in the order the items finished."""
 
     @property
     def items_per_second(self) -> float:
@@ -64,19 +77,51 @@ class BatchReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-serialisable dict, ``items_per_second`` included."""
         data = asdict(self)
+        data["timeline"] = [asdict(entry) for entry in self.timeline]
+        data["memory_snapshots"] = list(self.memory_snapshots)
         data["items_per_second"] = self.items_per_second
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchReport:
         """The report :meth:`to_dict` gave, for example after a trip through JSON."""
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            if field.name in data:
-                value = data[field.name]
-                # JSON has no tuples: sequences come back as lists.
-                values[field.name] = tuple(value) if isinstance(value, list) else value
-        return cls(**values)
+        from memscope.export import report_from_dict
+
+        return report_from_dict(data)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> BatchReport:
+        """Read a report that :meth:`to_json` wrote."""
+        from memscope.export import read_json
+
+        return read_json(path)
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_dict` to ``path`` as JSON; returns the path."""
+        from memscope.export import write_json
+
+        return write_json(self, path)
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write the timeline to ``path`` as CSV with a header row; returns the path.
+
+        Columns: ``item, seconds, usage, allocated, reserved, gc_ran``; an empty cell is a
+        figure the device cannot tell, ``gc_ran`` is ``true`` or ``false``.
+        """
+        from memscope.export import write_csv
+
+        return write_csv(self, path)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Draw the timeline as a PNG (or any format matplotlib infers from the suffix).
+
+        Usage over items with the GC threshold as a line and GC runs marked, plus allocated
+        and reserved memory where the device reports them. Needs matplotlib: ``pip install
+        'memscope[plot]'``; without it this raises an ``ImportError`` saying so.
+        """
+        from memscope.plot import plot_timeline
+
+        return plot_timeline(self, path)
 
     def summary(self) -> str:
         """One line for a log or a terminal."""

@@ -1,20 +1,41 @@
-"""``python -m memscope``: the README's main job."""
+"""The ``memscope`` command: the overview, ``info``, ``estimate`` and ``demo``."""
 
 from __future__ import annotations
 
+import csv
+import importlib.metadata
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+from memscope import BatchReport, ImageMemoryModel
 from memscope.cli import main
+from memscope.testing import FakeDevice, GiB
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_module(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memscope", *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+# The command itself --------------------------------------------------------------------
 
 
 def test_main_job_prints_device_and_seed_estimates() -> None:
-    """The command runs as a module and prints the device and the three seed estimates."""
-    result = subprocess.run(
-        [sys.executable, "-m", "memscope"], capture_output=True, text=True, check=False, timeout=120
-    )
+    """Without a command it runs as a module and prints the device and the seed estimates."""
+    result = _run_module()
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "device: " in out
@@ -23,15 +44,260 @@ def test_main_job_prints_device_and_seed_estimates() -> None:
     assert "2048x2048:   382,205,952 bytes (364.5 MiB)" in out
 
 
-def test_bad_device_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown device is a usage error: exit status 2 and a message naming it."""
-    with pytest.raises(SystemExit) as exited:
-        main(["--device", "gpu"])
-    assert exited.value.code == 2
-    assert "'gpu'" in capsys.readouterr().err
-
-
 def test_explicit_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     """``--device cpu`` inspects the CPU."""
     assert main(["--device", "cpu"]) == 0
     assert "device: cpu" in capsys.readouterr().out
+
+
+def test_console_script_is_declared() -> None:
+    """Installing the package installs a ``memscope`` command that runs cli.main."""
+    (entry_point,) = importlib.metadata.entry_points(group="console_scripts", name="memscope")
+    assert entry_point.value == "memscope.cli:main"
+
+
+@pytest.mark.parametrize("arguments", [[], ["info"], ["estimate"], ["demo"]])
+def test_help_describes_each_command(
+    arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--help`` exits 0 with a usage line, at the top and for every command."""
+    with pytest.raises(SystemExit) as exited:
+        main([*arguments, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: memscope {' '.join(arguments)}".rstrip())
+    if not arguments:
+        assert all(command in out for command in ("info", "estimate", "demo"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--device", "gpu"], "'gpu'"),
+        (["bogus"], "'bogus'"),
+        (["info", "--jsn"], "--jsn"),
+        (["estimate"], "SIZE"),
+        (["estimate", "10x"], "'10x'"),
+        (["estimate", "0x5"], "'0x5'"),
+        (["estimate", "abc"], "'abc'"),
+        (["estimate", "512", "--dtype", "int8"], "'int8'"),
+        (["estimate", "512", "--references", "-1"], "references"),
+        (["estimate", "512", "--overhead", "0"], "overhead"),
+        (["demo", "--device", "gpu"], "'gpu'"),
+        (["demo", "--device", "cuda:3"], "'cuda:3'"),
+        (["demo", "--threshold", "1.5"], "--threshold"),
+        (["demo", "--threshold", "high"], "'high'"),
+        (["demo", "--images", "0"], "images"),
+        (["demo", "--size", "64x"], "'64x'"),
+        (["demo", "--every", "0"], "every"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    arguments: list[str],
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad argument, memscope's complaints included, exits 2 with one line naming it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(arguments)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("memscope")
+    assert "error: " in lines[0]
+    assert named in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+# info ----------------------------------------------------------------------------------
+
+
+def test_info_lists_the_cpu_and_versions(capsys: pytest.CaptureFixture[str]) -> None:
+    """``info`` prints torch's and CUDA's versions and a row per device."""
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"torch {torch.__version__}" in out[0]
+    assert f"CUDA {torch.version.cuda or 'n/a'}" in out[0]
+    assert out[1].split() == ["device", "usage", "total", "free", "allocated", "reserved"]
+    assert out[-2].split() == ["cpu", "n/a", "n/a", "n/a", "n/a", "n/a"]
+
+
+def test_info_shows_every_gpu_with_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every device torch sees gets a row with usage, total, free, allocated and reserved."""
+    with FakeDevice("cuda", device_count=2, total=8 * GiB) as fake:
+        fake.set_memory(1, allocated=2 * GiB, reserved=3 * GiB)
+        assert main(["info"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) >= {"cuda:0", "cuda:1", "cpu"}
+    # 3 GiB reserved, 2 GiB of it live: usage counts the live 2 GiB of 8.
+    assert rows["cuda:1"].split() == [
+        *("cuda:1", "25.0%"),
+        *("8.0", "GiB", "5.0", "GiB"),
+        *("2.0", "GiB", "3.0", "GiB"),
+    ]
+
+
+def test_info_json_is_valid_and_complete(capsys: pytest.CaptureFixture[str]) -> None:
+    """``info --json`` prints one JSON object with the versions and every device's figures."""
+    with FakeDevice("cuda", device_count=2, total=8 * GiB) as fake:
+        fake.set_memory(0, allocated=1 * GiB, reserved=1 * GiB)
+        assert main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["torch"] == torch.__version__
+    assert data["cuda"] == torch.version.cuda
+    devices = {device["device"]: device for device in data["devices"]}
+    assert list(devices)[:2] == ["cuda:0", "cuda:1"]
+    assert "cpu" in devices
+    assert devices["cuda:0"]["total"] == 8 * GiB
+    assert devices["cuda:0"]["allocated"] == 1 * GiB
+    assert devices["cuda:0"]["usage"] == 0.125
+    assert devices["cpu"]["total"] is None
+
+
+# estimate ------------------------------------------------------------------------------
+
+
+def test_estimate_prints_a_row_per_size(capsys: pytest.CaptureFixture[str]) -> None:
+    """``estimate`` prints the default model's figure for each size; one side means square."""
+    assert main(["estimate", "1024x1024", "512", "640x480"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "ImageMemoryModel(" in lines[0]
+    assert lines[1].split() == ["size", "pixels", "bytes", "memory"]
+    assert lines[2].split() == ["1024x1024", "1,048,576", "95,551,488", "91.1", "MiB"]
+    assert lines[3].split()[:3] == ["512x512", "262,144", "23,887,872"]
+    assert lines[4].split()[2] == f"{ImageMemoryModel().estimate((640, 480)):,}"
+
+
+def test_estimate_options_change_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """--references, --dtype, --reference-scale and the rest set the model's fields."""
+    arguments = [
+        "estimate",
+        "1024x768",
+        "--references",
+        "12",
+        "--dtype",
+        "bfloat16",
+        "--reference-scale",
+        "0.5",
+        "--channels",
+        "4",
+        "--latent-channels",
+        "16",
+        "--latent-downscale",
+        "16",
+        "--activation-factor",
+        "3",
+        "--overhead",
+        "1.2",
+        "--json",
+    ]
+    assert main(arguments) == 0
+    data = json.loads(capsys.readouterr().out)
+    model = ImageMemoryModel(
+        references=12,
+        bytes_per_element=2,
+        reference_scale=0.5,
+        channels=4,
+        latent_channels=16,
+        latent_downscale=16,
+        activation_factor=3.0,
+        overhead=1.2,
+    )
+    assert data["estimates"] == [
+        {"width": 1024, "height": 768, "bytes": model.estimate((1024, 768))}
+    ]
+    assert data["model"]["bytes_per_element"] == 2
+    assert data["model"]["references"] == 12
+
+
+@pytest.mark.parametrize(("dtype", "bytes_per_element"), [("float16", 2), ("float32", 4)])
+def test_estimate_dtype_sets_the_element_size(
+    dtype: str, bytes_per_element: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dtype float16 halves the element size of float32."""
+    assert main(["estimate", "512", "--dtype", dtype, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    expected = ImageMemoryModel(bytes_per_element=bytes_per_element).estimate((512, 512))
+    assert data["estimates"][0]["bytes"] == expected
+
+
+# demo ----------------------------------------------------------------------------------
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``demo`` prints the report and writes images, the JSON report, CSV and plot."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    arguments = ["demo", "--images", "3", "--size", "64", "--out", str(out), "--no-progress"]
+    assert main([*arguments, "--device", "cpu", "--every", "2", "--threshold", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "colorizing 3 synthetic line-art images of 64x64 on cpu" in printed
+    assert "GC threshold 90%" in printed
+    assert "cpu: 3 items in " in printed
+    assert str(out) in printed
+    images = sorted((out / "images").glob("*.png"))
+    assert len(images) == 3
+    assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in images)
+    report = BatchReport.from_json(out / "report.json")
+    assert report.items == 3
+    assert report.memory_threshold == 0.9
+    assert report.summary() in printed
+    with (out / "timeline.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
+    assert [row["item"] for row in rows] == ["1", "2", "3"]
+    assert (out / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_demo_shows_a_progress_bar_with_tqdm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With tqdm installed, the demo draws a progress bar (on stderr)."""
+    pytest.importorskip("tqdm")
+    assert main(["demo", "--images", "2", "--size", "32", "--out", str(tmp_path / "o")]) == 0
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_demo_without_tqdm_or_matplotlib_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the optional packages: one note each, no bar, no plot, exit 0."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "out"
+    assert main(["demo", "--images", "2", "--size", "32", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "memscope demo: no progress bar: tqdm is not installed (pip install 'memscope[progress]')"
+    ]
+    assert "(no plot: " in captured.out
+    assert "pip install 'memscope[plot]'" in captured.out
+    assert (out / "timeline.csv").exists()
+    assert not (out / "timeline.png").exists()
+
+
+def test_demo_refuses_a_folder_with_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out naming a folder that holds files exits 2 and leaves the files alone."""
+    (tmp_path / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--out", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "never overwrites" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_demo_as_a_module_makes_a_new_folder_here(tmp_path: Path) -> None:
+    """``python -m memscope demo`` writes into a new memscope-demo-* folder in the cwd."""
+    result = _run_module("demo", "--images", "2", "--size", "32", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("memscope-demo-")
+    assert (folder / "report.json").exists()
+    assert len(list((folder / "images").iterdir())) == 2

@@ -124,6 +124,8 @@ def test_report_fields_and_json() -> None:
         "oom_retries",
         "batch_size_reductions",
         "memory_snapshots",
+        "memory_threshold",
+        "timeline",
     }
     assert data["items"] == 4
     assert data["device"] == "cpu"

@@ -24,24 +24,30 @@ def test_public_names_of_modules_are_reexported() -> None:
     import memscope.adaptive
     import memscope.batch
     import memscope.cleanup
+    import memscope.cli
     import memscope.context
     import memscope.decorator
+    import memscope.demo
     import memscope.diagnosis
     import memscope.distributed
     import memscope.estimation
     import memscope.exceptions
+    import memscope.export
     import memscope.history
     import memscope.host
     import memscope.manager
     import memscope.oom
+    import memscope.plot
     import memscope.report
     import memscope.snapshot
+    import memscope.timeline
     import memscope.units
 
     for module in (
         memscope.adaptive,
         memscope.batch,
         memscope.cleanup,
+        memscope.cli,
         memscope.context,
         memscope.decorator,
         memscope.diagnosis,
@@ -52,8 +58,15 @@ def test_public_names_of_modules_are_reexported() -> None:
         memscope.host,
         memscope.manager,
         memscope.oom,
+        memscope.demo,
+        memscope.estimation,
+        memscope.exceptions,
+        memscope.export,
+        memscope.manager,
+        memscope.plot,
         memscope.report,
         memscope.snapshot,
+        memscope.timeline,
         memscope.units,
     ):
         for name in module.__all__:

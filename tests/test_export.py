@@ -1,0 +1,288 @@
+"""The batch timeline, and reports as files: JSON, CSV and a plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from memscope import (
+    BatchReport,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    TimelineEntry,
+    auto_clear,
+    managed_batch,
+)
+from memscope.testing import FakeDevice, GiB, RecordingManager
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CSV_COLUMNS = ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
+
+
+def _cuda_report(usages: list[float], *, threshold: float = 0.5) -> BatchReport:
+    """A batch on a fake 8 GiB CUDA device whose usage is ``usages[i]`` during item i+1."""
+    with (
+        FakeDevice("cuda", total=8 * GiB) as fake,
+        managed_batch("cuda", memory_threshold=threshold, timeline=True) as batch,
+    ):
+        for usage in batch.track(usages):
+            fake.set_usage(usage)
+    return batch.report
+
+
+def _report_with_gaps() -> BatchReport:
+    """A hand-made report whose timeline has figures the device could not tell."""
+    return BatchReport(
+        device="cuda:0",
+        items=2,
+        calls=2,
+        failures=0,
+        cleanup_failures=0,
+        elapsed_seconds=1.5,
+        usage_start=0.1,
+        usage_end=0.3,
+        peak_allocated=3 * GiB,
+        peak_reserved=4 * GiB,
+        cache_clears=3,
+        gc_runs=1,
+        gc_seconds=0.06,
+        memory_threshold=0.8,
+        timeline=(
+            TimelineEntry(item=1, seconds=0.5, usage=0.25, allocated=2 * GiB, reserved=None),
+            TimelineEntry(item=2, seconds=1.25, usage=0.85, allocated=None, gc_ran=True),
+        ),
+    )
+
+
+# The timeline --------------------------------------------------------------------------
+
+
+def test_timeline_is_off_by_default() -> None:
+    """Without timeline=True a batch records no timeline (it costs a snapshot per item)."""
+    with managed_batch(manager=RecordingManager()) as batch:
+        for _ in batch.track(range(3)):
+            pass
+    assert batch.report.timeline == ()
+
+
+def test_timeline_must_be_a_bool() -> None:
+    """timeline= is checked when the batch is made."""
+    with pytest.raises(InvalidArgumentTypeError, match="timeline must be a bool"):
+        managed_batch(timeline=1)  # type: ignore[arg-type]
+
+
+def test_timeline_has_one_entry_per_item_with_device_figures() -> None:
+    """Each item gets its index, seconds since the start, usage, allocated and reserved."""
+    report = _cuda_report([0.1, 0.25, 0.375])
+    assert [entry.item for entry in report.timeline] == [1, 2, 3]
+    assert [entry.usage for entry in report.timeline] == pytest.approx([0.1, 0.25, 0.375])
+    assert [entry.allocated for entry in report.timeline] == [
+        round(0.1 * 8 * GiB),
+        2 * GiB,
+        3 * GiB,
+    ]
+    assert [entry.reserved for entry in report.timeline] == [
+        entry.allocated for entry in report.timeline
+    ]
+    seconds = [entry.seconds for entry in report.timeline]
+    assert seconds == sorted(seconds)
+    assert seconds[0] >= 0
+    assert seconds[-1] <= report.elapsed_seconds
+
+
+def test_timeline_marks_the_items_where_a_gc_ran() -> None:
+    """gc_ran is true exactly at the items whose cleanup collected garbage."""
+    report = _cuda_report([0.2, 0.6, 0.3, 0.7, 0.1], threshold=0.5)
+    assert [entry.gc_ran for entry in report.timeline] == [False, True, False, True, False]
+    assert report.gc_runs == 2
+
+
+def test_timeline_counts_a_gc_run_by_a_decorated_function() -> None:
+    """A GC run by an @auto_clear function's cleanup inside the batch marks its item."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+
+        @auto_clear(every=2)
+        def colorize(usage: float) -> None:
+            fake.set_usage(usage)
+
+        # The batch's own cadence lies past the last item: only the decorator cleans up.
+        with managed_batch("cuda", memory_threshold=0.5, every=10, timeline=True) as batch:
+            for usage in batch.track([0.9, 0.9, 0.9, 0.1]):
+                colorize(usage)
+    assert [entry.gc_ran for entry in batch.report.timeline] == [False, True, False, False]
+
+
+def test_timeline_on_the_cpu_has_no_byte_figures() -> None:
+    """The CPU cannot tell allocated or reserved memory: those fields are None."""
+    with managed_batch("cpu", timeline=True) as batch:
+        batch.step()
+    (entry,) = batch.report.timeline
+    assert (entry.item, entry.usage, entry.allocated, entry.reserved) == (1, 0.0, None, None)
+
+
+def test_report_carries_the_threshold() -> None:
+    """The report records the threshold its manager collected at, for plots and readers."""
+    with managed_batch(manager=RecordingManager(memory_threshold=0.65)) as batch:
+        pass
+    assert batch.report.memory_threshold == 0.65
+
+
+# JSON ----------------------------------------------------------------------------------
+
+
+def test_to_dict_with_a_timeline_is_json_serialisable() -> None:
+    """to_dict() survives JSON unchanged, the timeline as a list of objects."""
+    data = _report_with_gaps().to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["timeline"][1] == {
+        "item": 2,
+        "seconds": 1.25,
+        "usage": 0.85,
+        "allocated": None,
+        "reserved": None,
+        "gc_ran": True,
+    }
+
+
+def test_json_round_trip(tmp_path: Path) -> None:
+    """A report written with to_json() reads back equal, timeline included."""
+    report = _cuda_report([0.2, 0.6, 0.3])
+    path = report.to_json(tmp_path / "report.json")
+    assert path == tmp_path / "report.json"
+    assert json.loads(path.read_text())["items_per_second"] == report.items_per_second
+    assert BatchReport.from_json(path) == report
+    assert BatchReport.from_json(_report_with_gaps().to_json(tmp_path / "gaps.json")) == (
+        _report_with_gaps()
+    )
+
+
+def test_from_dict_reads_reports_without_the_newer_fields() -> None:
+    """A report dict from before the timeline existed still loads, with the defaults."""
+    data = _report_with_gaps().to_dict()
+    del data["timeline"], data["memory_threshold"], data["items_per_second"]
+    report = BatchReport.from_dict(data)
+    assert report.timeline == ()
+    assert report.memory_threshold is None
+    assert report.items == 2
+
+
+def test_from_dict_names_what_is_missing() -> None:
+    """A dict that is not a report fails with the missing fields named."""
+    data = _report_with_gaps().to_dict()
+    del data["items"], data["device"]
+    with pytest.raises(InvalidArgumentError, match="lacks 'device', 'items'"):
+        BatchReport.from_dict(data)
+
+
+def test_from_json_refuses_a_file_that_holds_no_object(tmp_path: Path) -> None:
+    """A JSON file holding a list is not a report: a TypeError naming the file."""
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(InvalidArgumentTypeError, match=r"list\.json"):
+        BatchReport.from_json(path)
+
+
+# CSV -----------------------------------------------------------------------------------
+
+
+def test_csv_has_a_header_and_one_row_per_item(tmp_path: Path) -> None:
+    """to_csv() writes the timeline's columns, then one row per item in order."""
+    report = _cuda_report([0.2, 0.6, 0.3])
+    with report.to_csv(tmp_path / "timeline.csv").open(newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == CSV_COLUMNS
+    assert [row[0] for row in rows[1:]] == ["1", "2", "3"]
+    assert [float(row[2]) for row in rows[1:]] == pytest.approx([0.2, 0.6, 0.3])
+    assert [int(row[3]) for row in rows[1:]] == [entry.allocated for entry in report.timeline]
+    assert [row[5] for row in rows[1:]] == ["false", "true", "false"]
+
+
+def test_csv_leaves_unknown_figures_empty(tmp_path: Path) -> None:
+    """A figure the device could not tell is an empty cell, not 'None'."""
+    with _report_with_gaps().to_csv(tmp_path / "timeline.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert rows[0]["reserved"] == ""
+    assert rows[1]["allocated"] == ""
+    assert rows[0]["allocated"] == str(2 * GiB)
+    assert float(rows[1]["seconds"]) == 1.25
+
+
+def test_csv_without_a_timeline_is_just_the_header(tmp_path: Path) -> None:
+    """A report without a timeline still writes a well-formed CSV."""
+    with managed_batch(manager=RecordingManager()) as batch:
+        batch.step()
+    path = batch.report.to_csv(tmp_path / "timeline.csv")
+    assert path.read_text().splitlines() == [",".join(CSV_COLUMNS)]
+
+
+# The plot ------------------------------------------------------------------------------
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    """report.plot() writes a PNG file."""
+    pytest.importorskip("matplotlib")
+    path = _cuda_report([0.2, 0.6, 0.3]).plot(tmp_path / "timeline.png")
+    assert path == tmp_path / "timeline.png"
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_plot_shows_usage_threshold_and_gc_runs() -> None:
+    """The plot draws usage over items, the threshold as a line, GC runs as markers."""
+    pytest.importorskip("matplotlib")
+    from memscope.plot import draw_timeline
+
+    report = _cuda_report([0.2, 0.6, 0.3, 0.7, 0.1], threshold=0.5)
+    figure = draw_timeline(report)
+    usage_axes, bytes_axes = figure.axes
+    lines = {line.get_label(): line for line in usage_axes.get_lines()}
+    assert list(lines["device memory usage"].get_xdata()) == [1, 2, 3, 4, 5]
+    assert list(lines["device memory usage"].get_ydata()) == pytest.approx(
+        [0.2, 0.6, 0.3, 0.7, 0.1]
+    )
+    assert list(lines["GC threshold (50%)"].get_ydata()) == [0.5, 0.5]
+    (gc_markers,) = usage_axes.collections
+    assert gc_markers.get_label() == "GC ran"
+    assert gc_markers.get_offsets().tolist() == [[2, pytest.approx(0.6)], [4, pytest.approx(0.7)]]
+    assert {line.get_label() for line in bytes_axes.get_lines()} == {"allocated", "reserved"}
+    assert usage_axes.get_ylabel() == "device memory usage"
+    assert bytes_axes.get_xlabel() == "item"
+    assert figure.get_suptitle().startswith("memscope: cuda:0, 5 items")
+
+
+def test_plot_of_a_cpu_batch_says_the_cpu_reports_no_figures() -> None:
+    """On a device without figures the plot says why its line sits at zero."""
+    pytest.importorskip("matplotlib")
+    from memscope.plot import draw_timeline
+
+    with managed_batch("cpu", timeline=True) as batch:
+        batch.step()
+    figure = draw_timeline(batch.report)
+    (usage_axes,) = figure.axes
+    texts = [text.get_text() for text in usage_axes.texts]
+    assert texts == ["cpu reports no memory figures: usage reads 0%"]
+    assert usage_axes.get_xlabel() == "item"
+
+
+def test_plot_without_a_timeline_says_how_to_record_one() -> None:
+    """A report without a timeline plots a note naming timeline=True."""
+    pytest.importorskip("matplotlib")
+    from memscope.plot import draw_timeline
+
+    with managed_batch(manager=RecordingManager()) as batch:
+        batch.step()
+    texts = [text.get_text() for text in draw_timeline(batch.report).axes[0].texts]
+    assert any("timeline=True" in text for text in texts)
+
+
+def test_plot_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without matplotlib, plot() raises an ImportError naming pip install 'memscope[plot]'."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'memscope\[plot\]'"):
+        _report_with_gaps().plot(tmp_path / "timeline.png")
+    assert not (tmp_path / "timeline.png").exists()
