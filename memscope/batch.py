@@ -303,7 +303,9 @@ class ManagedBatch:
         return MemoryManager(
             self._device,
             self._memory_threshold,
-            gc_backoff=GCBackoff(),
+            # Resident memory rarely falls after a collection (the C allocator keeps freed
+            # pages), so with host figures "freed nothing" cannot be judged: no backoff.
+            gc_backoff=None if self._host or self._budget is not None else GCBackoff(),
             host=self._host,
             budget=self._budget,
         )
