@@ -619,6 +619,7 @@ def gathered_reports(
     Args:
         batch: the rank's batch, entered inside the gathering; without one, set
             ``gathering.report`` inside the block.
-        group, timeout: as for :func:`gather_reports`.
+        group: as for :func:`gather_reports`.
+        timeout: as for :func:`gather_reports`.
     """
     return ReportGathering(batch, group=group, timeout=timeout)
