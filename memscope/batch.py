@@ -16,23 +16,23 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from memscope import context, heap
+from memscope import _context as context
+from memscope import _heap as heap
+from memscope._cleanup import CleanupOutcome, run_cleanup_safely
 from memscope._counter import AtomicCounter
+from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
-from memscope.cleanup import CleanupOutcome, run_cleanup_safely
-from memscope.devices import DeviceLike, as_torch_device
-from memscope.diagnosis import add_oom_note
-from memscope.distributed import with_process_rank
 from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
-from memscope.history import MemoryHistoryRecorder
-from memscope.manager import MemoryManager
-from memscope.oom import is_oom_error
-from memscope.policies import CachePolicy, ClearAlways, GCBackoff, check_cache_policy
-from memscope.report import BatchReport
-from memscope.timeline import TimelineEntry
+from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
+from memscope.oom._detection import is_oom_error
+from memscope.oom._diagnosis import add_oom_note
+from memscope.oom._history import MemoryHistoryRecorder
+from memscope.policies import ClearAlways, GCBackoff, check_cache_policy
+from memscope.reports import BatchReport, TimelineEntry, with_process_rank
+from memscope.typing import CachePolicy, DeviceLike
 from memscope.units import parse_bytes
 
-__all__ = ["ManagedBatch", "managed_batch"]
+__all__ = ["ManagedBatch", "current_batch", "managed_batch"]
 
 logger = logging.getLogger("memscope")
 
@@ -128,7 +128,7 @@ class ManagedBatch:
         self,
         device: DeviceLike = None,
         *,
-        memory_threshold: float = 0.8,
+        memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
         manager: MemoryManager | None = None,
         every: int = 1,
         progress: bool = False,
@@ -185,7 +185,7 @@ class ManagedBatch:
 
         self._serial = next(_batch_serials)
         self._lock = threading.Lock()
-        self._tokens: list[contextvars.Token[ManagedBatch | None]] = []
+        self._tokens: list[contextvars.Token[context.ActiveBatch | None]] = []
         self._manager: MemoryManager | None = None
         self._parent: ManagedBatch | None = None
         self._report: BatchReport | None = None
@@ -270,7 +270,7 @@ class ManagedBatch:
     def _start(self) -> None:
         if self.freeze_heap:
             heap.hold_frozen_heap()
-        parent = context.active_batch.get()
+        parent = current_batch()
         self._parent = parent
         self._manager = self._resolve_manager(parent)
         self._report = None
@@ -278,7 +278,7 @@ class ManagedBatch:
         start = self._manager.snapshot()
         if parent is not None and parent.manager.resolved_device == self._manager.resolved_device:
             # Resetting the device's peak erases what the outer batch has seen so far.
-            parent.observe_peak(start.peak_allocated, start.peak_reserved)
+            parent._observe_peak(start.peak_allocated, start.peak_reserved)
         self._manager.reset_peak_memory_stats()
         if self.record_history:
             self._recorder = MemoryHistoryRecorder(
@@ -323,7 +323,7 @@ class ManagedBatch:
 
     def _diagnose_escaping_oom(self, error: BaseException) -> None:
         # Runs before the final cleanup, so the note shows the figures of the failure.
-        self.record_oom(error, retried=False)
+        self._record_oom(error, retried=False)
         snapshot_path = None
         if self._recorder is not None:
             snapshot_path = self._recorder.dump()
@@ -336,9 +336,9 @@ class ManagedBatch:
                 generator.close()
             except Exception:
                 logger.debug("could not close an abandoned track() generator", exc_info=True)
-        self.record_cleanup(run_cleanup_safely(manager, "the batch", self.cache_policy))
+        self._record_cleanup(run_cleanup_safely(manager, "the batch", self.cache_policy))
         end = manager.snapshot()
-        self.observe_peak(end.peak_allocated, end.peak_reserved)
+        self._observe_peak(end.peak_allocated, end.peak_reserved)
         with self._lock:
             self._report = BatchReport(
                 device=str(manager.resolved_device),
@@ -375,7 +375,7 @@ class ManagedBatch:
             and parent.active
             and parent.manager.resolved_device == (manager.resolved_device)
         ):
-            parent.observe_peak(self._peak_allocated, self._peak_reserved)
+            parent._observe_peak(self._peak_allocated, self._peak_reserved)
         logger.info("batch finished: %s", self._report.summary())
 
     # Counting --------------------------------------------------------------------------
@@ -390,7 +390,7 @@ class ManagedBatch:
         item = self._items.increment()
         if item % self.every == 0:
             outcome = run_cleanup_safely(self.manager, f"batch item {item}", self.cache_policy)
-            self.record_cleanup(outcome)
+            self._record_cleanup(outcome)
         if self._records_timeline:
             self._record_timeline(item)
 
@@ -440,14 +440,19 @@ class ManagedBatch:
             if bar is not None:
                 bar.close()
 
-    def record_call(self, *, failed: bool) -> None:
+    def _record_call(self, *, failed: bool) -> None:
         """Count a call of an ``@auto_clear`` function made inside this batch."""
         self._calls.increment()
         if failed:
             with self._lock:
                 self._failures += 1
 
-    def record_oom(
+    def _record_items(self, count: int) -> None:
+        """Count ``count`` items that chunked work finished in this batch."""
+        for _ in range(count):
+            self.step()
+
+    def _record_oom(
         self, error: BaseException, *, retried: bool, batch_size_reduced: bool = False
     ) -> None:
         """Count an out-of-memory error met inside this batch, and what was done about it."""
@@ -457,7 +462,7 @@ class ManagedBatch:
             self._oom_retries += int(retried)
             self._batch_size_reductions += int(batch_size_reduced)
 
-    def record_cleanup(self, outcome: CleanupOutcome | None) -> None:
+    def _record_cleanup(self, outcome: CleanupOutcome | None) -> None:
         """Count a cleanup made through this batch's manager; ``None`` means it failed."""
         with self._lock:
             if outcome is None:
@@ -467,7 +472,7 @@ class ManagedBatch:
             self._gc_runs += int(outcome.collected)
             self._gc_seconds += outcome.gc_seconds
 
-    def observe_peak(self, allocated: int | None, reserved: int | None) -> None:
+    def _observe_peak(self, allocated: int | None, reserved: int | None) -> None:
         """Fold peak figures seen elsewhere (a nested batch, say) into this batch's peaks."""
         with self._lock:
             self._peak_allocated = _larger(self._peak_allocated, allocated)
@@ -492,6 +497,12 @@ class ManagedBatch:
                 context.active_batch.reset(token)
 
         return run_in_batch
+
+
+def current_batch() -> ManagedBatch | None:
+    """The innermost ``managed_batch`` active in this context, if any."""
+    batch = context.active_batch.get()
+    return batch if isinstance(batch, ManagedBatch) else None
 
 
 # contextlib's style: a lowercase name for the context manager people call, the class for

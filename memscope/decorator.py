@@ -17,16 +17,17 @@ from typing import Any, TypeVar, cast, overload
 
 import wrapt
 
-from memscope import context
+from memscope import _context as context
+from memscope._cleanup import run_cleanup_safely
 from memscope._counter import AtomicCounter
+from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
-from memscope.cleanup import run_cleanup_safely
-from memscope.devices import DeviceLike, as_torch_device
-from memscope.diagnosis import add_oom_note
 from memscope.exceptions import InvalidArgumentTypeError
-from memscope.manager import MemoryManager
-from memscope.oom import is_oom_error, reclaim_memory, release_exception_frames
-from memscope.policies import CachePolicy, ClearAlways, check_cache_policy
+from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
+from memscope.oom._detection import is_oom_error, reclaim_memory, release_exception_frames
+from memscope.oom._diagnosis import add_oom_note
+from memscope.policies import ClearAlways, check_cache_policy
+from memscope.typing import CachePolicy, DeviceLike
 
 __all__ = ["AutoClearFunction", "CleanupStats", "auto_clear"]
 
@@ -127,7 +128,7 @@ class _CleanupCadence:
         else:
             # The hot path: no lock, one atomic increment, cleanup only when due.
             if batch is not None:
-                batch.record_call(failed=False)
+                batch._record_call(failed=False)
             if self.stats._calls.increment() % self.every == 0:
                 self._clean_up(batch)
             return result
@@ -199,7 +200,7 @@ class _CleanupCadence:
             self.stats.ooms += 1
             self.stats.oom_retries += int(retry)
         if batch is not None:
-            batch.record_oom(failure, retried=retry)
+            batch._record_oom(failure, retried=retry)
         if not retry:
             add_oom_note(failure, self._manager_for(batch))
             return False
@@ -236,7 +237,7 @@ class _CleanupCadence:
             self._finish_failed_call(batch)
             return
         if batch is not None:
-            batch.record_call(failed=False)
+            batch._record_call(failed=False)
         if self.stats._calls.increment() % self.every == 0:
             self._clean_up(batch)
 
@@ -245,7 +246,7 @@ class _CleanupCadence:
         with self._lock:
             self.stats.errors += 1
         if batch is not None:
-            batch.record_call(failed=True)
+            batch._record_call(failed=True)
         self._clean_up(batch)
 
     def _clean_up(self, batch: Any) -> None:
@@ -261,17 +262,10 @@ class _CleanupCadence:
                 self.stats.cleanups += 1
                 self.stats.gc_runs += int(outcome.collected)
         if batch is not None and manager is batch.manager:
-            batch.record_cleanup(outcome)
+            batch._record_cleanup(outcome)
 
     def _manager_for(self, batch: Any) -> MemoryManager:
-        if self.manager is not None:
-            return self.manager
-        if batch is not None and (
-            self.torch_device is None or self.torch_device == batch.manager.device
-        ):
-            manager: MemoryManager = batch.manager
-            return manager
-        return context.shared_manager(self.device, self.memory_threshold)
+        return context.manager_for(self.manager, self.torch_device, batch, self.memory_threshold)
 
 
 def _cadence_of(wrapper: object) -> _CleanupCadence:
@@ -323,7 +317,7 @@ def auto_clear(
     *,
     every: int = 5,
     device: DeviceLike = None,
-    memory_threshold: float = 0.8,
+    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,
@@ -336,7 +330,7 @@ def auto_clear(
     *,
     every: int = 5,
     device: DeviceLike = None,
-    memory_threshold: float = 0.8,
+    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,

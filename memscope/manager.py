@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from memscope._devices import resolve_device
 from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
-from memscope.devices import DeviceLike, resolve_device
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     InvalidArgumentError,
@@ -25,9 +25,14 @@ from memscope.exceptions import (
 from memscope.host import HostMemoryMonitor
 from memscope.policies import GCBackoff
 from memscope.snapshot import MemorySnapshot
+from memscope.typing import DeviceLike
 from memscope.units import format_bytes, parse_bytes
 
-__all__ = ["ManagerStats", "MemoryManager"]
+__all__ = ["DEFAULT_MEMORY_THRESHOLD", "ManagerStats", "MemoryManager"]
+
+DEFAULT_MEMORY_THRESHOLD = 0.8
+"""The usage at or above which a threshold GC collects, unless told otherwise: the MemoryManager
+API of the Cobra batch-processing system uses 0.8."""
 
 logger = logging.getLogger("memscope")
 
@@ -82,7 +87,7 @@ class MemoryManager:
     def __init__(
         self,
         device: DeviceLike = None,
-        memory_threshold: float = 0.8,
+        memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
         *,
         memory_model: ImageMemoryModel | None = None,
         gc_backoff: GCBackoff | None = None,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 from memscope._validation import check_fraction, check_int, check_positive_number
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.snapshot import MemorySnapshot
+from memscope.typing import CachePolicy
 
 __all__ = [
-    "CachePolicy",
     "ClearAlways",
     "ClearWhenUseful",
     "GCBackoff",
@@ -98,17 +98,6 @@ class GCBackoffState:
                 self._armed = False
                 self._floor = usage_after
                 self._interval = min(self._interval * 2, self.policy.max_interval)
-
-
-class CachePolicy(Protocol):
-    """Decides whether a cleanup step empties the device's cache."""
-
-    needs_snapshot: ClassVar[bool]
-    """Whether the policy looks at the device's figures (reading them costs a query)."""
-
-    def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
-        """Whether to call ``clear_cache()`` now."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

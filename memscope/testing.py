@@ -39,9 +39,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from memscope.context import forget_shared_managers
-from memscope.devices import DeviceLike
-from memscope.manager import MemoryManager
+from memscope._context import forget_shared_managers
+from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
+from memscope.typing import DeviceLike
 
 __all__ = ["FakeCall", "FakeDevice", "FakeMemory", "GiB", "MiB", "RecordingManager"]
 import memscope.host
@@ -377,7 +377,7 @@ class RecordingManager(MemoryManager):
     def __init__(
         self,
         device: DeviceLike = "cpu",
-        memory_threshold: float = 0.8,
+        memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
         *,
         events: list[str] | None = None,
     ) -> None:

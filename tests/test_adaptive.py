@@ -15,17 +15,17 @@ import pytest
 import torch
 
 from memscope import (
-    AdaptiveBatchState,
     BatchSizeExhaustedError,
     DeviceUnavailableError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemscopeError,
     adaptive_batch,
-    context,
     is_oom_error,
     managed_batch,
 )
+from memscope import _context as context
+from memscope.oom import AdaptiveBatchState
 from memscope.testing import FakeDevice, GiB, RecordingManager
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from memscope import BatchReport, ImageMemoryModel
-from memscope.cli import main
+from memscope.cli._command import main
 from memscope.testing import FakeDevice, GiB
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from memscope import (
     InvalidArgumentTypeError,
 )
 from memscope._png import PNG_SIGNATURE, encode_png, write_png
-from memscope.demo import Colorizer, Demo, draw_line_art
+from memscope.cli.demo import Colorizer, Demo, draw_line_art
 
 CSV_COLUMNS = ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
 
@@ -179,7 +179,7 @@ def test_default_folder_is_new_and_never_reused(
 ) -> None:
     """Without out=, each run makes a new memscope-demo-<time> folder in the current one."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("memscope.demo.time.strftime", lambda _format: "20250101-120000")
+    monkeypatch.setattr("memscope.cli.demo.time.strftime", lambda _format: "20250101-120000")
     first = Demo(images=1, size=(16, 16), device="cpu").run()
     second = Demo(images=1, size=(16, 16), device="cpu").run()
     assert first.folder == tmp_path / "memscope-demo-20250101-120000"

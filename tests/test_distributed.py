@@ -21,17 +21,14 @@ import torch.distributed as dist
 from memscope import (
     BatchReport,
     BatchStateError,
-    CombinedReport,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemscopeError,
-    RankReport,
-    ReportGatherError,
-    gather_reports,
-    gathered_reports,
     managed_batch,
-    process_rank,
 )
+from memscope.distributed import gather_reports, gathered_reports
+from memscope.exceptions import ReportGatherError
+from memscope.reports import CombinedReport, RankReport, process_rank
 from memscope.testing import FakeDevice, GiB, RecordingManager
 
 

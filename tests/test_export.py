@@ -13,10 +13,10 @@ from memscope import (
     BatchReport,
     InvalidArgumentError,
     InvalidArgumentTypeError,
-    TimelineEntry,
     auto_clear,
     managed_batch,
 )
+from memscope.reports import TimelineEntry
 from memscope.testing import FakeDevice, GiB, RecordingManager
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,7 +233,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 def test_plot_shows_usage_threshold_and_gc_runs() -> None:
     """The plot draws usage over items, the threshold as a line, GC runs as markers."""
     pytest.importorskip("matplotlib")
-    from memscope.plot import draw_timeline
+    from memscope.reports._plot import draw_timeline
 
     report = _cuda_report([0.2, 0.6, 0.3, 0.7, 0.1], threshold=0.5)
     figure = draw_timeline(report)
@@ -256,7 +256,7 @@ def test_plot_shows_usage_threshold_and_gc_runs() -> None:
 def test_plot_of_a_cpu_batch_says_the_cpu_reports_no_figures() -> None:
     """On a device without figures the plot says why its line sits at zero."""
     pytest.importorskip("matplotlib")
-    from memscope.plot import draw_timeline
+    from memscope.reports._plot import draw_timeline
 
     with managed_batch("cpu", timeline=True) as batch:
         batch.step()
@@ -270,7 +270,7 @@ def test_plot_of_a_cpu_batch_says_the_cpu_reports_no_figures() -> None:
 def test_plot_without_a_timeline_says_how_to_record_one() -> None:
     """A report without a timeline plots a note naming timeline=True."""
     pytest.importorskip("matplotlib")
-    from memscope.plot import draw_timeline
+    from memscope.reports._plot import draw_timeline
 
     with managed_batch(manager=RecordingManager()) as batch:
         batch.step()

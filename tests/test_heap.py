@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from memscope import managed_batch
-from memscope.heap import heap_holders
+from memscope._heap import heap_holders
 from memscope.testing import FakeDevice, GiB, RecordingManager
 
 

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from memscope import (
-    InvalidArgumentError,
-    InvalidArgumentTypeError,
-    MemoryHistoryRecorder,
-    MemoryManager,
-)
+from memscope import InvalidArgumentError, InvalidArgumentTypeError, MemoryManager
+from memscope.oom import MemoryHistoryRecorder
 from memscope.testing import FakeCall, FakeDevice, GiB
 
 RECORD = "torch.cuda.memory._record_memory_history"

@@ -15,16 +15,12 @@ import pytest
 import torch
 
 import memscope.manager
-from memscope import (
-    HostMemoryLimit,
-    HostMemoryMonitor,
-    HostMemoryUnavailableError,
-    MemoryFiguresUnavailableError,
-    MemoryManager,
-    MemscopeError,
-)
+from memscope import MemoryManager, MemscopeError
+from memscope.exceptions import HostMemoryUnavailableError, MemoryFiguresUnavailableError
 from memscope.host import (
     NO_LIMIT_FROM,
+    HostMemoryLimit,
+    HostMemoryMonitor,
     cgroup_memory_limit,
     effective_memory_limit,
     physical_memory_from_meminfo,

@@ -19,9 +19,9 @@ from memscope import (
     InvalidArgumentTypeError,
     MemoryManager,
     auto_clear,
-    current_batch,
     managed_batch,
 )
+from memscope.batch import current_batch
 from memscope.testing import FakeCall, FakeDevice, GiB, RecordingManager
 
 

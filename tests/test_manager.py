@@ -9,13 +9,9 @@ import logging
 
 import pytest
 
-from memscope import (
-    ImageMemoryModel,
-    ManagerStats,
-    MemoryFiguresUnavailableError,
-    MemoryManager,
-    MemorySnapshot,
-)
+from memscope import ImageMemoryModel, MemoryManager, MemorySnapshot
+from memscope.exceptions import MemoryFiguresUnavailableError
+from memscope.manager import ManagerStats
 from memscope.testing import FakeCall, FakeDevice, GiB, MiB
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from memscope import (
+from memscope import is_oom_error
+from memscope.oom import (
     CaughtOom,
     call_catching_oom,
     call_catching_oom_async,
-    is_oom_error,
     reclaim_memory,
     release_exception_frames,
 )

@@ -8,8 +8,9 @@ import types
 import pytest
 import torch
 
-import memscope.diagnosis
-from memscope import MemoryManager, MemorySnapshot, add_oom_note
+import memscope.oom._diagnosis
+from memscope import MemoryManager, MemorySnapshot
+from memscope.oom import add_oom_note
 from memscope.testing import FakeDevice, GiB, MiB
 
 
@@ -138,7 +139,7 @@ def test_note_that_cannot_be_attached_never_raises(
 
 def test_python_3_10_fallback_appends_to_notes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without add_note (Python 3.10) the note goes into ``__notes__`` all the same."""
-    monkeypatch.setattr(memscope.diagnosis, "sys", types.SimpleNamespace(version_info=(3, 10)))
+    monkeypatch.setattr(memscope.oom._diagnosis, "sys", types.SimpleNamespace(version_info=(3, 10)))
     error = _oom()
     note = add_oom_note(error, None, batch_sizes_tried=[2])
     assert error.__notes__ == [note]

@@ -13,16 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from memscope import (
-    CaughtOom,
-    MemoryHistoryRecorder,
-    MemoryManager,
-    adaptive_batch,
-    auto_clear,
-    call_catching_oom,
-    is_oom_error,
-    process_in_chunks,
-)
+from memscope import MemoryManager, adaptive_batch, auto_clear, is_oom_error, process_in_chunks
+from memscope.oom import CaughtOom, MemoryHistoryRecorder, call_catching_oom
 
 pytestmark = pytest.mark.gpu
 

@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from memscope.timeline import TimelineEntry
+from memscope.reports import _export
+from memscope.reports._timeline import TimelineEntry
 from memscope.units import format_bytes
 
 __all__ = ["BatchReport"]
 
-# The file formats live in memscope.export and memscope.plot, which import this module, so
-# the methods below import them when called.
+# The plot lives in _plot, imported when called: it brings in matplotlib.
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,22 +85,16 @@ class BatchReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchReport:
         """The report :meth:`to_dict` gave, for example after a trip through JSON."""
-        from memscope.export import report_from_dict
-
-        return report_from_dict(data)
+        return _export.report_from_dict(cls, data)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> BatchReport:
         """Read a report that :meth:`to_json` wrote."""
-        from memscope.export import read_json
-
-        return read_json(path)
+        return _export.read_json(cls, path)
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` to ``path`` as JSON; returns the path."""
-        from memscope.export import write_json
-
-        return write_json(self, path)
+        return _export.write_json(self.to_dict(), path)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the timeline to ``path`` as CSV with a header row; returns the path.
@@ -108,9 +102,7 @@ class BatchReport:
         Columns: ``item, seconds, usage, allocated, reserved, gc_ran``; an empty cell is a
         figure the device cannot tell, ``gc_ran`` is ``true`` or ``false``.
         """
-        from memscope.export import write_csv
-
-        return write_csv(self, path)
+        return _export.write_csv(self.timeline, path)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Draw the timeline as a PNG (or any format matplotlib infers from the suffix).
@@ -119,7 +111,7 @@ class BatchReport:
         and reserved memory where the device reports them. Needs matplotlib: ``pip install
         'memscope[plot]'``; without it this raises an ``ImportError`` saying so.
         """
-        from memscope.plot import plot_timeline
+        from memscope.reports._plot import plot_timeline
 
         return plot_timeline(self, path)
 

@@ -22,7 +22,7 @@ import torch
 from memscope._validation import check_fraction
 from memscope._version import __version__
 from memscope.backends import available_devices
-from memscope.demo import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE, Demo, DemoResult
+from memscope.cli.demo import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE, Demo, DemoResult
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import MemscopeError
 from memscope.manager import MemoryManager

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 
 from memscope.manager import MemoryManager
-from memscope.policies import CachePolicy, ClearAlways
+from memscope.policies import ClearAlways
+from memscope.typing import CachePolicy
 
 __all__ = ["CleanupOutcome"]
 

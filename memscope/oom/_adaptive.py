@@ -2,8 +2,8 @@
 
 Both run the user's function at a batch size, and on an out-of-memory error free the failed
 call's memory properly (outside the ``except`` block: see :mod:`memscope.oom`), shrink the
-size by ``factor`` and try again, down to ``min_size``. The size that worked is kept for
-the next call; with ``regrow_after``, it grows back cautiously after a run of successes.
+size by ``factor`` and try again, down to ``min_size``. The size that worked is kept for the
+next call; with ``regrow_after``, it grows back cautiously after a run of successes.
 """
 
 from __future__ import annotations
@@ -15,28 +15,29 @@ import numbers
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import torch
 import wrapt
 
-from memscope import context
+from memscope import _context as context
+from memscope._devices import as_torch_device
 from memscope._validation import check_int
-from memscope.devices import DeviceLike, as_torch_device
-from memscope.diagnosis import add_oom_note
 from memscope.exceptions import (
     BatchSizeExhaustedError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
 )
 from memscope.manager import MemoryManager
-from memscope.oom import (
+from memscope.oom._detection import (
     CaughtOom,
     call_catching_oom,
     call_catching_oom_async,
     reclaim_memory,
     release_exception_frames,
 )
+from memscope.oom._diagnosis import add_oom_note
+from memscope.typing import Combine, DeviceLike
 
 __all__ = [
     "AdaptiveBatchFunction",
@@ -50,14 +51,6 @@ __all__ = [
 logger = logging.getLogger("memscope")
 
 Function = TypeVar("Function", bound=Callable[..., Any])
-
-Combine = Literal["concat", "chunks"] | Callable[[list[Any]], Any]
-"""How :func:`process_in_chunks` combines the per-chunk results."""
-
-# The threshold of the default manager an adaptive function makes for its device; only its
-# cache clearing is used here, so the threshold does not matter beyond sharing the manager
-# that @auto_clear makes for the same device.
-_DEFAULT_MEMORY_THRESHOLD = 0.8
 
 
 # Options -------------------------------------------------------------------------------
@@ -117,15 +110,8 @@ class _Options:
         return cls(start_size, shrink, smallest, interval, manager, device)
 
     def manager_for_call(self) -> MemoryManager:
-        if self.manager is not None:
-            return self.manager
-        batch = context.active_batch.get()
-        if batch is not None and (
-            self.device is None or as_torch_device(self.device) == batch.manager.device
-        ):
-            manager: MemoryManager = batch.manager
-            return manager
-        return context.shared_manager(self.device, _DEFAULT_MEMORY_THRESHOLD)
+        device = None if self.device is None else as_torch_device(self.device)
+        return context.manager_for(self.manager, device, context.active_batch.get())
 
 
 # The learned batch size ----------------------------------------------------------------
@@ -342,7 +328,7 @@ def _note_size(sizes: list[int], size: int) -> None:
 def _report_to_batch(error: BaseException, size: int, retry: int | None) -> None:
     batch = context.active_batch.get()
     if batch is not None:
-        batch.record_oom(
+        batch._record_oom(
             error, retried=retry is not None, batch_size_reduced=retry is not None and retry < size
         )
 

@@ -27,10 +27,10 @@ from memscope._png import write_png
 from memscope._validation import check_image_size, check_int
 from memscope.batch import managed_batch
 from memscope.decorator import auto_clear
-from memscope.devices import DeviceLike
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from memscope.manager import MemoryManager
-from memscope.report import BatchReport
+from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
+from memscope.reports._batch import BatchReport
+from memscope.typing import DeviceLike
 
 __all__: list[str] = []
 
@@ -235,7 +235,7 @@ class Demo:
         images: int = DEFAULT_IMAGES,
         size: tuple[int, int] = DEFAULT_SIZE,
         device: DeviceLike = None,
-        memory_threshold: float = 0.8,
+        memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
         every: int = DEFAULT_EVERY,
         out: str | os.PathLike[str] | None = None,
         seed: int = 0,

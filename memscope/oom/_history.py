@@ -24,13 +24,14 @@ from types import TracebackType
 
 import torch
 
+from memscope._devices import as_torch_device
 from memscope._validation import check_int
 from memscope.backends import DeviceBackend, create_backend
-from memscope.devices import DeviceLike, as_torch_device
-from memscope.diagnosis import MEMORY_VIEWER_URL, add_oom_note
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
-from memscope.oom import is_oom_error
+from memscope.oom._detection import is_oom_error
+from memscope.oom._diagnosis import MEMORY_VIEWER_URL, add_oom_note
+from memscope.typing import DeviceLike
 
 __all__ = ["MemoryHistoryRecorder"]
 

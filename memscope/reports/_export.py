@@ -6,40 +6,36 @@ import csv
 import dataclasses
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from memscope.report import BatchReport
-from memscope.timeline import TimelineEntry
+from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
 
 TIMELINE_COLUMNS = ("item", "seconds", "usage", "allocated", "reserved", "gc_ran")
 
-_REPORT_FIELDS = {field.name for field in dataclasses.fields(BatchReport)}
-_REQUIRED_REPORT_FIELDS = {
-    field.name
-    for field in dataclasses.fields(BatchReport)
-    if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-}
+Report = TypeVar("Report")
+
 _ENTRY_FIELDS = {field.name for field in dataclasses.fields(TimelineEntry)}
 
 
-def write_json(report: BatchReport, path: str | os.PathLike[str]) -> Path:
-    """Write ``report.to_dict()`` to ``path``, indented for people to read."""
+def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a report's dict to ``path``, indented for people to read."""
     target = Path(path)
-    target.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return target
 
 
-def write_csv(report: BatchReport, path: str | os.PathLike[str]) -> Path:
-    """Write the report's timeline to ``path``: a header row, then one row per item."""
+def write_csv(timeline: Iterable[TimelineEntry], path: str | os.PathLike[str]) -> Path:
+    """Write a report's timeline to ``path``: a header row, then one row per item."""
     target = Path(path)
     with target.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(TIMELINE_COLUMNS)
-        for entry in report.timeline:
+        for entry in timeline:
             writer.writerow(
                 (
                     entry.item,
@@ -53,24 +49,31 @@ def write_csv(report: BatchReport, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def read_json(path: str | os.PathLike[str]) -> BatchReport:
-    """The report that :func:`write_json` wrote to ``path``."""
+def read_json(report_type: type[Report], path: str | os.PathLike[str]) -> Report:
+    """The report of ``report_type`` that :func:`write_json` wrote to ``path``."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return report_from_dict(data, source=str(path))
+    return report_from_dict(report_type, data, source=str(path))
 
 
-def report_from_dict(data: object, *, source: str = "data") -> BatchReport:
-    """Rebuild a report from ``BatchReport.to_dict()``; unknown keys are ignored."""
+def report_from_dict(report_type: type[Report], data: object, *, source: str = "data") -> Report:
+    """Rebuild a report from its ``to_dict()``; unknown keys are ignored."""
+    report_fields = dataclasses.fields(report_type)  # type: ignore[arg-type]
+    known = {field.name for field in report_fields}
+    required = {
+        field.name
+        for field in report_fields
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    }
     if not isinstance(data, dict):
         raise InvalidArgumentTypeError(
             f"{source} must hold a JSON object (a batch report), got {type(data).__name__}"
         )
-    missing = sorted(_REQUIRED_REPORT_FIELDS - data.keys())
+    missing = sorted(required - data.keys())
     if missing:
         raise InvalidArgumentError(
             f"{source} is not a batch report: it lacks {', '.join(map(repr, missing))}"
         )
-    fields: dict[str, Any] = {name: value for name, value in data.items() if name in _REPORT_FIELDS}
+    fields: dict[str, Any] = {name: value for name, value in data.items() if name in known}
     timeline = fields.get("timeline", ())
     if not isinstance(timeline, (list, tuple)) or not all(
         isinstance(entry, dict) for entry in timeline
@@ -86,4 +89,4 @@ def report_from_dict(data: object, *, source: str = "data") -> BatchReport:
     for name, value in fields.items():
         if isinstance(value, list):
             fields[name] = tuple(value)
-    return BatchReport(**fields)
+    return report_type(**fields)

@@ -7,13 +7,9 @@ import torch
 from memscope.backends import DeviceBackend, create_backend, detect_device
 from memscope.backends.base import available_devices
 from memscope.exceptions import DeviceUnavailableError, InvalidArgumentTypeError
+from memscope.typing import DeviceLike
 
-__all__ = ["DeviceLike", "as_torch_device", "resolve_device"]
-
-DeviceLike = torch.device | str | int | None
-"""What memscope accepts as a device: a ``torch.device``, ``"cuda:1"``, a CUDA index, or
-``None`` for auto-detection (CUDA, then MPS, then another accelerator, then the CPU; under
-torchrun, the GPU whose index is in ``LOCAL_RANK``)."""
+__all__ = ["as_torch_device", "resolve_device"]
 
 
 def as_torch_device(device: DeviceLike) -> torch.device:

@@ -1,0 +1,109 @@
+"""The active batch, as the toolkit sees it, and the one way a cleanup finds its manager.
+
+Inside a ``managed_batch`` there is one owner of cleanup and one record of what happened:
+the batch. ``@auto_clear``, ``@adaptive_batch``, ``process_in_chunks`` and OOM recovery are
+its clients. They reach it through :data:`active_batch` and talk to it only through the small
+:class:`ActiveBatch` protocol below, so the layers under ``memscope.batch`` never import it.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
+from memscope.policies import GCBackoff
+
+if TYPE_CHECKING:
+    from memscope._cleanup import CleanupOutcome
+    from memscope.typing import CachePolicy
+
+__all__: list[str] = []
+
+
+class ActiveBatch(Protocol):
+    """What the toolkit sees of the ``managed_batch`` active in its context."""
+
+    @property
+    def manager(self) -> MemoryManager:
+        """The batch's manager: the toolkit cleans up through it unless told otherwise."""
+        ...
+
+    @property
+    def cache_policy(self) -> CachePolicy:
+        """The batch's cache policy, for cleanups made on its behalf."""
+        ...
+
+    def _record_call(self, *, failed: bool) -> None:
+        """A decorated call finished; outside a tracked item it is one item of the batch."""
+        ...
+
+    def _record_items(self, count: int) -> None:
+        """Chunked work finished ``count`` items; outside a tracked item they are the batch's."""
+        ...
+
+    def _record_oom(
+        self, error: BaseException, *, retried: bool, batch_size_reduced: bool = False
+    ) -> None:
+        """An out-of-memory error met inside the batch (counted once however many layers see
+        it), and what was done about it."""
+        ...
+
+    def _record_cleanup(self, outcome: CleanupOutcome | None) -> None:
+        """A cleanup memscope made during the batch; ``None`` means it failed."""
+        ...
+
+
+# A ContextVar, not a thread-local: concurrent asyncio tasks each see their own batch. New
+# threads start with an empty context, so worker threads join a batch explicitly
+# (ManagedBatch.bind, or manager=batch.manager).
+active_batch: ContextVar[ActiveBatch | None] = ContextVar("memscope_active_batch", default=None)
+
+# The batch whose tracked item (a track() or map() loop body) is running in this context:
+# decorated calls and chunks inside it are part of that item, not items of their own.
+tracked_item: ContextVar[ActiveBatch | None] = ContextVar("memscope_tracked_item", default=None)
+
+_shared_managers: dict[tuple[str, float], MemoryManager] = {}
+_shared_managers_lock = threading.Lock()
+
+
+def shared_manager(device: torch.device | None, memory_threshold: float) -> MemoryManager:
+    """The one default manager for this device and threshold, created on first use."""
+    key = (str(device), memory_threshold)
+    with _shared_managers_lock:
+        manager = _shared_managers.get(key)
+        if manager is None:
+            manager = MemoryManager(device, memory_threshold, gc_backoff=GCBackoff())
+            _shared_managers[key] = manager
+        return manager
+
+
+def forget_shared_managers() -> None:
+    """Drop the shared default managers; the next cleanup makes fresh ones.
+
+    :class:`memscope.testing.FakeDevice` calls this on entry and exit, so managers made for
+    a fake device never outlive it.
+    """
+    with _shared_managers_lock:
+        _shared_managers.clear()
+
+
+def manager_for(
+    manager: MemoryManager | None,
+    device: torch.device | None,
+    batch: ActiveBatch | None,
+    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
+) -> MemoryManager:
+    """The manager a toolkit call cleans up through.
+
+    An explicit ``manager`` wins; then the active batch's, when the call names no device or
+    the batch's; then the shared default manager for ``device`` (``None``: auto-detected).
+    """
+    if manager is not None:
+        return manager
+    if batch is not None and (device is None or device == batch.manager.device):
+        return batch.manager
+    return shared_manager(device, memory_threshold)

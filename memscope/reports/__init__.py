@@ -1,0 +1,30 @@
+"""What a batch did: one process's :class:`BatchReport`, and every process's combined.
+
+A :class:`BatchReport` is what ``managed_batch`` leaves in ``batch.report``; its
+:class:`TimelineEntry` rows are the memory after each item. ``to_json``, ``to_csv`` and
+``plot`` write it out, ``BatchReport.from_json`` reads it back. :class:`CombinedReport` holds
+the reports of several processes (the ranks of a torch.distributed job) with job-wide totals;
+:mod:`memscope.distributed` gathers one.
+"""
+
+from memscope.reports._batch import BatchReport
+from memscope.reports._combined import (
+    LARGEST_FIELDS,
+    SUMMED_FIELDS,
+    CombinedReport,
+    RankReport,
+    process_rank,
+    with_process_rank,
+)
+from memscope.reports._timeline import TimelineEntry
+
+__all__ = [
+    "LARGEST_FIELDS",
+    "SUMMED_FIELDS",
+    "BatchReport",
+    "CombinedReport",
+    "RankReport",
+    "TimelineEntry",
+    "process_rank",
+    "with_process_rank",
+]

@@ -1,0 +1,38 @@
+"""Types for annotating code that uses memscope.
+
+- :data:`DeviceLike`: what every ``device`` parameter accepts.
+- :class:`CachePolicy`: the protocol a cache policy follows (``ClearWhenUseful`` and
+  ``ClearAlways`` are two).
+- :data:`Combine`: how ``process_in_chunks`` combines per-chunk results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from memscope.snapshot import MemorySnapshot
+
+__all__ = ["CachePolicy", "Combine", "DeviceLike"]
+
+DeviceLike = torch.device | str | int | None
+"""What memscope accepts as a device: a ``torch.device``, ``"cuda:1"``, a CUDA index, or
+``None`` for auto-detection (CUDA, then MPS, then another accelerator, then the CPU; under
+torchrun, the GPU whose index is in ``LOCAL_RANK``)."""
+
+Combine = Literal["concat", "chunks"] | Callable[[list[Any]], Any]
+"""How :func:`~memscope.process_in_chunks` combines the per-chunk results."""
+
+
+class CachePolicy(Protocol):
+    """Decides whether a cleanup step empties the device's cache."""
+
+    needs_snapshot: ClassVar[bool]
+    """Whether the policy looks at the device's figures (reading them costs a query)."""
+
+    def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
+        """Whether to call ``clear_cache()`` now."""
+        ...
