@@ -18,7 +18,6 @@ it made of the answers::
 The fake patches module attributes of ``torch`` for the whole process, so it is not safe to
 use from tests that run in parallel threads. Entering and leaving it also drops the default
 managers ``@auto_clear`` shares, so none of them outlives the fake device it was made for.
-use from tests that run in parallel threads.
 
 :class:`FakeHost` does the same for the host's memory figures, so that host monitoring and
 CPU budgets can be tested without filling the machine's RAM.
@@ -39,14 +38,22 @@ from typing import Any, NamedTuple
 
 import torch
 
+import memscope.host
 from memscope._context import forget_shared_managers
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.typing import DeviceLike
+from memscope.units import format_bytes
 
-__all__ = ["FakeCall", "FakeDevice", "FakeMemory", "GiB", "MiB", "RecordingManager"]
-import memscope.host
-
-__all__ = ["FakeCall", "FakeDevice", "FakeHost", "FakeMemory", "GiB", "MiB"]
+__all__ = [
+    "FakeCall",
+    "FakeDevice",
+    "FakeHost",
+    "FakeMemory",
+    "GiB",
+    "MiB",
+    "RecordingManager",
+    "oom_error",
+]
 
 MiB = 1024**2
 GiB = 1024**3
@@ -364,6 +371,46 @@ class FakeDevice:
             self._recorded(f"{prefix}.current_device_index", lambda: self.current_device),
         )
         yield from self._caching_allocator_fakes(accelerator, prefix, "get_memory_info")
+
+
+# What each backend's allocator says when it runs out; the CUDA and MPS texts follow torch's own.
+_OOM_MESSAGES = {
+    "cuda": (
+        "CUDA out of memory. Tried to allocate {size}. GPU {index} has a total capacity of "
+        "24.00 GiB of which 1.00 GiB is free. Of the allocated memory 20.00 GiB is allocated "
+        "by PyTorch, and 1.00 GiB is reserved by PyTorch but unallocated."
+    ),
+    "mps": (
+        "MPS backend out of memory (MPS allocated: 20.00 GB, other allocations: 1.00 GB, max "
+        "allowed: 24.00 GB). Tried to allocate {size} on private pool."
+    ),
+    "xpu": "XPU out of memory. Tried to allocate {size} (GPU {index}; 24.00 GiB total capacity)",
+    "npu": "NPU out of memory. Tried to allocate {size} (NPU {index}; 24.00 GiB total capacity)",
+    "cpu": "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate {bytes} bytes.",
+}
+
+
+def oom_error(
+    device_type: str = "cuda", *, tried: int = 2 * 1024**3, index: int = 0
+) -> BaseException:
+    """A fresh out-of-memory error as ``device_type``'s allocator raises it.
+
+    CUDA gives ``torch.OutOfMemoryError``; MPS, XPU, NPU and the CPU give the plain
+    ``RuntimeError`` with the message their allocators use, which
+    :func:`~memscope.is_oom_error` recognises by its text. ``tried`` is the allocation that
+    failed, in bytes. Each call makes a new exception, so raising it again and again never
+    grows one traceback.
+    """
+    template = _OOM_MESSAGES.get(device_type)
+    if template is None:
+        raise ValueError(
+            f"device_type must be one of {', '.join(sorted(_OOM_MESSAGES))}, got {device_type!r}"
+        )
+    message = template.format(size=format_bytes(tried), bytes=tried, index=index)
+    if device_type == "cuda":
+        return torch.OutOfMemoryError(message)
+    return RuntimeError(message)
 
 
 class RecordingManager(MemoryManager):
