@@ -1,14 +1,14 @@
-"""One cleanup step: clear the cache, then collect garbage if usage is at the threshold.
+"""Every cleanup memscope makes, measured: the cadence's step and the recovery after an OOM.
 
-Whether the cache is cleared is up to a :class:`~memscope.policies.CachePolicy`
-(:class:`~memscope.policies.ClearAlways` by default).
-
-The decorator and the batch context manager both clean up through here, so the two behave
-the same and a failing cleanup is handled in one place.
+Whoever cleans up (a batch, ``@auto_clear`` outside a batch, OOM recovery) goes through here
+and gets a :class:`CleanupOutcome` with exact counts, so a batch's report can add up every
+cache clear and every ``gc.collect()`` whatever caused it. A failing cleanup is logged and
+never replaces the user's result or exception.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -26,14 +26,18 @@ logger = logging.getLogger("memscope")
 class CleanupOutcome:
     """What one cleanup did.
 
-    ``cache_clears`` counts ``clear_cache()`` calls: the policy's, plus the one a collection
-    makes.
-    ``gc_seconds`` is the time spent in the threshold GC step when it collected.
+    ``cache_clears`` counts ``clear_cache()`` calls (the policy's, plus the one a collection
+    makes), ``gc_runs`` the ``gc.collect()`` calls, and ``gc_seconds`` the time they took.
     """
 
     cache_clears: int
-    collected: bool
+    gc_runs: int
     gc_seconds: float
+
+    @property
+    def collected(self) -> bool:
+        """Whether the cleanup ran a garbage collection."""
+        return self.gc_runs > 0
 
 
 CLEAR_ALWAYS = ClearAlways()
@@ -50,7 +54,7 @@ def run_cleanup(manager: MemoryManager, cache_policy: CachePolicy = CLEAR_ALWAYS
     elapsed = time.perf_counter() - started
     return CleanupOutcome(
         cache_clears=int(cleared) + int(collected),
-        collected=collected,
+        gc_runs=int(collected),
         gc_seconds=elapsed if collected else 0.0,
     )
 
@@ -68,3 +72,23 @@ def run_cleanup_safely(
     except Exception:
         logger.warning("memory cleanup after %s failed", where, exc_info=True)
         return None
+
+
+def reclaim(manager: MemoryManager) -> CleanupOutcome | None:
+    """``gc.collect()``, then ``manager.clear_cache()``: the recovery after an OOM.
+
+    Unlike the cadence's step this collects whatever the usage, since the device has just
+    said it is full. Never raises: a failure is logged and gives ``None``, because it must
+    not replace the error being handled.
+    """
+    gc_runs = cache_clears = 0
+    started = time.perf_counter()
+    try:
+        gc.collect()
+        gc_runs = 1
+        manager.clear_cache()
+        cache_clears = 1
+    except Exception:
+        logger.warning("freeing memory after an out-of-memory error failed", exc_info=True)
+        return None
+    return CleanupOutcome(cache_clears, gc_runs, time.perf_counter() - started)

@@ -469,7 +469,7 @@ class ManagedBatch:
                 self._cleanup_failures += 1
                 return
             self._cache_clears += outcome.cache_clears
-            self._gc_runs += int(outcome.collected)
+            self._gc_runs += outcome.gc_runs
             self._gc_seconds += outcome.gc_seconds
 
     def _observe_peak(self, allocated: int | None, reserved: int | None) -> None:

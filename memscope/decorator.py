@@ -260,7 +260,7 @@ class _CleanupCadence:
                 self.stats.cleanup_failures += 1
             else:
                 self.stats.cleanups += 1
-                self.stats.gc_runs += int(outcome.collected)
+                self.stats.gc_runs += outcome.gc_runs
         if batch is not None and manager is batch.manager:
             batch._record_cleanup(outcome)
 

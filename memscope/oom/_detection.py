@@ -17,7 +17,6 @@ Two facts drive this module:
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 import traceback
@@ -27,6 +26,7 @@ from typing import ParamSpec, TypeVar
 
 import torch
 
+from memscope._cleanup import reclaim
 from memscope.backends import DeviceBackend, registered_backends
 from memscope.manager import MemoryManager
 
@@ -159,13 +159,7 @@ def reclaim_memory(manager: MemoryManager) -> bool:
     Never raises: a failure is logged as a warning, because it must not replace the error
     being handled.
     """
-    try:
-        gc.collect()
-        manager.clear_cache()
-    except Exception:
-        logger.warning("freeing memory after an out-of-memory error failed", exc_info=True)
-        return False
-    return True
+    return reclaim(manager) is not None
 
 
 @dataclass(frozen=True, slots=True)
