@@ -92,7 +92,7 @@ def test_batch_report_names_the_rank(monkeypatch: pytest.MonkeyPatch) -> None:
         batch.step()
     report = batch.report
     assert (report.rank, report.world_size) == (1, 2)
-    assert report.summary().startswith("rank 1/2 cpu: 1 items")
+    assert report.summary().startswith("rank 1/2 cpu: 1 item in")
     data = json.loads(json.dumps(report.to_dict()))
     assert (data["rank"], data["world_size"]) == (1, 2)
 
@@ -104,7 +104,7 @@ def test_single_process_report_has_no_rank() -> None:
         batch.step()
     report = batch.report
     assert (report.rank, report.world_size) == (None, None)
-    assert report.summary().startswith("cpu: 1 items")
+    assert report.summary().startswith("cpu: 1 item in")
     assert report.to_dict()["rank"] is None
     assert report.to_dict()["world_size"] is None
 

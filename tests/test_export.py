@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from memscope.reports import TimelineEntry
 from memscope.testing import FakeDevice, GiB, RecordingManager
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CSV_COLUMNS = ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
+CSV_COLUMNS = ["item", "seconds", "usage", "allocated", "reserved", "gc_ran", "host_resident"]
 
 
 def _cuda_report(usages: list[float], *, threshold: float = 0.5) -> BatchReport:
@@ -101,19 +102,20 @@ def test_timeline_marks_the_items_where_a_gc_ran() -> None:
     assert report.gc_runs == 2
 
 
-def test_timeline_counts_a_gc_run_by_a_decorated_function() -> None:
-    """A GC run by an @auto_clear function's cleanup inside the batch marks its item."""
+def test_timeline_follows_the_batch_cadence_with_a_decorated_function_inside() -> None:
+    """Inside a batch, a GC run is marked where the batch's one cadence collected, whatever
+    cadence an @auto_clear function inside it was given."""
     with FakeDevice("cuda", total=8 * GiB) as fake:
 
-        @auto_clear(every=2)
+        @auto_clear(every=1)
         def colorize(usage: float) -> None:
             fake.set_usage(usage)
 
-        # The batch's own cadence lies past the last item: only the decorator cleans up.
-        with managed_batch("cuda", memory_threshold=0.5, every=10, timeline=True) as batch:
+        with managed_batch("cuda", memory_threshold=0.5, every=2, timeline=True) as batch:
             for usage in batch.track([0.9, 0.9, 0.9, 0.1]):
                 colorize(usage)
     assert [entry.gc_ran for entry in batch.report.timeline] == [False, True, False, False]
+    assert batch.report.gc_runs == 1
 
 
 def test_timeline_on_the_cpu_has_no_byte_figures() -> None:
@@ -145,6 +147,7 @@ def test_to_dict_with_a_timeline_is_json_serialisable() -> None:
         "allocated": None,
         "reserved": None,
         "gc_ran": True,
+        "host_resident": None,
     }
 
 
@@ -168,6 +171,44 @@ def test_from_dict_reads_reports_without_the_newer_fields() -> None:
     assert report.timeline == ()
     assert report.memory_threshold is None
     assert report.items == 2
+
+
+def test_from_dict_reads_reports_without_host_peak_cleanups_or_cadence() -> None:
+    """A report dict from before host peaks, cleanup counts and the cadence were recorded
+    loads with host_resident_peak None, cleanups 0, every None and no host_resident."""
+    data = _report_with_gaps().to_dict()
+    del data["host_resident_peak"], data["cleanups"], data["every"]
+    for entry in data["timeline"]:
+        del entry["host_resident"]
+    report = BatchReport.from_dict(data)
+    assert (report.host_resident_peak, report.cleanups, report.every) == (None, 0, None)
+    assert [entry.host_resident for entry in report.timeline] == [None, None]
+    assert report == _report_with_gaps()
+
+
+def test_host_peak_cleanups_cadence_and_host_timeline_round_trip_through_json(
+    tmp_path: Path,
+) -> None:
+    """host_resident_peak, cleanups, every and each entry's host_resident survive to_json and
+    from_json, and appear under their own names in the file."""
+    report = dataclasses.replace(
+        _report_with_gaps(),
+        host_resident_start=1 * GiB,
+        host_resident_end=2 * GiB,
+        host_resident_peak=3 * GiB,
+        host_limit=16 * GiB,
+        cleanups=4,
+        every=5,
+        timeline=(
+            TimelineEntry(item=1, seconds=0.5, usage=0.25, host_resident=GiB + 7),
+            TimelineEntry(item=2, seconds=1.25, usage=0.85, host_resident=None),
+        ),
+    )
+    path = report.to_json(tmp_path / "report.json")
+    data = json.loads(path.read_text())
+    assert (data["host_resident_peak"], data["cleanups"], data["every"]) == (3 * GiB, 4, 5)
+    assert [entry["host_resident"] for entry in data["timeline"]] == [GiB + 7, None]
+    assert BatchReport.from_json(path) == report
 
 
 def test_from_dict_names_what_is_missing() -> None:
@@ -199,6 +240,7 @@ def test_csv_has_a_header_and_one_row_per_item(tmp_path: Path) -> None:
     assert [float(row[2]) for row in rows[1:]] == pytest.approx([0.2, 0.6, 0.3])
     assert [int(row[3]) for row in rows[1:]] == [entry.allocated for entry in report.timeline]
     assert [row[5] for row in rows[1:]] == ["false", "true", "false"]
+    assert [row[6] for row in rows[1:]] == ["", "", ""]
 
 
 def test_csv_leaves_unknown_figures_empty(tmp_path: Path) -> None:
@@ -209,6 +251,23 @@ def test_csv_leaves_unknown_figures_empty(tmp_path: Path) -> None:
     assert rows[1]["allocated"] == ""
     assert rows[0]["allocated"] == str(2 * GiB)
     assert float(rows[1]["seconds"]) == 1.25
+
+
+def test_csv_has_a_host_resident_column_empty_where_unknown(tmp_path: Path) -> None:
+    """host_resident is the last column: the bytes where known, an empty cell where not."""
+    report = dataclasses.replace(
+        _report_with_gaps(),
+        timeline=(
+            TimelineEntry(item=1, seconds=0.5, usage=0.25, host_resident=300 * 1024**2),
+            TimelineEntry(item=2, seconds=1.25, usage=0.85),
+        ),
+    )
+    with report.to_csv(tmp_path / "timeline.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["host_resident"] for row in rows] == [str(300 * 1024**2), ""]
+    assert [int(row["host_resident"]) for row in rows if row["host_resident"]] == [
+        report.timeline[0].host_resident
+    ]
 
 
 def test_csv_without_a_timeline_is_just_the_header(tmp_path: Path) -> None:
@@ -253,14 +312,28 @@ def test_plot_shows_usage_threshold_and_gc_runs() -> None:
     assert figure.get_suptitle().startswith("memscope: cuda:0, 5 items")
 
 
-def test_plot_of_a_cpu_batch_says_the_cpu_reports_no_figures() -> None:
-    """On a device without figures the plot says why its line sits at zero."""
+def test_plot_of_a_cpu_batch_without_host_figures_says_the_cpu_reports_none() -> None:
+    """A CPU report with neither device nor host figures says why its line sits at zero."""
     pytest.importorskip("matplotlib")
     from memscope.reports._plot import draw_timeline
 
-    with managed_batch("cpu", timeline=True) as batch:
-        batch.step()
-    figure = draw_timeline(batch.report)
+    report = BatchReport(
+        device="cpu",
+        items=1,
+        calls=1,
+        failures=0,
+        cleanup_failures=0,
+        elapsed_seconds=0.1,
+        usage_start=0.0,
+        usage_end=0.0,
+        peak_allocated=None,
+        peak_reserved=None,
+        cache_clears=0,
+        gc_runs=0,
+        gc_seconds=0.0,
+        timeline=(TimelineEntry(item=1, seconds=0.1, usage=0.0),),
+    )
+    figure = draw_timeline(report)
     (usage_axes,) = figure.axes
     texts = [text.get_text() for text in usage_axes.texts]
     assert texts == ["cpu reports no memory figures: usage reads 0%"]

@@ -4,13 +4,13 @@ A :class:`BatchReport` is what ``managed_batch`` leaves in ``batch.report``; its
 :class:`TimelineEntry` rows are the memory after each item. ``to_json``, ``to_csv`` and
 ``plot`` write it out, ``BatchReport.from_json`` reads it back. :class:`CombinedReport` holds
 the reports of several processes (the ranks of a torch.distributed job) with job-wide totals;
-:mod:`memscope.distributed` gathers one.
+:mod:`memscope.distributed` gathers one. How a figure combines across processes (summed,
+the largest rank's, or not at all) is declared on its :class:`BatchReport` field, as
+``metadata={"combine": "sum"}`` or ``{"combine": "max"}``.
 """
 
 from memscope.reports._batch import BatchReport
 from memscope.reports._combined import (
-    LARGEST_FIELDS,
-    SUMMED_FIELDS,
     CombinedReport,
     RankReport,
     process_rank,
@@ -19,8 +19,6 @@ from memscope.reports._combined import (
 from memscope.reports._timeline import TimelineEntry
 
 __all__ = [
-    "LARGEST_FIELDS",
-    "SUMMED_FIELDS",
     "BatchReport",
     "CombinedReport",
     "RankReport",

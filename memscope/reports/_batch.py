@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final, Literal
 
 from memscope.reports import _export
+from memscope.reports._figures import counted, device_reports_figures, host_reports_figures
 from memscope.reports._timeline import TimelineEntry
 from memscope.units import format_bytes
 
 __all__ = ["BatchReport"]
 
 # The plot lives in _plot, imported when called: it brings in matplotlib.
+
+COMBINE_KEY: Final = "combine"
+"""The field-metadata key that says how a figure combines across the ranks of a job."""
+
+CombineRule = Literal["sum", "max"]
+COMBINE_RULES: Final[tuple[CombineRule, ...]] = ("sum", "max")
+
+# Counts add up over ranks. Peaks and durations take the largest rank's: each rank has its own
+# device and runs at the same time as the others, so the figure that matters is the most loaded
+# (or slowest) rank's. A field with neither describes one rank only (its device, its start).
+_SUM: Final = MappingProxyType({COMBINE_KEY: "sum"})
+_MAX: Final = MappingProxyType({COMBINE_KEY: "max"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,27 +41,36 @@ class BatchReport:
 
     ``timeline`` holds one :class:`TimelineEntry` per item; ``to_json``, ``to_csv`` and
     ``plot`` write the report and its timeline to files.
+
+    How a figure combines across the ranks of a distributed job is declared on its field:
+    ``metadata={"combine": "sum"}`` for counts, ``{"combine": "max"}`` for peaks and
+    durations, nothing for figures of one rank alone (its device, its usage). The totals of a
+    :class:`~memscope.reports.CombinedReport` follow that metadata, so a figure added here
+    with it is totalled with no other change.
     """
 
     device: str
-    items: int
-    calls: int
-    failures: int
-    cleanup_failures: int
-    elapsed_seconds: float
+    items: int = field(metadata=_SUM)
+    calls: int = field(metadata=_SUM)
+    failures: int = field(metadata=_SUM)
+    cleanup_failures: int = field(metadata=_SUM)
+    elapsed_seconds: float = field(metadata=_MAX)
     usage_start: float
     usage_end: float
-    peak_allocated: int | None
-    peak_reserved: int | None
-    cache_clears: int
-    gc_runs: int
-    gc_seconds: float
+    peak_allocated: int | None = field(metadata=_MAX)
+    peak_reserved: int | None = field(metadata=_MAX)
+    cache_clears: int = field(metadata=_SUM)
+    gc_runs: int = field(metadata=_SUM)
+    gc_seconds: float = field(metadata=_SUM)
     ended_by: str | None = None
     """The name of the exception that ended the batch, or ``None`` if it ended normally."""
     host_resident_start: int | None = None
     """The process's resident memory when the batch started, when the host is watched."""
     host_resident_end: int | None = None
     """The process's resident memory when the batch ended, when the host is watched."""
+    host_resident_peak: int | None = field(default=None, metadata=_MAX)
+    """The largest resident memory of the process seen during the batch, when the host is
+    watched."""
     host_limit: int | None = None
     """The host's effective memory limit, when the host is watched."""
     budget: int | None = None
@@ -56,18 +79,22 @@ class BatchReport:
     """This process's rank in a torch.distributed job, or ``None`` outside of one."""
     world_size: int | None = None
     """How many processes the distributed job has, or ``None`` outside of one."""
-    ooms: int = 0
+    ooms: int = field(default=0, metadata=_SUM)
     """Out-of-memory errors seen inside the batch (each counted once)."""
-    oom_retries: int = 0
+    oom_retries: int = field(default=0, metadata=_SUM)
     """Calls repeated after an out-of-memory error (``oom_retries``, ``adaptive_batch``)."""
-    batch_size_reductions: int = 0
+    batch_size_reductions: int = field(default=0, metadata=_SUM)
     """Times ``adaptive_batch`` shrank a batch size after an out-of-memory error."""
     memory_snapshots: tuple[str, ...] = ()
     """Memory-history snapshot files written on out-of-memory (``record_history=True``)."""
     memory_threshold: float | None = None
     """The usage at or above which the batch's manager collected garbage."""
+    every: int | None = None
+    """The batch's cleanup cadence in items, or ``None`` where the batch only counted."""
+    cleanups: int = field(default=0, metadata=_SUM)
+    """Cleanup steps the batch ran."""
     timeline: tuple[TimelineEntry, ...] = ()
-    """The device's memory as each item finished, in the order the items finished."""
+    """The memory as each item finished, in the order the items finished."""
 
     @property
     def items_per_second(self) -> float:
@@ -99,48 +126,73 @@ class BatchReport:
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the timeline to ``path`` as CSV with a header row; returns the path.
 
-        Columns: ``item, seconds, usage, allocated, reserved, gc_ran``; an empty cell is a
-        figure the device cannot tell, ``gc_ran`` is ``true`` or ``false``.
+        Columns: ``item, seconds, usage, allocated, reserved, gc_ran, host_resident``; an
+        empty cell is a figure nobody could tell, ``gc_ran`` is ``true`` or ``false``.
         """
         return _export.write_csv(self.timeline, path)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Draw the timeline as a PNG (or any format matplotlib infers from the suffix).
 
-        Usage over items with the GC threshold as a line and GC runs marked, plus allocated
-        and reserved memory where the device reports them. Needs matplotlib: ``pip install
-        'memscope[plot]'``; without it this raises an ``ImportError`` saying so.
+        On a device with memory figures (a GPU): usage over items with the GC threshold as a
+        line and GC runs marked, allocated and reserved memory where the device reports them,
+        and the host's resident memory where the batch watched the host. On the CPU, which
+        reports no figures of its own, the host's resident memory over items with its limit
+        as a line. Needs matplotlib: ``pip install 'memscope[plot]'``; without it this raises
+        an ``ImportError`` saying so.
         """
         from memscope.reports._plot import plot_timeline
 
         return plot_timeline(self, path)
 
     def summary(self) -> str:
-        """One line for a log or a terminal."""
-        line = self._rank_prefix() + (
-            f"{self.device}: {self.items} items in {self.elapsed_seconds:.2f} s "
-            f"({self.items_per_second:.2f} items/s), usage {self.usage_start:.1%} -> "
-            f"{self.usage_end:.1%}, peak allocated {format_bytes(self.peak_allocated)}, "
-            f"{self.cache_clears} cache clears, {self.gc_runs} GC runs "
+        """One line for a log or a terminal.
+
+        The device's usage and peak appear where the device reports figures, the host's
+        resident memory where the batch watched the host; the CPU reports none of its own, so
+        a CPU batch that watched the host is summarised by its host memory alone.
+        """
+        parts = [
+            f"{self.device}: {counted(self.items, 'item')} in {self.elapsed_seconds:.2f} s "
+            f"({self.items_per_second:.2f} items/s)"
+        ]
+        if device_reports_figures(self):
+            parts.append(
+                f"usage {self.usage_start:.1%} -> {self.usage_end:.1%}, "
+                f"peak allocated {format_bytes(self.peak_allocated)}"
+            )
+        if host_reports_figures(self):
+            parts.append(self._host_memory())
+        parts.append(
+            f"{counted(self.cache_clears, 'cache clear')}, {counted(self.gc_runs, 'GC run')} "
             f"({self.gc_seconds * 1000:.0f} ms)"
         )
-        if self.host_resident_end is not None:
-            line += (
-                f", resident {format_bytes(self.host_resident_start)} -> "
-                f"{format_bytes(self.host_resident_end)} of {format_bytes(self.host_limit)}"
-            )
         if self.budget is not None:
-            line += f", budget {format_bytes(self.budget)}"
+            parts.append(f"budget {format_bytes(self.budget)}")
         if self.ooms:
-            line += (
-                f", {self.ooms} out-of-memory errors ({self.oom_retries} retried, "
-                f"{self.batch_size_reductions} batch size reductions)"
+            parts.append(
+                f"{counted(self.ooms, 'out-of-memory error')} ({self.oom_retries} retried, "
+                f"{counted(self.batch_size_reductions, 'batch size reduction')})"
             )
         if self.failures or self.cleanup_failures:
-            line += f", {self.failures} failures, {self.cleanup_failures} failed cleanups"
+            parts.append(
+                f"{counted(self.failures, 'failure')}, "
+                f"{counted(self.cleanup_failures, 'failed cleanup')}"
+            )
         if self.ended_by is not None:
-            line += f", ended by {self.ended_by}"
-        return line
+            parts.append(f"ended by {self.ended_by}")
+        return self._rank_prefix() + ", ".join(parts)
+
+    def _host_memory(self) -> str:
+        text = (
+            f"host memory: resident {format_bytes(self.host_resident_start)} -> "
+            f"{format_bytes(self.host_resident_end)}"
+        )
+        if self.host_resident_peak is not None:
+            text += f" (peak {format_bytes(self.host_resident_peak)})"
+        if self.host_limit is not None:
+            text += f" of {format_bytes(self.host_limit)} limit"
+        return text
 
     def _rank_prefix(self) -> str:
         if self.rank is None:

@@ -2,25 +2,25 @@
 
 :class:`CombinedReport` is the shape memscope gives a job that ran on several processes (the
 ranks of a torch.distributed job): a row per rank and totals for the whole job. How each
-:class:`~memscope.BatchReport` figure combines is declared once, on the report's own fields.
+:class:`~memscope.BatchReport` figure combines is declared once, on the report's own fields,
+as ``metadata={"combine": "sum"}`` or ``{"combine": "max"}``; the totals follow it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import torch.distributed as dist
 
-from memscope.reports._batch import BatchReport
+from memscope.exceptions import InvalidArgumentError
+from memscope.reports._batch import COMBINE_KEY, COMBINE_RULES, BatchReport, CombineRule
 from memscope.units import format_bytes
 
 __all__ = [
-    "LARGEST_FIELDS",
-    "SUMMED_FIELDS",
     "CombinedReport",
     "RankReport",
     "process_rank",
@@ -29,26 +29,40 @@ __all__ = [
 
 logger = logging.getLogger("memscope")
 
-SUMMED_FIELDS = (
-    "items",
-    "calls",
-    "failures",
-    "cleanup_failures",
-    "cache_clears",
-    "gc_runs",
-    "gc_seconds",
-    "ooms",
-    "oom_retries",
-    "batch_size_reductions",
-)
-"""Report fields that add up across ranks. Names the report does not have are skipped, so a
-count added to :class:`BatchReport` later is totalled once it is named here."""
 
-LARGEST_FIELDS = ("elapsed_seconds", "peak_allocated", "peak_reserved")
-"""Report fields whose job-wide figure is the largest rank's: each rank has its own device,
-so the peak that matters is the peak of the most loaded one."""
+def combine_rules(report_type: type[BatchReport]) -> dict[str, CombineRule]:
+    """How each figure of ``report_type`` combines across ranks, in field order.
 
-_REPORT_FIELDS = frozenset(field.name for field in fields(BatchReport))
+    Read from the fields' ``combine`` metadata; a field without it is left out.
+    """
+    rules: dict[str, CombineRule] = {}
+    for report_field in fields(report_type):
+        rule = report_field.metadata.get(COMBINE_KEY)
+        if rule is None:
+            continue
+        if rule not in COMBINE_RULES:
+            raise InvalidArgumentError(
+                f"{report_type.__name__}.{report_field.name} has metadata "
+                f"{COMBINE_KEY}={rule!r}; it must be one of {', '.join(map(repr, COMBINE_RULES))}"
+                " or absent"
+            )
+        rules[report_field.name] = cast(CombineRule, rule)
+    return rules
+
+
+# A mistake in BatchReport's own metadata fails on import, not in a job's last minute.
+combine_rules(BatchReport)
+
+
+def _combined_rules(reports: Iterable[BatchReport]) -> dict[str, CombineRule]:
+    # BatchReport's own figures first, so totals keep their keys when no rank has a report;
+    # then those of any subclass a rank used, so a figure added there is totalled too.
+    rules = dict(combine_rules(BatchReport))
+    for report_type in dict.fromkeys(type(report) for report in reports):
+        for name, rule in combine_rules(report_type).items():
+            rules.setdefault(name, rule)
+    return rules
+
 
 # This process's rank ----------------------------------------------------------------------
 
@@ -134,11 +148,6 @@ class RankReport:
         )
 
 
-def _largest(values: list[Any]) -> Any:
-    present = [value for value in values if value is not None]
-    return max(present) if present else None
-
-
 @dataclass(frozen=True, slots=True)
 class CombinedReport:
     """Every rank's batch report, in rank order, and totals for the whole job.
@@ -165,28 +174,23 @@ class CombinedReport:
 
     @property
     def totals(self) -> dict[str, Any]:
-        """Job-wide figures: the sum over ranks of :data:`SUMMED_FIELDS` and the largest
-        of :data:`LARGEST_FIELDS` (``None`` where no rank has a figure), for the fields the
-        reports have."""
-        reports = self.reports
-        present = self._report_attributes()
-        totals: dict[str, Any] = {}
-        for name in SUMMED_FIELDS:
-            if name in present:
-                values = [getattr(report, name, None) for report in reports]
-                totals[name] = sum(value for value in values if value is not None)
-        for name in LARGEST_FIELDS:
-            if name in present:
-                totals[name] = _largest([getattr(report, name, None) for report in reports])
-        return totals
+        """Job-wide figures, combined as each report field's ``combine`` metadata says.
 
-    def _report_attributes(self) -> set[str]:
-        # The reports' own fields, not a fixed list, so that a figure BatchReport gains later
-        # (an OOM count, say) is totalled and shown as soon as it is named in SUMMED_FIELDS.
-        names = set(_REPORT_FIELDS)
-        for report in self.reports:
-            names.update(field.name for field in fields(report))
-        return names | {"items_per_second"}
+        ``"sum"`` fields add up over the ranks' reports, ``"max"`` fields take the largest
+        rank's figure; a figure no rank's report has is ``None`` (a sum over no reports at
+        all is 0). Fields without the metadata are not totalled.
+        """
+        reports = self.reports
+        totals: dict[str, Any] = {}
+        for name, rule in _combined_rules(reports).items():
+            present = [
+                value for report in reports if (value := getattr(report, name, None)) is not None
+            ]
+            if rule == "sum":
+                totals[name] = sum(present) if present or not reports else None
+            else:
+                totals[name] = max(present) if present else None
+        return totals
 
     def to_dict(self) -> dict[str, Any]:
         """The combined report as a JSON-serialisable dict."""
@@ -199,9 +203,14 @@ class CombinedReport:
 
     def table(self) -> str:
         """A plain-text table: one row per rank, then the totals."""
-        # A column whose figure the reports do not have (yet) is left out.
-        present = self._report_attributes()
-        columns = [column for column in _COLUMNS if column.field in present]
+        # A column no rank has a figure for (a peak the CPU cannot tell, a figure older
+        # reports lack) is left out rather than filled with n/a.
+        reports = self.reports
+        columns = [
+            column
+            for column in _COLUMNS
+            if any(getattr(report, column.field, None) is not None for report in reports)
+        ]
         headers = ["rank", "host", "device", *(column.header for column in columns), "status"]
         rows = [_rank_row(entry, columns) for entry in self.ranks]
         totals = self.totals
@@ -236,10 +245,10 @@ class _Column:
     header: str
     field: str
     format_value: Callable[[Any], str]
-    total: bool = True
 
     def format_total(self, totals: dict[str, Any]) -> str:
-        if not self.total or self.field not in totals:
+        # Only figures with a combine rule have a total (items/s, say, has none).
+        if self.field not in totals:
             return ""
         return self.format_value(totals[self.field])
 
@@ -257,8 +266,9 @@ def _decimal(places: int) -> Callable[[Any], str]:
 
 _COLUMNS = (
     _Column("items", "items", _count),
-    _Column("items/s", "items_per_second", _decimal(2), total=False),
+    _Column("items/s", "items_per_second", _decimal(2)),
     _Column("peak allocated", "peak_allocated", format_bytes),
+    _Column("peak resident", "host_resident_peak", format_bytes),
     _Column("GC runs", "gc_runs", _count),
     _Column("OOMs", "ooms", _count),
     _Column("seconds", "elapsed_seconds", _decimal(1)),

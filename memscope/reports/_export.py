@@ -15,7 +15,9 @@ from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
 
-TIMELINE_COLUMNS = ("item", "seconds", "usage", "allocated", "reserved", "gc_ran")
+# host_resident came later than the others: last, so that readers that index the columns by
+# position still find the older ones where they were.
+TIMELINE_COLUMNS = ("item", "seconds", "usage", "allocated", "reserved", "gc_ran", "host_resident")
 
 Report = TypeVar("Report")
 
@@ -44,6 +46,7 @@ def write_csv(timeline: Iterable[TimelineEntry], path: str | os.PathLike[str]) -
                     "" if entry.allocated is None else entry.allocated,
                     "" if entry.reserved is None else entry.reserved,
                     "true" if entry.gc_ran else "false",
+                    "" if entry.host_resident is None else entry.host_resident,
                 )
             )
     return target

@@ -1,4 +1,10 @@
-"""A batch report's memory timeline as a picture (needs matplotlib: ``memscope[plot]``)."""
+"""A batch report's memory timeline as a picture (needs matplotlib: ``memscope[plot]``).
+
+A device with memory figures (a GPU) gets its usage panel, then its allocated and reserved
+bytes, then the host's resident memory where the batch watched the host. The CPU reports no
+figures of its own, so a CPU batch that watched the host is drawn as host memory alone, rather
+than as a usage line flat at 0 %.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memscope.reports._figures import counted, device_reports_figures
+from memscope.units import format_bytes
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from memscope.reports._batch import BatchReport
+    from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
 
@@ -18,7 +28,16 @@ PLOT_MISSING = (
     "report.plot() needs matplotlib, which is not installed: pip install 'memscope[plot]'"
 )
 
+HOST_RESIDENT_LABEL = "host memory (resident)"
+
 _MEBIBYTE = 1024**2
+_GIBIBYTE = 1024**3
+
+# Panel heights in inches: the usage panel is the one people read first, so it is the tallest.
+_USAGE_HEIGHT = 3.0
+_BYTES_HEIGHT = 2.0
+_HOST_HEIGHT = 2.0
+_TITLE_HEIGHT = 1.5
 
 
 def plot_timeline(report: BatchReport, path: str | os.PathLike[str]) -> Path:
@@ -35,74 +54,95 @@ def draw_timeline(report: BatchReport) -> Figure:
         # submodule was imported before.
         import matplotlib
         from matplotlib.figure import Figure as MatplotlibFigure
-        from matplotlib.ticker import MaxNLocator, PercentFormatter
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError(PLOT_MISSING) from None
     del matplotlib
 
     timeline = report.timeline
-    items = [entry.item for entry in timeline]
     has_bytes = any(entry.allocated is not None or entry.reserved is not None for entry in timeline)
+    has_host = any(entry.host_resident is not None for entry in timeline)
+    host_only = has_host and not device_reports_figures(report)
+
+    # Host-only: one panel, as tall as the usage panel it stands in for.
+    heights = [_USAGE_HEIGHT]
+    if has_bytes and not host_only:
+        heights.append(_BYTES_HEIGHT)
+    if has_host and not host_only:
+        heights.append(_HOST_HEIGHT)
 
     # A Figure without pyplot: no global state, no GUI backend, safe in threads and servers.
-    figure = MatplotlibFigure(figsize=(8, 6.5 if has_bytes else 4.5), dpi=100, layout="constrained")
-    if has_bytes:
-        usage_axes, bytes_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
-    else:
-        usage_axes, bytes_axes = figure.subplots(1, 1), None
+    figure = MatplotlibFigure(
+        figsize=(8, _TITLE_HEIGHT + sum(heights)), dpi=100, layout="constrained"
+    )
+    panels: list[Axes] = list(
+        figure.subplots(len(heights), 1, sharex=True, height_ratios=heights, squeeze=False)[:, 0]
+    )
     figure.suptitle(
-        f"memscope: {report.device}, {report.items} items in {report.elapsed_seconds:.1f} s, "
-        f"{report.gc_runs} GC runs"
+        f"memscope: {report.device}, {counted(report.items, 'item')} in "
+        f"{report.elapsed_seconds:.1f} s, {counted(report.gc_runs, 'GC run')}"
     )
 
-    usage_axes.plot(
-        items, [entry.usage for entry in timeline], marker=".", label="device memory usage"
+    if host_only:
+        _plot_host(panels[0], report, marks_gc_runs=True)
+    else:
+        remaining = iter(panels)
+        _plot_usage(next(remaining), report, has_bytes=has_bytes)
+        if has_bytes:
+            _plot_bytes(next(remaining), report)
+        if has_host:
+            _plot_host(next(remaining), report, marks_gc_runs=False)
+
+    bottom_axes = panels[-1]
+    bottom_axes.set_xlabel("item")
+    bottom_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return figure
+
+
+def _plot_usage(axes: Axes, report: BatchReport, *, has_bytes: bool) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    timeline = report.timeline
+    axes.plot(
+        [entry.item for entry in timeline],
+        [entry.usage for entry in timeline],
+        marker=".",
+        label="device memory usage",
     )
     if report.memory_threshold is not None:
-        usage_axes.axhline(
+        axes.axhline(
             report.memory_threshold,
             color="tab:red",
             linestyle="--",
             label=f"GC threshold ({report.memory_threshold:.0%})",
         )
-    collected = [entry for entry in timeline if entry.gc_ran]
-    if collected:
-        usage_axes.scatter(
-            [entry.item for entry in collected],
-            [entry.usage for entry in collected],
-            marker="v",
-            s=70,
-            color="tab:orange",
-            zorder=3,
-            label="GC ran",
-        )
-    usage_axes.set_ylim(0, 1.05)
-    usage_axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
-    usage_axes.set_ylabel("device memory usage")
-    usage_axes.grid(alpha=0.3)
-    usage_axes.legend(loc="upper left")
+    _mark_gc_runs(axes, [(entry, entry.usage) for entry in timeline])
+    axes.set_ylim(0, 1.05)
+    axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    axes.set_ylabel("device memory usage")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
     note = None
     if not timeline:
         note = "no timeline recorded: managed_batch(..., timeline=True) records one"
     elif not has_bytes and not any(entry.usage for entry in timeline):
         note = f"{report.device} reports no memory figures: usage reads 0%"
     if note is not None:
-        usage_axes.text(
+        axes.text(
             0.5,
             0.5,
             note,
-            transform=usage_axes.transAxes,
+            transform=axes.transAxes,
             horizontalalignment="center",
             color="gray",
         )
 
-    bottom_axes: Axes = usage_axes
-    if bytes_axes is not None:
-        _plot_bytes(bytes_axes, report)
-        bottom_axes = bytes_axes
-    bottom_axes.set_xlabel("item")
-    bottom_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return figure
+
+def _mark_gc_runs(axes: Axes, points: list[tuple[TimelineEntry, float]]) -> None:
+    collected = [(entry.item, value) for entry, value in points if entry.gc_ran]
+    if collected:
+        items, values = zip(*collected, strict=True)
+        axes.scatter(items, values, marker="v", s=70, color="tab:orange", zorder=3, label="GC ran")
 
 
 def _plot_bytes(axes: Axes, report: BatchReport) -> None:
@@ -121,3 +161,50 @@ def _plot_bytes(axes: Axes, report: BatchReport) -> None:
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left")
+
+
+def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
+    measured = [entry for entry in report.timeline if entry.host_resident is not None]
+    limit = report.host_limit
+    largest = max(
+        [entry.host_resident for entry in measured if entry.host_resident is not None]
+        + ([limit] if limit is not None else [])
+    )
+    # GiB once the figures reach one, so that a 20 GiB host does not read 20480.
+    unit, divisor = ("GiB", _GIBIBYTE) if largest >= _GIBIBYTE else ("MiB", _MEBIBYTE)
+    points = [
+        (entry, entry.host_resident / divisor)
+        for entry in measured
+        if entry.host_resident is not None
+    ]
+    axes.plot(
+        [entry.item for entry, _ in points],
+        [value for _, value in points],
+        marker=".",
+        color="tab:purple",
+        label=HOST_RESIDENT_LABEL,
+    )
+    if limit is not None:
+        axes.axhline(
+            limit / divisor,
+            color="tab:gray",
+            linestyle="-.",
+            label=f"limit ({format_bytes(limit)})",
+        )
+    if marks_gc_runs:
+        # Here the host is the memory the batch's threshold watched: without device figures,
+        # usage is the resident memory over the limit.
+        if limit is not None and report.memory_threshold is not None:
+            axes.axhline(
+                report.memory_threshold * limit / divisor,
+                color="tab:red",
+                linestyle="--",
+                label=f"GC threshold ({report.memory_threshold:.0%} of limit)",
+            )
+        _mark_gc_runs(axes, points)
+    axes.set_ylabel(f"host memory ({unit})")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    # The resident line often hugs the bottom and the limit the top: let matplotlib
+    # find the emptiest corner.
+    axes.legend(loc="best")
