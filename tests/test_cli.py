@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from memscope import BatchReport, ImageMemoryModel
-from memscope.cli._command import main
-from memscope.testing import FakeDevice, GiB
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from memscope.cli._command import HOST_FIGURES_MISSING, main
+from memscope.cli.demo import IMAGES_AND_PLOT_SKIPPED
+from memscope.testing import FakeDevice, FakeHost, GiB, MiB
 
 
 def _run_module(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -33,8 +32,8 @@ def _run_module(*arguments: str, cwd: Path | None = None) -> subprocess.Complete
 # The command itself --------------------------------------------------------------------
 
 
-def test_main_job_prints_device_and_seed_estimates() -> None:
-    """Without a command it runs as a module and prints the device and the seed estimates."""
+def test_main_job_prints_device_and_example_estimates() -> None:
+    """Without a command it runs as a module and prints the device and three estimates."""
     result = _run_module()
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -124,7 +123,63 @@ def test_info_lists_the_cpu_and_versions(capsys: pytest.CaptureFixture[str]) -> 
     assert f"torch {torch.__version__}" in out[0]
     assert f"CUDA {torch.version.cuda or 'n/a'}" in out[0]
     assert out[1].split() == ["device", "usage", "total", "free", "allocated", "reserved"]
-    assert out[-2].split() == ["cpu", "n/a", "n/a", "n/a", "n/a", "n/a"]
+    assert out[-3].split() == ["cpu", "n/a", "n/a", "n/a", "n/a", "n/a"]
+    assert out[-2] == "n/a: the device does not report this figure"
+    assert out[-1].startswith("host memory (this process): ")
+
+
+def test_info_shows_host_memory_with_psutil(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With psutil, ``info`` labels the process's resident, peak and limit as host memory."""
+    pytest.importorskip("psutil")
+    monkeypatch.setattr("memscope.cli._command._peak_resident_bytes", lambda: 3584 * MiB)
+    with FakeHost(resident=3 * GiB, physical_memory=64 * GiB, cgroup_limit=4 * GiB):
+        assert main(["info"]) == 0
+        text = capsys.readouterr().out.splitlines()[-1]
+        assert main(["info", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+    assert text.startswith(
+        "host memory (this process): resident 3.0 GiB, peak 3.5 GiB, limit 4.0 GiB (cgroup "
+    )
+    host = data["host"]
+    assert (host["resident"], host["peak"], host["limit"]) == (3 * GiB, 3584 * MiB, 4 * GiB)
+    assert host["limit_source"].startswith("cgroup memory.max in ")
+    assert text.endswith(f"({host['limit_source']})")
+
+
+def test_info_reads_this_process_through_psutil(capsys: pytest.CaptureFixture[str]) -> None:
+    """Unfaked, the figures are this process's: resident <= peak, a limit within the RAM."""
+    psutil = pytest.importorskip("psutil")
+    assert main(["info", "--json"]) == 0
+    captured = capsys.readouterr()
+    host = json.loads(captured.out)["host"]
+    assert captured.err == ""
+    assert 0 < host["resident"] <= host["peak"]
+    assert host["resident"] < host["limit"] <= psutil.virtual_memory().total
+    assert isinstance(host["limit_source"], str)
+
+
+def test_info_without_psutil_says_once_how_to_get_host_figures(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without psutil the text says n/a and how to install it; JSON has nulls and one note."""
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("memscope[host]") == 1
+    assert text.splitlines()[-1] == f"host memory (this process): n/a: {HOST_FIGURES_MISSING}"
+    assert main(["info", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["host"] == {
+        "resident": None,
+        "peak": None,
+        "limit": None,
+        "limit_source": None,
+    }
+    assert captured.err.splitlines() == [
+        f"memscope info: no host memory figures: {HOST_FIGURES_MISSING}"
+    ]
 
 
 def test_info_shows_every_gpu_with_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,7 +211,8 @@ def test_info_json_is_valid_and_complete(capsys: pytest.CaptureFixture[str]) -> 
     assert devices["cuda:0"]["total"] == 8 * GiB
     assert devices["cuda:0"]["allocated"] == 1 * GiB
     assert devices["cuda:0"]["usage"] == 0.125
-    assert devices["cpu"]["total"] is None
+    # The table says n/a for the CPU's usage; JSON says null, not 0.0.
+    assert (devices["cpu"]["total"], devices["cpu"]["usage"]) == (None, None)
 
 
 # estimate ------------------------------------------------------------------------------
@@ -231,6 +287,7 @@ def test_estimate_dtype_sets_the_element_size(
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``demo`` prints the report and writes images, the JSON report, CSV and plot."""
+    image_module = pytest.importorskip("PIL.Image")
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
     arguments = ["demo", "--images", "3", "--size", "64", "--out", str(out), "--no-progress"]
@@ -242,16 +299,20 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert str(out) in printed
     images = sorted((out / "images").glob("*.png"))
     assert len(images) == 3
-    assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in images)
+    for path in images:
+        with image_module.open(path) as image:
+            assert (image.format, image.mode, image.size) == ("PNG", "RGB", (64, 64))
     report = BatchReport.from_json(out / "report.json")
     assert report.items == 3
     assert report.memory_threshold == 0.9
     assert report.summary() in printed
     with (out / "timeline.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
+    assert list(rows[0])[:6] == ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
     assert [row["item"] for row in rows] == ["1", "2", "3"]
-    assert (out / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
+    with image_module.open(out / "timeline.png") as plot:
+        assert plot.format == "PNG"
+    assert "skipped" not in printed
 
 
 def test_demo_shows_a_progress_bar_with_tqdm(
@@ -275,10 +336,25 @@ def test_demo_without_tqdm_or_matplotlib_still_runs(
     assert captured.err.splitlines() == [
         "memscope demo: no progress bar: tqdm is not installed (pip install 'memscope[progress]')"
     ]
-    assert "(no plot: " in captured.out
+    assert "(skipped: the timeline plot needs matplotlib" in captured.out
     assert "pip install 'memscope[plot]'" in captured.out
     assert (out / "timeline.csv").exists()
     assert not (out / "timeline.png").exists()
+
+
+def test_demo_without_pillow_writes_no_images_and_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without Pillow (nor matplotlib, which needs it) one line says what was skipped."""
+    for module in ("PIL", "PIL.Image", "matplotlib"):
+        monkeypatch.setitem(sys.modules, module, None)
+    out = tmp_path / "out"
+    assert main(["demo", "--images", "2", "--size", "32", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("pip install 'memscope[plot]'") == 1
+    assert f"  (skipped: {IMAGES_AND_PLOT_SKIPPED})" in printed.splitlines()
+    assert "colorized images (PNG)" not in printed
+    assert sorted(path.name for path in out.iterdir()) == ["report.json", "timeline.csv"]
 
 
 def test_demo_refuses_a_folder_with_files(

@@ -1,11 +1,9 @@
-"""The demo: synthetic line art, the random colorizer, the PNG writer, a run end to end."""
+"""The demo: synthetic line art, the random colorizer, its images, a run end to end."""
 
 from __future__ import annotations
 
 import csv
-import struct
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -17,58 +15,48 @@ from memscope import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
 )
-from memscope._png import PNG_SIGNATURE, encode_png, write_png
-from memscope.cli.demo import Colorizer, Demo, draw_line_art
+from memscope.cli.demo import (
+    IMAGES_AND_PLOT_SKIPPED,
+    IMAGES_SKIPPED,
+    Colorizer,
+    Demo,
+    _save_png,
+    draw_line_art,
+)
 
 CSV_COLUMNS = ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def decode_png(data: bytes) -> torch.Tensor:
-    """An independent reader for the 8-bit RGB PNGs the demo writes (filters None and Sub)."""
-    assert data.startswith(PNG_SIGNATURE)
-    position, chunks = len(PNG_SIGNATURE), []
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position : position + 4])
-        kind = data[position + 4 : position + 8]
-        body = data[position + 8 : position + 8 + length]
-        (crc,) = struct.unpack(">I", data[position + 8 + length : position + 12 + length])
-        assert crc == zlib.crc32(kind + body), kind
-        chunks.append((kind, body))
-        position += 12 + length
-    assert chunks[0][0] == b"IHDR"
-    assert chunks[-1] == (b"IEND", b"")
-    width, height, depth, colour_type = struct.unpack(">IIBB", chunks[0][1][:10])
-    assert (depth, colour_type) == (8, 2)
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    stride = 1 + width * 3
-    rows = []
-    for row_index in range(height):
-        line = raw[row_index * stride : (row_index + 1) * stride]
-        filter_type, row = line[0], bytearray(line[1:])
-        assert filter_type in (0, 1)
-        if filter_type == 1:
-            for index in range(3, len(row)):
-                row[index] = (row[index] + row[index - 3]) % 256
-        rows.append(list(row))
-    return torch.tensor(rows, dtype=torch.uint8).reshape(height, width, 3)
+def _pixels(path: Path) -> torch.Tensor:
+    """The RGB pixels of the PNG at ``path``, decoded by Pillow, as a ``(height, width, 3)``."""
+    image_module = pytest.importorskip("PIL.Image")
+    with image_module.open(path) as image:
+        assert (image.format, image.mode) == ("PNG", "RGB")
+        width, height = image.size
+        data = image.tobytes()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(height, width, 3)
 
 
-# PNG -----------------------------------------------------------------------------------
+# Images --------------------------------------------------------------------------------
 
 
 def test_png_round_trips_the_pixels(tmp_path: Path) -> None:
-    """write_png writes a valid PNG whose pixels are exactly the tensor's."""
+    """The demo's PNG writer (Pillow) stores exactly the tensor's pixels, losslessly."""
+    pytest.importorskip("PIL")
     pixels = torch.randint(0, 256, (7, 5, 3), dtype=torch.uint8, generator=torch.Generator())
-    path = write_png(tmp_path / "image.png", pixels)
-    assert torch.equal(decode_png(path.read_bytes()), pixels)
+    path = _save_png(tmp_path / "image.png", pixels)
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    assert torch.equal(_pixels(path), pixels)
 
 
-def test_png_refuses_what_is_not_an_rgb_uint8_image() -> None:
-    """Wrong dtype is a TypeError, wrong shape a ValueError, both naming what was given."""
-    with pytest.raises(InvalidArgumentTypeError, match="uint8"):
-        encode_png(torch.zeros((2, 2, 3)))
-    with pytest.raises(InvalidArgumentError, match=r"\(2, 2\)"):
-        encode_png(torch.zeros((2, 2), dtype=torch.uint8))
+def test_png_writer_reads_a_non_contiguous_tensor(tmp_path: Path) -> None:
+    """A permuted view is written in its logical order, not its storage order."""
+    pytest.importorskip("PIL")
+    planes = torch.arange(2 * 4 * 3, dtype=torch.uint8).reshape(3, 2, 4)
+    pixels = planes.permute(1, 2, 0)
+    assert not pixels.is_contiguous()
+    assert torch.equal(_pixels(_save_png(tmp_path / "view.png", pixels)), pixels)
 
 
 # Line art and the colorizer ------------------------------------------------------------
@@ -117,6 +105,7 @@ def _run(tmp_path: Path, **options: object) -> tuple[Demo, Path]:
 
 def test_demo_writes_images_report_timeline_and_plot(tmp_path: Path) -> None:
     """A small run writes PNG images, a loadable JSON report, the CSV timeline and a plot."""
+    pytest.importorskip("PIL")
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
     result = Demo(images=3, size=(64, 48), device="cpu", out=out).run()
@@ -128,25 +117,78 @@ def test_demo_writes_images_report_timeline_and_plot(tmp_path: Path) -> None:
         "colorized-2.png",
     ]
     assert list(result.images) == images
+    assert (result.images_skipped, result.plot_skipped, result.skipped) == (None, None, None)
     for path in images:
-        assert decode_png(path.read_bytes()).shape == (48, 64, 3)
+        assert _pixels(path).shape == (48, 64, 3)
     report = BatchReport.from_json(out / "report.json")
     assert report == result.report
     assert (report.items, report.calls, report.failures, report.device) == (3, 3, 0, "cpu")
     with (out / "timeline.csv").open(newline="") as file:
         rows = list(csv.reader(file))
-    assert rows[0] == CSV_COLUMNS
+    assert rows[0][: len(CSV_COLUMNS)] == CSV_COLUMNS
     assert [row[0] for row in rows[1:]] == ["1", "2", "3"]
     assert result.timeline_plot == out / "timeline.png"
-    assert (out / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
+    with pytest.importorskip("PIL.Image").open(out / "timeline.png") as plot:
+        assert plot.format == "PNG"
 
 
-def test_demo_cleans_up_through_the_decorated_function(tmp_path: Path) -> None:
-    """Cleanups come from @auto_clear every `every` images, plus the batch's final one."""
+def test_demo_images_decode_as_colour_pictures(tmp_path: Path) -> None:
+    """Each image Pillow wrote opens as an RGB PNG of the demo's size, paper coloured in."""
+    image_module = pytest.importorskip("PIL.Image")
+    result = Demo(images=2, size=(40, 24), device="cpu", out=tmp_path / "out").run()
+    assert len(result.images) == 2
+    for path in result.images:
+        with image_module.open(path) as image:
+            assert (image.format, image.mode, image.size) == ("PNG", "RGB", (40, 24))
+            colours = image.getcolors(maxcolors=40 * 24)
+        # Line art on coloured paper: black ink and more than a handful of colours.
+        assert colours is not None
+        assert (0, 0, 0) in {colour for _count, colour in colours}
+        assert len(colours) > 10
+
+
+def test_demo_without_pillow_skips_the_images_with_one_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without Pillow the run succeeds, writes no images and says once how to get them."""
+    # Hidden the way a missing install looks to `import PIL`; matplotlib needs Pillow too.
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    caplog.set_level("INFO", logger="memscope")
+    result = Demo(images=3, size=(32, 32), device="cpu", out=tmp_path / "out").run()
+    assert result.images == ()
+    assert result.images_skipped == IMAGES_SKIPPED
+    assert "pip install 'memscope[plot]'" in IMAGES_SKIPPED
+    assert not (tmp_path / "out" / "images").exists()
+    assert result.report.items == 3
+    assert (tmp_path / "out" / "report.json").exists()
+    notes = [record.getMessage() for record in caplog.records if "Pillow" in record.getMessage()]
+    assert notes == [f"demo: {IMAGES_SKIPPED}"]
+
+
+def test_demo_without_the_plot_extra_gives_one_note_for_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Pillow and matplotlib, one note names both and the extra that brings them."""
+    for module in ("PIL", "PIL.Image", "matplotlib"):
+        monkeypatch.setitem(sys.modules, module, None)
+    result = Demo(images=2, size=(16, 16), device="cpu", out=tmp_path / "out").run()
+    assert (result.images, result.timeline_plot) == ((), None)
+    assert result.skipped == IMAGES_AND_PLOT_SKIPPED
+    assert "pip install 'memscope[plot]'" in result.skipped
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "report.json",
+        "timeline.csv",
+    ]
+
+
+def test_demo_cleans_up_on_the_batch_cadence(tmp_path: Path) -> None:
+    """One cadence: the batch cleans up every `every` images, plus its final cleanup."""
     demo, out = _run(tmp_path, every=2)
     report = BatchReport.from_json(out / "report.json")
     assert demo.every == 2
-    # Call 2 cleans up, then the batch's exit: the batch's own cadence never doubles it.
+    assert report.calls == 3
+    # After image 2, then the batch's exit; the decorated function adds none of its own.
     assert report.cache_clears == 2
     assert report.memory_threshold == 0.8
 

@@ -1,6 +1,7 @@
 """The ``memscope`` command (also ``python -m memscope``).
 
-``memscope`` alone prints the detected device's memory and the seed's image estimates;
+``memscope`` alone prints the detected device's memory and the estimates for three image
+sizes that the MemoryManager API of the Cobra batch-processing system documents;
 ``memscope info``, ``memscope estimate`` and ``memscope demo`` do more (see ``--help``).
 A bad argument, memscope's own complaints about one included, exits with status 2 and one
 line on stderr.
@@ -25,14 +26,20 @@ from memscope.backends import available_devices
 from memscope.cli.demo import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE, Demo, DemoResult
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import MemscopeError
+from memscope.host import HostMemoryMonitor
 from memscope.manager import MemoryManager
 from memscope.units import format_bytes
 
 __all__: list[str] = []
 
-SEED_EXAMPLE_SIZES = ((512, 512), (1024, 1024), (2048, 2048))
+EXAMPLE_IMAGE_SIZES = ((512, 512), (1024, 1024), (2048, 2048))
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+HOST_FIGURES_MISSING = (
+    "psutil is not installed; for the resident memory, its peak and the host's limit: "
+    "pip install 'memscope[host]'"
+)
 
 _SIZE = re.compile(r"(\d+)(?:[xX](\d+))?")
 
@@ -84,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memscope",
         description=(
             "Keep GPU memory in check across long PyTorch batch jobs. Without a command: "
-            "the detected device's memory and the seed's image estimates."
+            "the detected device's memory and the memory one image of 512x512, 1024x1024 "
+            "and 2048x2048 pixels needs."
         ),
     )
     parser.add_argument("--version", action="version", version=f"memscope {__version__}")
@@ -153,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "The main job on an embedded default: draws synthetic line-art images, "
             "colorizes them with a small random convolutional network inside managed_batch "
-            "with @auto_clear, prints the batch report and writes the images, the report "
-            "(JSON), the memory timeline (CSV) and its plot (PNG, with matplotlib) into a "
-            "new folder."
+            "with @auto_clear, prints the batch report and writes the report (JSON), the "
+            "memory timeline (CSV) and, with the plot extra (Pillow and matplotlib), the "
+            "colorized images and the timeline's plot (PNG) into a new folder."
         ),
     )
     demo.add_argument(
@@ -217,7 +225,7 @@ def _overview(parser: argparse.ArgumentParser, device: str | None) -> int:
     _write(f"device: {manager.resolved_device}")
     _write(f"memory: {manager.snapshot()}")
     _write("estimated memory per image (default ImageMemoryModel):")
-    for width, height in SEED_EXAMPLE_SIZES:
+    for width, height in EXAMPLE_IMAGE_SIZES:
         estimate = manager.estimate_memory_required((width, height))
         size = f"{width}x{height}"
         _write(f"  {size:>9}: {estimate:>13,} bytes ({format_bytes(estimate)})")
@@ -225,17 +233,87 @@ def _overview(parser: argparse.ArgumentParser, device: str | None) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _HostMemory:
+    """This process's host memory as ``info`` shows it; ``None`` where it is not known."""
+
+    resident: int | None = None
+    peak: int | None = None
+    limit: int | None = None
+    limit_source: str | None = None
+    missing: str | None = None
+    """Why the figures are unknown, when they are."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resident": self.resident,
+            "peak": self.peak,
+            "limit": self.limit,
+            "limit_source": self.limit_source,
+        }
+
+    def __str__(self) -> str:
+        if self.missing is not None:
+            return f"host memory (this process): n/a: {self.missing}"
+        return (
+            f"host memory (this process): resident {format_bytes(self.resident)}, "
+            f"peak {format_bytes(self.peak)}, limit {format_bytes(self.limit)} "
+            f"({self.limit_source})"
+        )
+
+
+def _read_host_memory() -> _HostMemory:
+    """The process's resident memory, its peak and the host's limit, through psutil."""
+    if importlib.util.find_spec("psutil") is None:
+        return _HostMemory(missing=HOST_FIGURES_MISSING)
+    try:
+        monitor = HostMemoryMonitor()
+        resident = monitor.resident_bytes()
+    except (MemscopeError, OSError) as error:
+        return _HostMemory(missing=str(error))
+    peak = _peak_resident_bytes()
+    return _HostMemory(
+        resident=resident,
+        # Read after the resident figure, and never below it: a peak is at least the present.
+        peak=None if peak is None else max(peak, resident),
+        limit=monitor.limit.size,
+        limit_source=monitor.limit.source,
+    )
+
+
+def _peak_resident_bytes() -> int | None:
+    """The most resident memory this process has held, where the platform tells it."""
+    try:
+        import resource
+    except ImportError:  # Windows has no resource module.
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # macOS counts ru_maxrss in bytes; Linux and the BSDs count it in KiB.
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def _info(as_json: bool) -> int:
     snapshots = [MemoryManager(device).snapshot() for device in available_devices()]
+    host = _read_host_memory()
     cuda_version = torch.version.cuda
     if as_json:
+        devices = []
+        for snapshot in snapshots:
+            device = snapshot.to_dict()
+            if snapshot.total is None:
+                # The table says n/a: a device that reports no figures has no usage either.
+                device["usage"] = None
+            devices.append(device)
         data = {
             "memscope": __version__,
             "torch": torch.__version__,
             "cuda": cuda_version,
-            "devices": [snapshot.to_dict() for snapshot in snapshots],
+            "devices": devices,
+            "host": host.to_dict(),
         }
         _write(json.dumps(data, indent=2))
+        if host.missing is not None:
+            _note(f"memscope info: no host memory figures: {host.missing}")
         return 0
     _write(f"memscope {__version__}, torch {torch.__version__}, CUDA {cuda_version or 'n/a'}")
     columns = ("device", "usage", "total", "free", "allocated", "reserved")
@@ -253,6 +331,7 @@ def _info(as_json: bool) -> int:
     _write_table(columns, rows)
     if any(snapshot.total is None for snapshot in snapshots):
         _write("n/a: the device does not report this figure")
+    _write(str(host))
     return 0
 
 
@@ -338,13 +417,14 @@ def _demo(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int
 
 def _write_demo_files(result: DemoResult) -> None:
     _write(f"wrote to {result.folder}/:")
-    _write(f"  images/         {len(result.images)} colorized images (PNG)")
+    if result.images_skipped is None:
+        _write(f"  images/         {len(result.images)} colorized images (PNG)")
     _write(f"  {result.report_json.name:<15} the batch report")
     _write(f"  {result.timeline_csv.name:<15} the memory timeline, one row per image")
     if result.timeline_plot is not None:
         _write(f"  {result.timeline_plot.name:<15} the memory timeline as a plot")
-    else:
-        _write(f"  (no plot: {result.plot_skipped})")
+    if result.skipped is not None:
+        _write(f"  (skipped: {result.skipped})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,15 +3,16 @@
 It draws line-art images procedurally (strokes, circles and polygons; no downloads, the
 same images for the same seed), colorizes them with a small randomly initialised
 convolutional network on the detected device, inside :func:`managed_batch` with the
-per-image function under :func:`auto_clear`, and writes the colorized images, the batch
-report (JSON), its memory timeline (CSV) and, with matplotlib, a plot of the timeline.
+per-image function under :func:`auto_clear`, and writes the batch report (JSON), its memory
+timeline (CSV) and, with the ``plot`` extra (Pillow and matplotlib), the colorized images
+and a plot of the timeline.
 
 Nothing here writes to the terminal: the command line prints what :meth:`Demo.run` returns.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import ctypes
 import itertools
 import logging
 import math
@@ -23,7 +24,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from memscope._png import write_png
 from memscope._validation import check_image_size, check_int
 from memscope.batch import managed_batch
 from memscope.decorator import auto_clear
@@ -43,6 +43,13 @@ OUTPUT_FOLDER_PREFIX = "memscope-demo-"
 PLOT_SKIPPED = (
     "the timeline plot needs matplotlib, which is not installed: pip install 'memscope[plot]'"
 )
+IMAGES_SKIPPED = (
+    "the colorized images need Pillow, which is not installed: pip install 'memscope[plot]'"
+)
+IMAGES_AND_PLOT_SKIPPED = (
+    "the colorized images and the timeline plot need Pillow and matplotlib, which are not "
+    "installed: pip install 'memscope[plot]'"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +59,20 @@ class DemoResult:
     report: BatchReport
     folder: Path
     images: tuple[Path, ...]
+    """Empty when Pillow is missing; ``images_skipped`` then says so."""
     report_json: Path
     timeline_csv: Path
     timeline_plot: Path | None
     """``None`` when matplotlib is missing; ``plot_skipped`` then says so."""
     plot_skipped: str | None = None
+    images_skipped: str | None = None
+
+    @property
+    def skipped(self) -> str | None:
+        """One note for whatever the missing optional packages left out, or ``None``."""
+        if self.images_skipped is not None and self.plot_skipped is not None:
+            return IMAGES_AND_PLOT_SKIPPED
+        return self.images_skipped or self.plot_skipped
 
 
 class _Grid:
@@ -182,6 +198,28 @@ class Colorizer(nn.Module):
         return colours * line_art
 
 
+def _pillow_installed() -> bool:
+    # Imported, not just looked up: a package that is present but cannot load is missing too.
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _save_png(path: Path, pixels: torch.Tensor) -> Path:
+    """Write ``pixels``, a ``(height, width, 3)`` uint8 tensor, as an RGB PNG with Pillow."""
+    from PIL import Image
+
+    height, width, _channels = pixels.shape
+    contiguous = pixels.detach().to("cpu").contiguous()
+    # torch without numpy offers no buffer interface, and Pillow wants bytes: they are read
+    # straight from the tensor's memory, which `contiguous` keeps alive meanwhile.
+    raw = ctypes.string_at(contiguous.data_ptr(), contiguous.numel())
+    Image.frombytes("RGB", (width, height), raw).save(path, format="PNG")
+    return path
+
+
 def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgumentTypeError(f"{name} must be a bool, got {value!r}")
@@ -258,14 +296,18 @@ class Demo:
     def run(self) -> DemoResult:
         """Make the images, colorize them in a managed batch, and write the results."""
         folder = self._make_output_folder()
+        images_skipped = None if _pillow_installed() else IMAGES_SKIPPED
         image_folder = folder / "images"
-        image_folder.mkdir()
+        if images_skipped is None:
+            image_folder.mkdir()
+        else:
+            logger.info("demo: %s", IMAGES_SKIPPED)
         device = self.device
         network = Colorizer(seed=self.seed).to(device).eval()
         digits = len(str(self.images - 1))
         written: list[Path] = []
 
-        @auto_clear(every=self.every)
+        @auto_clear
         def colorize(index: int) -> None:
             with torch.inference_mode():
                 line_art = draw_line_art(
@@ -273,14 +315,16 @@ class Demo:
                 )
                 colours = network(line_art)
                 pixels = (colours[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu()
-            written.append(write_png(image_folder / f"colorized-{index:0{digits}d}.png", pixels))
+            if images_skipped is None:
+                path = image_folder / f"colorized-{index:0{digits}d}.png"
+                written.append(_save_png(path, pixels))
 
-        # The decorated function owns the cleanup cadence. The batch counts, reports, draws
-        # the progress bar and records the timeline; its own cadence is set past the last
-        # image so that the two never clean up back to back.
+        # One cleanup cadence, the batch's: it counts the images, cleans up after every
+        # `every` of them, draws the progress bar and records the timeline. The decorated
+        # function reports its calls to the batch and runs no cleanup of its own.
         with managed_batch(
             manager=self.manager,
-            every=self.images + 1,
+            every=self.every,
             progress=self.progress,
             timeline=True,
         ) as batch:
@@ -292,11 +336,11 @@ class Demo:
         timeline_csv = report.to_csv(folder / "timeline.csv")
         timeline_plot: Path | None = None
         plot_skipped: str | None = None
-        if importlib.util.find_spec("matplotlib") is None:
+        try:
+            timeline_plot = report.plot(folder / "timeline.png")
+        except ImportError:
             plot_skipped = PLOT_SKIPPED
             logger.info("demo: %s", PLOT_SKIPPED)
-        else:
-            timeline_plot = report.plot(folder / "timeline.png")
         return DemoResult(
             report=report,
             folder=folder,
@@ -305,6 +349,7 @@ class Demo:
             timeline_csv=timeline_csv,
             timeline_plot=timeline_plot,
             plot_skipped=plot_skipped,
+            images_skipped=images_skipped,
         )
 
     def _make_output_folder(self) -> Path:
