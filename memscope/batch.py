@@ -19,18 +19,23 @@ from typing import Any, TypeVar
 from memscope import _context as context
 from memscope import _heap as heap
 from memscope._cleanup import CleanupOutcome, run_cleanup_safely
-from memscope._counter import AtomicCounter
 from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
-from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
+from memscope.exceptions import (
+    BatchStateError,
+    HostMemoryUnavailableError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+)
+from memscope.host import HostMemoryMonitor
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.oom._detection import is_oom_error
 from memscope.oom._diagnosis import add_oom_note
 from memscope.oom._history import MemoryHistoryRecorder
-from memscope.policies import ClearAlways, GCBackoff, check_cache_policy
+from memscope.policies import DEFAULT_CACHE_POLICY, GCBackoff, check_cache_policy
 from memscope.reports import BatchReport, TimelineEntry, with_process_rank
 from memscope.typing import CachePolicy, DeviceLike
-from memscope.units import parse_bytes
+from memscope.units import format_bytes, parse_bytes
 
 __all__ = ["ManagedBatch", "current_batch", "managed_batch"]
 
@@ -60,17 +65,23 @@ _batch_serials = itertools.count()
 def _first_sighting(error: BaseException, batch_serial: int) -> bool:
     """Whether this batch meets ``error`` for the first time.
 
-    An error can pass through several memscope layers (a decorator's retries, then the
-    batch's exit); it is counted once. Exceptions take no weak references, and keeping a
-    strong one would keep the failed call's memory alive, so the mark goes on the error.
+    An error can pass through several memscope layers (a decorator's retries, an adaptive
+    function that gives up and raises ``BatchSizeExhaustedError`` from it, then the batch's
+    exit); it is counted once. An error whose cause or context chain holds one already seen
+    is the same failure. Exceptions take no weak references, and keeping a strong one would
+    keep the failed call's memory alive, so the mark goes on the errors themselves.
     """
-    seen: set[int] = getattr(error, "_memscope_counted_by", set())
-    if batch_serial in seen:
-        return False
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 64 and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    seen_before = any(batch_serial in getattr(link, "_memscope_counted_by", ()) for link in chain)
+    marks: frozenset[int] = getattr(error, "_memscope_counted_by", frozenset())
     # An exception type without a __dict__ cannot be marked; it may then count twice.
     with contextlib.suppress(AttributeError):
-        error._memscope_counted_by = seen | {batch_serial}  # type: ignore[attr-defined]
-    return True
+        error._memscope_counted_by = marks | {batch_serial}  # type: ignore[attr-defined]
+    return not seen_before
 
 
 def _larger(current: int | None, candidate: int | None) -> int | None:
@@ -82,10 +93,15 @@ def _larger(current: int | None, candidate: int | None) -> int | None:
 class ManagedBatch:
     """Keep memory in check around a batch loop; ``managed_batch`` is this class.
 
-    It is a sync and an async context manager. Inside it, ``track()`` and ``step()`` count
-    items and clean up every ``every`` items, and functions decorated with ``@auto_clear``
-    clean up through the batch's manager and count into its report. On exit, whatever the
-    cause, it runs a final cleanup and leaves its :class:`BatchReport` in ``report``.
+    It is a sync and an async context manager, and while it is active it is the one owner of
+    cleanup and the one record of what happened. ``track()`` and ``step()`` count items and
+    clean up every ``every`` items. ``@auto_clear``, ``@adaptive_batch``, ``process_in_chunks``
+    and OOM retries inside it report to it and run no cadence of their own: a decorated call
+    made outside a tracked item counts as one item, a chunk of n items as n, and calls or
+    chunks inside a tracked item add nothing (the tracked item is the unit). On exit, whatever
+    the cause, it runs a final cleanup and leaves its :class:`BatchReport` in ``report``, whose
+    ``cache_clears`` and ``gc_runs`` count every clear and collection memscope made during the
+    batch, whatever the cause.
 
     Entering and leaving happen in one thread; ``step()``, ``track()`` and decorated
     functions may be used from many (see :meth:`bind`), with exact counts.
@@ -103,15 +119,18 @@ class ManagedBatch:
         memory_threshold: the GC threshold of the manager the batch makes.
         manager: use this manager instead of making one. Without it, a batch nested in
             another with the same device and threshold shares the outer batch's manager.
-        every: clean up (clear the cache, threshold GC) after every this many items.
-        progress: show a tqdm progress bar in ``track()`` (``pip install
-            'memscope[progress]'``).
+        every: clean up (the cache policy's clear, then the threshold GC) after every this
+            many items. ``None`` is count-only mode: the batch counts and reports, and never
+            cleans up (OOM recovery that a retry needs still runs).
+        progress: show a tqdm progress bar of items (``pip install 'memscope[progress]'``).
         freeze_heap: freeze the objects that exist when the batch starts (``gc.freeze()``),
             so each collection inside the batch traverses only what the batch created; the
             heap is unfrozen when the last batch ends, whatever the cause.
-        cache_policy: when a cleanup empties the cache: :class:`ClearAlways` (the default)
-            or :class:`ClearWhenUseful`.
-        host: watch this process's resident memory too (see :class:`MemoryManager`).
+        cache_policy: when a cleanup empties the cache: :class:`ClearWhenUseful` (the
+            default: only when the cache holds a share of the device that no tensor uses, or
+            usage is at the threshold) or :class:`ClearAlways`.
+        host: watch this process's resident memory too (see :class:`MemoryManager`). On the
+            CPU the batch reports host memory anyway, when it can read it.
         budget: measure usage against this many bytes (an int or ``"6GiB"``); on the CPU
             this watches the host's memory. ``host`` and ``budget`` configure the manager
             the batch makes, so they cannot be combined with ``manager``.
@@ -119,9 +138,9 @@ class ManagedBatch:
             an out-of-memory error leaves it, write a snapshot file into ``history_folder``
             (it opens in https://pytorch.org/memory_viz), named in the error's note.
         history_folder: where snapshot files go; created when the first one is written.
-        timeline: record one memory reading per item into ``report.timeline`` (for
-            ``report.to_csv`` and ``report.plot``); off by default, as it costs a device
-            query per item.
+        timeline: record one memory reading per item (per chunk for chunked work) into
+            ``report.timeline`` (for ``report.to_csv`` and ``report.plot``); off by default,
+            as it costs a device query per item.
     """
 
     def __init__(
@@ -130,7 +149,7 @@ class ManagedBatch:
         *,
         memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
         manager: MemoryManager | None = None,
-        every: int = 1,
+        every: int | None = 1,
         progress: bool = False,
         freeze_heap: bool = True,
         cache_policy: CachePolicy | None = None,
@@ -175,11 +194,11 @@ class ManagedBatch:
         self.record_history = record_history
         self.history_folder = Path(history_folder)
         self._recorder: MemoryHistoryRecorder | None = None
-        self.every = check_int(every, "every", minimum=1)
+        self.every = None if every is None else check_int(every, "every", minimum=1)
         self._tqdm = _load_tqdm() if progress else None
         self.freeze_heap = freeze_heap
-        self.cache_policy = (
-            ClearAlways() if cache_policy is None else check_cache_policy(cache_policy)
+        self.cache_policy: CachePolicy = (
+            DEFAULT_CACHE_POLICY if cache_policy is None else check_cache_policy(cache_policy)
         )
         self._records_timeline = timeline
 
@@ -193,10 +212,10 @@ class ManagedBatch:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
-        # Items and calls are counted on hot paths, so without a lock; the rest are rare.
-        self._items = AtomicCounter()
-        self._calls = AtomicCounter()
+        self._items = 0
+        self._calls = 0
         self._failures = 0
+        self._cleanups = 0
         self._cleanup_failures = 0
         self._cache_clears = 0
         self._gc_runs = 0
@@ -207,10 +226,14 @@ class ManagedBatch:
         self._oom_retries = 0
         self._batch_size_reductions = 0
         self._usage_start = 0.0
+        self._host_monitor: HostMemoryMonitor | None = None
         self._host_resident_start: int | None = None
+        self._host_resident_peak: int | None = None
+        self._device_has_figures = True
         self._started = 0.0
         self._timeline: list[TimelineEntry] = []
         self._gc_runs_at_last_entry = 0
+        self._bar: Any = None
 
     # Public state ----------------------------------------------------------------------
 
@@ -236,7 +259,7 @@ class ManagedBatch:
     @property
     def items(self) -> int:
         """Items completed so far."""
-        return self._items.value
+        return self._items
 
     # Entering and leaving --------------------------------------------------------------
 
@@ -252,6 +275,8 @@ class ManagedBatch:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if not self._tokens:
+            raise BatchStateError("batch.__exit__ was called without a matching __enter__")
         context.active_batch.reset(self._tokens.pop())
         if not self._tokens:
             self._finish(exc_type, exc)
@@ -268,26 +293,51 @@ class ManagedBatch:
         self.__exit__(exc_type, exc, traceback)
 
     def _start(self) -> None:
-        if self.freeze_heap:
-            heap.hold_frozen_heap()
         parent = current_batch()
+        manager = self._resolve_manager(parent)
         self._parent = parent
-        self._manager = self._resolve_manager(parent)
+        self._manager = manager
         self._report = None
         self._reset_counters()
-        start = self._manager.snapshot()
-        if parent is not None and parent.manager.resolved_device == self._manager.resolved_device:
+        if self.freeze_heap:
+            heap.hold_frozen_heap()
+        try:
+            self._begin_measuring(manager, parent)
+        except BaseException:
+            # Whatever was acquired is released: a batch that never started must not leave
+            # the heap frozen or the allocation history recording.
+            self._release()
+            raise
+
+    def _begin_measuring(self, manager: MemoryManager, parent: ManagedBatch | None) -> None:
+        start = manager.snapshot()
+        self._device_has_figures = start.total is not None or start.allocated is not None
+        if parent is not None and parent.manager.resolved_device == manager.resolved_device:
             # Resetting the device's peak erases what the outer batch has seen so far.
             parent._observe_peak(start.peak_allocated, start.peak_reserved)
-        self._manager.reset_peak_memory_stats()
+        manager.reset_peak_memory_stats()
         if self.record_history:
             self._recorder = MemoryHistoryRecorder(
-                self._manager.resolved_device, self.history_folder, manager=self._manager
+                manager.resolved_device, self.history_folder, manager=manager
             )
             self._recorder.start()
+        self._host_monitor = manager.host_monitor or _host_monitor_for(manager)
         self._usage_start = start.usage
-        self._host_resident_start = start.host_resident
+        self._host_resident_start = self._sample_host()
+        if self._tqdm is not None:
+            self._bar = self._tqdm(total=None, unit="item", desc=str(manager.resolved_device))
         self._started = time.perf_counter()
+
+    def _release(self) -> None:
+        """Let go of what entering acquired: the progress bar, the recorder, the heap."""
+        try:
+            if self._bar is not None:
+                self._bar.close()
+            if self._recorder is not None:
+                self._recorder.stop()
+        finally:
+            if self.freeze_heap:
+                heap.release_frozen_heap()
 
     def _resolve_manager(self, parent: ManagedBatch | None) -> MemoryManager:
         if self._explicit_manager is not None:
@@ -316,10 +366,7 @@ class ManagedBatch:
                 self._diagnose_escaping_oom(exc)
             self._finish_report(exc_type)
         finally:
-            if self._recorder is not None:
-                self._recorder.stop()
-            if self.freeze_heap:
-                heap.release_frozen_heap()
+            self._release()
 
     def _diagnose_escaping_oom(self, error: BaseException) -> None:
         # Runs before the final cleanup, so the note shows the figures of the failure.
@@ -336,14 +383,17 @@ class ManagedBatch:
                 generator.close()
             except Exception:
                 logger.debug("could not close an abandoned track() generator", exc_info=True)
-        self._record_cleanup(run_cleanup_safely(manager, "the batch", self.cache_policy))
+        if self.every is not None:
+            self._clean_up("the batch")
         end = manager.snapshot()
         self._observe_peak(end.peak_allocated, end.peak_reserved)
+        host_resident_end = self._sample_host()
+        monitor = self._host_monitor
         with self._lock:
             self._report = BatchReport(
                 device=str(manager.resolved_device),
-                items=self._items.value,
-                calls=self._calls.value,
+                items=self._items,
+                calls=self._calls,
                 failures=self._failures,
                 cleanup_failures=self._cleanup_failures,
                 elapsed_seconds=time.perf_counter() - self._started,
@@ -354,10 +404,13 @@ class ManagedBatch:
                 cache_clears=self._cache_clears,
                 gc_runs=self._gc_runs,
                 gc_seconds=self._gc_seconds,
+                cleanups=self._cleanups,
+                every=self.every,
                 ended_by=None if exc_type is None else exc_type.__name__,
                 host_resident_start=self._host_resident_start,
-                host_resident_end=end.host_resident,
-                host_limit=end.host_limit,
+                host_resident_end=host_resident_end,
+                host_resident_peak=self._host_resident_peak,
+                host_limit=None if monitor is None else monitor.limit.size,
                 budget=end.budget,
                 ooms=self._ooms,
                 oom_retries=self._oom_retries,
@@ -373,7 +426,7 @@ class ManagedBatch:
         if (
             parent is not None
             and parent.active
-            and parent.manager.resolved_device == (manager.resolved_device)
+            and parent.manager.resolved_device == manager.resolved_device
         ):
             parent._observe_peak(self._peak_allocated, self._peak_reserved)
         logger.info("batch finished: %s", self._report.summary())
@@ -387,15 +440,50 @@ class ManagedBatch:
     def step(self) -> None:
         """Count one finished item, and clean up if it completes a run of ``every``."""
         self._require_active("batch.step()")
-        item = self._items.increment()
-        if item % self.every == 0:
-            outcome = run_cleanup_safely(self.manager, f"batch item {item}", self.cache_policy)
-            self._record_cleanup(outcome)
+        self._advance(1)
+
+    def _advance(self, count: int) -> None:
+        """Count ``count`` finished items; clean up once if they complete a run of ``every``."""
+        with self._lock:
+            before = self._items
+            self._items = after = before + count
+        every = self.every
+        if every is not None and after // every > before // every:
+            self._clean_up(f"batch item {after}")
         if self._records_timeline:
-            self._record_timeline(item)
+            self._record_timeline(after)
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._memory_postfix(), refresh=False)
+            self._bar.update(count)
+
+    def _clean_up(self, where: str) -> None:
+        self._record_cleanup(run_cleanup_safely(self.manager, where, self.cache_policy))
+        # Resident memory is sampled where the batch already pays for a cleanup, so the
+        # report's peak costs nothing on the per-item path.
+        self._sample_host()
+
+    def _sample_host(self) -> int | None:
+        """The process's resident memory now, folded into the batch's peak."""
+        monitor = self._host_monitor
+        if monitor is None:
+            return None
+        try:
+            resident = monitor.resident_bytes()
+        except Exception:
+            logger.debug("could not read the process's resident memory", exc_info=True)
+            return None
+        with self._lock:
+            self._host_resident_peak = _larger(self._host_resident_peak, resident)
+        return resident
+
+    def _memory_postfix(self) -> str:
+        if not self._device_has_figures and self._host_monitor is not None:
+            return f"host memory {format_bytes(self._sample_host())}"
+        return f"memory {self.manager.check_memory_usage():.0%}"
 
     def _record_timeline(self, item: int) -> None:
         snapshot = self.manager.snapshot()
+        host_resident = self._sample_host()
         seconds = time.perf_counter() - self._started
         with self._lock:
             self._timeline.append(
@@ -406,6 +494,7 @@ class ManagedBatch:
                     allocated=snapshot.allocated,
                     reserved=snapshot.reserved,
                     gc_ran=self._gc_runs > self._gc_runs_at_last_entry,
+                    host_resident=host_resident,
                 )
             )
             self._gc_runs_at_last_entry = self._gc_runs
@@ -413,44 +502,52 @@ class ManagedBatch:
     def track(self, iterable: Iterable[Item]) -> Generator[Item, None, None]:
         """Yield the items of ``iterable``, counting each once its loop body is done.
 
-        With ``progress=True`` a tqdm bar shows items/s and the device's memory usage;
-        its total comes from ``len(iterable)`` where there is one.
+        While a loop body runs, decorated calls and chunked work inside it are part of that
+        item and add no items of their own. With ``progress=True`` the bar's total grows by
+        ``len(iterable)`` where there is one.
         """
         self._require_active("batch.track()")
-        total = len(iterable) if isinstance(iterable, Sized) else None
-        generator = self._track(iterable, total)
+        if self._bar is not None and isinstance(iterable, Sized):
+            self._bar.total = (self._bar.total or 0) + len(iterable)
+            self._bar.refresh()
+        generator = self._track(iterable)
         self._open_tracks.add(generator)
         return generator
 
-    def _track(self, iterable: Iterable[Item], total: int | None) -> Generator[Item, None, None]:
-        bar = None
-        if self._tqdm is not None:
-            bar = self._tqdm(total=total, unit="item", desc=str(self.manager.resolved_device))
-        try:
-            for item in iterable:
+    def _track(self, iterable: Iterable[Item]) -> Generator[Item, None, None]:
+        for item in iterable:
+            # Generators share their caller's context, so this marks the loop body.
+            outer = context.tracked_item.get()
+            context.tracked_item.set(self)
+            try:
                 yield item
-                # Reached only when the loop asks for the next item: the body is done.
-                self.step()
-                if bar is not None:
-                    bar.set_postfix_str(
-                        f"memory {self.manager.check_memory_usage():.0%}", refresh=False
-                    )
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+            finally:
+                context.tracked_item.set(outer)
+            # Reached only when the loop asks for the next item: the body is done.
+            self._advance(1)
+
+    # What the toolkit reports (the ActiveBatch protocol) ---------------------------------
+
+    def _inside_tracked_item(self) -> bool:
+        return context.tracked_item.get() is self
 
     def _record_call(self, *, failed: bool) -> None:
         """Count a call of an ``@auto_clear`` function made inside this batch."""
-        self._calls.increment()
-        if failed:
-            with self._lock:
-                self._failures += 1
+        with self._lock:
+            self._calls += 1
+            self._failures += int(failed)
+        if self._inside_tracked_item():
+            return
+        if not failed:
+            self._advance(1)
+        elif self.every is not None:
+            # A failed call is no finished item, but what it left behind is worth freeing.
+            self._clean_up("a failed call")
 
     def _record_items(self, count: int) -> None:
         """Count ``count`` items that chunked work finished in this batch."""
-        for _ in range(count):
-            self.step()
+        if not self._inside_tracked_item():
+            self._advance(count)
 
     def _record_oom(
         self, error: BaseException, *, retried: bool, batch_size_reduced: bool = False
@@ -463,11 +560,12 @@ class ManagedBatch:
             self._batch_size_reductions += int(batch_size_reduced)
 
     def _record_cleanup(self, outcome: CleanupOutcome | None) -> None:
-        """Count a cleanup made through this batch's manager; ``None`` means it failed."""
+        """Count a cleanup memscope made during this batch; ``None`` means it failed."""
         with self._lock:
             if outcome is None:
                 self._cleanup_failures += 1
                 return
+            self._cleanups += 1
             self._cache_clears += outcome.cache_clears
             self._gc_runs += outcome.gc_runs
             self._gc_seconds += outcome.gc_seconds
@@ -485,7 +583,7 @@ class ManagedBatch:
 
         New threads do not inherit the caller's context, so a function handed to a thread
         pool would not see the batch: ``pool.map(batch.bind(colorize), images)`` makes its
-        ``@auto_clear`` calls count into this batch.
+        ``@auto_clear`` calls count into this batch, one item per call.
         """
 
         @functools.wraps(function)
@@ -497,6 +595,26 @@ class ManagedBatch:
                 context.active_batch.reset(token)
 
         return run_in_batch
+
+
+_host_figures_missing_said = False
+
+
+def _host_monitor_for(manager: MemoryManager) -> HostMemoryMonitor | None:
+    """On the CPU, a monitor of the process's memory, so the report has figures."""
+    global _host_figures_missing_said
+    if manager.resolved_device.type != "cpu":
+        return None
+    try:
+        return HostMemoryMonitor()
+    except HostMemoryUnavailableError:
+        if not _host_figures_missing_said:
+            _host_figures_missing_said = True
+            logger.warning(
+                "the CPU reports no memory figures and this process's resident memory cannot "
+                "be read here; pip install 'memscope[host]' (psutil) for host memory figures"
+            )
+        return None
 
 
 def current_batch() -> ManagedBatch | None:

@@ -1,9 +1,10 @@
 """``@auto_clear``: clean up device memory around a per-item function.
 
-The decorator counts calls of the decorated function and, after every ``every``-th call
-(and after any call that raises), clears the cache and runs the threshold GC. It is built on
-wrapt, so it works the same on functions, methods, classmethods, staticmethods, callable
-objects and ``async def`` functions.
+Outside a batch, the decorator counts calls of the decorated function and, after every
+``every``-th call (and after any call that raises), runs a cleanup step. Inside a
+``managed_batch`` it is a client of the batch: it reports its calls, and the batch's one
+cadence does the cleaning. It is built on wrapt, so it works the same on functions, methods,
+classmethods, staticmethods, callable objects and ``async def`` functions.
 """
 
 from __future__ import annotations
@@ -13,27 +14,30 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
 import wrapt
 
 from memscope import _context as context
-from memscope._cleanup import run_cleanup_safely
-from memscope._counter import AtomicCounter
+from memscope._cleanup import CleanupOutcome, reclaim, run_cleanup_safely
+from memscope._context import ActiveBatch
 from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.oom._detection import is_oom_error, reclaim_memory, release_exception_frames
+from memscope.oom._detection import is_oom_error, release_exception_frames
 from memscope.oom._diagnosis import add_oom_note
-from memscope.policies import ClearAlways, check_cache_policy
+from memscope.policies import DEFAULT_CACHE_POLICY, check_cache_policy
 from memscope.typing import CachePolicy, DeviceLike
 
 __all__ = ["AutoClearFunction", "CleanupStats", "auto_clear"]
 
-Function = TypeVar("Function", bound=Callable[..., Any])
+Parameters = ParamSpec("Parameters")
+Result = TypeVar("Result")
+BoundParameters = ParamSpec("BoundParameters")
+BoundResult = TypeVar("BoundResult")
+Instance = TypeVar("Instance")
 Enabled = bool | Callable[[], bool]
-_CLEAR_ALWAYS = ClearAlways()
 _active_batch = context.active_batch.get
 logger = logging.getLogger("memscope")
 
@@ -42,11 +46,12 @@ class CleanupStats:
     """What ``@auto_clear`` has done for one decorated function.
 
     The object is created once per decorated function and updated in place, so a reference
-    taken once (by an outer decorator, say) stays current.
+    taken once (by an outer decorator, say) stays current. Inside a ``managed_batch`` the
+    cleanups are the batch's and appear in its report, not here.
     """
 
     __slots__ = (
-        "_calls",
+        "calls",
         "cleanup_failures",
         "cleanups",
         "errors",
@@ -56,7 +61,7 @@ class CleanupStats:
     )
 
     def __init__(self) -> None:
-        self._calls = AtomicCounter()
+        self.calls = 0
         self.errors = 0
         self.cleanups = 0
         self.gc_runs = 0
@@ -64,26 +69,16 @@ class CleanupStats:
         self.ooms = 0
         self.oom_retries = 0
 
-    @property
-    def calls(self) -> int:
-        """Calls made while enabled, failing ones included."""
-        return self._calls.value
-
     def as_dict(self) -> dict[str, int]:
         """The counts as a dict."""
-        return {
-            "calls": self.calls,
-            "errors": self.errors,
-            "cleanups": self.cleanups,
-            "gc_runs": self.gc_runs,
-            "cleanup_failures": self.cleanup_failures,
-            "ooms": self.ooms,
-            "oom_retries": self.oom_retries,
-        }
+        return {name: getattr(self, name) for name in _STATS_ORDER}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={value}" for name, value in self.as_dict().items())
         return f"CleanupStats({fields})"
+
+
+_STATS_ORDER = ("calls", "errors", "cleanups", "gc_runs", "cleanup_failures", "ooms", "oom_retries")
 
 
 class _CleanupCadence:
@@ -92,6 +87,9 @@ class _CleanupCadence:
     Its ``call``, ``call_async`` and ``call_generator`` methods are the wrapt wrappers of
     plain, coroutine and generator functions; the right one is picked once, when decorating.
     (A bound method is a much cheaper wrapt wrapper than a callable object.)
+
+    Inside a ``managed_batch`` that cleans this function's device, a call only reports to
+    the batch, which owns the one cleanup cadence; elsewhere the function keeps its own.
     """
 
     def __init__(
@@ -107,7 +105,6 @@ class _CleanupCadence:
     ) -> None:
         self.every = every
         self.oom_retries = oom_retries
-        self.device = device
         # Parsed once here (parsing touches no device), compared at each cleanup.
         self.torch_device = None if device is None else as_torch_device(device)
         self.memory_threshold = memory_threshold
@@ -117,32 +114,11 @@ class _CleanupCadence:
         self.stats = CleanupStats()
         self._lock = threading.Lock()
 
+    # The drivers: a sync and an async loop that differ only by `await`. What happens after
+    # an attempt is decided in one place, _after_failure.
+
     def call(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         batch = _active_batch()
-        if self.oom_retries:
-            return self._call_retrying(wrapped, args, kwargs, batch)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as error:
-            failure = error
-        else:
-            # The hot path: no lock, one atomic increment, cleanup only when due.
-            if batch is not None:
-                batch._record_call(failed=False)
-            if self.stats._calls.increment() % self.every == 0:
-                self._clean_up(batch)
-            return result
-        # Cleanup runs here, after the except block has been left.
-        self._finish_failed_call(batch)
-        try:
-            raise failure
-        finally:
-            # Breaks the cycle frame -> failure -> traceback -> frame.
-            del failure
-
-    def _call_retrying(
-        self, wrapped: Callable[..., Any], args: Any, kwargs: Any, batch: Any
-    ) -> Any:
         retries_left = self.oom_retries
         while True:
             try:
@@ -153,7 +129,7 @@ class _CleanupCadence:
                 self.finish_call(batch, failed=False)
                 return result
             # Outside the except block: nothing but `failure` holds the failed attempt.
-            self._raise_or_prepare_retry(failure, retries_left, batch)
+            self._after_failure(failure, retries_left, batch)
             del failure
             retries_left -= 1
 
@@ -170,47 +146,9 @@ class _CleanupCadence:
             else:
                 self.finish_call(batch, failed=False)
                 return result
-            self._raise_or_prepare_retry(failure, retries_left, batch)
+            self._after_failure(failure, retries_left, batch)
             del failure
             retries_left -= 1
-
-    def _raise_or_prepare_retry(
-        self, failure: BaseException, retries_left: int, batch: Any
-    ) -> None:
-        """Raise ``failure``, unless it is an out-of-memory error worth another attempt;
-        then free the failed attempt's memory for it."""
-        if not self._retryable(failure, retries_left, batch):
-            self._finish_failed_call(batch)
-            try:
-                raise failure
-            finally:
-                del failure
-        reclaim_memory(self._manager_for(batch))
-
-    def _retryable(self, failure: BaseException, retries_left: int, batch: Any) -> bool:
-        """Whether to call again after ``failure``; if so, let go of the failed attempt.
-
-        Only out-of-memory errors are retried, ``oom_retries`` times. The last one leaves
-        with its traceback intact and a note with the device's figures at failure.
-        """
-        if not is_oom_error(failure):
-            return False
-        retry = retries_left > 0
-        with self._lock:
-            self.stats.ooms += 1
-            self.stats.oom_retries += int(retry)
-        if batch is not None:
-            batch._record_oom(failure, retried=retry)
-        if not retry:
-            add_oom_note(failure, self._manager_for(batch))
-            return False
-        logger.info(
-            "%s ran out of memory; freeing memory and retrying (%d retries left)",
-            self.name,
-            retries_left - 1,
-        )
-        release_exception_frames(failure)
-        return True
 
     def call_generator(
         self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
@@ -231,40 +169,74 @@ class _CleanupCadence:
         finally:
             self.finish_call(batch, failed=failed)
 
-    def finish_call(self, batch: Any, *, failed: bool) -> None:
-        """Count one finished call and clean up if it is due (always after a failure)."""
-        if failed:
-            self._finish_failed_call(batch)
-            return
+    # The decision step.
+
+    def _after_failure(
+        self, failure: BaseException, retries_left: int, batch: ActiveBatch | None
+    ) -> None:
+        """Raise ``failure``, unless it is an out-of-memory error worth another attempt;
+        then free the failed attempt's memory for it.
+
+        Only out-of-memory errors are retried, ``oom_retries`` times. The last one leaves
+        with its traceback intact and a note with the device's figures at failure.
+        """
+        oom = is_oom_error(failure)
+        retry = oom and retries_left > 0
+        if oom:
+            with self._lock:
+                self.stats.ooms += 1
+                self.stats.oom_retries += int(retry)
+            if batch is not None:
+                batch._record_oom(failure, retried=retry)
+        if not retry:
+            if oom:
+                add_oom_note(failure, self._manager_for(batch))
+            self.finish_call(batch, failed=True)
+            try:
+                raise failure
+            finally:
+                # Breaks the cycle frame -> failure -> traceback -> frame.
+                del failure
+        logger.info(
+            "%s ran out of memory; freeing memory and retrying (%d retries left)",
+            self.name,
+            retries_left - 1,
+        )
+        release_exception_frames(failure)
+        self._record(batch, reclaim(self._manager_for(batch)))
+
+    # Counting and cleaning.
+
+    def finish_call(self, batch: ActiveBatch | None, *, failed: bool) -> None:
+        """Count one finished call; clean up if this function owns the cadence and it is due
+        (always after a failure)."""
+        with self._lock:
+            self.stats.calls += 1
+            self.stats.errors += int(failed)
+            due = failed or self.stats.calls % self.every == 0
         if batch is not None:
-            batch._record_call(failed=False)
-        if self.stats._calls.increment() % self.every == 0:
+            batch._record_call(failed=failed)
+            if self._manager_for(batch) is batch.manager:
+                return
+        if due:
             self._clean_up(batch)
 
-    def _finish_failed_call(self, batch: Any) -> None:
-        self.stats._calls.increment()
-        with self._lock:
-            self.stats.errors += 1
-        if batch is not None:
-            batch._record_call(failed=True)
-        self._clean_up(batch)
-
-    def _clean_up(self, batch: Any) -> None:
+    def _clean_up(self, batch: ActiveBatch | None) -> None:
+        policy = DEFAULT_CACHE_POLICY if self.cache_policy is None else self.cache_policy
         manager = self._manager_for(batch)
-        policy = self.cache_policy
-        if policy is None:
-            policy = _CLEAR_ALWAYS if batch is None else batch.cache_policy
-        outcome = run_cleanup_safely(manager, f"a call of {self.name}", policy)
+        self._record(batch, run_cleanup_safely(manager, f"a call of {self.name}", policy))
+
+    def _record(self, batch: ActiveBatch | None, outcome: CleanupOutcome | None) -> None:
+        if batch is not None:
+            batch._record_cleanup(outcome)
         with self._lock:
             if outcome is None:
                 self.stats.cleanup_failures += 1
             else:
                 self.stats.cleanups += 1
                 self.stats.gc_runs += outcome.gc_runs
-        if batch is not None and manager is batch.manager:
-            batch._record_cleanup(outcome)
 
-    def _manager_for(self, batch: Any) -> MemoryManager:
+    def _manager_for(self, batch: ActiveBatch | None) -> MemoryManager:
         return context.manager_for(self.manager, self.torch_device, batch, self.memory_threshold)
 
 
@@ -272,22 +244,45 @@ def _cadence_of(wrapper: object) -> _CleanupCadence:
     return cast(_CleanupCadence, cast(Any, wrapper).__self__)
 
 
-class _BoundAutoClearFunction(wrapt.BoundFunctionWrapper[..., Any]):
+class _BoundAutoClearFunction(wrapt.BoundFunctionWrapper[Parameters, Result]):
     @property
     def cleanup_stats(self) -> CleanupStats:
         """The decorated function's statistics (for methods, shared by every instance)."""
         return _cadence_of(self._self_wrapper).stats
 
 
-class AutoClearFunction(wrapt.FunctionWrapper[..., Any]):
-    """A function decorated with ``@auto_clear``; ``cleanup_stats`` holds its statistics."""
+class AutoClearFunction(wrapt.FunctionWrapper[Parameters, Result]):
+    """A function decorated with ``@auto_clear``; ``cleanup_stats`` holds its statistics.
 
-    __bound_function_wrapper__ = _BoundAutoClearFunction
+    Its type keeps the function's parameters and return type, so ``mypy`` checks calls of
+    it as of the function itself.
+    """
+
+    # wrapt builds the bound wrapper from this class when a method is looked up.
+    __bound_function_wrapper__ = cast(Any, _BoundAutoClearFunction)
 
     @property
     def cleanup_stats(self) -> CleanupStats:
         """The decorated function's statistics, updated in place."""
         return _cadence_of(self._self_wrapper).stats
+
+    if TYPE_CHECKING:
+        # What a type checker sees when the function is a method looked up on an instance:
+        # the bound method, without ``self``, with its statistics.
+        @overload
+        def __get__(
+            self: AutoClearFunction[Concatenate[Instance, BoundParameters], BoundResult],
+            instance: Instance,
+            owner: type[Any] | None = None,
+            /,
+        ) -> _BoundAutoClearFunction[BoundParameters, BoundResult]: ...
+
+        @overload
+        def __get__(
+            self, instance: None, owner: type[Any] | None = None, /
+        ) -> AutoClearFunction[Parameters, Result]: ...
+
+        def __get__(self, instance: Any, owner: type[Any] | None = None, /) -> Any: ...
 
 
 def _underlying_function(target: Any) -> Any:
@@ -308,7 +303,7 @@ def _check_enabled(enabled: object) -> Enabled:
 
 
 @overload
-def auto_clear(wrapped: Function) -> Function: ...
+def auto_clear(wrapped: Callable[Parameters, Result]) -> AutoClearFunction[Parameters, Result]: ...
 
 
 @overload
@@ -322,11 +317,11 @@ def auto_clear(
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,
     oom_retries: int = 0,
-) -> Callable[[Function], Function]: ...
+) -> Callable[[Callable[Parameters, Result]], AutoClearFunction[Parameters, Result]]: ...
 
 
 def auto_clear(
-    wrapped: Function | None = None,
+    wrapped: Callable[Parameters, Result] | None = None,
     *,
     every: int = 5,
     device: DeviceLike = None,
@@ -335,15 +330,25 @@ def auto_clear(
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,
     oom_retries: int = 0,
-) -> Function | Callable[[Function], Function]:
-    """Clear the cache and run the threshold GC after every ``every``-th call.
+) -> (
+    AutoClearFunction[Parameters, Result]
+    | Callable[[Callable[Parameters, Result]], AutoClearFunction[Parameters, Result]]
+):
+    """Clean up after every ``every``-th call; inside a ``managed_batch``, report to it.
 
     Use it bare (``@auto_clear``), empty (``@auto_clear()``) or with options; every option
     works in every form.
 
+    Outside a batch, a cleanup step is the cache policy's clear, then the threshold GC.
+    Inside a ``managed_batch`` that cleans the same device there is one cadence, the batch's:
+    each call made outside a tracked item counts as one item of the batch, a call inside a
+    tracked item is part of it, and the function runs no cleanup of its own (so
+    ``managed_batch(every=5)`` around ``@auto_clear(every=5)`` cleans every 5 items, not
+    twice as often). OOM retries still free memory, and the batch's report counts it.
+
     Args:
-        every: clean up after every this many calls (an int >= 1). A call that raises
-            cleans up whatever the count.
+        every: outside a batch, clean up after every this many calls (an int >= 1). A call
+            that raises cleans up whatever the count.
         device: the device of the default manager; ``None`` auto-detects.
         memory_threshold: the default manager's GC threshold.
         manager: the manager to clean up through. Without one, calls inside a
@@ -351,8 +356,9 @@ def auto_clear(
             manager per device and threshold, made at the first cleanup.
         enabled: a bool, or a zero-argument callable asked at every call; while it is
             false, calls pass straight through, uncounted.
-        cache_policy: when a cleanup empties the cache; ``None`` uses the active batch's
-            policy, or :class:`ClearAlways` outside a batch.
+        cache_policy: when the function's own cleanup empties the cache; ``None`` uses
+            :class:`ClearWhenUseful` (only when the cache holds a share of the device that
+            no tensor uses, or usage is at the threshold).
         oom_retries: on an out-of-memory error, free memory and call again, up to this
             many times. Memory is freed outside the ``except`` block, after dropping the
             failed attempt's traceback, so the retry really has the memory back; after the
@@ -375,7 +381,7 @@ def auto_clear(
     if device is not None:
         as_torch_device(device)
     if wrapped is None:
-        return functools.partial(
+        decorate = functools.partial(
             auto_clear,
             every=every,
             device=device,
@@ -384,6 +390,10 @@ def auto_clear(
             enabled=enabled,
             cache_policy=cache_policy,
             oom_retries=oom_retries,
+        )
+        return cast(
+            Callable[[Callable[Parameters, Result]], AutoClearFunction[Parameters, Result]],
+            decorate,
         )
 
     function = _underlying_function(wrapped)
@@ -414,4 +424,4 @@ def auto_clear(
         wrapper = cadence.call
     # wrapt checks a non-None `enabled` at every call; "always on" is cheaper as None.
     switch = None if enabled is True else enabled
-    return cast(Function, AutoClearFunction(wrapped, wrapper, switch))
+    return AutoClearFunction(wrapped, wrapper, switch)

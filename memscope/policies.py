@@ -18,6 +18,7 @@ from memscope.snapshot import MemorySnapshot
 from memscope.typing import CachePolicy
 
 __all__ = [
+    "DEFAULT_CACHE_POLICY",
     "ClearAlways",
     "ClearWhenUseful",
     "GCBackoff",
@@ -102,11 +103,12 @@ class GCBackoffState:
 
 @dataclass(frozen=True, slots=True)
 class ClearAlways:
-    """Empty the cache at every cleanup step: the seed's behaviour, and the default.
+    """Empty the cache at every cleanup step: what the MemoryManager API of the Cobra
+    batch-processing system did after every image.
 
     Predictable: memory torch caches but no tensor uses goes back to the driver every
     cleanup, so other processes (and ``nvidia-smi``) see it. The cost is that the next
-    allocations go to the driver again; with a cadence of a few items that cost is small.
+    allocations go to the driver again, which slows the allocator when done every item.
     """
 
     needs_snapshot: ClassVar[bool] = False
@@ -117,26 +119,41 @@ class ClearAlways:
 
 @dataclass(frozen=True, slots=True)
 class ClearWhenUseful:
-    """Empty the cache only when it can help.
+    """Empty the cache only when it can help: the toolkit's default.
 
-    That is when usage is at or above the threshold, or when the cache holds at least
-    ``min_cached_bytes`` that no tensor uses (``reserved - allocated``). Otherwise the cached
-    blocks stay for the next item to reuse, which spares the allocator a trip to the driver
-    per item. Devices that report no figures are always cleared.
+    That is when usage is at or above the threshold, or when the cache holds memory that no
+    tensor uses (``reserved - allocated``, the *reclaimable* cache) of at least
+    ``min_reclaimable`` of the device's total memory (10 % by default), or at least
+    ``min_cached_bytes`` when that is given. Otherwise the cached blocks stay for the next
+    item to reuse, which spares the allocator a trip to the driver per item. A device that
+    does not report the figures needed to judge (the CPU, whose "cache" is a no-op) is
+    cleared, as there is nothing to lose.
     """
 
     needs_snapshot: ClassVar[bool] = True
-    min_cached_bytes: int = 1024**3
+    min_reclaimable: float = 0.1
+    min_cached_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        check_positive_number(self.min_cached_bytes, "min_cached_bytes", allow_zero=True)
+        check_fraction(self.min_reclaimable, "min_reclaimable")
+        if self.min_cached_bytes is not None:
+            check_positive_number(self.min_cached_bytes, "min_cached_bytes", allow_zero=True)
 
     def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
         if snapshot is None or snapshot.reserved is None or snapshot.allocated is None:
             return True
         if snapshot.usage >= memory_threshold:
             return True
-        return snapshot.reserved - snapshot.allocated >= self.min_cached_bytes
+        reclaimable = snapshot.reserved - snapshot.allocated
+        if self.min_cached_bytes is not None:
+            return reclaimable >= self.min_cached_bytes
+        if not snapshot.total:
+            return True
+        return reclaimable >= self.min_reclaimable * snapshot.total
+
+
+DEFAULT_CACHE_POLICY = ClearWhenUseful()
+"""The cache policy of ``managed_batch`` and ``@auto_clear`` unless they are given one."""
 
 
 def check_cache_policy(policy: object) -> CachePolicy:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from memscope import (
+    ClearAlways,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemoryManager,
@@ -35,33 +36,32 @@ def cleanup_pairs(events: list[str]) -> int:
 
 
 def test_bare_form_uses_default_every_of_five() -> None:
-    """``@auto_clear`` cleans up after every fifth call."""
-    manager = RecordingManager()
+    """Outside a batch, ``@auto_clear`` cleans up after every fifth call."""
+    cleanups_after: list[int] = []
 
     @auto_clear
     def work() -> None:
         pass
 
-    with managed_batch(manager=manager):
-        for _ in range(10):
-            work()
-            manager.events.append("call")
-    assert manager.events[:6] == ["call"] * 4 + ["clear_cache", "trigger_gc_if_needed"]
-    assert work.cleanup_stats.cleanups == 2  # type: ignore[attr-defined]
+    for call in range(1, 11):
+        before = work.cleanup_stats.cleanups
+        work()
+        if work.cleanup_stats.cleanups > before:
+            cleanups_after.append(call)
+    assert cleanups_after == [5, 10]
+    assert work.cleanup_stats.calls == 10
 
 
 def test_empty_call_form_behaves_like_bare_form() -> None:
     """``@auto_clear()`` is the same as ``@auto_clear``."""
-    manager = RecordingManager()
 
     @auto_clear()
     def work() -> None:
         pass
 
-    with managed_batch(manager=manager):
-        for _ in range(10):
-            work()
-    assert work.cleanup_stats.cleanups == 2  # type: ignore[attr-defined]
+    for _ in range(10):
+        work()
+    assert work.cleanup_stats.cleanups == 2
 
 
 @pytest.mark.parametrize("every", [1, 3, 7])
@@ -92,7 +92,7 @@ def test_every_option_is_honoured_with_a_fake_cuda_device() -> None:
         fake.set_usage(0.5, index=1)
         manager = MemoryManager("cuda:1")
 
-        @auto_clear(every=4, manager=manager)
+        @auto_clear(every=4, manager=manager, cache_policy=ClearAlways())
         def work() -> None:
             pass
 
@@ -118,8 +118,8 @@ def test_device_and_threshold_options_choose_the_default_manager() -> None:
 
         collects()
         does_not_collect()
-    assert collects.cleanup_stats.gc_runs == 1  # type: ignore[attr-defined]
-    assert does_not_collect.cleanup_stats.gc_runs == 0  # type: ignore[attr-defined]
+    assert collects.cleanup_stats.gc_runs == 1
+    assert does_not_collect.cleanup_stats.gc_runs == 0
     assert {call.args for call in fake.calls_to("torch.cuda.mem_get_info")} == {(1,)}
 
 
@@ -127,11 +127,11 @@ def test_default_manager_is_shared_per_device_and_made_at_first_cleanup() -> Non
     """Decorating touches no device; the first cleanup makes one manager shared by all."""
     with FakeDevice("cuda") as fake:
 
-        @auto_clear(every=1, device="cuda")
+        @auto_clear(every=1, device="cuda", cache_policy=ClearAlways())
         def first() -> None:
             pass
 
-        @auto_clear(every=1, device="cuda")
+        @auto_clear(every=1, device="cuda", cache_policy=ClearAlways())
         def second() -> None:
             pass
 
@@ -191,7 +191,7 @@ def test_enabled_false_passes_calls_straight_through() -> None:
 
     assert [work() for _ in range(3)] == [3, 3, 3]
     assert manager.events == []
-    assert work.cleanup_stats.calls == 0  # type: ignore[attr-defined]
+    assert work.cleanup_stats.calls == 0
 
 
 def test_enabled_callable_is_asked_at_every_call() -> None:
@@ -251,8 +251,8 @@ def test_a_call_that_raises_cleans_up_whatever_the_cadence() -> None:
     with pytest.raises(RuntimeError):
         work()
     assert manager.events == ["clear_cache", "trigger_gc_if_needed"]
-    assert work.cleanup_stats.errors == 1  # type: ignore[attr-defined]
-    assert work.cleanup_stats.cleanups == 1  # type: ignore[attr-defined]
+    assert work.cleanup_stats.errors == 1
+    assert work.cleanup_stats.cleanups == 1
 
 
 def test_cleanup_runs_outside_the_except_block() -> None:
@@ -302,7 +302,7 @@ def test_failing_cleanup_never_replaces_the_result(memscope_log: pytest.LogCaptu
     assert "work" in warnings[0].getMessage()
     assert warnings[0].exc_info is not None
     assert "driver hiccup" in str(warnings[0].exc_info[1])
-    assert work.cleanup_stats.cleanup_failures == 1  # type: ignore[attr-defined]
+    assert work.cleanup_stats.cleanup_failures == 1
 
 
 def test_failing_cleanup_never_replaces_the_exception() -> None:
@@ -335,7 +335,7 @@ def test_metadata_and_signature_are_preserved() -> None:
     assert decorated.__qualname__ == colorize.__qualname__
     assert decorated.__doc__ == "Colorize one image."
     assert inspect.signature(decorated) == inspect.signature(colorize)
-    assert decorated.__wrapped__ is colorize  # type: ignore[attr-defined]
+    assert decorated.__wrapped__ is colorize
 
 
 class Colorizer:
@@ -369,9 +369,9 @@ def test_methods_bind_to_their_instance_and_share_one_count() -> None:
     first, second = Colorizer("a"), Colorizer("b")
     assert first.method("x") == "a:x"
     assert second.method("y") == "b:y"
-    assert first.method.cleanup_stats is second.method.cleanup_stats  # type: ignore[attr-defined]
-    assert Colorizer.method.cleanup_stats.calls == 2  # type: ignore[attr-defined]
-    assert Colorizer.method.cleanup_stats.cleanups == 1  # type: ignore[attr-defined]
+    assert first.method.cleanup_stats is second.method.cleanup_stats
+    assert Colorizer.method.cleanup_stats.calls == 2
+    assert Colorizer.method.cleanup_stats.cleanups == 1
 
 
 def test_unbound_method_call_through_the_class() -> None:
@@ -388,7 +388,7 @@ def test_classmethods_bind_to_the_class_in_either_order() -> None:
     assert Colorizer.outer_classmethod("x") == "Colorizer:x"
     assert Special.outer_classmethod("x") == "Special:x"
     assert Special("s").inner_classmethod("y") == "Special:y"
-    assert Colorizer.outer_classmethod.cleanup_stats.calls == 2  # type: ignore[attr-defined]
+    assert Colorizer.outer_classmethod.cleanup_stats.calls == 2
 
 
 def test_staticmethod_gets_no_instance() -> None:
@@ -495,7 +495,7 @@ def test_generator_closed_early_cleans_up_once() -> None:
     next(generator)
     generator.close()
     assert cleanup_pairs(manager.events) == 1
-    assert frames.cleanup_stats.errors == 0  # type: ignore[attr-defined]
+    assert frames.cleanup_stats.errors == 0
 
 
 def test_generator_never_started_never_cleans_up() -> None:
@@ -526,7 +526,7 @@ def test_generator_error_cleans_up_and_propagates() -> None:
     with pytest.raises(RuntimeError, match="bad frame"):
         next(generator)
     assert cleanup_pairs(manager.events) == 1
-    assert frames.cleanup_stats.errors == 1  # type: ignore[attr-defined]
+    assert frames.cleanup_stats.errors == 1
 
 
 def test_generator_forwards_send() -> None:
@@ -563,7 +563,7 @@ def test_counts_are_exact_across_eight_threads() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    stats = work.cleanup_stats  # type: ignore[attr-defined]
+    stats = work.cleanup_stats
     assert stats.calls == 8000
     assert stats.cleanups == 8000 // 7
     assert cleanup_pairs(manager.events) == 8000 // 7
@@ -576,10 +576,10 @@ def test_stats_object_is_updated_in_place() -> None:
     def work() -> None:
         pass
 
-    stats = work.cleanup_stats  # type: ignore[attr-defined]
+    stats = work.cleanup_stats
     work()
     work()
-    assert work.cleanup_stats is stats  # type: ignore[attr-defined]
+    assert work.cleanup_stats is stats
     assert (stats.calls, stats.cleanups) == (2, 2)
 
 
@@ -591,12 +591,12 @@ def test_outer_decorator_sees_the_stats() -> None:
         def call() -> None:
             function()
 
-        call.cleanup_stats = function.cleanup_stats  # type: ignore[attr-defined]
+        call.cleanup_stats = function.cleanup_stats
         return call
 
     decorated = outer(inner)
     decorated()
-    assert decorated.cleanup_stats.calls == 1  # type: ignore[attr-defined]
+    assert decorated.cleanup_stats.calls == 1
 
 
 def test_gc_runs_are_counted_from_the_threshold_check() -> None:
@@ -612,7 +612,7 @@ def test_gc_runs_are_counted_from_the_threshold_check() -> None:
         work()
         fake.set_usage(0.1)
         work()
-    stats = work.cleanup_stats  # type: ignore[attr-defined]
+    stats = work.cleanup_stats
     assert (stats.cleanups, stats.gc_runs) == (2, 1)
 
 
@@ -634,7 +634,8 @@ def test_explicit_manager_wins_over_the_batch() -> None:
 
 
 def test_batch_manager_is_used_without_an_explicit_one() -> None:
-    """Inside a batch, the decorator cleans up through the batch's manager."""
+    """Inside a batch, decorated calls are the batch's items and its manager does the
+    cleaning, on the batch's cadence: with every=1000, only the final cleanup."""
     batch_manager = RecordingManager()
 
     @auto_clear(every=1)
@@ -644,9 +645,10 @@ def test_batch_manager_is_used_without_an_explicit_one() -> None:
     with managed_batch(manager=batch_manager, every=1000) as batch:
         work()
         work()
-    assert cleanup_pairs(batch_manager.events) == 3
-    assert batch.report.calls == 2
-    assert batch.report.cache_clears == 3
+    assert cleanup_pairs(batch_manager.events) == 1
+    assert (batch.report.calls, batch.report.items) == (2, 2)
+    assert batch.report.cache_clears == 1
+    assert work.cleanup_stats.cleanups == 0
 
 
 def test_concurrent_asyncio_tasks_see_their_own_batch() -> None:

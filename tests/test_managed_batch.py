@@ -15,6 +15,7 @@ import pytest
 
 from memscope import (
     BatchStateError,
+    ClearAlways,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemoryManager,
@@ -116,7 +117,10 @@ def test_report_fields_and_json() -> None:
         "ended_by",
         "host_resident_start",
         "host_resident_end",
+        "host_resident_peak",
         "host_limit",
+        "cleanups",
+        "every",
         "budget",
         "rank",
         "world_size",
@@ -139,7 +143,7 @@ def test_summary_is_logged_at_info(memscope_log: pytest.LogCaptureFixture) -> No
         batch.step()
     infos = [r.getMessage() for r in memscope_log.records if r.levelno == logging.INFO]
     assert len(infos) == 1
-    assert "1 items" in infos[0]
+    assert "1 item " in infos[0]
     assert batch.report.summary() in infos[0]
 
 
@@ -238,10 +242,10 @@ def test_decorated_calls_count_into_the_report() -> None:
                 colorize(image)
     report = batch.report
     assert (report.calls, report.failures, report.items) == (5, 1, 5)
-    # The decorator cleans up after calls 2 and 4 (cadence; call 4 is also the failing one),
-    # and the batch once at the end.
-    assert colorize.cleanup_stats.cleanups == 2  # type: ignore[attr-defined]
-    assert report.cache_clears == 3
+    # The batch owns the cadence: the decorator runs no cleanup of its own, the batch
+    # cleans once at the end.
+    assert colorize.cleanup_stats.cleanups == 0
+    assert report.cache_clears == 1
 
 
 def test_nested_batches_share_the_manager_and_do_not_double_count() -> None:
@@ -289,13 +293,14 @@ def cleanup_count(manager: RecordingManager) -> int:
 
 
 def test_threads_share_a_batch_with_exact_counts() -> None:
-    """Eight workers stepping and calling through bind() give exact totals."""
+    """Eight workers calling through bind() and stepping give exact totals: each call and
+    each step() is one item, and the batch's one cadence cleans every 4 of them."""
 
     @auto_clear(every=10)
     def colorize(image: int) -> int:
         return image
 
-    with managed_batch(manager=RecordingManager(), every=4) as batch:
+    with managed_batch(manager=RecordingManager(), every=4, cache_policy=ClearAlways()) as batch:
         colorize_in_batch = batch.bind(colorize)
 
         def worker(images: range) -> None:
@@ -308,9 +313,9 @@ def test_threads_share_a_batch_with_exact_counts() -> None:
             thread.start()
         for thread in threads:
             thread.join()
-    assert batch.report.items == 4000
+    assert batch.report.items == 8000
     assert batch.report.calls == 4000
-    assert batch.report.cache_clears == 4000 // 4 + 4000 // 10 + 1
+    assert batch.report.cache_clears == 8000 // 4 + 1
 
 
 def test_thread_pool_with_bind() -> None:

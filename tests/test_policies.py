@@ -118,21 +118,25 @@ def test_shared_default_manager_of_the_decorator_backs_off(
 
 
 def _snapshot(*, usage: float, allocated: int, reserved: int) -> MemorySnapshot:
-    return MemorySnapshot(device="cuda:0", usage=usage, allocated=allocated, reserved=reserved)
+    return MemorySnapshot(
+        device="cuda:0", usage=usage, allocated=allocated, reserved=reserved, total=16 * GiB
+    )
 
 
 @pytest.mark.parametrize(
     ("usage", "allocated", "reserved", "clears"),
     [
         (0.5, 2 * GiB, 2 * GiB + 100 * MiB, False),  # little cached: keep it for reuse
-        (0.5, 2 * GiB, 4 * GiB, True),  # 2 GiB cached but unused: give it back
+        (0.5, 2 * GiB, 3 * GiB, False),  # 1 GiB of 16: under the 10 % share
+        (0.5, 2 * GiB, 4 * GiB, True),  # 2 GiB of 16 cached but unused: give it back
         (0.85, 2 * GiB, 2 * GiB, True),  # at the threshold: clear whatever is cached
     ],
 )
 def test_clear_when_useful_decisions(
     usage: float, allocated: int, reserved: int, clears: bool
 ) -> None:
-    """ClearWhenUseful clears at or above the threshold or with >= 1 GiB cached-but-free."""
+    """ClearWhenUseful clears at or above the threshold or with >= 10 % of the device cached
+    but unused."""
     policy = ClearWhenUseful()
     assert policy(_snapshot(usage=usage, allocated=allocated, reserved=reserved), 0.8) is clears
 
@@ -165,11 +169,11 @@ def test_batch_with_clear_when_useful_skips_needless_clears() -> None:
     assert batch.report.cache_clears == 1
 
 
-def test_decorator_inherits_the_batch_cache_policy() -> None:
-    """Without its own policy, a decorated call in a batch follows the batch's policy."""
+def test_cleanups_in_a_batch_follow_the_batch_cache_policy() -> None:
+    """A decorated call in a batch drives the batch's cleanup, under the batch's policy."""
     manager = RecordingManager()
 
-    @auto_clear(every=1)
+    @auto_clear(every=1, cache_policy=ClearAlways())
     def work() -> None:
         pass
 
@@ -177,7 +181,7 @@ def test_decorator_inherits_the_batch_cache_policy() -> None:
         def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
             return False
 
-    with managed_batch(manager=manager, every=1000, cache_policy=NeverClear()):
+    with managed_batch(manager=manager, every=1, cache_policy=NeverClear()):
         work()
     assert manager.events.count("clear_cache") == 0
     assert manager.events.count("trigger_gc_if_needed") == 2
