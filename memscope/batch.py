@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from memscope import _context as context
 from memscope import _heap as heap
 from memscope._cleanup import CleanupOutcome, run_cleanup_safely
+from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
 from memscope.exceptions import (
@@ -90,7 +91,7 @@ def _larger(current: int | None, candidate: int | None) -> int | None:
     return candidate if current is None else max(current, candidate)
 
 
-class ManagedBatch:
+class ManagedBatch(SyncAndAsyncContextManager):
     """Keep memory in check around a batch loop; ``managed_batch`` is this class.
 
     It is a sync and an async context manager, and while it is active it is the one owner of
@@ -280,17 +281,6 @@ class ManagedBatch:
         context.active_batch.reset(self._tokens.pop())
         if not self._tokens:
             self._finish(exc_type, exc)
-
-    async def __aenter__(self) -> ManagedBatch:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, traceback)
 
     def _start(self) -> None:
         parent = current_batch()

@@ -13,7 +13,7 @@ __all__ = ["ImageMemoryModel"]
 class ImageMemoryModel:
     """The assumptions behind :meth:`MemoryManager.estimate_memory_required`.
 
-    The defaults reproduce the seed ``MemoryManager``'s figures exactly. For an image of
+    The defaults reproduce the Cobra ``MemoryManager`` API's figures exactly. For an image of
     ``P = width * height`` pixels and ``B = bytes_per_element``:
 
     - input: ``P * channels * B``

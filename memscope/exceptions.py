@@ -3,7 +3,7 @@
 Every error memscope raises on its own account derives from :class:`MemscopeError`, so one
 ``except MemscopeError`` catches them all. Errors about bad arguments also derive from the
 built-in class a caller would expect (``ValueError`` or ``TypeError``), so code written against
-the seed ``MemoryManager`` keeps catching what it caught before.
+the Cobra ``MemoryManager`` API keeps catching what it caught before.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The MemoryManager: one device's cache clearing, usage checks, threshold GC and estimates.
 
-It is a drop-in replacement for the seed ``batch_processing.memory.MemoryManager``.
+It is a drop-in replacement for the ``MemoryManager`` of the Cobra batch-processing system
+(``batch_processing.memory.MemoryManager``): change the import, nothing else.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class MemoryManager:
         memory_model: the assumptions behind :meth:`estimate_memory_required`.
         gc_backoff: skip threshold collections that would most likely free nothing (see
             :class:`GCBackoff`). ``None``, the default, collects at every check at or above
-            the threshold, as the seed did; managers that ``managed_batch`` and
+            the threshold, as the Cobra MemoryManager API does; managers that ``managed_batch`` and
             ``@auto_clear`` make for you use ``GCBackoff()``.
         host: also watch this process's resident memory against the host's effective limit
             (the smallest of the RAM, the cgroup limit and ``RLIMIT_AS``/``RLIMIT_RSS``);

@@ -93,7 +93,7 @@ def test_gc_logs_usage_before_and_after_at_debug(memscope_log: pytest.LogCapture
 
 
 def test_gc_on_cpu_never_runs() -> None:
-    """The CPU reports 0.0, so threshold GC never fires there (seed behaviour)."""
+    """The CPU reports 0.0, so threshold GC never fires there (the Cobra MemoryManager API's behaviour)."""
     manager = MemoryManager("cpu", memory_threshold=0.01)
     assert manager.trigger_gc_if_needed() is False
     assert manager.stats.gc_runs == 0
@@ -120,7 +120,7 @@ def test_stats_accumulate_and_are_immutable_copies() -> None:
     [((512, 512), 23_887_872), ((1024, 1024), 95_551_488), ((2048, 2048), 382_205_952)],
 )
 def test_default_estimates_match_the_seed(size: tuple[int, int], expected: int) -> None:
-    """The seed's three example estimates, to the byte."""
+    """The Cobra MemoryManager API's three example estimates, to the byte."""
     assert MemoryManager("cpu").estimate_memory_required(size) == expected
 
 

@@ -18,13 +18,13 @@ def test_accepted_thresholds_are_readable(value: float) -> None:
 
 
 def test_default_threshold_is_the_seeds() -> None:
-    """The default threshold is 0.8, as in the seed."""
+    """The default threshold is 0.8, as in the Cobra MemoryManager API."""
     assert MemoryManager("cpu").memory_threshold == 0.8
 
 
 @pytest.mark.parametrize("value", [0, 0.0, -0.1, 1.01, 2, math.nan, math.inf, -math.inf])
 def test_out_of_range_threshold_is_value_error_naming_value(value: float) -> None:
-    """Out of range, NaN or infinite thresholds raise ValueError with the seed's wording."""
+    """Out of range, NaN or infinite thresholds raise ValueError with the Cobra MemoryManager API's wording."""
     with pytest.raises(ValueError, match="memory_threshold must be between 0 and 1") as raised:
         MemoryManager("cpu", memory_threshold=value)
     assert repr(value) in str(raised.value)

@@ -1,0 +1,41 @@
+"""One base for memscope's context managers: write ``__enter__``/``__exit__``, get ``async with``.
+
+memscope's context managers do no I/O worth awaiting on entry or exit, so their asynchronous
+form is the synchronous one run in place; deriving it in one base keeps the two from drifting.
+"""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import TypeVar
+
+__all__: list[str] = []
+
+Manager = TypeVar("Manager", bound="SyncAndAsyncContextManager")
+
+
+class SyncAndAsyncContextManager(abc.ABC):
+    """A context manager usable with ``with`` and ``async with`` alike."""
+
+    @abc.abstractmethod
+    def __enter__(self: Manager) -> Manager: ...
+
+    @abc.abstractmethod
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def __aenter__(self: Manager) -> Manager:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
