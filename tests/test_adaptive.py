@@ -480,7 +480,8 @@ def test_inside_managed_batch_the_batchs_manager_is_used() -> None:
     """Calls inside managed_batch clear the cache through the batch's manager."""
     manager = RecordingManager()
     step = adaptive_batch(start=4)(failing_above(2, []))
-    with managed_batch(manager=manager):
+    # A cadence that never comes due: the only cleanup is the recovery's.
+    with managed_batch(manager=manager, every=100):
         manager.events.clear()
         step()
         assert manager.events == ["clear_cache"]

@@ -3,20 +3,22 @@
 - :func:`is_oom_error` recognises an out-of-memory error on every backend;
   :func:`call_catching_oom`, :func:`release_exception_frames` and :func:`reclaim_memory` are
   the pieces of a recovery that really frees the failed call's memory.
-- :func:`~memscope.adaptive_batch` and :func:`~memscope.process_in_chunks` (also at the top
-  level) run a function at a batch size that shrinks when memory runs out;
-  :class:`AdaptiveBatchState` is what they learned.
+- :func:`adaptive_batch` and :func:`process_in_chunks` (also at the top level) run a
+  function at a batch size that shrinks when memory runs out; :class:`AdaptiveBatchState`
+  is what an adaptive function learned, and :class:`AdaptiveBatchSnapshot` all of it at one
+  moment.
 - :func:`add_oom_note` adds the device's figures to an error; :class:`MemoryHistoryRecorder`
   records CUDA's allocation history and writes a snapshot when an error leaves it.
+
+The code lives in private modules, one per job: ``_detection`` (recognising and recovering),
+``_options`` (checking the sizing options), ``_state`` (what a search learned), ``_search``
+(the one decision step of the size search, and its sync and async drivers),
+``_decoration`` (``@adaptive_batch``), ``_chunks`` (``process_in_chunks``), ``_diagnosis``
+and ``_history``.
 """
 
-from memscope.oom._adaptive import (
-    AdaptiveBatchFunction,
-    AdaptiveBatchState,
-    adaptive_batch,
-    process_in_chunks,
-    process_in_chunks_async,
-)
+from memscope.oom._chunks import process_in_chunks, process_in_chunks_async
+from memscope.oom._decoration import AdaptiveBatchDecorator, AdaptiveBatchFunction, adaptive_batch
 from memscope.oom._detection import (
     CaughtOom,
     call_catching_oom,
@@ -27,9 +29,12 @@ from memscope.oom._detection import (
 )
 from memscope.oom._diagnosis import add_oom_note
 from memscope.oom._history import MemoryHistoryRecorder
+from memscope.oom._state import AdaptiveBatchSnapshot, AdaptiveBatchState
 
 __all__ = [
+    "AdaptiveBatchDecorator",
     "AdaptiveBatchFunction",
+    "AdaptiveBatchSnapshot",
     "AdaptiveBatchState",
     "CaughtOom",
     "MemoryHistoryRecorder",

@@ -1,0 +1,211 @@
+"""The search for a batch size that fits: one decision step, and two thin drivers.
+
+``@adaptive_batch`` and ``process_in_chunks`` run the same search. What differs is only what
+an attempt calls (the function with a size; the function with a chunk) and when the work is
+done (after one success; after the last chunk). :class:`SizeSearch` holds the decisions, and
+its subclasses fill in those two things.
+
+A driver asks the search what to do, does it, and hands back the outcome:
+
+* :meth:`SizeSearch.start` and :meth:`SizeSearch.decide` return a :class:`Call` (make this
+  attempt) or a :class:`Finish` (return this), or raise ``BatchSizeExhaustedError``;
+* :func:`run_search` and :func:`run_search_async` make the calls, catching out-of-memory
+  errors as values (:func:`~memscope.oom.call_catching_oom`), and differ by one ``await``.
+
+Every decision, and the recovery between attempts, happens in :meth:`SizeSearch.decide`,
+which a driver calls outside any ``except`` block: there the failed attempt's memory can
+really be freed.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, NoReturn, TypeVar
+
+from memscope import _context as context
+from memscope.exceptions import BatchSizeExhaustedError
+from memscope.manager import MemoryManager
+from memscope.oom._detection import (
+    CaughtOom,
+    call_catching_oom,
+    call_catching_oom_async,
+    recover_from_oom,
+)
+from memscope.oom._diagnosis import add_oom_note
+from memscope.oom._state import AdaptiveBatchState, Attempt
+
+__all__: list[str] = []
+
+logger = logging.getLogger("memscope")
+
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The search's verdict: make this attempt next."""
+
+    function: Callable[..., Any]
+    arguments: tuple[Any, ...]
+    keywords: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Finish(Generic[Result]):
+    """The search's verdict: the work is done, and this is its result."""
+
+    result: Result
+
+
+class SizeSearch(ABC, Generic[Result]):
+    """One run of the search, for one ``@adaptive_batch`` call or one ``process_in_chunks``.
+
+    ``state`` is what the sizes learned are kept in (the decorated function's, shared by its
+    calls; or the chunked run's own). ``batch`` is the ``managed_batch`` active when the run
+    began, if any: it hears of every finished item, every out-of-memory error and every
+    cleanup.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        state: AdaptiveBatchState,
+        manager: MemoryManager,
+        batch: context.ActiveBatch | None,
+    ) -> None:
+        self.name = name
+        self.state = state
+        self.manager = manager
+        self.batch = batch
+        # The sizes this run attempted, in order, a size repeated only after another.
+        self.sizes: list[int] = []
+        self._attempt: Attempt | None = None
+
+    # What the subclasses say: what an attempt calls, and when the work is done.
+
+    @abstractmethod
+    def _call(self, size: int) -> Call:
+        """The call that attempts the work (what is left of it) at ``size``."""
+
+    @abstractmethod
+    def _accept(self, attempt: Attempt, result: Any) -> None:
+        """Keep what a successful ``attempt`` returned (or raise if it cannot be used)."""
+
+    @abstractmethod
+    def _finished(self) -> bool:
+        """Whether all the work is done."""
+
+    @abstractmethod
+    def _result(self) -> Result:
+        """What the run returns, once finished."""
+
+    @abstractmethod
+    def _items_left(self) -> int | None:
+        """How many items are left (attempts are never larger); ``None``: no such limit."""
+
+    @abstractmethod
+    def _where(self) -> str:
+        """Where in the work the run is, for the exhausted error (``""`` or `` for ...``)."""
+
+    # The decision step.
+
+    def start(self) -> Call | Finish[Result]:
+        """The first step: the first attempt, or the result if there is nothing to do."""
+        return self._next()
+
+    def decide(self, outcome: object) -> Call | Finish[Result]:
+        """The step after an attempt, given its ``outcome``: what it returned, or the
+        :class:`~memscope.oom.CaughtOom` it ran into.
+
+        After a success: the next attempt, or :class:`Finish`. After an out-of-memory error:
+        the retry at a smaller size, once the failed attempt's memory is freed; or, when no
+        smaller size is allowed, ``BatchSizeExhaustedError`` raised from the error.
+        """
+        attempt = self._attempt
+        if attempt is None:
+            raise RuntimeError("SizeSearch.decide() follows an attempt that start() asked for")
+        self._attempt = None
+        if isinstance(outcome, CaughtOom):
+            return self._attempt_at(self._retry_after(attempt, outcome.error))
+        self._accept(attempt, outcome)
+        self.state._record_success(attempt)
+        if self.batch is not None:
+            self.batch._record_items(attempt.size)
+        return self._next()
+
+    def _next(self) -> Call | Finish[Result]:
+        if self._finished():
+            return Finish(self._result())
+        return self._attempt_at(self.state._choose(self._items_left()))
+
+    def _attempt_at(self, attempt: Attempt) -> Call:
+        if not self.sizes or self.sizes[-1] != attempt.size:
+            self.sizes.append(attempt.size)
+        self._attempt = attempt
+        return self._call(attempt.size)
+
+    def _retry_after(self, attempt: Attempt, error: BaseException) -> Attempt:
+        retry, reduced = self.state._record_oom(attempt)
+        if self.batch is not None:
+            self.batch._record_oom(error, retried=retry is not None, batch_size_reduced=reduced)
+        if retry is None:
+            self._raise_exhausted(error)
+        if attempt.regrowing_from is not None:
+            logger.info(
+                "%s: out of memory trying to grow the batch size to %d; back to %d",
+                self.name,
+                attempt.size,
+                retry,
+            )
+        else:
+            logger.warning(
+                "%s: out of memory at batch size %d; retrying at %d", self.name, attempt.size, retry
+            )
+        recover_from_oom(error, self.manager, self.batch)
+        left = self._items_left()
+        return Attempt(retry if left is None else min(retry, left))
+
+    def _raise_exhausted(self, error: BaseException) -> NoReturn:
+        tried = ", ".join(str(size) for size in self.sizes)
+        exhausted = BatchSizeExhaustedError(
+            f"{self.name} ran out of memory at every batch size tried{self._where()}, down to "
+            f"min_size={self.state.min_size} (sizes tried: {tried})",
+            sizes_tried=tuple(self.sizes),
+        )
+        add_oom_note(exhausted, self.manager, batch_sizes_tried=self.sizes)
+        # The last out-of-memory error keeps its traceback: it is the cause the user reads.
+        try:
+            raise exhausted from error
+        finally:
+            # Breaks the cycle frame -> error -> traceback -> frame.
+            del exhausted
+
+
+# The drivers: identical but for the await. ---------------------------------------------
+
+
+def run_search(search: SizeSearch[Result]) -> Result:
+    """Make the attempts ``search`` decides on, until it finishes or gives up."""
+    step = search.start()
+    while isinstance(step, Call):
+        outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
+        # The attempt's arguments (a chunk, say) are let go before memory is freed.
+        del step
+        step = search.decide(outcome)
+        del outcome
+    return step.result
+
+
+async def run_search_async(search: SizeSearch[Result]) -> Result:
+    """:func:`run_search` for attempts that return awaitables: awaits each."""
+    step = search.start()
+    while isinstance(step, Call):
+        outcome = await call_catching_oom_async(step.function, *step.arguments, **step.keywords)
+        del step
+        step = search.decide(outcome)
+        del outcome
+    return step.result
