@@ -192,15 +192,9 @@ def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
             label=f"limit ({format_bytes(limit)})",
         )
     if marks_gc_runs:
-        # Here the host is the memory the batch's threshold watched: without device figures,
-        # usage is the resident memory over the limit.
-        if limit is not None and report.memory_threshold is not None:
-            axes.axhline(
-                report.memory_threshold * limit / divisor,
-                color="tab:red",
-                linestyle="--",
-                label=f"GC threshold ({report.memory_threshold:.0%} of limit)",
-            )
+        # No GC threshold line here: whether the threshold watched the host (host=True) or
+        # only the CPU's usage of 0.0 is not in the report, and a line that may not apply
+        # would mislead.
         _mark_gc_runs(axes, points)
     axes.set_ylabel(f"host memory ({unit})")
     axes.set_ylim(bottom=0)
