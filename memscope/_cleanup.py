@@ -8,11 +8,12 @@ never replaces the user's result or exception.
 
 from __future__ import annotations
 
-import gc
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
+from memscope import _heap
 from memscope.manager import MemoryManager
 from memscope.policies import ClearAlways
 from memscope.typing import CachePolicy
@@ -68,10 +69,12 @@ def run_cleanup_safely(
     their exception.
     """
     try:
-        return run_cleanup(manager, cache_policy)
+        outcome = run_cleanup(manager, cache_policy)
     except Exception:
-        logger.warning("memory cleanup after %s failed", where, exc_info=True)
+        failures.failed(f"memory cleanup after {where}")
         return None
+    failures.succeeded()
+    return outcome
 
 
 def reclaim(manager: MemoryManager) -> CleanupOutcome | None:
@@ -81,14 +84,66 @@ def reclaim(manager: MemoryManager) -> CleanupOutcome | None:
     said it is full. Never raises: a failure is logged and gives ``None``, because it must
     not replace the error being handled.
     """
-    gc_runs = cache_clears = 0
     started = time.perf_counter()
     try:
-        gc.collect()
-        gc_runs = 1
+        _heap.collect_including_frozen()
         manager.clear_cache()
-        cache_clears = 1
     except Exception:
-        logger.warning("freeing memory after an out-of-memory error failed", exc_info=True)
+        failures.failed("freeing memory after an out-of-memory error")
         return None
-    return CleanupOutcome(cache_clears, gc_runs, time.perf_counter() - started)
+    failures.succeeded()
+    return CleanupOutcome(cache_clears=1, gc_runs=1, gc_seconds=time.perf_counter() - started)
+
+
+class FailureLog:
+    """Logs failing cleanups without flooding the log.
+
+    The first failure is a warning with its traceback; further ones are warnings with a
+    running count at the 2nd, 3rd, 10th, 100th, 1,000th, ... failure (six warnings for 1,000
+    failing calls), and DEBUG records otherwise. A cleanup that works again resets the count
+    and says so.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Failures since the last cleanup that worked."""
+        return self._count
+
+    def failed(self, what: str) -> None:
+        """Record a failure of ``what``; call it from the ``except`` block that caught it."""
+        with self._lock:
+            self._count += 1
+            count = self._count
+        if count == 1:
+            logger.warning("%s failed", what, exc_info=True)
+        elif count <= 3 or _is_power_of_ten(count):
+            logger.warning(
+                "%s failed again: %d cleanups in a row have failed (the first one's traceback "
+                "was logged; the rest are logged at DEBUG)",
+                what,
+                count,
+            )
+        else:
+            logger.debug("%s failed (%d in a row)", what, count, exc_info=True)
+
+    def succeeded(self) -> None:
+        """Record a cleanup that worked."""
+        if self._count:  # read without the lock: the common case costs nothing
+            with self._lock:
+                count, self._count = self._count, 0
+            if count:
+                logger.info("memory cleanup works again after %d failures", count)
+
+
+def _is_power_of_ten(number: int) -> bool:
+    while number % 10 == 0:
+        number //= 10
+    return number == 1
+
+
+failures = FailureLog()
+"""The process's one record of failing cleanups."""

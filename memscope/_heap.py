@@ -51,6 +51,24 @@ def release_frozen_heap() -> None:
             _frozen_by_memscope = False
 
 
+def collect_including_frozen() -> None:
+    """``gc.collect()``, frozen objects included: unfreeze, collect, freeze again.
+
+    After an out-of-memory error, garbage made of objects that predate the batch (a
+    pipeline's cache that let go of tensors, say) is otherwise out of reach exactly when the
+    memory is needed. Objects alive after the collection stay frozen until the batch ends.
+    """
+    with _lock:
+        if _frozen_by_memscope:
+            gc.unfreeze()
+            try:
+                gc.collect()
+            finally:
+                gc.freeze()
+            return
+    gc.collect()
+
+
 def heap_holders() -> int:
     """How many batches currently hold the heap frozen."""
     return _holders

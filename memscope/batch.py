@@ -278,9 +278,21 @@ class ManagedBatch(SyncAndAsyncContextManager):
     ) -> None:
         if not self._tokens:
             raise BatchStateError("batch.__exit__ was called without a matching __enter__")
-        context.active_batch.reset(self._tokens.pop())
+        self._leave_context(self._tokens.pop())
         if not self._tokens:
             self._finish(exc_type, exc)
+
+    def _leave_context(self, token: contextvars.Token[context.ActiveBatch | None]) -> None:
+        try:
+            context.active_batch.reset(token)
+        except ValueError:
+            # Left from another context than the one it was entered in: an async generator
+            # whose set-up and tear-down run in different tasks, an ExitStack closed in
+            # another thread. The token cannot be used here; where this context still sees
+            # the batch, it gets the batch that was active before.
+            if context.active_batch.get() is self:
+                previous = token.old_value
+                context.active_batch.set(None if previous is token.MISSING else previous)
 
     def _start(self) -> None:
         parent = current_batch()
@@ -373,8 +385,12 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 generator.close()
             except Exception:
                 logger.debug("could not close an abandoned track() generator", exc_info=True)
+        interrupted: BaseException | None = None
         if self.every is not None:
-            self._clean_up("the batch")
+            try:
+                self._clean_up("the batch")
+            except BaseException as error:  # KeyboardInterrupt, SystemExit: report, then raise
+                interrupted = error
         end = manager.snapshot()
         self._observe_peak(end.peak_allocated, end.peak_reserved)
         host_resident_end = self._sample_host()
@@ -396,7 +412,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 gc_seconds=self._gc_seconds,
                 cleanups=self._cleanups,
                 every=self.every,
-                ended_by=None if exc_type is None else exc_type.__name__,
+                ended_by=_ended_by(exc_type, interrupted),
                 host_resident_start=self._host_resident_start,
                 host_resident_end=host_resident_end,
                 host_resident_peak=self._host_resident_peak,
@@ -420,6 +436,12 @@ class ManagedBatch(SyncAndAsyncContextManager):
         ):
             parent._observe_peak(self._peak_allocated, self._peak_reserved)
         logger.info("batch finished: %s", self._report.summary())
+        if interrupted is not None:
+            # Raised from __exit__, it keeps the user's exception (if any) as its __context__.
+            try:
+                raise interrupted
+            finally:
+                del interrupted
 
     # Counting --------------------------------------------------------------------------
 
@@ -513,6 +535,11 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 yield item
             finally:
                 context.tracked_item.set(outer)
+            if not self._tokens:
+                raise BatchStateError(
+                    "batch.track(): the batch ended while this loop was still running (in "
+                    "another thread?); end the loops before leaving the batch"
+                )
             # Reached only when the loop asks for the next item: the body is done.
             self._advance(1)
 
@@ -585,6 +612,14 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 context.active_batch.reset(token)
 
         return run_in_batch
+
+
+def _ended_by(
+    exc_type: type[BaseException] | None, interrupted: BaseException | None
+) -> str | None:
+    if exc_type is not None:
+        return exc_type.__name__
+    return None if interrupted is None else type(interrupted).__name__
 
 
 _host_figures_missing_said = False

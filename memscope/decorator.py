@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, ov
 import wrapt
 
 from memscope import _context as context
-from memscope._cleanup import CleanupOutcome, reclaim, run_cleanup_safely
+from memscope._cleanup import CleanupOutcome, failures, reclaim, run_cleanup_safely
 from memscope._context import ActiveBatch
-from memscope._devices import as_torch_device
+from memscope._devices import as_torch_device, present_torch_device
+from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope._validation import check_fraction, check_int
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
@@ -189,8 +190,9 @@ class _CleanupCadence:
             if batch is not None:
                 batch._record_oom(failure, retried=retry)
         if not retry:
-            if oom:
-                add_oom_note(failure, self._manager_for(batch))
+            manager = self._cleanup_manager(batch) if oom else None
+            if manager is not None:
+                add_oom_note(failure, manager)
             self.finish_call(batch, failed=True)
             try:
                 raise failure
@@ -203,7 +205,8 @@ class _CleanupCadence:
             retries_left - 1,
         )
         release_exception_frames(failure)
-        self._record(batch, reclaim(self._manager_for(batch)))
+        manager = self._cleanup_manager(batch)
+        self._record(batch, None if manager is None else reclaim(manager))
 
     # Counting and cleaning.
 
@@ -216,14 +219,23 @@ class _CleanupCadence:
             due = failed or self.stats.calls % self.every == 0
         if batch is not None:
             batch._record_call(failed=failed)
-            if self._manager_for(batch) is batch.manager:
+            if self._batch_owns_cleanup(batch):
                 return
         if due:
             self._clean_up(batch)
 
+    def _batch_owns_cleanup(self, batch: ActiveBatch) -> bool:
+        """Whether ``batch`` cleans this function's device (see ``context.manager_for``)."""
+        return self.manager is None and (
+            self.torch_device is None or self.torch_device == batch.manager.device
+        )
+
     def _clean_up(self, batch: ActiveBatch | None) -> None:
+        manager = self._cleanup_manager(batch)
+        if manager is None:
+            self._record(batch, None)
+            return
         policy = DEFAULT_CACHE_POLICY if self.cache_policy is None else self.cache_policy
-        manager = self._manager_for(batch)
         self._record(batch, run_cleanup_safely(manager, f"a call of {self.name}", policy))
 
     def _record(self, batch: ActiveBatch | None, outcome: CleanupOutcome | None) -> None:
@@ -236,22 +248,36 @@ class _CleanupCadence:
                 self.stats.cleanups += 1
                 self.stats.gc_runs += outcome.gc_runs
 
-    def _manager_for(self, batch: ActiveBatch | None) -> MemoryManager:
-        return context.manager_for(self.manager, self.torch_device, batch, self.memory_threshold)
+    def _cleanup_manager(self, batch: ActiveBatch | None) -> MemoryManager | None:
+        """The manager to clean up through, or ``None`` (logged) when none can be had.
+
+        A device that cannot be resolved at call time (a launcher's ``LOCAL_RANK`` naming a
+        GPU this process cannot see, say) is a failed cleanup: it never replaces the
+        function's result or exception.
+        """
+        try:
+            return context.manager_for(
+                self.manager, self.torch_device, batch, self.memory_threshold
+            )
+        except Exception:
+            failures.failed(f"finding the memory manager for a call of {self.name}")
+            return None
 
 
 def _cadence_of(wrapper: object) -> _CleanupCadence:
     return cast(_CleanupCadence, cast(Any, wrapper).__self__)
 
 
-class _BoundAutoClearFunction(wrapt.BoundFunctionWrapper[Parameters, Result]):
+class _BoundAutoClearFunction(
+    PicklableBoundFunctionWrapper, wrapt.BoundFunctionWrapper[Parameters, Result]
+):
     @property
     def cleanup_stats(self) -> CleanupStats:
         """The decorated function's statistics (for methods, shared by every instance)."""
         return _cadence_of(self._self_wrapper).stats
 
 
-class AutoClearFunction(wrapt.FunctionWrapper[Parameters, Result]):
+class AutoClearFunction(PicklableFunctionWrapper, wrapt.FunctionWrapper[Parameters, Result]):
     """A function decorated with ``@auto_clear``; ``cleanup_stats`` holds its statistics.
 
     Its type keeps the function's parameters and return type, so ``mypy`` checks calls of
@@ -379,7 +405,9 @@ def auto_clear(
     if manager is not None and not isinstance(manager, MemoryManager):
         raise InvalidArgumentTypeError(f"manager must be a MemoryManager or None, got {manager!r}")
     if device is not None:
-        as_torch_device(device)
+        # An explicit device that is not there is refused now, not after the first call
+        # has run (touches no device beyond asking whether it exists).
+        present_torch_device(device)
     if wrapped is None:
         decorate = functools.partial(
             auto_clear,

@@ -25,6 +25,7 @@ CPU budgets can be tested without filling the machine's RAM.
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import shutil
@@ -59,6 +60,22 @@ MiB = 1024**2
 GiB = 1024**3
 
 _MISSING = object()
+
+
+def _fresh(failure: BaseException | Callable[[], BaseException]) -> BaseException:
+    """A new exception like ``failure`` (or made by it), with no traceback yet."""
+    if not isinstance(failure, BaseException):
+        return failure()
+    try:
+        error = copy.copy(failure)
+    except Exception:
+        return failure
+    error.__traceback__ = None
+    notes = getattr(failure, "__notes__", None)
+    if notes is not None:
+        # A shallow copy would share the list, and notes added to one error reach the next.
+        error.__notes__ = list(notes)
+    return error
 
 
 class FakeCall(NamedTuple):
@@ -144,7 +161,7 @@ class FakeDevice:
         self.calls: list[FakeCall] = []
         self.memory_history: str | None = None
         self.snapshot_files: list[str] = []
-        self._failures: dict[str, BaseException] = {}
+        self._failures: dict[str, BaseException | Callable[[], BaseException]] = {}
         self._saved: list[tuple[object, str, object]] = []
 
     # Setting figures -------------------------------------------------------------------
@@ -186,8 +203,14 @@ class FakeDevice:
         """
         self.memory[index].scripted_usage.extend(usages)
 
-    def fail(self, function: str, error: BaseException) -> None:
-        """Make the faked ``function`` (a full name, ``"torch.cuda.mem_get_info"``) raise."""
+    def fail(self, function: str, error: BaseException | Callable[[], BaseException]) -> None:
+        """Make the faked ``function`` (a full name, ``"torch.cuda.mem_get_info"``) raise.
+
+        Each call raises a fresh exception: a copy of ``error`` (same type, arguments and
+        notes), or what ``error()`` returns when it is a factory such as
+        ``lambda: oom_error("cuda")``. One object raised again and again would grow its
+        traceback without bound.
+        """
         self._failures[function] = error
 
     def clear_failures(self) -> None:
@@ -234,9 +257,9 @@ class FakeDevice:
     def _recorded(self, function: str, implementation: Callable[..., Any]) -> Callable[..., Any]:
         def fake(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(FakeCall(function, args, tuple(sorted(kwargs.items()))))
-            error = self._failures.get(function)
-            if error is not None:
-                raise error
+            failure = self._failures.get(function)
+            if failure is not None:
+                raise _fresh(failure)
             return implementation(*args, **kwargs)
 
         fake.__name__ = function.rsplit(".", 1)[-1]

@@ -124,7 +124,8 @@ def test_device_and_threshold_options_choose_the_default_manager() -> None:
 
 
 def test_default_manager_is_shared_per_device_and_made_at_first_cleanup() -> None:
-    """Decorating touches no device; the first cleanup makes one manager shared by all."""
+    """Decorating only checks that the device exists; the first cleanup makes one manager
+    shared by all."""
     with FakeDevice("cuda") as fake:
 
         @auto_clear(every=1, device="cuda", cache_policy=ClearAlways())
@@ -135,7 +136,10 @@ def test_default_manager_is_shared_per_device_and_made_at_first_cleanup() -> Non
         def second() -> None:
             pass
 
-        assert fake.calls == []
+        assert {call.function for call in fake.calls} <= {
+            "torch.cuda.is_available",
+            "torch.cuda.device_count",
+        }
         first()
         second()
     assert fake.count("torch.cuda.empty_cache") == 2
@@ -693,7 +697,7 @@ def test_new_threads_do_not_inherit_the_batch_but_a_copied_context_does() -> Non
 def test_shared_default_managers_do_not_outlive_a_fake_device() -> None:
     """A default manager made under one FakeDevice is not reused under the next one."""
 
-    @auto_clear(every=1, device="cuda", memory_threshold=0.5)
+    @auto_clear(every=1, memory_threshold=0.5)
     def work() -> None:
         pass
 

@@ -257,18 +257,26 @@ def _unavailable(device: object, reason: str) -> DeviceUnavailableError:
     return DeviceUnavailableError(f"device {device!r} {reason}; available devices: {available}")
 
 
-def create_backend(device: torch.device) -> DeviceBackend:
-    """The backend bound to ``device``, after checking that the device is really there."""
+def present_backend_class(device: torch.device) -> type[DeviceBackend]:
+    """The backend class for ``device``, after checking that the device is really there.
+
+    Asks only whether the device type is available and how many devices it has, which
+    initialises no device: decorators check their ``device=`` with it when decorating.
+    """
     backend_class = _backend_class_for(device.type)
     if backend_class is None or not backend_class.is_available():
         raise _unavailable(str(device), "is not available on this machine")
-    index: int | None = device.index
-    if index is None:
-        index = backend_class.default_index()
-    elif not backend_class.indexed():
-        if index != 0:
-            raise _unavailable(str(device), "has no device with that index")
-        index = None
-    elif index >= backend_class.device_count():
+    index = device.index
+    if index is not None and (
+        index != 0 if not backend_class.indexed() else index >= backend_class.device_count()
+    ):
         raise _unavailable(str(device), "has no device with that index")
-    return backend_class(index)
+    return backend_class
+
+
+def create_backend(device: torch.device) -> DeviceBackend:
+    """The backend bound to ``device``, after checking that the device is really there."""
+    backend_class = present_backend_class(device)
+    if device.index is None:
+        return backend_class(backend_class.default_index())
+    return backend_class(device.index if backend_class.indexed() else None)
