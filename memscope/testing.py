@@ -74,7 +74,7 @@ def _fresh(failure: BaseException | Callable[[], BaseException]) -> BaseExceptio
     notes = getattr(failure, "__notes__", None)
     if notes is not None:
         # A shallow copy would share the list, and notes added to one error reach the next.
-        error.__notes__ = list(notes)
+        setattr(error, "__notes__", list(notes))  # noqa: B010 (no __notes__ in 3.10 typing)
     return error
 
 
