@@ -75,9 +75,16 @@ def physical_memory_from_meminfo(path: Path) -> int | None:
         text = path.read_text()
     except OSError:
         return None
+    except ValueError as error:  # UnicodeDecodeError: not the file it should be
+        _warn_unreadable(path, error)
+        return None
     for line in text.splitlines():
         if line.startswith("MemTotal:"):
-            return _kibibyte_line_value(line)
+            try:
+                return _kibibyte_line_value(line)
+            except ValueError as error:
+                _warn_unreadable(path, error)
+                return None
     return None
 
 
@@ -122,6 +129,9 @@ def _cgroup_membership(membership: Path) -> tuple[str, str]:
         lines = membership.read_text().splitlines()
     except OSError:
         return v2_group, v1_group
+    except ValueError as error:
+        _warn_unreadable(membership, error)
+        return v2_group, v1_group
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, group = rest.partition(":")
@@ -157,6 +167,9 @@ def _read_limit_file(path: Path) -> int | None:
         text = path.read_text().strip()
     except OSError:
         return None
+    except ValueError as error:
+        _warn_unreadable(path, error)
+        return None
     if text == "max":
         return None
     try:
@@ -186,7 +199,16 @@ def rlimit_memory_limit(getrlimit: GetRlimit | None = None) -> HostMemoryLimit |
         which = getattr(resource, name, None)
         if which is None:
             continue
-        soft, _hard = read(which)
+        try:
+            soft, _hard = read(which)
+        except (OSError, ValueError) as error:
+            logger.warning(
+                "ignoring the %s resource limit: reading it failed (%s); the other limits "
+                "still apply",
+                name,
+                error,
+            )
+            continue
         if soft != resource.RLIM_INFINITY and 0 < soft < NO_LIMIT_FROM:
             limits.append(HostMemoryLimit(soft, name))
     return min(limits, key=lambda limit: limit.size, default=None)
@@ -330,8 +352,31 @@ def _proc_resident_reader(proc_root: Path) -> tuple[Callable[[], int], str]:
     return (lambda: resident_bytes_from_status(status)), str(status)
 
 
+_UNIT_BYTES = {
+    "b": 1,
+    # /proc writes "kB" but means KiB; the others appear in hand-made or foreign files.
+    "kb": 1024,
+    "kib": 1024,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "gb": 1024**3,
+    "gib": 1024**3,
+}
+
+
 def _kibibyte_line_value(line: str) -> int:
-    # /proc writes "kB" but means KiB.
-    _label, value, *unit = line.split()
-    multiplier = 1024 if unit and unit[0].lower() == "kb" else 1
-    return int(value) * multiplier
+    """The bytes of a ``Label:  value unit`` line of /proc; ``ValueError`` when malformed."""
+    _label, _, rest = line.partition(":")
+    fields = rest.split()
+    if not fields or len(fields) > 2:
+        raise ValueError(f"{line.strip()!r} is not 'label: number unit'")
+    unit = fields[1].lower() if len(fields) == 2 else "b"
+    if unit not in _UNIT_BYTES:
+        raise ValueError(f"{line.strip()!r} has an unknown unit {fields[1]!r}")
+    return int(fields[0]) * _UNIT_BYTES[unit]
+
+
+def _warn_unreadable(path: Path, error: Exception) -> None:
+    logger.warning(
+        "ignoring %s: it cannot be read as expected (%s); using the next source", path, error
+    )
