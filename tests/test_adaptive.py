@@ -26,7 +26,7 @@ from memscope import (
 )
 from memscope import _context as context
 from memscope.oom import AdaptiveBatchState
-from memscope.testing import FakeDevice, GiB, RecordingManager
+from memscope.testing import FakeDevice, GiB, MiB, RecordingManager, oom_error
 
 
 @pytest.fixture
@@ -35,25 +35,24 @@ def own_default_managers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(context, "_shared_managers", {})
 
 
-class SimulatedOomError(RuntimeError):
-    """An out-of-memory error shaped like the CUDA allocator's."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__(
-            f"CUDA out of memory. Tried to allocate {size}.00 GiB (GPU 0; 24.00 GiB total "
-            "capacity; 20.00 GiB already allocated; 1.00 GiB free; 21.00 GiB reserved in total "
-            "by PyTorch)"
-        )
-        self.size = size
+def cuda_oom(batch_size: int) -> BaseException:
+    """The CUDA allocator's error for a batch of ``batch_size`` items of 1 MiB each."""
+    return oom_error("cuda", tried=batch_size * MiB)
 
 
-def failing_above(limit: int, calls: list[int]) -> Callable[[int], int]:
-    """A step that records its size and runs out of memory above ``limit``."""
+def failing_above(
+    limit: int, calls: list[int], raised: list[BaseException] | None = None
+) -> Callable[[int], int]:
+    """A step that records its size (and each error it raises in ``raised``) and runs out of
+    memory above ``limit``."""
 
     def step(batch_size: int) -> int:
         calls.append(batch_size)
         if batch_size > limit:
-            raise SimulatedOomError(batch_size)
+            error = cuda_oom(batch_size)
+            if raised is not None:
+                raised.append(error)
+            raise error
         return batch_size
 
     return step
@@ -120,10 +119,10 @@ def test_function_without_batch_parameter_is_rejected() -> None:
     """A function that cannot take the size positionally first is refused when decorated."""
     decorate = adaptive_batch(start=4)
     with pytest.raises(InvalidArgumentTypeError, match="first parameter is the batch size"):
-        decorate(lambda: None)
+        decorate(lambda: None)  # type: ignore[arg-type, misc]
     with pytest.raises(InvalidArgumentTypeError, match="first parameter is the batch size"):
 
-        @decorate
+        @decorate  # type: ignore[arg-type]
         def keyword_only(*, batch_size: int) -> None:
             pass
 
@@ -196,7 +195,7 @@ def test_passing_the_batch_size_positionally_is_a_type_error() -> None:
         return batch_size
 
     with pytest.raises(TypeError, match="besides the batch size 'batch_size'"):
-        step(4, ["a"])  # type: ignore[call-arg]
+        step(4, ["a"])  # type: ignore[call-arg, arg-type]
 
 
 def test_star_args_functions_are_not_arity_checked() -> None:
@@ -259,7 +258,7 @@ def test_method_signatures_drop_the_batch_size() -> None:
 def test_method_called_with_the_batch_size_is_a_type_error() -> None:
     """The arity check knows about self."""
     with pytest.raises(TypeError, match="adaptive_batch supplies"):
-        Colorizer("c").method(4, ["x"])  # type: ignore[call-arg]
+        Colorizer("c").method(4, ["x"])  # type: ignore[call-arg, arg-type]
 
 
 # Shrinking ---------------------------------------------------------------------------------
@@ -271,7 +270,7 @@ def test_size_shrinks_by_factor_until_it_fits() -> None:
     step = adaptive_batch(start=32, device="cpu")(failing_above(5, calls))
     assert step() == 4
     assert calls == [32, 16, 8, 4]
-    state = step.adaptive_state  # type: ignore[attr-defined]
+    state = step.adaptive_state
     assert (state.current_size, state.oom_count, state.reductions) == (4, 3, 3)
     assert state.sizes_tried == (32, 16, 8, 4)
 
@@ -285,7 +284,7 @@ def test_size_that_worked_is_remembered() -> None:
     step()
     step()
     assert calls == [4, 4]
-    assert step.adaptive_state.successes == 3  # type: ignore[attr-defined]
+    assert step.adaptive_state.successes == 3
 
 
 def test_each_size_is_strictly_smaller_and_never_below_min_size() -> None:
@@ -299,9 +298,10 @@ def test_each_size_is_strictly_smaller_and_never_below_min_size() -> None:
 def test_exhausted_sizes_raise_a_clear_error_from_the_last_oom(own_default_managers: None) -> None:
     """When min_size fails too: BatchSizeExhaustedError naming the sizes, from the last OOM."""
     calls: list[int] = []
+    raised: list[BaseException] = []
     with FakeDevice("cuda", total=24 * GiB) as fake:
         fake.set_memory(allocated=23 * GiB)
-        step = adaptive_batch(start=32, min_size=6, device="cuda")(failing_above(5, calls))
+        step = adaptive_batch(start=32, min_size=6, device="cuda")(failing_above(5, calls, raised))
         with pytest.raises(BatchSizeExhaustedError) as info:
             step()
     error = info.value
@@ -309,8 +309,9 @@ def test_exhausted_sizes_raise_a_clear_error_from_the_last_oom(own_default_manag
     assert error.sizes_tried == (32, 16, 8, 6)
     assert "sizes tried: 32, 16, 8, 6" in str(error)
     assert "min_size=6" in str(error)
-    assert isinstance(error.__cause__, SimulatedOomError)
-    assert error.__cause__.size == 6
+    # The cause is the error of the last attempt, at 6, traceback and all.
+    assert error.__cause__ is raised[-1]
+    assert "Tried to allocate 6.0 MiB" in str(error.__cause__)
     assert error.__cause__.__traceback__ is not None
     assert isinstance(error, RuntimeError)
     assert is_oom_error(error)
@@ -334,7 +335,7 @@ def test_other_errors_pass_through_without_retry() -> None:
         step()
     assert info.value is failure
     assert calls == [8]
-    assert step.adaptive_state.oom_count == 0  # type: ignore[attr-defined]
+    assert step.adaptive_state.oom_count == 0
 
 
 def test_interrupts_are_never_retried() -> None:
@@ -361,7 +362,7 @@ def test_genuine_cpu_allocator_oom_is_recovered() -> None:
         return batch_size + 0 * int(block.numel() > 0)
 
     assert allocate() == 2
-    assert allocate.adaptive_state.reductions == 2  # type: ignore[attr-defined]
+    assert allocate.adaptive_state.reductions == 2
 
 
 def test_log_says_what_happened(memscope_log: pytest.LogCaptureFixture) -> None:
@@ -387,7 +388,7 @@ def test_tensor_of_the_failed_attempt_is_freed_when_the_retry_starts() -> None:
         activations = torch.ones(4096)
         references.append(weakref.ref(activations))
         if batch_size > 1:
-            raise SimulatedOomError(batch_size)
+            raise cuda_oom(batch_size)
         return int(activations.sum().item())
 
     assert step() == 4096
@@ -410,7 +411,7 @@ def test_tensor_in_a_rewrapped_oom_is_freed_before_the_cache_is_cleared() -> Non
     def model_forward(batch_size: int) -> None:
         hidden = torch.ones(4096)
         references.append(weakref.ref(hidden))
-        raise SimulatedOomError(batch_size)
+        raise cuda_oom(batch_size)
 
     @adaptive_batch(start=2, manager=manager)
     def step(batch_size: int) -> int:
@@ -442,7 +443,7 @@ def test_memory_is_collected_then_cleared_between_attempts(
     def step(batch_size: int) -> int:
         manager.events.append(f"attempt {batch_size}")
         if batch_size > 1:
-            raise SimulatedOomError(batch_size)
+            raise cuda_oom(batch_size)
         return batch_size
 
     step()
@@ -493,10 +494,10 @@ def test_inside_managed_batch_the_batchs_manager_is_used() -> None:
 def test_state_is_updated_in_place_and_can_be_reset() -> None:
     """The state object is the same before and after; reset() starts over."""
     step = adaptive_batch(start=8, device="cpu")(failing_above(2, []))
-    state = step.adaptive_state  # type: ignore[attr-defined]
+    state = step.adaptive_state
     assert isinstance(state, AdaptiveBatchState)
     step()
-    assert step.adaptive_state is state  # type: ignore[attr-defined]
+    assert step.adaptive_state is state
     assert state.current_size == 2
     state.reset()
     assert (state.current_size, state.oom_count, state.sizes_tried) == (8, 0, ())
@@ -509,8 +510,8 @@ def test_each_decoration_learns_separately() -> None:
     small = adaptive_batch(start=8, device="cpu")(function)
     large = adaptive_batch(start=16, device="cpu")(function)
     small()
-    assert large.adaptive_state.current_size == 16  # type: ignore[attr-defined]
-    assert small.adaptive_state.current_size == 2  # type: ignore[attr-defined]
+    assert large.adaptive_state.current_size == 16
+    assert small.adaptive_state.current_size == 2
 
 
 def test_methods_share_what_they_learn_across_instances() -> None:
@@ -520,12 +521,12 @@ def test_methods_share_what_they_learn_across_instances() -> None:
         @adaptive_batch(start=8, device="cpu")
         def run(self, batch_size: int) -> int:
             if batch_size > 2:
-                raise SimulatedOomError(batch_size)
+                raise cuda_oom(batch_size)
             return batch_size
 
     Model().run()
-    assert Model().run.adaptive_state.current_size == 2  # type: ignore[attr-defined]
-    assert Model.run.adaptive_state.current_size == 2  # type: ignore[attr-defined]
+    assert Model().run.adaptive_state.current_size == 2
+    assert Model.run.adaptive_state.current_size == 2
 
 
 def test_concurrent_calls_share_the_size_safely() -> None:
@@ -539,7 +540,7 @@ def test_concurrent_calls_share_the_size_safely() -> None:
         if batch_size > 4:
             with lock:
                 ooms.append(batch_size)
-            raise SimulatedOomError(batch_size)
+            raise cuda_oom(batch_size)
         return batch_size
 
     results: list[int] = []
@@ -556,7 +557,7 @@ def test_concurrent_calls_share_the_size_safely() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    state = step.adaptive_state  # type: ignore[attr-defined]
+    state = step.adaptive_state
     assert results == [4] * 200
     assert state.successes == 200
     assert state.oom_count == len(ooms)
@@ -577,7 +578,7 @@ class Memory:
     def step(self, batch_size: int) -> int:
         self.calls.append(batch_size)
         if batch_size > self.fits:
-            raise SimulatedOomError(batch_size)
+            raise cuda_oom(batch_size)
         return batch_size
 
 
@@ -602,7 +603,7 @@ def test_size_regrows_after_a_run_of_successes() -> None:
     # The call that worked at 4 already counts: one more success, then 8; two at 8 (the
     # call that grew counts), then 16.
     assert results == [4, 8, 8, 16, 16, 16]
-    state = step.adaptive_state  # type: ignore[attr-defined]
+    state = step.adaptive_state
     assert (state.current_size, state.regrowths) == (16, 2)
 
 
@@ -629,7 +630,7 @@ def test_failed_regrowth_falls_back_and_waits_twice_as_long() -> None:
     # Two successes (the first call's included), then 8 is tried and fails within the second
     # call, which still succeeds at 4; four successes later, 8 again; next time, eight.
     assert memory.calls == [4, 8, 4, 4, 4, 4, 8, 4, 4, 4, 4, 4]
-    state = step.adaptive_state  # type: ignore[attr-defined]
+    state = step.adaptive_state
     assert (state.failed_regrowths, state.current_size, state.reductions) == (2, 4, 1)
 
 
@@ -645,7 +646,7 @@ def test_async_function_shrinks_and_stays_async() -> None:
         calls.append(batch_size)
         await asyncio.sleep(0)
         if batch_size > 4:
-            raise SimulatedOomError(batch_size)
+            raise cuda_oom(batch_size)
         return f"{label}:{batch_size}"
 
     assert inspect.iscoroutinefunction(step)
@@ -662,7 +663,7 @@ def test_async_misuse_fails_at_the_call_not_the_await() -> None:
         return batch_size
 
     with pytest.raises(TypeError, match="adaptive_batch supplies"):
-        step(batch_size=3)  # type: ignore[call-arg]
+        step(batch_size=3)  # type: ignore[call-arg, unused-coroutine]
 
 
 def test_async_tensor_of_failed_attempt_is_freed_before_retry() -> None:
@@ -678,7 +679,7 @@ def test_async_tensor_of_failed_attempt_is_freed_before_retry() -> None:
         references.append(weakref.ref(activations))
         await asyncio.sleep(0)
         if batch_size > 1:
-            raise SimulatedOomError(batch_size)
+            raise cuda_oom(batch_size)
         return batch_size
 
     assert asyncio.run(step()) == 1
@@ -690,7 +691,7 @@ def test_async_exhaustion_raises_the_clear_error() -> None:
 
     @adaptive_batch(start=2, device="cpu")
     async def step(batch_size: int) -> None:
-        raise SimulatedOomError(batch_size)
+        raise cuda_oom(batch_size)
 
     with pytest.raises(BatchSizeExhaustedError, match="sizes tried: 2, 1"):
         asyncio.run(step())

@@ -17,13 +17,12 @@ from memscope import (
     process_in_chunks,
     process_in_chunks_async,
 )
-from memscope.testing import RecordingManager
+from memscope.testing import MiB, RecordingManager, oom_error
 
 
-def _oom(size: int) -> RuntimeError:
-    return RuntimeError(
-        f"CUDA out of memory. Tried to allocate {size}.00 GiB (GPU 0; 24.00 GiB total capacity)"
-    )
+def cuda_oom(chunk_length: int) -> BaseException:
+    """The CUDA allocator's error for a chunk of ``chunk_length`` items of 1 MiB each."""
+    return oom_error("cuda", tried=chunk_length * MiB)
 
 
 class Worker:
@@ -41,7 +40,7 @@ class Worker:
         self.attempts.append(items)
         limit = self.heavy_limit if self.heavy.intersection(items) else self.limit
         if len(items) > limit:
-            raise _oom(len(items))
+            raise cuda_oom(len(items))
         self.completed.extend(items)
         return [item * 10 for item in items]
 
@@ -76,7 +75,7 @@ def test_tensor_items_are_sliced_and_results_concatenated() -> None:
     def double(chunk: torch.Tensor) -> torch.Tensor:
         seen.append(chunk.shape[0])
         if chunk.shape[0] > 3:
-            raise _oom(chunk.shape[0])
+            raise cuda_oom(chunk.shape[0])
         return chunk * 2
 
     result = process_in_chunks(double, items, start=8, device="cpu")
@@ -148,7 +147,8 @@ def test_exhausted_chunk_names_where_and_what() -> None:
     error = info.value
     assert "the chunk at item 13 (of 20)" in str(error)
     assert error.sizes_tried == (8, 4, 2, 1)
-    assert isinstance(error.__cause__, RuntimeError)
+    assert isinstance(error.__cause__, torch.OutOfMemoryError)
+    assert "Tried to allocate 1.0 MiB" in str(error.__cause__)
     assert worker.completed == list(range(13))
     assert "batch sizes tried: 8, 4, 2, 1" in error.__notes__[0]
 
@@ -164,7 +164,7 @@ def test_tensor_of_a_failed_chunk_is_freed_before_the_retry() -> None:
         activations = torch.ones(4096)
         references.append(weakref.ref(activations))
         if len(chunk) > 1:
-            raise _oom(len(chunk))
+            raise cuda_oom(len(chunk))
         return list(chunk)
 
     assert process_in_chunks(step, [1, 2], start=2, manager=RecordingManager()) == [1, 2]
@@ -237,4 +237,18 @@ def test_async_form_processes_every_item_exactly_once() -> None:
 def test_async_form_refuses_a_function_that_does_not_return_an_awaitable() -> None:
     """A plain function given to the async form is a clear error."""
     with pytest.raises(InvalidArgumentTypeError, match="awaitable"):
-        asyncio.run(process_in_chunks_async(list, [1], start=1, device="cpu"))
+        asyncio.run(process_in_chunks_async(list, [1], start=1, device="cpu"))  # type: ignore[arg-type]
+
+
+def test_async_form_checks_its_arguments_at_the_call() -> None:
+    """Bad arguments fail when process_in_chunks_async is called, before anything is awaited."""
+
+    async def step(chunk: Sequence[int]) -> list[int]:
+        return list(chunk)
+
+    with pytest.raises(InvalidArgumentError, match="start"):
+        _ = process_in_chunks_async(step, [1], start=0, device="cpu")
+    with pytest.raises(InvalidArgumentTypeError, match="sequence"):
+        _ = process_in_chunks_async(step, 42, start=1, device="cpu")
+    with pytest.raises(InvalidArgumentTypeError, match="callable"):
+        _ = process_in_chunks_async(3, [1], start=1, device="cpu")  # type: ignore[arg-type]

@@ -13,14 +13,10 @@ import torch
 
 from memscope import InvalidArgumentError, InvalidArgumentTypeError, MemoryManager
 from memscope.oom import MemoryHistoryRecorder
-from memscope.testing import FakeCall, FakeDevice, GiB
+from memscope.testing import FakeCall, FakeDevice, GiB, oom_error
 
 RECORD = "torch.cuda.memory._record_memory_history"
 DUMP = "torch.cuda.memory._dump_snapshot"
-
-
-def _oom() -> torch.OutOfMemoryError:
-    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
 def test_construction_touches_no_device(tmp_path: Path) -> None:
@@ -66,7 +62,7 @@ def test_dump_writes_a_uniquely_named_snapshot(tmp_path: Path) -> None:
 
 def test_oom_leaving_the_block_dumps_and_notes(tmp_path: Path) -> None:
     """An OOM out of the block gets a snapshot file, named in its note; recording stops."""
-    error = _oom()
+    error = oom_error("cuda")
     with FakeDevice("cuda", total=8 * GiB) as fake:
         fake.set_memory(allocated=7 * GiB)
         recorder = MemoryHistoryRecorder("cuda", tmp_path, manager=MemoryManager("cuda"))
@@ -140,7 +136,7 @@ def test_failing_dump_keeps_the_users_error(
     tmp_path: Path, memscope_log: pytest.LogCaptureFixture
 ) -> None:
     """A snapshot that cannot be written is logged; the OOM propagates unchanged."""
-    error = _oom()
+    error = oom_error("cuda")
     with FakeDevice("cuda") as fake:
         fake.fail(DUMP, OSError("disk full"))
         with pytest.raises(torch.OutOfMemoryError) as info, MemoryHistoryRecorder("cuda", tmp_path):
@@ -156,7 +152,7 @@ def test_async_context_manager(tmp_path: Path) -> None:
 
     async def run(recorder: MemoryHistoryRecorder) -> None:
         async with recorder:
-            raise _oom()
+            raise oom_error("cuda")
 
     with FakeDevice("cuda") as fake:
         recorder = MemoryHistoryRecorder("cuda", tmp_path)

@@ -19,7 +19,7 @@ from memscope.oom import (
     reclaim_memory,
     release_exception_frames,
 )
-from memscope.testing import RecordingManager
+from memscope.testing import GiB, MiB, RecordingManager, oom_error
 
 # Message shapes as the backends print them (figures invented). -------------------------
 
@@ -232,8 +232,8 @@ def _raised(make: Any) -> BaseException:
     raise AssertionError("nothing was raised")
 
 
-def _oom() -> None:
-    raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+def _raise_cuda_oom() -> None:
+    raise oom_error("cuda", tried=20 * MiB)
 
 
 def test_oom_as_explicit_cause_is_recognised() -> None:
@@ -241,7 +241,7 @@ def test_oom_as_explicit_cause_is_recognised() -> None:
 
     def wrap() -> None:
         try:
-            _oom()
+            _raise_cuda_oom()
         except RuntimeError as error:
             raise ValueError("inference failed") from error
 
@@ -253,7 +253,7 @@ def test_oom_as_implicit_context_is_recognised() -> None:
 
     def wrap() -> None:
         try:
-            _oom()
+            _raise_cuda_oom()
         except RuntimeError:
             raise LookupError("step failed")  # noqa: B904 - the implicit context is the point
 
@@ -275,7 +275,7 @@ def test_suppressed_context_is_not_followed() -> None:
 
     def wrap() -> None:
         try:
-            _oom()
+            _raise_cuda_oom()
         except RuntimeError:
             raise ValueError("bad input") from None
 
@@ -322,7 +322,7 @@ def test_unprintable_error_is_not_out_of_memory() -> None:
 def _failing_call(references: list[weakref.ref[torch.Tensor]]) -> None:
     activations = torch.empty(1024)
     references.append(weakref.ref(activations))
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+    raise oom_error("cuda", tried=8 * GiB)
 
 
 def test_a_held_exception_pins_the_failed_calls_tensors() -> None:
@@ -341,7 +341,7 @@ def test_release_frees_the_failed_calls_tensors_while_the_error_lives() -> None:
     assert isinstance(outcome, CaughtOom)
     release_exception_frames(outcome.error)
     assert references[0]() is None
-    assert "Tried to allocate 8.00 GiB" in str(outcome.error)
+    assert "Tried to allocate 8.0 GiB" in str(outcome.error)
     assert outcome.error.__traceback__ is None
 
 
@@ -357,7 +357,7 @@ def test_release_detaches_the_chain_but_keeps_notes() -> None:
 
 def _wrap_oom() -> None:
     try:
-        _oom()
+        _raise_cuda_oom()
     except RuntimeError as error:
         raise ValueError("wrapped") from error
 
@@ -368,7 +368,7 @@ def test_release_leaves_a_callers_exception_untouched() -> None:
     try:
         raise KeyError("the caller's own error")
     except KeyError as callers_error:
-        outcome = call_catching_oom(_oom)
+        outcome = call_catching_oom(_raise_cuda_oom)
         assert isinstance(outcome, CaughtOom)
         seen["context"] = outcome.error.__context__
         release_exception_frames(outcome.error)
@@ -411,7 +411,7 @@ def test_call_catching_oom_returns_the_result() -> None:
 
 def test_call_catching_oom_returns_the_oom() -> None:
     """An OOM comes back wrapped, the original error object inside."""
-    outcome = call_catching_oom(_oom)
+    outcome = call_catching_oom(_raise_cuda_oom)
     assert isinstance(outcome, CaughtOom)
     assert is_oom_error(outcome.error)
 
@@ -441,7 +441,7 @@ def test_call_catching_oom_async() -> None:
         return value
 
     async def fails() -> None:
-        _oom()
+        _raise_cuda_oom()
 
     async def bad() -> None:
         raise ValueError("bad")

@@ -6,21 +6,16 @@ import logging
 import types
 
 import pytest
-import torch
 
 import memscope.oom._diagnosis
 from memscope import MemoryManager, MemorySnapshot
 from memscope.oom import add_oom_note
-from memscope.testing import FakeDevice, GiB, MiB
-
-
-def _oom() -> torch.OutOfMemoryError:
-    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+from memscope.testing import FakeDevice, GiB, MiB, oom_error
 
 
 def test_note_holds_figures_sizes_and_snapshot_path() -> None:
     """The note names the device, its five figures, the sizes tried and the snapshot file."""
-    error = _oom()
+    error = oom_error("cuda")
     with FakeDevice("cuda", total=24 * GiB) as fake:
         fake.set_memory(allocated=20 * GiB, reserved=22 * GiB, other_processes=512 * MiB)
         manager = MemoryManager("cuda")
@@ -40,7 +35,7 @@ def test_note_holds_figures_sizes_and_snapshot_path() -> None:
 
 def test_note_without_sizes_or_snapshot_has_only_figures() -> None:
     """Lines for sizes and snapshot appear only when there is something to say."""
-    error = _oom()
+    error = oom_error("cuda")
     with FakeDevice("cuda", total=8 * GiB) as fake:
         fake.set_memory(allocated=1 * GiB)
         note = add_oom_note(error, MemoryManager("cuda"))
@@ -62,7 +57,7 @@ def test_cpu_note_says_the_device_reports_no_figures() -> None:
 
 def test_note_without_manager_leaves_figures_out() -> None:
     """Without a manager the note still carries what it knows."""
-    error = _oom()
+    error = oom_error("cuda")
     note = add_oom_note(error, None, snapshot_path="/tmp/s.pickle")
     assert note is not None
     assert note.splitlines()[0] == "memscope: out of memory"
@@ -72,7 +67,7 @@ def test_note_without_manager_leaves_figures_out() -> None:
 
 def test_second_layer_completes_the_note_instead_of_adding_one() -> None:
     """One note per error: a second call fills in what the first did not know."""
-    error = _oom()
+    error = oom_error("cuda")
     with FakeDevice("cuda", total=8 * GiB) as fake:
         fake.set_memory(allocated=7 * GiB)
         manager = MemoryManager("cuda")
@@ -89,7 +84,7 @@ def test_second_layer_completes_the_note_instead_of_adding_one() -> None:
 
 def test_repeated_note_is_not_duplicated() -> None:
     """The same note attached twice stays one note."""
-    error = _oom()
+    error = oom_error("cuda")
     manager = MemoryManager("cpu")
     first = add_oom_note(error, manager, batch_sizes_tried=[2, 1])
     second = add_oom_note(error, manager, batch_sizes_tried=[2, 1])
@@ -99,7 +94,7 @@ def test_repeated_note_is_not_duplicated() -> None:
 
 def test_other_notes_are_kept() -> None:
     """Notes added by others before and after stay where they are."""
-    error = _oom()
+    error = oom_error("cuda")
     error.add_note("from the user")
     add_oom_note(error, None, batch_sizes_tried=[2])
     error.add_note("later")
@@ -119,7 +114,7 @@ class _BrokenSnapshotManager(MemoryManager):
 
 def test_failing_snapshot_is_logged_and_noted(memscope_log: pytest.LogCaptureFixture) -> None:
     """A snapshot that raises gives a note saying the figures are unavailable, and a log."""
-    error = _oom()
+    error = oom_error("cuda")
     note = add_oom_note(error, _BrokenSnapshotManager("cpu"), batch_sizes_tried=[1])
     assert note is not None
     assert "memory figures unavailable: RuntimeError('driver gone')" in note
@@ -131,7 +126,7 @@ def test_note_that_cannot_be_attached_never_raises(
     memscope_log: pytest.LogCaptureFixture,
 ) -> None:
     """If the error refuses notes, add_oom_note logs and returns None."""
-    error = _oom()
+    error = oom_error("cuda")
     error.__notes__ = "not a list"  # type: ignore[assignment]
     assert add_oom_note(error, None, batch_sizes_tried=[1]) is None
     assert any("could not attach" in record.getMessage() for record in memscope_log.records)
@@ -140,10 +135,10 @@ def test_note_that_cannot_be_attached_never_raises(
 def test_python_3_10_fallback_appends_to_notes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without add_note (Python 3.10) the note goes into ``__notes__`` all the same."""
     monkeypatch.setattr(memscope.oom._diagnosis, "sys", types.SimpleNamespace(version_info=(3, 10)))
-    error = _oom()
+    error = oom_error("cuda")
     note = add_oom_note(error, None, batch_sizes_tried=[2])
     assert error.__notes__ == [note]
-    fresh = _oom()
+    fresh = oom_error("cuda")
     fresh.__notes__ = ["earlier"]
     add_oom_note(fresh, None, batch_sizes_tried=[2])
     assert fresh.__notes__[0] == "earlier"

@@ -21,14 +21,7 @@ from memscope import (
     managed_batch,
     process_in_chunks,
 )
-from memscope.testing import FakeDevice, GiB, RecordingManager
-
-CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total capacity)"
-
-
-def oom() -> RuntimeError:
-    """A RuntimeError shaped like PyTorch's CUDA out-of-memory error."""
-    return RuntimeError(CUDA_OOM)
+from memscope.testing import FakeDevice, GiB, RecordingManager, oom_error
 
 
 def test_retries_then_succeeds() -> None:
@@ -39,7 +32,7 @@ def test_retries_then_succeeds() -> None:
     def colorize() -> str:
         attempts.append(len(attempts))
         if len(attempts) < 3:
-            raise oom()
+            raise oom_error("cuda")
         return "done"
 
     assert colorize() == "done"
@@ -50,11 +43,11 @@ def test_retries_then_succeeds() -> None:
 
 def test_last_oom_is_raised_unchanged_with_a_note() -> None:
     """After N failed retries the last OOM propagates: same object, its traceback, a note."""
-    errors: list[RuntimeError] = []
+    errors: list[BaseException] = []
 
     @auto_clear(every=100, manager=RecordingManager(), oom_retries=2)
     def colorize() -> None:
-        errors.append(oom())
+        errors.append(oom_error("cuda"))
         raise errors[-1]
 
     with pytest.raises(RuntimeError, match="CUDA out of memory") as raised:
@@ -101,7 +94,7 @@ def test_failed_attempt_tensor_is_freed_before_the_retry() -> None:
         # A cycle through the frame, as real tracebacks and closures make.
         activations.keep = activations  # type: ignore[attr-defined]
         holders.append(weakref.ref(activations))
-        raise oom()
+        raise oom_error("cuda")
 
     assert colorize() == "retried"
     assert alive_at_retry == [False]
@@ -116,7 +109,7 @@ def test_retry_frees_memory_through_the_manager() -> None:
     def colorize() -> None:
         attempts.append(1)
         if len(attempts) == 1:
-            raise oom()
+            raise oom_error("cuda")
 
     colorize()
     assert manager.events == ["clear_cache"]
@@ -131,7 +124,7 @@ def test_async_retry() -> None:
         await asyncio.sleep(0)
         attempts.append(1)
         if len(attempts) == 1:
-            raise oom()
+            raise oom_error("cuda")
         return "done"
 
     assert asyncio.run(colorize()) == "done"
@@ -161,7 +154,7 @@ def test_bare_form_with_oom_retries_in_a_batch_counts_into_the_report() -> None:
     def colorize() -> None:
         attempts.append(1)
         if len(attempts) <= 2:
-            raise oom()
+            raise oom_error("cuda")
 
     with managed_batch(manager=RecordingManager()) as batch:
         colorize()
@@ -178,7 +171,7 @@ def test_oom_leaving_the_batch_is_counted_once_and_noted() -> None:
 
         @auto_clear(oom_retries=1)
         def colorize() -> None:
-            raise oom()
+            raise oom_error("cuda")
 
         def run() -> None:
             with managed_batch("cuda") as batch:
@@ -189,7 +182,7 @@ def test_oom_leaving_the_batch_is_counted_once_and_noted() -> None:
         with pytest.raises(RuntimeError, match="CUDA out of memory") as raised:
             run()
     report = runs[0].report  # type: ignore[attr-defined]
-    assert (report.ooms, report.oom_retries, report.ended_by) == (2, 1, "RuntimeError")
+    assert (report.ooms, report.oom_retries, report.ended_by) == (2, 1, "OutOfMemoryError")
     notes = raised.value.__notes__
     assert len(notes) == 1
     assert "7.0 GiB" in notes[0]
@@ -201,7 +194,7 @@ def test_plain_oom_in_a_batch_loop_is_noted() -> None:
     def run() -> None:
         with managed_batch(manager=RecordingManager()) as batch:
             reports.append(batch)
-            raise oom()
+            raise oom_error("cuda")
 
     reports: list[object] = []
     with pytest.raises(RuntimeError) as raised:
@@ -216,7 +209,7 @@ def test_adaptive_batch_counts_into_the_report() -> None:
     @adaptive_batch(start=8)
     def colorize(batch_size: int) -> int:
         if batch_size > 2:
-            raise oom()
+            raise oom_error("cuda")
         return batch_size
 
     with managed_batch(manager=RecordingManager()) as batch:
@@ -239,7 +232,7 @@ def test_chunks_count_into_the_report() -> None:
 
 
 def _raise() -> list[int]:
-    raise oom()
+    raise oom_error("cuda")
 
 
 def test_exhausted_adaptive_batch_leaves_the_batch_with_one_note() -> None:
@@ -247,7 +240,7 @@ def test_exhausted_adaptive_batch_leaves_the_batch_with_one_note() -> None:
 
     @adaptive_batch(start=4)
     def colorize(batch_size: int) -> None:
-        raise oom()
+        raise oom_error("cuda")
 
     def run() -> None:
         with managed_batch(manager=RecordingManager()):
@@ -266,7 +259,7 @@ def test_record_history_writes_a_snapshot_on_oom(tmp_path: Path) -> None:
         def run() -> None:
             with managed_batch("cuda", record_history=True, history_folder=tmp_path) as batch:
                 batches.append(batch)
-                raise oom()
+                raise oom_error("cuda")
 
         batches: list[object] = []
         with pytest.raises(RuntimeError) as raised:
