@@ -1,11 +1,28 @@
-"""The README's quick start is what CI runs."""
+"""The README's quick start is what CI runs; its snippets run; the docs name no "seed"."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+import memscope
+from memscope.cli._command import main
 
 ROOT = Path(__file__).parents[1]
+
+# "The seed" as a name for the system memscope replaces: user-facing text calls it "the
+# MemoryManager API of the Cobra batch-processing system". The demo's --seed option, a
+# random seed ("the same seed") and the tests/seed_examples folder are fine.
+SEED_AS_A_NAME = re.compile(
+    r"\bthe\s+seed\b(?!\s*=)|\bseed(?:'s|\u2019s)|\bseed\s+(?:README|programs?|examples?|`)",
+    re.IGNORECASE,
+)
+DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 
 
 def _quick_start_commands() -> list[str]:
@@ -39,3 +56,126 @@ def test_readme_images_exist_and_are_small() -> None:
         path = ROOT / image
         assert path.is_file(), image
         assert path.stat().st_size < 200_000, image
+
+
+def test_use_snippets_run_as_pasted(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Use section runs top to bottom as written, on whatever device is here."""
+    section = (ROOT / "README.md").read_text().split("\n## Use\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) >= 2
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "20 items in " in printed
+    # One clear per image (clear_cache() always clears), more if usage reached the threshold.
+    assert namespace["manager"].stats.cache_clears >= 20
+
+
+def test_seed_example_names_are_allowed() -> None:
+    """The pattern leaves the demo's option, a random seed and the examples folder alone."""
+    allowed = "--seed S, seed=3, the same seed draws the same images, tests/seed_examples/"
+    assert SEED_AS_A_NAME.search(allowed) is None
+    for named in ("the seed did", "The seed's contract", "seed README", "the seed `MemoryManager`"):
+        assert SEED_AS_A_NAME.search(named) is not None, named
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_documents_never_call_the_compatibility_target_the_seed(document: Path) -> None:
+    """README.md and docs/*.md name the Cobra MemoryManager API, never "the seed"."""
+    text = document.read_text()
+    found = [
+        f"line {text.count(chr(10), 0, match.start()) + 1}: {match.group()!r}"
+        for match in SEED_AS_A_NAME.finditer(text)
+    ]
+    assert found == []
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["estimate"], ["demo"]])
+def test_help_never_calls_the_compatibility_target_the_seed(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``memscope --help`` and each command's ``--help`` never say "the seed"."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: memscope")
+    assert SEED_AS_A_NAME.findall(help_text) == []
+
+
+@pytest.mark.parametrize("page", ["testing.md", "host-memory.md"])
+def test_documented_example_tests_pass(page: str) -> None:
+    """The example tests in the testing and host-memory pages pass as written."""
+    text = (ROOT / "docs" / page).read_text()
+    blocks = [block for block in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)]
+    examples = [block for block in blocks if "def test_" in block]
+    assert examples
+    for block in examples:
+        namespace: dict[str, Any] = {"__name__": page}
+        exec(compile(block, page, "exec"), namespace)
+        tests = [value for name, value in namespace.items() if name.startswith("test_")]
+        assert tests
+        for test in tests:
+            test()
+
+
+def _is_module(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+def _api_reference() -> tuple[set[str], dict[str, set[str] | None]]:
+    """docs/api.md's top-level entries, and each namespace's members (None: all of them)."""
+    top_level: set[str] = set()
+    namespaces: dict[str, set[str] | None] = {}
+    namespace: str | None = None
+    for line in (ROOT / "docs" / "api.md").read_text().splitlines():
+        directive = re.fullmatch(r"::: (memscope\.\w+)", line)
+        member = re.fullmatch(r" {8}- (\w+)", line)
+        if directive is not None:
+            path = directive.group(1)
+            namespace = path if _is_module(path) else None
+            if namespace is None:
+                top_level.add(path.removeprefix("memscope."))
+            else:
+                namespaces[namespace] = None
+        elif member is not None and namespace is not None:
+            namespaces[namespace] = (namespaces[namespace] or set()) | {member.group(1)}
+    return top_level, namespaces
+
+
+# Namespaces whose every name is also at the top level, and the command line, which is no API.
+_NOT_IN_THE_REFERENCE = {
+    "memscope.cli",
+    "memscope.estimation",
+    "memscope.snapshot",
+    "memscope.units",
+}
+
+
+def test_api_reference_documents_every_public_name() -> None:
+    """Every name of the top level and of each public namespace has an entry in docs/api.md."""
+    top_level, namespaces = _api_reference()
+    # managed_batch is ManagedBatch, documented once.
+    assert top_level == set(memscope.__all__) - {"__version__", "managed_batch"}
+    documented_at_top = [getattr(memscope, name) for name in top_level]
+    missing = []
+    public_namespaces = [
+        f"memscope.{module.name}"
+        for module in pkgutil.iter_modules(memscope.__path__)
+        if not module.name.startswith("_")
+    ]
+    assert "memscope.oom" in public_namespaces
+    for module_name in public_namespaces:
+        if module_name in _NOT_IN_THE_REFERENCE:
+            continue
+        module = importlib.import_module(module_name)
+        documented = namespaces.get(module_name, set())
+        for name in module.__all__:
+            at_top = any(getattr(module, name) is entry for entry in documented_at_top)
+            if not at_top and documented is not None and name not in documented:
+                missing.append(f"{module_name}.{name}")
+    assert missing == []

@@ -1,4 +1,5 @@
-"""The seed README's three example programs run unchanged but for the import line."""
+"""The three example programs of the README of the MemoryManager API of the Cobra
+batch-processing system run unchanged but for the import line."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from memscope import MemoryManager
 from memscope.testing import FakeDevice, GiB
 
 EXAMPLES = Path(__file__).parent / "seed_examples"
-SEED_README = Path(__file__).parents[2] / "shared" / "seed" / "memory-manager-readme.md"
+# The Cobra MemoryManager API's README, where the checkout has it beside it.
+COBRA_README = Path(__file__).parents[2] / "shared" / "seed" / "memory-manager-readme.md"
 
 
 def _run(name: str, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -23,15 +25,17 @@ def _run(name: str, namespace: dict[str, Any]) -> dict[str, Any]:
     return namespace
 
 
-def test_examples_are_the_seeds_but_for_the_import() -> None:
-    """Each kept example equals a code block of the seed README once the import is swapped."""
-    if not SEED_README.exists():
-        pytest.skip("the seed README is not beside this checkout")
-    blocks = re.findall(r"```python\n(.*?)```", SEED_README.read_text(), flags=re.DOTALL)
-    seed_import = "from batch_processing.memory import MemoryManager"
-    seed = {block.replace(seed_import, "from memscope import MemoryManager") for block in blocks}
+def test_examples_are_the_cobra_readmes_but_for_the_import() -> None:
+    """Each kept example equals a code block of the Cobra README once the import is swapped."""
+    if not COBRA_README.exists():
+        pytest.skip("the README of the Cobra MemoryManager API is not beside this checkout")
+    blocks = re.findall(r"```python\n(.*?)```", COBRA_README.read_text(), flags=re.DOTALL)
+    cobra_import = "from batch_processing.memory import MemoryManager"
+    examples = {
+        block.replace(cobra_import, "from memscope import MemoryManager") for block in blocks
+    }
     for name in ("basic_usage", "integration", "process_batch"):
-        assert (EXAMPLES / f"{name}.py").read_text() in seed, name
+        assert (EXAMPLES / f"{name}.py").read_text() in examples, name
 
 
 def test_basic_usage_on_mps(capsys: pytest.CaptureFixture[str]) -> None:
