@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from memscope import BatchReport, ImageMemoryModel
+from memscope import BatchReport, ImageMemoryModel, format_bytes
 from memscope.cli._command import HOST_FIGURES_MISSING, main
 from memscope.cli.demo import IMAGES_AND_PLOT_SKIPPED
 from memscope.testing import FakeDevice, FakeHost, GiB, MiB
@@ -113,6 +113,24 @@ def test_bad_arguments_exit_2_with_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """When the reader leaves early (``| head``), the command exits without a traceback."""
+    sizes = [str(side) for side in range(16, 16 + 4000)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "memscope", "estimate", *sizes],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.readline().startswith(b"estimated memory per image")
+        process.stdout.close()
+        errors = process.stderr.read()
+        assert process.wait(timeout=120) == 141
+    assert b"Traceback" not in errors
+    assert errors == b""
+
+
 # info ----------------------------------------------------------------------------------
 
 
@@ -128,11 +146,10 @@ def test_info_lists_the_cpu_and_versions(capsys: pytest.CaptureFixture[str]) -> 
     assert out[-1].startswith("host memory (this process): ")
 
 
-def test_info_shows_host_memory_with_psutil(
+def test_info_labels_resident_peak_and_limit_as_host_memory(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With psutil, ``info`` labels the process's resident, peak and limit as host memory."""
-    pytest.importorskip("psutil")
+    """``info`` shows the process's resident, peak and limit as host memory; JSON agrees."""
     monkeypatch.setattr("memscope.cli._command._peak_resident_bytes", lambda: 3584 * MiB)
     with FakeHost(resident=3 * GiB, physical_memory=64 * GiB, cgroup_limit=4 * GiB):
         assert main(["info"]) == 0
@@ -149,22 +166,26 @@ def test_info_shows_host_memory_with_psutil(
 
 
 def test_info_reads_this_process_through_psutil(capsys: pytest.CaptureFixture[str]) -> None:
-    """Unfaked, the figures are this process's: resident <= peak, a limit within the RAM."""
+    """With psutil, the figures are this process's: resident <= peak, a limit within the RAM."""
     psutil = pytest.importorskip("psutil")
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out.splitlines()[-1]
     assert main(["info", "--json"]) == 0
     captured = capsys.readouterr()
     host = json.loads(captured.out)["host"]
     assert captured.err == ""
     assert 0 < host["resident"] <= host["peak"]
     assert host["resident"] < host["limit"] <= psutil.virtual_memory().total
-    assert isinstance(host["limit_source"], str)
+    assert text.startswith("host memory (this process): resident ")
+    assert text.endswith(f"limit {format_bytes(host['limit'])} ({host['limit_source']})")
 
 
-def test_info_without_psutil_says_once_how_to_get_host_figures(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_info_without_host_figures_says_once_how_to_get_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without psutil the text says n/a and how to install it; JSON has nulls and one note."""
+    """Without psutil nor /proc: the text says n/a and how to get figures; JSON has nulls."""
     monkeypatch.setitem(sys.modules, "psutil", None)
+    monkeypatch.setattr("memscope.host.PROC_ROOT", tmp_path / "no-proc")
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert text.count("memscope[host]") == 1

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from memscope._version import __version__
 from memscope.backends import available_devices
 from memscope.cli.demo import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE, Demo, DemoResult
 from memscope.estimation import ImageMemoryModel
-from memscope.exceptions import MemscopeError
+from memscope.exceptions import HostMemoryUnavailableError, MemscopeError
 from memscope.host import HostMemoryMonitor
 from memscope.manager import MemoryManager
 from memscope.units import format_bytes
@@ -37,7 +38,7 @@ EXAMPLE_IMAGE_SIZES = ((512, 512), (1024, 1024), (2048, 2048))
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 HOST_FIGURES_MISSING = (
-    "psutil is not installed; for the resident memory, its peak and the host's limit: "
+    "this process's memory cannot be read here; for its resident memory, peak and limit: "
     "pip install 'memscope[host]'"
 )
 
@@ -263,14 +264,15 @@ class _HostMemory:
 
 
 def _read_host_memory() -> _HostMemory:
-    """The process's resident memory, its peak and the host's limit, through psutil."""
-    if importlib.util.find_spec("psutil") is None:
-        return _HostMemory(missing=HOST_FIGURES_MISSING)
+    """The process's resident memory, its peak and the host's limit, where they can be read.
+
+    The figures come from psutil, or from ``/proc`` on Linux without it, as for a batch.
+    """
     try:
         monitor = HostMemoryMonitor()
         resident = monitor.resident_bytes()
-    except (MemscopeError, OSError) as error:
-        return _HostMemory(missing=str(error))
+    except (HostMemoryUnavailableError, OSError, ValueError):
+        return _HostMemory(missing=HOST_FIGURES_MISSING)
     peak = _peak_resident_bytes()
     return _HostMemory(
         resident=resident,
@@ -444,3 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _note("memscope: interrupted")
         return 130
+    except BrokenPipeError:
+        # The reader left (`memscope estimate ... | head`). Python flushes stdout again at
+        # exit, which would fail the same way; pointing it at devnull lets it exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command the pipe closed on
