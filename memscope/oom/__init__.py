@@ -6,7 +6,8 @@
 - :func:`adaptive_batch` and :func:`process_in_chunks` (also at the top level) run a
   function at a batch size that shrinks when memory runs out; :class:`AdaptiveBatchState`
   is what an adaptive function learned, and :class:`AdaptiveBatchSnapshot` all of it at one
-  moment.
+  moment. :class:`AdaptiveBatchFunction`, :class:`AdaptiveBatchMethod` and
+  :class:`AdaptiveBatchClassMethod` are what a decorated function is to a type checker.
 - :func:`add_oom_note` adds the device's figures to an error; :class:`MemoryHistoryRecorder`
   records CUDA's allocation history and writes a snapshot when an error leaves it.
 
@@ -18,7 +19,13 @@ and ``_history``.
 """
 
 from memscope.oom._chunks import process_in_chunks, process_in_chunks_async
-from memscope.oom._decoration import AdaptiveBatchDecorator, AdaptiveBatchFunction, adaptive_batch
+from memscope.oom._decoration import (
+    AdaptiveBatchClassMethod,
+    AdaptiveBatchDecorator,
+    AdaptiveBatchFunction,
+    AdaptiveBatchMethod,
+    adaptive_batch,
+)
 from memscope.oom._detection import (
     CaughtOom,
     call_catching_oom,
@@ -32,8 +39,10 @@ from memscope.oom._history import MemoryHistoryRecorder
 from memscope.oom._state import AdaptiveBatchSnapshot, AdaptiveBatchState
 
 __all__ = [
+    "AdaptiveBatchClassMethod",
     "AdaptiveBatchDecorator",
     "AdaptiveBatchFunction",
+    "AdaptiveBatchMethod",
     "AdaptiveBatchSnapshot",
     "AdaptiveBatchState",
     "CaughtOom",
