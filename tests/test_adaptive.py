@@ -25,7 +25,7 @@ from memscope import (
     managed_batch,
 )
 from memscope import _context as context
-from memscope.oom import AdaptiveBatchState
+from memscope.oom import AdaptiveBatchFunction, AdaptiveBatchState
 from memscope.testing import FakeDevice, GiB, MiB, RecordingManager, oom_error
 
 
@@ -501,6 +501,15 @@ def test_state_is_updated_in_place_and_can_be_reset() -> None:
     assert state.current_size == 2
     state.reset()
     assert (state.current_size, state.oom_count, state.sizes_tried) == (8, 0, ())
+
+
+def test_decorated_functions_are_adaptive_batch_functions_at_run_time() -> None:
+    """isinstance() agrees with the types: functions and bound methods are
+    AdaptiveBatchFunctions, with the state they learn in."""
+    step = adaptive_batch(start=8, device="cpu")(failing_above(8, []))
+    assert isinstance(step, AdaptiveBatchFunction)
+    assert isinstance(Colorizer("c").method, AdaptiveBatchFunction)
+    assert not isinstance(failing_above(8, []), AdaptiveBatchFunction)
 
 
 def test_each_decoration_learns_separately() -> None:
