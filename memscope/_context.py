@@ -33,6 +33,11 @@ class ActiveBatch(Protocol):
         ...
 
     @property
+    def active(self) -> bool:
+        """Whether the batch has been entered and not yet left."""
+        ...
+
+    @property
     def cache_policy(self) -> CachePolicy:
         """The batch's cache policy, for cleanups made on its behalf."""
         ...
@@ -65,6 +70,17 @@ active_batch: ContextVar[ActiveBatch | None] = ContextVar("memscope_active_batch
 # The batch whose tracked item (a track() or map() loop body) is running in this context:
 # decorated calls and chunks inside it are part of that item, not items of their own.
 tracked_item: ContextVar[ActiveBatch | None] = ContextVar("memscope_tracked_item", default=None)
+
+
+def current() -> ActiveBatch | None:
+    """The batch active in this context, if it is still running.
+
+    A batch left from another context (an ExitStack closed in another thread) cannot reset
+    this context's variable; it still names the batch, which has ended, and counts as none.
+    """
+    batch = active_batch.get()
+    return batch if batch is not None and batch.active else None
+
 
 _shared_managers: dict[tuple[str, float], MemoryManager] = {}
 _shared_managers_lock = threading.Lock()

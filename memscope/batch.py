@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Sized
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -209,7 +209,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._manager: MemoryManager | None = None
         self._parent: ManagedBatch | None = None
         self._report: BatchReport | None = None
-        self._open_tracks: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
+        self._open_tracks: weakref.WeakSet[_TrackedItems[Any]] = weakref.WeakSet()
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -366,7 +366,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         try:
             if exc is not None and is_oom_error(exc):
                 self._diagnose_escaping_oom(exc)
-            self._finish_report(exc_type)
+            self._finish_report(exc_type, exc)
         finally:
             self._release()
 
@@ -378,13 +378,12 @@ class ManagedBatch(SyncAndAsyncContextManager):
             snapshot_path = self._recorder.dump()
         add_oom_note(error, self.manager, snapshot_path=snapshot_path)
 
-    def _finish_report(self, exc_type: type[BaseException] | None) -> None:
+    def _finish_report(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None
+    ) -> None:
         manager = self.manager
-        for generator in list(self._open_tracks):
-            try:
-                generator.close()
-            except Exception:
-                logger.debug("could not close an abandoned track() generator", exc_info=True)
+        for tracked in list(self._open_tracks):
+            tracked.end()
         interrupted: BaseException | None = None
         if self.every is not None:
             try:
@@ -437,7 +436,9 @@ class ManagedBatch(SyncAndAsyncContextManager):
             parent._observe_peak(self._peak_allocated, self._peak_reserved)
         logger.info("batch finished: %s", self._report.summary())
         if interrupted is not None:
-            # Raised from __exit__, it keeps the user's exception (if any) as its __context__.
+            # The user's exception, if any, stays reachable as the interrupt's context.
+            if interrupted.__context__ is None and exc not in (None, interrupted):
+                interrupted.__context__ = exc
             try:
                 raise interrupted
             finally:
@@ -511,7 +512,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
             )
             self._gc_runs_at_last_entry = self._gc_runs
 
-    def track(self, iterable: Iterable[Item]) -> Generator[Item, None, None]:
+    def track(self, iterable: Iterable[Item]) -> Iterator[Item]:
         """Yield the items of ``iterable``, counting each once its loop body is done.
 
         While a loop body runs, decorated calls and chunked work inside it are part of that
@@ -522,9 +523,9 @@ class ManagedBatch(SyncAndAsyncContextManager):
         if self._bar is not None and isinstance(iterable, Sized):
             self._bar.total = (self._bar.total or 0) + len(iterable)
             self._bar.refresh()
-        generator = self._track(iterable)
-        self._open_tracks.add(generator)
-        return generator
+        tracked = _TrackedItems(self._track(iterable))
+        self._open_tracks.add(tracked)
+        return tracked
 
     def _track(self, iterable: Iterable[Item]) -> Generator[Item, None, None]:
         for item in iterable:
@@ -535,11 +536,6 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 yield item
             finally:
                 context.tracked_item.set(outer)
-            if not self._tokens:
-                raise BatchStateError(
-                    "batch.track(): the batch ended while this loop was still running (in "
-                    "another thread?); end the loops before leaving the batch"
-                )
             # Reached only when the loop asks for the next item: the body is done.
             self._advance(1)
 
@@ -614,6 +610,43 @@ class ManagedBatch(SyncAndAsyncContextManager):
         return run_in_batch
 
 
+class _TrackedItems(Iterator[Item]):
+    """What ``track()`` returns: the tracking generator, and an error once the batch ended.
+
+    Leaving the batch closes every tracking loop (so the iterable's own clean-up runs even
+    after a ``break``); a loop still running then, in a worker thread say, must not stop
+    early in silence, so its next step raises.
+    """
+
+    def __init__(self, generator: Generator[Item, None, None]) -> None:
+        self._generator = generator
+        self._ended = False
+
+    def __iter__(self) -> _TrackedItems[Item]:
+        return self
+
+    def __next__(self) -> Item:
+        if self._ended:
+            raise BatchStateError(
+                "batch.track(): the batch ended while this loop was still running (in another "
+                "thread?); finish the loops before leaving the batch"
+            )
+        return next(self._generator)
+
+    def close(self) -> None:
+        """Stop tracking, as ``generator.close()`` would."""
+        self._generator.close()
+
+    def end(self) -> None:
+        """The batch ended: close the loop; a later step raises ``BatchStateError``."""
+        self._ended = True
+        try:
+            self._generator.close()
+        except ValueError:
+            # Running in another thread at this moment; its next step raises.
+            logger.debug("a track() loop was running while its batch ended", exc_info=True)
+
+
 def _ended_by(
     exc_type: type[BaseException] | None, interrupted: BaseException | None
 ) -> str | None:
@@ -644,7 +677,7 @@ def _host_monitor_for(manager: MemoryManager) -> HostMemoryMonitor | None:
 
 def current_batch() -> ManagedBatch | None:
     """The innermost ``managed_batch`` active in this context, if any."""
-    batch = context.active_batch.get()
+    batch = context.current()
     return batch if isinstance(batch, ManagedBatch) else None
 
 

@@ -39,7 +39,7 @@ BoundParameters = ParamSpec("BoundParameters")
 BoundResult = TypeVar("BoundResult")
 Instance = TypeVar("Instance")
 Enabled = bool | Callable[[], bool]
-_active_batch = context.active_batch.get
+_active_batch = context.current
 logger = logging.getLogger("memscope")
 
 

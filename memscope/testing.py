@@ -441,7 +441,8 @@ class RecordingManager(MemoryManager):
 
     ``events`` lists ``"clear_cache"`` and ``"trigger_gc_if_needed"`` in call order; pass
     a shared list to interleave them with your own events. Set ``cleanup_error`` to make
-    both methods raise it (after recording), to test how code copes with failing cleanup.
+    both methods raise a fresh copy of it (after recording), to test how code copes with
+    failing cleanup.
     """
 
     def __init__(
@@ -458,13 +459,13 @@ class RecordingManager(MemoryManager):
     def clear_cache(self) -> None:
         self.events.append("clear_cache")
         if self.cleanup_error is not None:
-            raise self.cleanup_error
+            raise _fresh(self.cleanup_error)
         super().clear_cache()
 
     def trigger_gc_if_needed(self) -> bool:
         self.events.append("trigger_gc_if_needed")
         if self.cleanup_error is not None:
-            raise self.cleanup_error
+            raise _fresh(self.cleanup_error)
         return super().trigger_gc_if_needed()
 
 

@@ -93,7 +93,8 @@ def test_gc_logs_usage_before_and_after_at_debug(memscope_log: pytest.LogCapture
 
 
 def test_gc_on_cpu_never_runs() -> None:
-    """The CPU reports 0.0, so threshold GC never fires there (the Cobra MemoryManager API's behaviour)."""
+    """The CPU reports 0.0, so threshold GC never fires there (as in the Cobra
+    MemoryManager API)."""
     manager = MemoryManager("cpu", memory_threshold=0.01)
     assert manager.trigger_gc_if_needed() is False
     assert manager.stats.gc_runs == 0

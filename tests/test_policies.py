@@ -40,7 +40,8 @@ def test_pinned_usage_collects_only_a_few_times(counted_collections: list[int]) 
 
 
 def test_without_backoff_every_check_collects(counted_collections: list[int]) -> None:
-    """The Cobra MemoryManager API's behaviour (gc_backoff=None, the default) collects at every check."""
+    """As in the Cobra MemoryManager API, gc_backoff=None (the default) collects at every
+    check."""
     with FakeDevice("cuda", total=10 * GiB) as fake:
         fake.set_usage(0.9)
         manager = MemoryManager("cuda")

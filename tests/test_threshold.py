@@ -24,7 +24,8 @@ def test_default_threshold_is_the_seeds() -> None:
 
 @pytest.mark.parametrize("value", [0, 0.0, -0.1, 1.01, 2, math.nan, math.inf, -math.inf])
 def test_out_of_range_threshold_is_value_error_naming_value(value: float) -> None:
-    """Out of range, NaN or infinite thresholds raise ValueError with the Cobra MemoryManager API's wording."""
+    """Out of range, NaN or infinite thresholds raise ValueError with the wording of the Cobra
+    MemoryManager API."""
     with pytest.raises(ValueError, match="memory_threshold must be between 0 and 1") as raised:
         MemoryManager("cpu", memory_threshold=value)
     assert repr(value) in str(raised.value)
