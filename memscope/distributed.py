@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import numbers
 import re
 import socket
@@ -30,7 +31,6 @@ from types import TracebackType
 import torch
 import torch.distributed as dist
 
-from memscope._validation import check_positive_number
 from memscope.batch import ManagedBatch
 from memscope.exceptions import (
     BatchStateError,
@@ -41,9 +41,24 @@ from memscope.exceptions import (
 from memscope.reports import BatchReport, CombinedReport, RankReport
 from memscope.reports._combined import distributed_ready, process_rank
 
-__all__ = ["DEFAULT_GATHER_TIMEOUT", "ReportGathering", "gather_reports", "gathered_reports"]
+__all__ = [
+    "DEFAULT_GATHER_TIMEOUT",
+    "MAX_GATHER_TIMEOUT",
+    "MIN_GATHER_TIMEOUT",
+    "ReportGathering",
+    "gather_reports",
+    "gathered_reports",
+]
 
 logger = logging.getLogger("memscope")
+
+MIN_GATHER_TIMEOUT = timedelta(milliseconds=1)
+"""The shortest timeout a gathering takes: torch counts its timeouts in whole milliseconds, and
+rounds a shorter one down to zero, which it reads as *no timeout*."""
+
+MAX_GATHER_TIMEOUT = timedelta(days=1)
+"""The longest timeout a gathering takes: a rank that has not come after a day is hung, and the
+others should fail rather than hold the job's machines any longer."""
 
 DEFAULT_GATHER_TIMEOUT = timedelta(minutes=30)
 """How long a gathering waits for the other ranks: torch's own default for collectives.
@@ -61,16 +76,55 @@ _MISSING_RANKS_PATTERN = re.compile(r"Ranks? ([\d,\s]+?) failed to pass monitore
 
 
 def _check_timeout(timeout: object) -> timedelta:
+    if isinstance(timeout, bool) or not isinstance(timeout, (timedelta, numbers.Real)):
+        raise InvalidArgumentTypeError(
+            f"timeout must be a datetime.timedelta or a number of seconds, got "
+            f"{_describe(timeout)} of type {type(timeout).__name__}"
+        )
     if isinstance(timeout, timedelta):
-        if timeout.total_seconds() <= 0:
-            raise InvalidArgumentError(f"timeout must be a positive duration, got {timeout!r}")
-        return timeout
-    if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool):
-        return timedelta(seconds=check_positive_number(timeout, "timeout"))
-    raise InvalidArgumentTypeError(
-        f"timeout must be a datetime.timedelta or a number of seconds, got {timeout!r} "
-        f"of type {type(timeout).__name__}"
+        if MIN_GATHER_TIMEOUT <= timeout <= MAX_GATHER_TIMEOUT:
+            return timeout
+        raise _timeout_out_of_range(timeout)
+    try:
+        seconds = float(timeout)
+    except (OverflowError, ValueError) as error:
+        # An int too large for a float, or a Real type whose float() refuses the value.
+        raise _timeout_out_of_range(timeout) from error
+    # Compared as seconds first: timedelta(seconds=...) raises OverflowError for huge values
+    # and cannot hold NaN or infinity at all.
+    if not (
+        math.isfinite(seconds)
+        and MIN_GATHER_TIMEOUT.total_seconds() <= seconds <= MAX_GATHER_TIMEOUT.total_seconds()
+    ):
+        raise _timeout_out_of_range(timeout)
+    return timedelta(seconds=seconds)
+
+
+def _timeout_out_of_range(timeout: object) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"timeout must be from {_seconds(MIN_GATHER_TIMEOUT)} to {_seconds(MAX_GATHER_TIMEOUT)} "
+        f"(1 ms to 1 day), got {_describe(timeout)}: below 1 ms torch would round it to no "
+        "timeout at all, and a longer wait is no longer a bound on a hang"
     )
+
+
+def _describe(value: object) -> str:
+    """``repr(value)``, or a stand-in when the object's own ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object with a failing __repr__>"
+
+
+def _exception_text(error: BaseException) -> str:
+    """``"Type: message"`` for a rank's record, whatever the exception's ``__str__`` does."""
+    name = type(error).__name__
+    try:
+        message = str(error)
+    except Exception:
+        # The rank's failure must still be recorded; its message is lost, not the gathering.
+        return f"{name}: <unprintable {name}>"
+    return f"{name}: {message}" if message else name
 
 
 def _check_group(group: object) -> dist.ProcessGroup | None:
@@ -78,19 +132,21 @@ def _check_group(group: object) -> dist.ProcessGroup | None:
         return None
     if not isinstance(group, dist.ProcessGroup):
         raise InvalidArgumentTypeError(
-            f"group must be a torch.distributed ProcessGroup or None, got {group!r}"
+            f"group must be a torch.distributed ProcessGroup or None, got {_describe(group)}"
         )
     return group
 
 
 def _own_record(report: BatchReport | None, error: BaseException | str | None) -> RankReport:
     if report is not None and not isinstance(report, BatchReport):
-        raise InvalidArgumentTypeError(f"report must be a BatchReport or None, got {report!r}")
+        raise InvalidArgumentTypeError(
+            f"report must be a BatchReport or None, got {_describe(report)}"
+        )
     if isinstance(error, BaseException):
-        error = f"{type(error).__name__}: {error}"
+        error = _exception_text(error)
     elif error is not None and not isinstance(error, str):
         raise InvalidArgumentTypeError(
-            f"error must be an exception, a str or None, got {error!r} of type "
+            f"error must be an exception, a str or None, got {_describe(error)} of type "
             f"{type(error).__name__}"
         )
     rank, _ = process_rank()
@@ -207,9 +263,14 @@ def gather_reports(
         error: what this rank's work raised, or ``None``.
         group: a process group with the gloo backend to gather on. Without it, a gloo group of
             every rank is made for this call (itself a collective) and destroyed after it.
-        timeout: how long to wait for the other ranks, a ``timedelta`` or seconds.
+        timeout: how long to wait for the other ranks, a ``timedelta`` or a real number of
+            seconds, from :data:`MIN_GATHER_TIMEOUT` (1 ms) to :data:`MAX_GATHER_TIMEOUT`
+            (1 day).
 
     Raises:
+        InvalidArgumentTypeError: ``timeout``, ``group``, ``report`` or ``error`` has the
+            wrong type (a ``bool`` or a string is not a timeout).
+        InvalidArgumentError: ``timeout`` is outside its range, or not finite.
         ReportGatherError: a rank did not arrive within ``timeout`` or the gathering failed;
             ``missing_ranks`` names the absent ranks where torch tells which.
     """
@@ -253,7 +314,8 @@ class ReportGathering:
     ) -> None:
         if batch is not None and not isinstance(batch, ManagedBatch):
             raise InvalidArgumentTypeError(
-                f"batch must be a ManagedBatch (from managed_batch()) or None, got {batch!r}"
+                "batch must be a ManagedBatch (from managed_batch()) or None, got "
+                f"{_describe(batch)}"
             )
         self._batch = batch
         self._given_group = _check_group(group)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import socket
@@ -12,11 +13,15 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch.distributed as dist
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memscope import (
     BatchReport,
@@ -26,7 +31,13 @@ from memscope import (
     MemscopeError,
     managed_batch,
 )
-from memscope.distributed import gather_reports, gathered_reports
+from memscope.distributed import (
+    MAX_GATHER_TIMEOUT,
+    MIN_GATHER_TIMEOUT,
+    _check_timeout,
+    gather_reports,
+    gathered_reports,
+)
 from memscope.exceptions import ReportGatherError
 from memscope.reports import CombinedReport, RankReport, process_rank
 from memscope.testing import FakeDevice, GiB, RecordingManager
@@ -229,13 +240,72 @@ def test_gather_outside_a_distributed_job_returns_this_process_alone() -> None:
     assert combined.ranks[0].host == socket.gethostname()
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), timedelta(0)])
-def test_timeout_must_be_positive(timeout: object) -> None:
-    """A zero, negative or NaN timeout is refused, naming the parameter."""
-    with pytest.raises(InvalidArgumentError, match="timeout"):
+OUT_OF_RANGE_TIMEOUTS = [
+    0,
+    -1.0,
+    0.0009,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    1e300,
+    10**400,
+    86_400.5,
+    Fraction(1, 10_000),
+    timedelta(0),
+    timedelta(microseconds=999),
+    timedelta(seconds=-1),
+    timedelta(days=1, microseconds=1),
+    timedelta.max,
+    timedelta.min,
+]
+
+
+@pytest.mark.parametrize("timeout", OUT_OF_RANGE_TIMEOUTS, ids=repr)
+def test_timeout_outside_one_millisecond_to_one_day_is_refused(timeout: object) -> None:
+    """A timeout below 1 ms (torch's "no timeout"), above a day, or not finite is refused,
+    naming the parameter and the value, by both entry points and before any gathering."""
+    expected = r"timeout must be from 0\.001 s to 86400 s \(1 ms to 1 day\), got "
+    with pytest.raises(InvalidArgumentError, match=expected) as raised:
         gather_reports(None, timeout=timeout)  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgumentError, match="timeout"):
+    assert repr(timeout)[:30] in str(raised.value)
+    assert not isinstance(raised.value, InvalidArgumentTypeError)
+    with pytest.raises(InvalidArgumentError, match=expected):
         gathered_reports(timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [
+        (0.001, timedelta(milliseconds=1)),
+        (timedelta(milliseconds=1), timedelta(milliseconds=1)),
+        (86_400, timedelta(days=1)),
+        (timedelta(days=1), timedelta(days=1)),
+        (Fraction(3, 2), timedelta(seconds=1.5)),
+        (30, timedelta(seconds=30)),
+    ],
+    ids=repr,
+)
+def test_timeout_at_and_inside_the_bounds_is_taken(timeout: object, expected: timedelta) -> None:
+    """The bounds themselves and any real number of seconds between them are accepted."""
+    assert _check_timeout(timeout) == expected
+
+
+def test_timeout_bounds_are_exported() -> None:
+    """The range is public, as timedeltas, for callers that compute their timeout."""
+    bounds = (MIN_GATHER_TIMEOUT, MAX_GATHER_TIMEOUT)
+    assert bounds == (timedelta(milliseconds=1), timedelta(days=1))
+
+
+@given(seconds=st.floats(allow_nan=True, allow_infinity=True))
+def test_any_float_timeout_is_taken_exactly_when_it_is_in_range(seconds: float) -> None:
+    """For every float, the check either returns that many seconds or refuses it with
+    InvalidArgumentError; it never raises anything else (OverflowError included)."""
+    in_range = math.isfinite(seconds) and 0.001 <= seconds <= 86_400
+    if in_range:
+        assert _check_timeout(seconds) == timedelta(seconds=seconds)
+    else:
+        with pytest.raises(InvalidArgumentError, match="timeout"):
+            _check_timeout(seconds)
 
 
 @pytest.mark.parametrize(
@@ -243,15 +313,59 @@ def test_timeout_must_be_positive(timeout: object) -> None:
     [
         {"timeout": "60"},
         {"timeout": True},
+        {"timeout": None},
+        {"timeout": Decimal("60")},
+        {"timeout": b"60"},
         {"group": "world"},
         {"error": 42},
     ],
+    ids=repr,
 )
 def test_wrong_argument_types_are_type_errors(arguments: dict[str, Any]) -> None:
     """A timeout, group or error of the wrong type is a TypeError naming the parameter."""
     name = next(iter(arguments))
     with pytest.raises(InvalidArgumentTypeError, match=name):
         gather_reports(None, **arguments)
+
+
+class UnprintableError(Exception):
+    """An exception whose message cannot be turned into text."""
+
+    def __str__(self) -> str:
+        raise ValueError("no message for you")
+
+    def __repr__(self) -> str:
+        raise ValueError("no repr either")
+
+
+def test_exception_with_a_raising_str_is_recorded_by_its_type() -> None:
+    """gather_reports records an exception whose __str__ raises as "Type: <unprintable Type>"."""
+    combined = gather_reports(None, error=UnprintableError())
+    assert combined.ranks[0].error == "UnprintableError: <unprintable UnprintableError>"
+    assert combined.failed_ranks == (0,)
+
+
+def test_gathered_reports_records_an_unprintable_exception_and_lets_it_go_on() -> None:
+    """An unprintable exception raised in the block still propagates, and is recorded."""
+    error = UnprintableError()
+    with pytest.raises(UnprintableError) as raised, gathered_reports() as gathering:
+        raise error
+    assert raised.value is error
+    assert gathering.combined is not None
+    assert gathering.combined.ranks[0].error == "UnprintableError: <unprintable UnprintableError>"
+
+
+def test_exception_with_an_empty_message_is_recorded_by_its_type_alone() -> None:
+    """RuntimeError() is recorded as "RuntimeError", not "RuntimeError: "."""
+    assert gather_reports(None, error=RuntimeError()).ranks[0].error == "RuntimeError"
+
+
+def test_wrong_argument_with_a_raising_repr_still_gets_a_clear_type_error() -> None:
+    """A report or error of the wrong type whose repr raises is still refused by name."""
+    with pytest.raises(InvalidArgumentTypeError, match="report must be a BatchReport"):
+        gather_reports(UnprintableError())  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentTypeError, match="failing __repr__"):
+        gathered_reports(UnprintableError())  # type: ignore[arg-type]
 
 
 def test_report_must_be_a_batch_report() -> None:
