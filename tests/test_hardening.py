@@ -414,3 +414,47 @@ def test_fake_device_failure_is_a_fresh_exception_each_time() -> None:
                 torch.cuda.mem_get_info(0)
             raised.append(error.value)
     assert len({id(error) for error in raised}) == 3
+
+
+# Exception groups ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is new in Python 3.11")
+def test_oom_inside_an_exception_group_is_an_oom() -> None:
+    """An asyncio TaskGroup that failed with an OOM among its errors is an out-of-memory error;
+    a group of other errors is not."""
+    from memscope import is_oom_error
+
+    async def fails(error: BaseException) -> None:
+        raise error
+
+    async def group(*errors: BaseException) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for error in errors:
+                tasks.create_task(fails(error))
+
+    with pytest.raises(BaseExceptionGroup) as with_oom:  # noqa: F821 (3.11 builtin)
+        asyncio.run(group(ValueError("bad"), oom_error("cuda")))
+    assert is_oom_error(with_oom.value)
+    with pytest.raises(BaseExceptionGroup) as without_oom:  # noqa: F821
+        asyncio.run(group(ValueError("bad"), KeyError("x")))
+    assert not is_oom_error(without_oom.value)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is new in Python 3.11")
+def test_retries_and_reports_treat_an_oom_group_as_an_oom() -> None:
+    """@auto_clear(oom_retries=1) retries a call that failed with an OOM inside a group, and
+    the batch counts it as one out-of-memory error."""
+    attempts: list[int] = []
+
+    @auto_clear(oom_retries=1)
+    def colorize(image: int) -> int:
+        attempts.append(image)
+        if len(attempts) == 1:
+            raise ExceptionGroup("tasks failed", [oom_error("cuda")])  # noqa: F821
+        return image
+
+    with managed_batch(manager=RecordingManager()) as batch:
+        assert colorize(3) == 3
+    assert attempts == [3, 3]
+    assert (batch.report.ooms, batch.report.oom_retries) == (1, 1)

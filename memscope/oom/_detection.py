@@ -17,6 +17,7 @@ Two facts drive this module:
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import traceback
@@ -114,9 +115,10 @@ def is_oom_error(error: BaseException) -> bool:
 
     An error that wraps an out-of-memory error counts too: the ``__cause__`` chain is
     followed, and so is the ``__context__`` chain unless it was suppressed with
-    ``raise ... from None``. Errors that are not ``Exception``\\ s, such as
-    ``KeyboardInterrupt``, ``SystemExit`` or ``asyncio.CancelledError``, are never out of
-    memory, whatever they were raised from.
+    ``raise ... from None``. An ``ExceptionGroup`` (from an asyncio ``TaskGroup``, say) is
+    out of memory when one of the errors it groups is. Errors that are not
+    ``Exception``\\ s, such as ``KeyboardInterrupt``, ``SystemExit`` or
+    ``asyncio.CancelledError``, are never out of memory, whatever they were raised from.
     """
     if not isinstance(error, Exception):
         return False
@@ -129,11 +131,20 @@ def is_oom_error(error: BaseException) -> bool:
         seen.add(id(current))
         if _is_oom_itself(current):
             return True
+        pending.extend(_grouped(current))
         if current.__cause__ is not None:
             pending.append(current.__cause__)
         if current.__context__ is not None and not current.__suppress_context__:
             pending.append(current.__context__)
     return False
+
+
+def _grouped(error: BaseException) -> tuple[BaseException, ...]:
+    """The errors an exception group holds (none for other errors, or before Python 3.11)."""
+    group_type = getattr(builtins, "BaseExceptionGroup", None)
+    if group_type is not None and isinstance(error, group_type):
+        return tuple(error.exceptions)
+    return ()
 
 
 def release_exception_frames(error: BaseException) -> None:
@@ -151,6 +162,9 @@ def release_exception_frames(error: BaseException) -> None:
     if error.__traceback__ is not None:
         traceback.clear_frames(error.__traceback__)
         error.__traceback__ = None
+    # A group's errors hold the frames of the tasks that raised them.
+    for member in _grouped(error):
+        release_exception_frames(member)
     error.__cause__ = None
     error.__context__ = None
 
