@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, ov
 import wrapt
 
 from memscope import _context as context
-from memscope._cleanup import CleanupOutcome, failures, reclaim, run_cleanup_safely
+from memscope._cleanup import CleanupOutcome, failures, run_cleanup_safely
 from memscope._context import ActiveBatch
 from memscope._devices import as_torch_device, present_torch_device
 from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope._validation import check_fraction, check_int
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.oom._detection import is_oom_error, release_exception_frames
+from memscope.oom._detection import is_oom_error, recover_from_oom, release_exception_frames
 from memscope.oom._diagnosis import add_oom_note
 from memscope.policies import DEFAULT_CACHE_POLICY, check_cache_policy
 from memscope.typing import CachePolicy, DeviceLike
@@ -204,9 +204,12 @@ class _CleanupCadence:
             self.name,
             retries_left - 1,
         )
-        release_exception_frames(failure)
         manager = self._cleanup_manager(batch)
-        self._record(batch, None if manager is None else reclaim(manager))
+        if manager is None:
+            release_exception_frames(failure)
+            self._record(batch, None)
+        else:
+            self._count(recover_from_oom(failure, manager, batch))
 
     # Counting and cleaning.
 
@@ -241,6 +244,9 @@ class _CleanupCadence:
     def _record(self, batch: ActiveBatch | None, outcome: CleanupOutcome | None) -> None:
         if batch is not None:
             batch._record_cleanup(outcome)
+        self._count(outcome)
+
+    def _count(self, outcome: CleanupOutcome | None) -> None:
         with self._lock:
             if outcome is None:
                 self.stats.cleanup_failures += 1
