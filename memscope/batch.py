@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from memscope import _context as context
 from memscope import _heap as heap
+from memscope import journal as journals
 from memscope._cleanup import CleanupOutcome, run_cleanup_safely
 from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._devices import as_torch_device
@@ -29,12 +30,13 @@ from memscope.exceptions import (
     InvalidArgumentTypeError,
 )
 from memscope.host import HostMemoryMonitor
+from memscope.journal import Journal, JournalSummary, Key
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.oom._detection import is_oom_error
+from memscope.oom._detection import is_oom_error, recover_from_oom
 from memscope.oom._diagnosis import add_oom_note
 from memscope.oom._history import MemoryHistoryRecorder
 from memscope.policies import DEFAULT_CACHE_POLICY, GCBackoff, check_cache_policy
-from memscope.reports import BatchReport, TimelineEntry, with_process_rank
+from memscope.reports import BatchReport, ItemFailure, TimelineEntry, with_process_rank
 from memscope.typing import CachePolicy, DeviceLike
 from memscope.units import format_bytes, parse_bytes
 
@@ -142,6 +144,18 @@ class ManagedBatch(SyncAndAsyncContextManager):
         timeline: record one memory reading per item (per chunk for chunked work) into
             ``report.timeline`` (for ``report.to_csv`` and ``report.plot``); off by default,
             as it costs a device query per item.
+        journal: a file (JSON lines) that records each finished and failed item's key
+            durably, so that rerunning the same code with the same journal skips the items
+            it names (see :mod:`memscope.journal`: nothing is lost, the item in flight at a
+            crash may run twice). Items need keys: ``track()`` and ``map()`` take ``key=``.
+        journal_job: a name for the job, kept in the journal's header; a journal written
+            under another name is refused rather than mixed.
+        journal_sync_every: ``os.fsync`` the journal every this many items (1: every item,
+            the safest; more: faster, and up to that many finished items may run again after
+            a power loss or kernel crash).
+        retry_failed: on a rerun, process again the items the journal records as failed
+            (by default they are skipped like finished ones, and their failures carried
+            into the report).
     """
 
     def __init__(
@@ -159,6 +173,10 @@ class ManagedBatch(SyncAndAsyncContextManager):
         record_history: bool = False,
         history_folder: str | PathLike[str] = DEFAULT_HISTORY_FOLDER,
         timeline: bool = False,
+        journal: str | PathLike[str] | None = None,
+        journal_job: str | None = None,
+        journal_sync_every: int = 1,
+        retry_failed: bool = False,
     ) -> None:
         if device is not None:
             as_torch_device(device)
@@ -202,6 +220,14 @@ class ManagedBatch(SyncAndAsyncContextManager):
             DEFAULT_CACHE_POLICY if cache_policy is None else check_cache_policy(cache_policy)
         )
         self._records_timeline = timeline
+        if not isinstance(retry_failed, bool):
+            raise InvalidArgumentTypeError(f"retry_failed must be a bool, got {retry_failed!r}")
+        self._journal = (
+            None
+            if journal is None
+            else Journal(journal, job=journal_job, sync_every=journal_sync_every)
+        )
+        self.retry_failed = retry_failed
 
         self._serial = next(_batch_serials)
         self._lock = threading.Lock()
@@ -235,6 +261,12 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._timeline: list[TimelineEntry] = []
         self._gc_runs_at_last_entry = 0
         self._bar: Any = None
+        self._skipped = 0
+        self._failed_items: list[ItemFailure] = []
+        self._finished_keys: set[Key] = set()
+        self._carried_failures: dict[Key, ItemFailure] = {}
+        self._carried_items = 0
+        self._carried_seconds = 0.0
 
     # Public state ----------------------------------------------------------------------
 
@@ -312,6 +344,8 @@ class ManagedBatch(SyncAndAsyncContextManager):
             raise
 
     def _begin_measuring(self, manager: MemoryManager, parent: ManagedBatch | None) -> None:
+        if self._journal is not None:
+            self._resume(self._journal.open())
         start = manager.snapshot()
         self._device_has_figures = start.total is not None or start.allocated is not None
         if parent is not None and parent.manager.resolved_device == manager.resolved_device:
@@ -330,9 +364,27 @@ class ManagedBatch(SyncAndAsyncContextManager):
             self._bar = self._tqdm(total=None, unit="item", desc=str(manager.resolved_device))
         self._started = time.perf_counter()
 
+    def _resume(self, previous: JournalSummary) -> None:
+        """Carry what earlier runs journaled into this run: what to skip, and the figures."""
+        self._finished_keys = set(previous.done)
+        if not self.retry_failed:
+            self._carried_failures = dict(previous.failed)
+        self._carried_items = len(previous.done)
+        self._carried_seconds = previous.elapsed_seconds
+        if previous.runs:
+            logger.info(
+                "resuming from %s: %d items done, %d failed in %d earlier run(s)",
+                previous.path,
+                len(previous.done),
+                len(previous.failed),
+                previous.runs,
+            )
+
     def _release(self) -> None:
-        """Let go of what entering acquired: the progress bar, the recorder, the heap."""
+        """Let go of what entering acquired: the journal, the bar, the recorder, the heap."""
         try:
+            if self._journal is not None:
+                self._journal.close(time.perf_counter() - self._started if self._started else 0.0)
             if self._bar is not None:
                 self._bar.close()
             if self._recorder is not None:
@@ -397,11 +449,11 @@ class ManagedBatch(SyncAndAsyncContextManager):
         with self._lock:
             self._report = BatchReport(
                 device=str(manager.resolved_device),
-                items=self._items,
+                items=self._carried_items + self._items,
                 calls=self._calls,
                 failures=self._failures,
                 cleanup_failures=self._cleanup_failures,
-                elapsed_seconds=time.perf_counter() - self._started,
+                elapsed_seconds=self._carried_seconds + time.perf_counter() - self._started,
                 usage_start=self._usage_start,
                 usage_end=end.usage,
                 peak_allocated=self._peak_allocated,
@@ -425,6 +477,8 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 ),
                 memory_threshold=manager.memory_threshold,
                 timeline=tuple(self._timeline),
+                skipped=self._skipped,
+                failed_items=(*self._carried_failures.values(), *self._failed_items),
             )
             self._report = with_process_rank(self._report)
         parent = self._parent
@@ -512,32 +566,144 @@ class ManagedBatch(SyncAndAsyncContextManager):
             )
             self._gc_runs_at_last_entry = self._gc_runs
 
-    def track(self, iterable: Iterable[Item]) -> Iterator[Item]:
+    def track(
+        self, iterable: Iterable[Item], *, key: Callable[[Item], object] | None = None
+    ) -> Iterator[Item]:
         """Yield the items of ``iterable``, counting each once its loop body is done.
 
         While a loop body runs, decorated calls and chunked work inside it are part of that
         item and add no items of their own. With ``progress=True`` the bar's total grows by
-        ``len(iterable)`` where there is one.
+        ``len(iterable)`` where there is one. With a journal, each item's key (the item
+        itself, or ``key(item)``) is journaled once its body is done, and items an earlier
+        run finished are skipped; for a list, tuple or range every key is made before the
+        first item is yielded, so an item without a usable key fails before any work.
         """
         self._require_active("batch.track()")
-        if self._bar is not None and isinstance(iterable, Sized):
-            self._bar.total = (self._bar.total or 0) + len(iterable)
-            self._bar.refresh()
-        tracked = _TrackedItems(self._track(iterable))
+        keyed = self._keyed(iterable, key)
+        tracked = _TrackedItems(self._track(keyed))
         self._open_tracks.add(tracked)
         return tracked
 
-    def _track(self, iterable: Iterable[Item]) -> Generator[Item, None, None]:
-        for item in iterable:
-            # Generators share their caller's context, so this marks the loop body.
-            outer = context.tracked_item.get()
-            context.tracked_item.set(self)
-            try:
+    def _track(self, keyed: Iterable[tuple[Item, Key | None]]) -> Generator[Item, None, None]:
+        for item, item_key in keyed:
+            if self._skips(item_key):
+                continue
+            with self._tracked_item():
                 yield item
-            finally:
-                context.tracked_item.set(outer)
             # Reached only when the loop asks for the next item: the body is done.
-            self._advance(1)
+            self._item_done(item_key)
+
+    def map(
+        self,
+        function: Callable[[Item], Result],
+        items: Iterable[Item],
+        *,
+        on_error: str = "raise",
+        key: Callable[[Item], object] | None = None,
+    ) -> Iterator[Result]:
+        """``function(item)`` for each item, yielding the results lazily, in order.
+
+        Each call is one tracked item. ``on_error="raise"`` lets an exception end the loop, as
+        a for-loop would; ``on_error="skip"`` records an item whose call raises (any
+        ``Exception``: an out-of-memory error that retries did not cure included, its memory
+        freed before the next item) in ``report.failed_items`` (key, type, message, notes)
+        and in the journal, and goes on. ``KeyboardInterrupt`` and ``SystemExit`` always
+        propagate. Keys and skipping work as for :meth:`track`; without a key, a failure is
+        recorded under the item's position.
+        """
+        self._require_active("batch.map()")
+        if not callable(function):
+            raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
+        if on_error not in ("raise", "skip"):
+            raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        keyed = self._keyed(items, key)
+        tracked = _TrackedItems(self._map(function, keyed, skip_errors=on_error == "skip"))
+        self._open_tracks.add(tracked)
+        return tracked
+
+    def _map(
+        self,
+        function: Callable[[Item], Result],
+        keyed: Iterable[tuple[Item, Key | None]],
+        *,
+        skip_errors: bool,
+    ) -> Generator[Result, None, None]:
+        for position, (item, item_key) in enumerate(keyed):
+            if self._skips(item_key):
+                continue
+            failure: Exception | None = None
+            with self._tracked_item():
+                try:
+                    result = function(item)
+                except Exception as error:
+                    if not skip_errors:
+                        raise
+                    failure = error
+            if failure is not None:
+                self._item_failed(position if item_key is None else item_key, failure)
+                del failure
+                continue
+            self._item_done(item_key)
+            yield result
+
+    def _keyed(
+        self, items: Iterable[Item], key: Callable[[Item], object] | None
+    ) -> Iterable[tuple[Item, Key | None]]:
+        if key is not None and not callable(key):
+            raise InvalidArgumentTypeError(f"key must be a function or None, got {key!r}")
+        if self._bar is not None and isinstance(items, Sized):
+            self._bar.total = (self._bar.total or 0) + len(items)
+            self._bar.refresh()
+        if self._journal is None and key is None:
+            return ((item, None) for item in items)
+        if isinstance(items, (list, tuple, range)):
+            # Every key now, before any work: a bad one fails the loop before it starts.
+            return [(item, journals.item_key(item, key)) for item in items]
+        return ((item, journals.item_key(item, key)) for item in items)
+
+    @contextlib.contextmanager
+    def _tracked_item(self) -> Iterator[None]:
+        # Generators share their caller's context, so this marks the loop body.
+        outer = context.tracked_item.get()
+        context.tracked_item.set(self)
+        try:
+            yield
+        finally:
+            context.tracked_item.set(outer)
+
+    def _skips(self, item_key: Key | None) -> bool:
+        """Whether an earlier run already finished (or, unless retried, failed) this item."""
+        if item_key is None or (
+            item_key not in self._finished_keys and item_key not in self._carried_failures
+        ):
+            return False
+        with self._lock:
+            self._skipped += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        return True
+
+    def _item_done(self, item_key: Key | None) -> None:
+        if self._journal is not None and item_key is not None:
+            self._journal.done(item_key)
+        self._advance(1)
+
+    def _item_failed(self, item_key: Key, error: Exception) -> None:
+        failure = ItemFailure.of(item_key, error)
+        with self._lock:
+            self._failed_items.append(failure)
+        if self._journal is not None:
+            self._journal.failed(failure)
+        logger.warning(
+            "item %r failed and is skipped: %s: %s", item_key, failure.error_type, failure.message
+        )
+        if is_oom_error(error):
+            self._record_oom(error, retried=False)
+            recover_from_oom(error, self.manager, self)
+        elif self.every is not None:
+            self._clean_up(f"the failed item {item_key!r}")
+        if self._bar is not None:
+            self._bar.update(1)
 
     # What the toolkit reports (the ActiveBatch protocol) ---------------------------------
 

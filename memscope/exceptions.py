@@ -71,3 +71,7 @@ class BatchSizeExhaustedError(MemscopeError, RuntimeError):
     def __init__(self, message: str, *, sizes_tried: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.sizes_tried = sizes_tried
+
+
+class JournalError(MemscopeError, RuntimeError):
+    """A batch journal cannot be used: another job's, locked by another run, or damaged."""

@@ -121,6 +121,8 @@ def test_report_fields_and_json() -> None:
         "host_limit",
         "cleanups",
         "every",
+        "skipped",
+        "failed_items",
         "budget",
         "rank",
         "world_size",

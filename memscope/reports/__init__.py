@@ -16,11 +16,13 @@ from memscope.reports._combined import (
     process_rank,
     with_process_rank,
 )
+from memscope.reports._item_failure import ItemFailure
 from memscope.reports._timeline import TimelineEntry
 
 __all__ = [
     "BatchReport",
     "CombinedReport",
+    "ItemFailure",
     "RankReport",
     "TimelineEntry",
     "process_rank",

@@ -10,6 +10,7 @@ from typing import Any, Final, Literal
 
 from memscope.reports import _export
 from memscope.reports._figures import counted, device_reports_figures, host_reports_figures
+from memscope.reports._item_failure import ItemFailure
 from memscope.reports._timeline import TimelineEntry
 from memscope.units import format_bytes
 
@@ -93,6 +94,12 @@ class BatchReport:
     """The batch's cleanup cadence in items, or ``None`` where the batch only counted."""
     cleanups: int = field(default=0, metadata=_SUM)
     """Cleanup steps the batch ran."""
+    skipped: int = field(default=0, metadata=_SUM)
+    """Items skipped because the batch's journal says an earlier run finished (or failed)
+    them."""
+    failed_items: tuple[ItemFailure, ...] = ()
+    """Items that ``batch.map(on_error="skip")`` recorded as failed (with a journal, earlier
+    runs' failures that were not retried too)."""
     timeline: tuple[TimelineEntry, ...] = ()
     """The memory as each item finished, in the order the items finished."""
 
@@ -105,6 +112,7 @@ class BatchReport:
         """The report as a JSON-serialisable dict, ``items_per_second`` included."""
         data = asdict(self)
         data["timeline"] = [asdict(entry) for entry in self.timeline]
+        data["failed_items"] = [failure.to_dict() for failure in self.failed_items]
         data["memory_snapshots"] = list(self.memory_snapshots)
         data["items_per_second"] = self.items_per_second
         return data
@@ -122,6 +130,13 @@ class BatchReport:
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` to ``path`` as JSON; returns the path."""
         return _export.write_json(self.to_dict(), path)
+
+    def failures_to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``failed_items`` to ``path`` as CSV with a header row; returns the path.
+
+        Columns: ``key, error_type, message, notes`` (notes joined by newlines).
+        """
+        return _export.write_failures_csv(self.failed_items, path)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the timeline to ``path`` as CSV with a header row; returns the path.
@@ -179,6 +194,10 @@ class BatchReport:
                 f"{counted(self.failures, 'failure')}, "
                 f"{counted(self.cleanup_failures, 'failed cleanup')}"
             )
+        if self.failed_items:
+            parts.append(f"{counted(len(self.failed_items), 'failed item')} (skipped)")
+        if self.skipped:
+            parts.append(f"{counted(self.skipped, 'item')} already done by an earlier run")
         if self.ended_by is not None:
             parts.append(f"ended by {self.ended_by}")
         return self._rank_prefix() + ", ".join(parts)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from memscope.reports._item_failure import ItemFailure
 from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
@@ -52,6 +53,18 @@ def write_csv(timeline: Iterable[TimelineEntry], path: str | os.PathLike[str]) -
     return target
 
 
+def write_failures_csv(failures: Iterable[ItemFailure], path: str | os.PathLike[str]) -> Path:
+    """Write failed items to ``path``: a header row, then one row per item."""
+    target = Path(path)
+    with target.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(("key", "error_type", "message", "notes"))
+        for failure in failures:
+            key = "" if failure.key is None else failure.key
+            writer.writerow((key, failure.error_type, failure.message, "\n".join(failure.notes)))
+    return target
+
+
 def read_json(report_type: type[Report], path: str | os.PathLike[str]) -> Report:
     """The report of ``report_type`` that :func:`write_json` wrote to ``path``."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -87,6 +100,9 @@ def report_from_dict(report_type: type[Report], data: object, *, source: str = "
     fields["timeline"] = tuple(
         TimelineEntry(**{name: value for name, value in entry.items() if name in _ENTRY_FIELDS})
         for entry in timeline
+    )
+    fields["failed_items"] = tuple(
+        ItemFailure.from_dict(failure) for failure in fields.get("failed_items", ())
     )
     # JSON has no tuples: other sequences (memory_snapshots) come back as lists.
     for name, value in fields.items():

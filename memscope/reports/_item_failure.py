@@ -1,0 +1,54 @@
+"""One item whose work raised, as a batch's report and its journal record it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ItemFailure", "Key"]
+
+Key = str | int
+"""What identifies an item in a journal: a string (a path, say) or an int."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """One item whose work raised, as a batch's report and its journal record it."""
+
+    key: Key | None
+    """The item's key (``None`` without a journal or ``key=``: then the item's position)."""
+    error_type: str
+    """The exception's class name, such as ``"ValueError"``."""
+    message: str
+    """``str()`` of the exception (or a placeholder when that fails)."""
+    notes: tuple[str, ...] = ()
+    """The exception's notes (memscope adds the device's figures to out-of-memory errors)."""
+
+    @classmethod
+    def of(cls, key: Key | None, error: BaseException) -> ItemFailure:
+        """The record of ``error`` raised by the item ``key``."""
+        try:
+            message = str(error)
+        except Exception:
+            message = f"<unprintable {type(error).__name__}>"
+        notes = tuple(str(note) for note in getattr(error, "__notes__", ()))
+        return cls(key, type(error).__name__, message, notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The failure as a JSON-serialisable dict."""
+        return {
+            "key": self.key,
+            "error_type": self.error_type,
+            "message": self.message,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemFailure:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            data.get("key"),
+            str(data["error_type"]),
+            str(data["message"]),
+            tuple(str(note) for note in data.get("notes", ())),
+        )
