@@ -478,6 +478,11 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 memory_threshold=manager.memory_threshold,
                 timeline=tuple(self._timeline),
                 skipped=self._skipped,
+                timeline_file=(
+                    str(self._journal.path)
+                    if self._journal is not None and self._records_timeline
+                    else None
+                ),
                 failed_items=(*self._carried_failures.values(), *self._failed_items),
             )
             self._report = with_process_rank(self._report)
@@ -553,18 +558,21 @@ class ManagedBatch(SyncAndAsyncContextManager):
         host_resident = self._sample_host()
         seconds = time.perf_counter() - self._started
         with self._lock:
-            self._timeline.append(
-                TimelineEntry(
-                    item=item,
-                    seconds=seconds,
-                    usage=snapshot.usage,
-                    allocated=snapshot.allocated,
-                    reserved=snapshot.reserved,
-                    gc_ran=self._gc_runs > self._gc_runs_at_last_entry,
-                    host_resident=host_resident,
-                )
+            entry = TimelineEntry(
+                item=self._carried_items + item,
+                seconds=self._carried_seconds + seconds,
+                usage=snapshot.usage,
+                allocated=snapshot.allocated,
+                reserved=snapshot.reserved,
+                gc_ran=self._gc_runs > self._gc_runs_at_last_entry,
+                host_resident=host_resident,
             )
             self._gc_runs_at_last_entry = self._gc_runs
+            if self._journal is None:
+                self._timeline.append(entry)
+            else:
+                # Streamed, so a run of a million items holds no timeline in memory.
+                self._journal.timeline(entry)
 
     def track(
         self, iterable: Iterable[Item], *, key: Callable[[Item], object] | None = None

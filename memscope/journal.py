@@ -19,10 +19,12 @@ file beside it refuses a second writer while one is running.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from typing import Any, TextIO
 from memscope._validation import check_int
 from memscope._version import __version__
 from memscope.exceptions import InvalidArgumentTypeError, JournalError
-from memscope.reports import ItemFailure
+from memscope.reports import ItemFailure, TimelineEntry
 from memscope.reports._item_failure import Key
 
 __all__ = ["Journal", "JournalSummary", "Key", "item_key", "read_journal"]
@@ -246,6 +248,8 @@ class Journal:
         self.sync_every = check_int(sync_every, "journal_sync_every", minimum=1)
         self._lock = _Lock(self.path)
         self._file: TextIO | None = None
+        # Items finish in many threads; each record must reach the file as one whole line.
+        self._write_lock = threading.Lock()
         self._unsynced = 0
         self._started = 0.0
         self.previous: JournalSummary | None = None
@@ -296,6 +300,10 @@ class Journal:
         """Journal that an item failed, and why."""
         self._write({"type": "failed", "time": time.time(), **failure.to_dict()})
 
+    def timeline(self, entry: TimelineEntry) -> None:
+        """Stream one timeline entry (not synced on its own: it rides on the items' syncs)."""
+        self._write({"type": "timeline", **dataclasses.asdict(entry)}, counts=False)
+
     def close(self, elapsed_seconds: float) -> None:
         """End this run's records, sync them, and release the lock."""
         try:
@@ -309,13 +317,15 @@ class Journal:
         finally:
             self._lock.release()
 
-    def _write(self, record: dict[str, Any], *, sync: bool = False) -> None:
-        file = self._file
-        if file is None:
-            raise JournalError(f"the journal {self.path} is not open")
-        file.write(json.dumps(record) + "\n")
-        self._unsynced += 1
-        if sync or self._unsynced >= self.sync_every:
-            file.flush()
-            os.fsync(file.fileno())
-            self._unsynced = 0
+    def _write(self, record: dict[str, Any], *, sync: bool = False, counts: bool = True) -> None:
+        line = json.dumps(record) + "\n"
+        with self._write_lock:
+            file = self._file
+            if file is None:
+                raise JournalError(f"the journal {self.path} is not open")
+            file.write(line)
+            self._unsynced += int(counts)
+            if sync or self._unsynced >= self.sync_every:
+                file.flush()
+                os.fsync(file.fileno())
+                self._unsynced = 0

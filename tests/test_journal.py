@@ -323,3 +323,43 @@ def test_sigkill_mid_batch_loses_nothing_and_repeats_at_most_one(tmp_path: Path)
     assert summary.done == set(expected)
     assert summary.runs == 2
     assert json.loads(journal.read_text().splitlines()[0])["type"] == "header"
+
+
+def test_with_a_journal_the_timeline_streams_to_disk(tmp_path: Path) -> None:
+    """timeline=True with a journal keeps no timeline in memory: the entries go to the
+    journal, a rerun continues their numbering, and CSV and plot read them back."""
+    journal = tmp_path / "run.jsonl"
+    images = [f"{n}.png" for n in range(30)]
+    with managed_batch(manager=RecordingManager(), journal=journal, timeline=True) as first:
+        for image in first.track(images):
+            if image == "20.png":
+                break
+    assert first.report.timeline == ()
+    _, second = run_batch(journal, images, timeline=True)
+    report = second.report  # type: ignore[attr-defined]
+    assert report.timeline == ()
+    assert report.timeline_file == str(journal)
+    assert [entry.item for entry in report.timeline_entries()] == list(range(1, 31))
+    rows = report.to_csv(tmp_path / "timeline.csv").read_text().splitlines()
+    assert len(rows) == 31
+    pytest.importorskip("matplotlib")
+    assert report.plot(tmp_path / "timeline.png").stat().st_size > 0
+
+
+def test_threads_write_whole_journal_lines(tmp_path: Path) -> None:
+    """Eight threads finishing items at once leave one whole line per item."""
+    import threading
+
+    journal = tmp_path / "run.jsonl"
+    with managed_batch(manager=RecordingManager(), journal=journal) as batch:
+
+        def worker(start: int) -> None:
+            for _ in batch.track(range(start, start + 100)):
+                pass
+
+        threads = [threading.Thread(target=batch.bind(worker), args=(n * 100,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert read_journal(journal).done == set(range(800))

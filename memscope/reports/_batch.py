@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -97,6 +98,9 @@ class BatchReport:
     skipped: int = field(default=0, metadata=_SUM)
     """Items skipped because the batch's journal says an earlier run finished (or failed)
     them."""
+    timeline_file: str | None = None
+    """With a journal, where the timeline was streamed instead of kept in memory (the
+    journal itself); :meth:`timeline_entries`, :meth:`to_csv` and :meth:`plot` read it."""
     failed_items: tuple[ItemFailure, ...] = ()
     """Items that ``batch.map(on_error="skip")`` recorded as failed (with a journal, earlier
     runs' failures that were not retried too)."""
@@ -131,6 +135,12 @@ class BatchReport:
         """Write :meth:`to_dict` to ``path`` as JSON; returns the path."""
         return _export.write_json(self.to_dict(), path)
 
+    def timeline_entries(self) -> Iterator[TimelineEntry]:
+        """The timeline's entries: from memory, or read back from ``timeline_file``."""
+        if self.timeline or self.timeline_file is None:
+            return iter(self.timeline)
+        return _export.read_streamed_timeline(self.timeline_file)
+
     def failures_to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write ``failed_items`` to ``path`` as CSV with a header row; returns the path.
 
@@ -144,7 +154,7 @@ class BatchReport:
         Columns: ``item, seconds, usage, allocated, reserved, gc_ran, host_resident``; an
         empty cell is a figure nobody could tell, ``gc_ran`` is ``true`` or ``false``.
         """
-        return _export.write_csv(self.timeline, path)
+        return _export.write_csv(self.timeline_entries(), path)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Draw the timeline as a PNG (or any format matplotlib infers from the suffix).
@@ -158,7 +168,10 @@ class BatchReport:
         """
         from memscope.reports._plot import plot_timeline
 
-        return plot_timeline(self, path)
+        report = self
+        if not self.timeline and self.timeline_file is not None:
+            report = replace(self, timeline=tuple(self.timeline_entries()))
+        return plot_timeline(report, path)
 
     def summary(self) -> str:
         """One line for a log or a terminal.

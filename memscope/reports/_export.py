@@ -6,7 +6,7 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +63,22 @@ def write_failures_csv(failures: Iterable[ItemFailure], path: str | os.PathLike[
             key = "" if failure.key is None else failure.key
             writer.writerow((key, failure.error_type, failure.message, "\n".join(failure.notes)))
     return target
+
+
+def read_streamed_timeline(path: str | os.PathLike[str]) -> Iterator[TimelineEntry]:
+    """The timeline entries a journaled batch streamed into ``path``, one at a time."""
+    with Path(path).open(encoding="utf-8") as lines:
+        for line in lines:
+            if '"timeline"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut off by a crash
+            if record.get("type") == "timeline":
+                yield TimelineEntry(
+                    **{name: value for name, value in record.items() if name in _ENTRY_FIELDS}
+                )
 
 
 def read_json(report_type: type[Report], path: str | os.PathLike[str]) -> Report:
