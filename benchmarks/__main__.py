@@ -24,7 +24,7 @@ import wrapt
 from torch import nn
 
 import memscope
-from memscope import ClearWhenUseful, MemoryManager, auto_clear, managed_batch
+from memscope import ClearAlways, ClearWhenUseful, MemoryManager, auto_clear, managed_batch
 from memscope.testing import FakeDevice, GiB
 
 
@@ -135,8 +135,29 @@ def measure_call_overhead(calls: int) -> dict[str, float]:
         ),
         "@auto_clear, no cleanup due": per_call_nanoseconds(decorated, calls),
     }
-    with managed_batch(manager=MemoryManager("cpu"), freeze_heap=False):
-        results["@auto_clear inside managed_batch"] = per_call_nanoseconds(decorated, calls)
+    # Inside a batch the batch owns the cadence; a cadence far away measures what a call or
+    # an item costs when no cleanup is due.
+    with managed_batch(manager=MemoryManager("cpu"), freeze_heap=False, every=10**12) as batch:
+        results["@auto_clear inside managed_batch (each call an item)"] = per_call_nanoseconds(
+            decorated, calls
+        )
+        results["batch.step(), no cleanup due"] = per_call_nanoseconds(batch.step, calls)
+        tracked = batch.track(iter(int, 1))  # an endless iterable
+
+        def next_tracked_item() -> None:
+            next(tracked)
+
+        results["batch.track() per item, no cleanup due"] = per_call_nanoseconds(
+            next_tracked_item, calls
+        )
+
+        def decorated_in_tracked_item() -> None:
+            next(tracked)
+            decorated()
+
+        results["track() item + @auto_clear call inside it"] = per_call_nanoseconds(
+            decorated_in_tracked_item, calls
+        )
     return results
 
 
@@ -247,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 synchronize()
 
         def batch_clear_always(items: int) -> None:
-            with managed_batch(device, every=1) as batch:
+            with managed_batch(device, every=1, cache_policy=ClearAlways()) as batch:
                 for _ in batch.track(range(items)):
                     colorize_one()
                 synchronize()
