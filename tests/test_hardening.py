@@ -458,3 +458,21 @@ def test_retries_and_reports_treat_an_oom_group_as_an_oom() -> None:
         assert colorize(3) == 3
     assert attempts == [3, 3]
     assert (batch.report.ooms, batch.report.oom_retries) == (1, 1)
+
+
+def test_an_exhausted_adaptive_batch_inside_a_batch_counts_each_oom_once() -> None:
+    """@adaptive_batch that runs out of memory at every size raises BatchSizeExhaustedError
+    out of the batch; the report counts the OOMs it met, not one more at exit."""
+    from memscope import BatchSizeExhaustedError, adaptive_batch
+
+    @adaptive_batch(start=4)
+    def colorize(batch_size: int, images: list[int]) -> list[int]:
+        raise oom_error("cuda", tried=batch_size * GiB)
+
+    with (
+        pytest.raises(BatchSizeExhaustedError) as raised,
+        managed_batch(manager=RecordingManager()) as batch,
+    ):
+        colorize([1, 2, 3, 4])
+    assert raised.value.sizes_tried == (4, 2, 1)
+    assert batch.report.ooms == 3
