@@ -13,8 +13,17 @@ import pytest
 import torch
 
 from memscope import BatchReport, ImageMemoryModel, format_bytes
-from memscope.cli._command import HOST_FIGURES_MISSING, main
-from memscope.cli.demo import IMAGES_AND_PLOT_SKIPPED
+from memscope.cli._command import (
+    DEMO_OPTIONS,
+    ESTIMATE_OPTIONS,
+    HOST_FIGURES_MISSING,
+    INFO_DEVICE_FIGURES,
+    as_typed,
+    counted,
+    describe_model,
+    main,
+)
+from memscope.cli.demo import IMAGES_AND_PLOT_SKIPPED, WITH_CLEANUP, WITHOUT_CLEANUP
 from memscope.testing import FakeDevice, FakeHost, GiB, MiB
 
 
@@ -72,23 +81,35 @@ def test_help_describes_each_command(
 @pytest.mark.parametrize(
     ("arguments", "named"),
     [
-        (["--device", "gpu"], "'gpu'"),
+        (["--device", "gpu"], "--device 'gpu' is not a device torch knows"),
         (["bogus"], "'bogus'"),
         (["info", "--jsn"], "--jsn"),
+        (["info", "--device", "cuda:3"], "--device 'cuda:3' is not available"),
+        (["--device", "cpu", "info", "--device", "meta"], "--device given twice"),
+        (["--device", "cpu", "estimate", "512"], "--device does not apply"),
         (["estimate"], "SIZE"),
         (["estimate", "10x"], "'10x'"),
         (["estimate", "0x5"], "'0x5'"),
         (["estimate", "abc"], "'abc'"),
         (["estimate", "512", "--dtype", "int8"], "'int8'"),
-        (["estimate", "512", "--references", "-1"], "references"),
-        (["estimate", "512", "--overhead", "0"], "overhead"),
-        (["demo", "--device", "gpu"], "'gpu'"),
-        (["demo", "--device", "cuda:3"], "'cuda:3'"),
-        (["demo", "--threshold", "1.5"], "--threshold"),
+        (["estimate", "512", "--references", "-1"], "--references must be an int >= 0"),
+        (["estimate", "512", "--overhead", "0"], "--overhead must be a finite number > 0"),
+        (["estimate", "512", "--channels", "0"], "--channels must be an int >= 1"),
+        (["estimate", "512", "--latent-channels", "-1"], "--latent-channels must be"),
+        (["estimate", "512", "--latent-downscale", "0"], "--latent-downscale must be"),
+        (["estimate", "512", "--activation-factor", "-1"], "--activation-factor must be"),
+        (["estimate", "512", "--reference-scale", "0"], "--reference-scale must be"),
+        (["demo", "--device", "gpu"], "--device 'gpu'"),
+        (["demo", "--device", "cuda:3"], "--device 'cuda:3'"),
+        (["--device", "cuda:3", "demo"], "--device 'cuda:3'"),
+        (["demo", "--threshold", "1.5"], "--threshold must be between 0 and 1"),
         (["demo", "--threshold", "high"], "'high'"),
-        (["demo", "--images", "0"], "images"),
+        (["demo", "--images", "0"], "--images must be an int >= 1, got 0"),
+        (["demo", "--images", "100000000"], "use fewer or smaller images"),
         (["demo", "--size", "64x"], "'64x'"),
-        (["demo", "--every", "0"], "every"),
+        (["demo", "--every", "0"], "--every must be an int >= 1, got 0"),
+        (["demo", "--seed", "-1"], "--seed must be an int >= 0, got -1"),
+        (["demo", "--out", "/dev/null"], "--out '/dev/null' already exists"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -111,6 +132,42 @@ def test_bad_arguments_exit_2_with_one_line(
     assert "error: " in lines[0]
     assert named in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["/proc/nonexistent", "{tmp}/file/folder"])
+def test_demo_refuses_an_unusable_output_folder_before_any_work(out: str, tmp_path: Path) -> None:
+    """An output folder that cannot be made is one line and exit 2, before any image."""
+    if out.startswith("/proc") and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    (tmp_path / "file").write_text("")
+    folder = out.format(tmp=tmp_path)
+    result = _run_module("demo", "--out", folder)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"memscope demo: error: --out {folder!r} cannot be created: "
+        f"{'No such file or directory' if out.startswith('/proc') else 'Not a directory'} "
+        "(see 'memscope demo --help')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [(DEMO_OPTIONS, name) for name in DEMO_OPTIONS]
+    + [(ESTIMATE_OPTIONS, name) for name in ESTIMATE_OPTIONS],
+)
+def test_every_parameter_is_named_as_its_option(options: dict[str, str], field: str) -> None:
+    """A message that starts with a parameter's name starts with its option instead."""
+    assert as_typed(f"{field} must be an int >= 1, got 0", options) == (
+        f"{options[field]} must be an int >= 1, got 0"
+    )
+    assert as_typed(f"the {field} is fine", options) == f"the {field} is fine"
+
+
+def test_counts_read_right_in_the_singular_and_the_plural() -> None:
+    """1 image, 2 images, 0 images: counts agree with their nouns."""
+    assert [counted(number, "image") for number in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+    assert counted(1, "reference image") == "1 reference image"
 
 
 def test_a_closed_pipe_ends_the_command_quietly() -> None:
@@ -140,8 +197,8 @@ def test_info_lists_the_cpu_and_versions(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out.splitlines()
     assert f"torch {torch.__version__}" in out[0]
     assert f"CUDA {torch.version.cuda or 'n/a'}" in out[0]
-    assert out[1].split() == ["device", "usage", "total", "free", "allocated", "reserved"]
-    assert out[-3].split() == ["cpu", "n/a", "n/a", "n/a", "n/a", "n/a"]
+    assert out[1].split() == ["device", *INFO_DEVICE_FIGURES]
+    assert out[-3].split() == ["cpu", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"]
     assert out[-2] == "n/a: the device does not report this figure"
     assert out[-1].startswith("host memory (this process): ")
 
@@ -204,18 +261,62 @@ def test_info_without_host_figures_says_once_how_to_get_them(
 
 
 def test_info_shows_every_gpu_with_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    """Every device torch sees gets a row with usage, total, free, allocated and reserved."""
+    """Every device torch sees gets a row: usage, used, free, total, allocated, reserved."""
     with FakeDevice("cuda", device_count=2, total=8 * GiB) as fake:
         fake.set_memory(1, allocated=2 * GiB, reserved=3 * GiB)
         assert main(["info"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) >= {"cuda:0", "cuda:1", "cpu"}
-    # 3 GiB reserved, 2 GiB of it live: usage counts the live 2 GiB of 8.
+    # 3 GiB reserved, 2 GiB of it live: usage and used count the live 2 GiB of 8; the
+    # driver's free memory leaves the reserved 3 GiB out.
     assert rows["cuda:1"].split() == [
         *("cuda:1", "25.0%"),
-        *("8.0", "GiB", "5.0", "GiB"),
+        *("2.0", "GiB", "5.0", "GiB", "8.0", "GiB"),
         *("2.0", "GiB", "3.0", "GiB"),
     ]
+
+
+@pytest.mark.parametrize("position", ["before", "after", "both"])
+def test_info_device_may_come_before_or_after_the_command(
+    position: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``memscope --device cuda:1 info`` and ``memscope info --device cuda:1`` agree."""
+    arguments = {
+        "before": ["--device", "cuda:1", "info"],
+        "after": ["info", "--device", "cuda:1"],
+        "both": ["--device", "cuda:1", "info", "--device", "cuda:1"],
+    }[position]
+    with FakeDevice("cuda", device_count=2, total=8 * GiB):
+        assert main(arguments) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:-1]] == ["cuda:1"]
+
+
+def test_info_text_and_json_state_the_same_facts(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each table cell is the JSON's figure, formatted; n/a in the text is null in JSON."""
+    with FakeDevice("cuda", device_count=2, total=8 * GiB) as fake:
+        fake.set_memory(0, allocated=1 * GiB, reserved=3 * GiB, other_processes=2 * GiB)
+        assert main(["info"]) == 0
+        text = capsys.readouterr().out.splitlines()
+        assert main(["info", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+    header, columns, *rows = text
+    assert header == (
+        f"memscope {data['memscope']}, torch {data['torch']}, CUDA {data['cuda'] or 'n/a'}"
+    )
+    assert columns.split() == ["device", *INFO_DEVICE_FIGURES]
+    assert [device["device"] for device in data["devices"]] == [row.split()[0] for row in rows[:3]]
+    for device, row in zip(data["devices"], rows, strict=False):
+        assert set(device) == {"device", *INFO_DEVICE_FIGURES}
+        usage = "n/a" if device["usage"] is None else f"{device['usage']:.1%}"
+        cells = [usage, *(format_bytes(device[name]) for name in INFO_DEVICE_FIGURES[1:])]
+        assert row.split() == [device["device"], *" ".join(cells).split()]
+    host = data["host"]
+    assert rows[-1] == (
+        f"host memory (this process): resident {format_bytes(host['resident'])}, "
+        f"peak {format_bytes(host['peak'])}, limit {format_bytes(host['limit'])} "
+        f"({host['limit_source']})"
+    )
 
 
 def test_info_json_is_valid_and_complete(capsys: pytest.CaptureFixture[str]) -> None:
@@ -230,6 +331,7 @@ def test_info_json_is_valid_and_complete(capsys: pytest.CaptureFixture[str]) -> 
     assert list(devices)[:2] == ["cuda:0", "cuda:1"]
     assert "cpu" in devices
     assert devices["cuda:0"]["total"] == 8 * GiB
+    assert devices["cuda:0"]["used"] == 1 * GiB
     assert devices["cuda:0"]["allocated"] == 1 * GiB
     assert devices["cuda:0"]["usage"] == 0.125
     # The table says n/a for the CPU's usage; JSON says null, not 0.0.
@@ -243,11 +345,29 @@ def test_estimate_prints_a_row_per_size(capsys: pytest.CaptureFixture[str]) -> N
     """``estimate`` prints the default model's figure for each size; one side means square."""
     assert main(["estimate", "1024x1024", "512", "640x480"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "ImageMemoryModel(" in lines[0]
-    assert lines[1].split() == ["size", "pixels", "bytes", "memory"]
-    assert lines[2].split() == ["1024x1024", "1,048,576", "95,551,488", "91.1", "MiB"]
-    assert lines[3].split()[:3] == ["512x512", "262,144", "23,887,872"]
-    assert lines[4].split()[2] == f"{ImageMemoryModel().estimate((640, 480)):,}"
+    assert lines[0] == "estimated memory per image, by the estimation model (ImageMemoryModel):"
+    assert lines[1:5] == describe_model(ImageMemoryModel())
+    assert lines[5].split() == ["size", "pixels", "bytes", "memory"]
+    assert lines[6].split() == ["1024x1024", "1,048,576", "95,551,488", "91.1", "MiB"]
+    assert lines[7].split()[:3] == ["512x512", "262,144", "23,887,872"]
+    assert lines[8].split()[2] == f"{ImageMemoryModel().estimate((640, 480)):,}"
+
+
+def test_estimate_states_the_assumptions_in_short_lines() -> None:
+    """The model's fields read as a few short lines, not a repr; numbers agree with nouns."""
+    default = describe_model(ImageMemoryModel())
+    assert default == [
+        "  tensors: float32 (4 bytes per element), 3 image channels",
+        "  references: 4 reference images per image, at 1x the image's sides",
+        "  latent: 4 channels at 1/8 of the image's sides; activations 2x the latent",
+        "  overhead: 1.5x the sum",
+    ]
+    custom = describe_model(
+        ImageMemoryModel(references=1, bytes_per_element=2, channels=1, reference_scale=0.5)
+    )
+    assert custom[0] == "  tensors: float16 or bfloat16 (2 bytes per element), 1 image channel"
+    assert custom[1] == "  references: 1 reference image per image, at 0.5x the image's sides"
+    assert all(len(line) <= 80 for line in default + custom)
 
 
 def test_estimate_options_change_the_model(capsys: pytest.CaptureFixture[str]) -> None:
@@ -307,33 +427,53 @@ def test_estimate_dtype_sets_the_element_size(
 
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``demo`` prints the report and writes images, the JSON report, CSV and plot."""
+    """``demo`` prints both runs' reports and writes their files and the comparison plot."""
     image_module = pytest.importorskip("PIL.Image")
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
     arguments = ["demo", "--images", "3", "--size", "64", "--out", str(out), "--no-progress"]
     assert main([*arguments, "--device", "cpu", "--every", "2", "--threshold", "0.9"]) == 0
     printed = capsys.readouterr().out
-    assert "colorizing 3 synthetic line-art images of 64x64 on cpu" in printed
-    assert "GC threshold 90%" in printed
-    assert "cpu: 3 items in " in printed
-    assert str(out) in printed
-    images = sorted((out / "images").glob("*.png"))
-    assert len(images) == 3
-    for path in images:
-        with image_module.open(path) as image:
+    lines = printed.splitlines()
+    assert lines[0].startswith("colorizing 3 synthetic line-art images of 64x64 on cpu, twice")
+    assert "managed_batch(every=2, budget=...) cleans up after every 2 images" in printed
+    assert "at 90% of the budget" in printed
+    for run in (WITHOUT_CLEANUP, WITH_CLEANUP):
+        report = BatchReport.from_json(out / run / "report.json")
+        assert report.items == 3
+        assert report.memory_threshold == 0.9
+        label = run.replace("-", " ") + ":"
+        assert f"{label:<16} {report.summary()}".rstrip() in lines
+        with (out / run / "timeline.csv").open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        assert [row["item"] for row in rows] == ["1", "2", "3"]
+        images = sorted((out / run / "images").glob("*.png"))
+        assert len(images) == 3
+        with image_module.open(images[0]) as image:
             assert (image.format, image.mode, image.size) == ("PNG", "RGB", (64, 64))
-    report = BatchReport.from_json(out / "report.json")
-    assert report.items == 3
-    assert report.memory_threshold == 0.9
-    assert report.summary() in printed
-    with (out / "timeline.csv").open(newline="") as file:
-        rows = list(csv.DictReader(file))
-    assert list(rows[0])[:6] == ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
-    assert [row["item"] for row in rows] == ["1", "2", "3"]
+        assert any(line.startswith(f"  {run}/") and "3 colorized images" in line for line in lines)
+    assert "budget" in BatchReport.from_json(out / WITH_CLEANUP / "report.json").summary()
     with image_module.open(out / "timeline.png") as plot:
         assert plot.format == "PNG"
+    assert f"wrote to {out}/:" in lines
     assert "skipped" not in printed
+
+
+def test_demo_of_one_image_says_image_not_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Counts of one read in the singular wherever the demo prints them."""
+    pytest.importorskip("PIL")
+    out = tmp_path / "out"
+    arguments = ["demo", "--images", "1", "--every", "1", "--size", "16", "--no-progress"]
+    assert main([*arguments, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "colorizing 1 synthetic line-art image of 16x16" in printed
+    assert "cleans up after every image," in printed
+    assert "(1 colorized image, PNG)" in printed
+    assert "cpu: 1 item in " in printed
+    assert " 1 images" not in printed
+    assert "1 cache clears" not in printed
 
 
 def test_demo_shows_a_progress_bar_with_tqdm(
@@ -359,7 +499,7 @@ def test_demo_without_tqdm_or_matplotlib_still_runs(
     ]
     assert "(skipped: the timeline plot needs matplotlib" in captured.out
     assert "pip install 'memscope[plot]'" in captured.out
-    assert (out / "timeline.csv").exists()
+    assert (out / WITH_CLEANUP / "timeline.csv").exists()
     assert not (out / "timeline.png").exists()
 
 
@@ -374,8 +514,13 @@ def test_demo_without_pillow_writes_no_images_and_says_so_once(
     printed = capsys.readouterr().out
     assert printed.count("pip install 'memscope[plot]'") == 1
     assert f"  (skipped: {IMAGES_AND_PLOT_SKIPPED})" in printed.splitlines()
-    assert "colorized images (PNG)" not in printed
-    assert sorted(path.name for path in out.iterdir()) == ["report.json", "timeline.csv"]
+    assert "images/ (" not in printed
+    assert sorted(path.name for path in out.iterdir()) == [WITH_CLEANUP, WITHOUT_CLEANUP]
+    for run in (WITHOUT_CLEANUP, WITH_CLEANUP):
+        assert sorted(path.name for path in (out / run).iterdir()) == [
+            "report.json",
+            "timeline.csv",
+        ]
 
 
 def test_demo_refuses_a_folder_with_files(
@@ -396,5 +541,5 @@ def test_demo_as_a_module_makes_a_new_folder_here(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (folder,) = tmp_path.iterdir()
     assert folder.name.startswith("memscope-demo-")
-    assert (folder / "report.json").exists()
-    assert len(list((folder / "images").iterdir())) == 2
+    assert (folder / WITH_CLEANUP / "report.json").exists()
+    assert len(list((folder / WITHOUT_CLEANUP / "images").iterdir())) == 2

@@ -21,14 +21,21 @@ from typing import Any, NoReturn
 
 import torch
 
-from memscope._validation import check_fraction
 from memscope._version import __version__
 from memscope.backends import available_devices
-from memscope.cli.demo import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE, Demo, DemoResult
+from memscope.cli.demo import (
+    DEFAULT_EVERY,
+    DEFAULT_IMAGES,
+    DEFAULT_SIZE,
+    Demo,
+    DemoResult,
+    DemoRun,
+)
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import HostMemoryUnavailableError, MemscopeError
 from memscope.host import HostMemoryMonitor
 from memscope.manager import MemoryManager
+from memscope.snapshot import MemorySnapshot
 from memscope.units import format_bytes
 
 __all__: list[str] = []
@@ -43,6 +50,31 @@ HOST_FIGURES_MISSING = (
 )
 
 _SIZE = re.compile(r"(\d+)(?:[xX](\d+))?")
+
+DEMO_OPTIONS = {
+    "images": "--images",
+    "size": "--size",
+    "device": "--device",
+    "memory_threshold": "--threshold",
+    "every": "--every",
+    "seed": "--seed",
+    "out": "--out",
+}
+"""The demo's parameters, and the options that set them."""
+
+ESTIMATE_OPTIONS = {
+    "references": "--references",
+    "bytes_per_element": "--dtype",
+    "reference_scale": "--reference-scale",
+    "channels": "--channels",
+    "latent_channels": "--latent-channels",
+    "latent_downscale": "--latent-downscale",
+    "activation_factor": "--activation-factor",
+    "overhead": "--overhead",
+}
+"""The estimation model's fields, and the options that set them."""
+
+DEVICE_OPTIONS = {"device": "--device"}
 
 
 def _write(line: str = "") -> None:
@@ -75,6 +107,24 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def counted(number: int, singular: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``: the number with its noun in the right number."""
+    noun = singular if number == 1 else (plural if plural is not None else singular + "s")
+    return f"{number} {noun}"
+
+
+def as_typed(message: str, options: dict[str, str]) -> str:
+    """``message`` with the parameter it starts with named as the option that sets it.
+
+    memscope's checks start their messages with the parameter's name (``images must be an
+    int >= 1, got 0``); on the command line the user typed ``--images``.
+    """
+    name, separator, rest = message.partition(" ")
+    if separator and name in options:
+        return f"{options[name]} {rest}"
+    return message
+
+
 def _format_size(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
@@ -99,16 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memscope {__version__}")
     parser.add_argument(
         "--device",
-        dest="overview_device",
+        dest="top_level_device",
         default=None,
-        help="device to inspect without a command (default: auto-detect)",
+        metavar="DEVICE",
+        help=(
+            "the device to look at (without a command, and for info) or to colorize on (demo): "
+            "cuda, cuda:1, mps, cpu, ... (default: auto-detect; info: every device); may also "
+            "follow the command"
+        ),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     info = commands.add_parser(
         "info",
         help="every device torch sees, with its memory figures",
-        description="Every device torch sees, its memory figures, and the torch and CUDA versions.",
+        description=(
+            "Every device torch sees (or the one --device names) with its memory figures, "
+            "this process's host memory, and the torch and CUDA versions. The text and the "
+            "JSON state the same facts; JSON says null where the text says n/a."
+        ),
+    )
+    info.add_argument(
+        "--device", default=None, metavar="DEVICE", help="only this device (every device)"
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(command_parser=info)
@@ -160,11 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="colorize synthetic line art in a managed batch and write a report",
         description=(
-            "The main job on an embedded default: draws synthetic line-art images, "
-            "colorizes them with a small random convolutional network inside managed_batch "
-            "with @auto_clear, prints the batch report and writes the report (JSON), the "
-            "memory timeline (CSV) and, with the plot extra (Pillow and matplotlib), the "
-            "colorized images and the timeline's plot (PNG) into a new folder."
+            "The main job on an embedded default, leaky as real pipelines are: draws "
+            "synthetic line-art images and colorizes them with a small random convolutional "
+            "network, each image leaving its features behind in a reference cycle. The loop "
+            "runs twice: without memscope's cleanup (a count-only managed_batch(every=None)) "
+            "and with it (managed_batch(every=K) with a memory budget). It prints both "
+            "reports and writes, into a new folder, each run's report (JSON), memory timeline "
+            "(CSV) and, with the plot extra (Pillow and matplotlib), colorized images, and a "
+            "plot of both timelines side by side (PNG)."
         ),
     )
     demo.add_argument(
@@ -172,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_IMAGES,
         metavar="N",
-        help=f"how many images ({DEFAULT_IMAGES})",
+        help=f"how many images each run colorizes ({DEFAULT_IMAGES})",
     )
     demo.add_argument(
         "--size",
@@ -189,14 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.8,
         metavar="T",
-        help="memory usage at or above which a cleanup collects garbage (0.8)",
+        help=("share of the budget at or above which the run with cleanup collects garbage (0.8)"),
     )
     demo.add_argument(
         "--every",
         type=int,
         default=DEFAULT_EVERY,
         metavar="K",
-        help=f"clean up after every this many images ({DEFAULT_EVERY})",
+        help=f"the run with cleanup cleans up after every this many images ({DEFAULT_EVERY})",
     )
     demo.add_argument(
         "--seed", type=int, default=0, metavar="S", help="picks the images and weights (0)"
@@ -217,11 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
 # The commands -----------------------------------------------------------------------------
 
 
-def _overview(parser: argparse.ArgumentParser, device: str | None) -> int:
+def _manager(parser: argparse.ArgumentParser, device: str | None) -> MemoryManager:
+    """A manager for ``device``, or the parser's one-line error naming ``--device``."""
     try:
-        manager = MemoryManager(device)
+        return MemoryManager(device)
     except MemscopeError as error:
-        parser.error(str(error))
+        parser.error(as_typed(str(error), DEVICE_OPTIONS))
+
+
+def _overview(parser: argparse.ArgumentParser, device: str | None) -> int:
+    manager = _manager(parser, device)
     _write(f"memscope {__version__}, torch {torch.__version__}")
     _write(f"device: {manager.resolved_device}")
     _write(f"memory: {manager.snapshot()}")
@@ -294,18 +364,36 @@ def _peak_resident_bytes() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _info(as_json: bool) -> int:
-    snapshots = [MemoryManager(device).snapshot() for device in available_devices()]
+INFO_DEVICE_FIGURES = ("usage", "used", "free", "total", "allocated", "reserved")
+"""What ``info`` says of each device, in the table's order and under the JSON's keys."""
+
+
+def _device_figures(snapshot: MemorySnapshot) -> dict[str, Any]:
+    """A device's row of ``info``: ``None`` where the device does not tell.
+
+    A device that reports no figures (the CPU) has no usage either: torch's 0.0 there is a
+    convention, not a measurement.
+    """
+    return {
+        "device": snapshot.device,
+        "usage": snapshot.usage if snapshot.total is not None else None,
+        "used": snapshot.used,
+        "free": snapshot.free,
+        "total": snapshot.total,
+        "allocated": snapshot.allocated,
+        "reserved": snapshot.reserved,
+    }
+
+
+def _info(parser: argparse.ArgumentParser, device: str | None, as_json: bool) -> int:
+    if device is None:
+        snapshots = [MemoryManager(each).snapshot() for each in available_devices()]
+    else:
+        snapshots = [_manager(parser, device).snapshot()]
+    devices = [_device_figures(snapshot) for snapshot in snapshots]
     host = _read_host_memory()
     cuda_version = torch.version.cuda
     if as_json:
-        devices = []
-        for snapshot in snapshots:
-            device = snapshot.to_dict()
-            if snapshot.total is None:
-                # The table says n/a: a device that reports no figures has no usage either.
-                device["usage"] = None
-            devices.append(device)
         data = {
             "memscope": __version__,
             "torch": torch.__version__,
@@ -318,20 +406,16 @@ def _info(as_json: bool) -> int:
             _note(f"memscope info: no host memory figures: {host.missing}")
         return 0
     _write(f"memscope {__version__}, torch {torch.__version__}, CUDA {cuda_version or 'n/a'}")
-    columns = ("device", "usage", "total", "free", "allocated", "reserved")
     rows = [
         (
-            snapshot.device,
-            _format_fraction(snapshot.usage) if snapshot.total is not None else "n/a",
-            format_bytes(snapshot.total),
-            format_bytes(snapshot.free),
-            format_bytes(snapshot.allocated),
-            format_bytes(snapshot.reserved),
+            figures["device"],
+            "n/a" if figures["usage"] is None else _format_fraction(figures["usage"]),
+            *(format_bytes(figures[name]) for name in INFO_DEVICE_FIGURES[1:]),
         )
-        for snapshot in snapshots
+        for figures in devices
     ]
-    _write_table(columns, rows)
-    if any(snapshot.total is None for snapshot in snapshots):
+    _write_table(("device", *INFO_DEVICE_FIGURES), rows)
+    if any(None in figures.values() for figures in devices):
         _write("n/a: the device does not report this figure")
     _write(str(host))
     return 0
@@ -344,6 +428,31 @@ def _write_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         cells = [first.ljust(widths[0])]
         cells += [cell.rjust(width) for cell, width in zip(others, widths[1:], strict=True)]
         _write("  ".join(cells).rstrip())
+
+
+def _dtype_name(bytes_per_element: int) -> str:
+    names = [name for name, size in DTYPE_BYTES.items() if size == bytes_per_element]
+    return " or ".join(names) if names else f"{counted(bytes_per_element, 'byte')} per element"
+
+
+def _format_factor(value: float) -> str:
+    return f"{value:g}x"
+
+
+def describe_model(model: ImageMemoryModel) -> list[str]:
+    """The estimation model's assumptions, as a few lines a person reads at a glance."""
+    scale = _format_factor(model.reference_scale)
+    downscale = model.latent_downscale
+    return [
+        f"  tensors: {_dtype_name(model.bytes_per_element)} "
+        f"({counted(model.bytes_per_element, 'byte')} per element), "
+        f"{counted(model.channels, 'image channel')}",
+        f"  references: {counted(model.references, 'reference image')} per image, "
+        f"at {scale} the image's sides",
+        f"  latent: {counted(model.latent_channels, 'channel')} at 1/{downscale} of the "
+        f"image's sides; activations {_format_factor(model.activation_factor)} the latent",
+        f"  overhead: {_format_factor(model.overhead)} the sum",
+    ]
 
 
 def _estimate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
@@ -360,7 +469,7 @@ def _estimate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) ->
     try:
         model = ImageMemoryModel(**{k: v for k, v in options.items() if v is not None})
     except MemscopeError as error:
-        parser.error(str(error))
+        parser.error(as_typed(str(error), ESTIMATE_OPTIONS))
     estimates = [(size, model.estimate(size)) for size in arguments.sizes]
     if arguments.json:
         data = {
@@ -372,7 +481,9 @@ def _estimate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) ->
         }
         _write(json.dumps(data, indent=2))
         return 0
-    _write(f"estimated memory per image, {model}")
+    _write("estimated memory per image, by the estimation model (ImageMemoryModel):")
+    for line in describe_model(model):
+        _write(line)
     _write_table(
         ("size", "pixels", "bytes", "memory"),
         [
@@ -383,50 +494,72 @@ def _estimate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) ->
     return 0
 
 
-def _demo(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
+def _demo(
+    parser: argparse.ArgumentParser, arguments: argparse.Namespace, device: str | None
+) -> int:
     progress = not arguments.no_progress
-    if progress and importlib.util.find_spec("tqdm") is None:
-        progress = False
-        _note(
-            "memscope demo: no progress bar: tqdm is not installed "
-            "(pip install 'memscope[progress]')"
-        )
     try:
-        # Checked here too, so the message names the option the user typed.
-        check_fraction(arguments.threshold, "--threshold")
         demo = Demo(
             images=arguments.images,
             size=arguments.size,
-            device=arguments.device,
+            device=device,
             memory_threshold=arguments.threshold,
             every=arguments.every,
             out=arguments.out,
             seed=arguments.seed,
-            progress=progress,
+            progress=progress and importlib.util.find_spec("tqdm") is not None,
         )
     except MemscopeError as error:
-        parser.error(str(error))
+        parser.error(as_typed(str(error), DEMO_OPTIONS))
+    if progress and not demo.progress:
+        _note(
+            "memscope demo: no progress bar: tqdm is not installed "
+            "(pip install 'memscope[progress]')"
+        )
+    cleanup = "after every image" if demo.every == 1 else f"after every {demo.every} images"
     _write(
-        f"colorizing {demo.images} synthetic line-art images of {demo.width}x{demo.height} "
-        f"on {demo.device} (GC threshold {demo.manager.memory_threshold:.0%}, cleanup every "
-        f"{demo.every} images)"
+        f"colorizing {counted(demo.images, 'synthetic line-art image')} of "
+        f"{demo.width}x{demo.height} on {demo.device}, twice; each image leaves "
+        f"{format_bytes(demo.leftover_bytes)} behind in a reference cycle"
+    )
+    _write("  without cleanup: managed_batch(every=None) counts and records, never cleans up")
+    _write(
+        f"  with cleanup: managed_batch(every={demo.every}, budget=...) cleans up {cleanup}, "
+        f"collecting garbage at {demo.memory_threshold:.0%} of the budget"
     )
     result = demo.run()
-    _write(result.report.summary())
+    _write(f"without cleanup: {result.without_cleanup.report.summary()}")
+    _write(f"with cleanup:    {result.with_cleanup.report.summary()}")
     _write_demo_files(result)
     return 0
 
 
 def _write_demo_files(result: DemoResult) -> None:
     _write(f"wrote to {result.folder}/:")
-    if result.images_skipped is None:
-        _write(f"  images/         {len(result.images)} colorized images (PNG)")
-    _write(f"  {result.report_json.name:<15} the batch report")
-    _write(f"  {result.timeline_csv.name:<15} the memory timeline, one row per image")
     if result.timeline_plot is not None:
-        _write(f"  {result.timeline_plot.name:<15} the memory timeline as a plot")
+        _write(f"  {result.timeline_plot.name:<17} memory after each image, both runs side by side")
+    for run in result.runs:
+        _write(f"  {run.name + '/':<17} {_run_files(run, result.images_skipped is None)}")
     if result.skipped is not None:
         _write(f"  (skipped: {result.skipped})")
+
+
+def _run_files(run: DemoRun, with_images: bool) -> str:
+    files = f"{run.report_json.name} (the report), {run.timeline_csv.name} (one row per image)"
+    if with_images:
+        files += f", images/ ({counted(len(run.images), 'colorized image')}, PNG)"
+    return files
+
+
+def _chosen_device(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> str | None:
+    """``--device``, given before the command or after it (once, or twice alike)."""
+    before: str | None = arguments.top_level_device
+    after: str | None = getattr(arguments, "device", None)
+    if arguments.command == "estimate" and before is not None:
+        parser.error("--device does not apply: the estimate depends on the image, not the device")
+    if before is not None and after is not None and before != after:
+        parser.error(f"--device given twice, as {before!r} and {after!r}")
+    return after if after is not None else before
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -435,14 +568,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     # Errors found after parsing are reported by the command's own parser, named after it.
     command_parser: argparse.ArgumentParser = getattr(arguments, "command_parser", parser)
+    device = _chosen_device(command_parser, arguments)
     try:
         if arguments.command == "info":
-            return _info(arguments.json)
+            return _info(command_parser, device, arguments.json)
         if arguments.command == "estimate":
             return _estimate(command_parser, arguments)
         if arguments.command == "demo":
-            return _demo(command_parser, arguments)
-        return _overview(parser, arguments.overview_device)
+            return _demo(command_parser, arguments, device)
+        return _overview(parser, device)
     except KeyboardInterrupt:
         _note("memscope: interrupted")
         return 130

@@ -1,36 +1,59 @@
-"""The demo behind ``memscope demo``: a colorization batch job on synthetic line art.
+"""The demo behind ``memscope demo``: a leaky colorization job, without and with memscope.
 
 It draws line-art images procedurally (strokes, circles and polygons; no downloads, the
-same images for the same seed), colorizes them with a small randomly initialised
-convolutional network on the detected device, inside :func:`managed_batch` with the
-per-image function under :func:`auto_clear`, and writes the batch report (JSON), its memory
-timeline (CSV) and, with the ``plot`` extra (Pillow and matplotlib), the colorized images
-and a plot of the timeline.
+same images for the same seed) and colorizes them with a small randomly initialised
+convolutional network on the detected device. The loop is leaky the way real pipelines
+are: each image leaves its features behind in a reference cycle (an object that refers to
+itself through a callback), which reference counting never frees and which Python's
+automatic collector, counting objects rather than bytes, rarely reaches.
+
+The same loop runs twice. First without memscope's cleanup, in a count-only
+``managed_batch(every=None, timeline=True)`` that records the memory but never cleans up;
+then with it, in ``managed_batch(every=N, timeline=True, budget=...)``, whose cleanup step
+collects garbage once the footprint reaches the threshold of its budget. Each run writes its
+report (JSON), its memory timeline (CSV) and, with the ``plot`` extra (Pillow and
+matplotlib), its colorized images; one plot shows the two timelines side by side: the
+process's host memory on the CPU, the device's reserved memory on a GPU.
 
 Nothing here writes to the terminal: the command line prints what :meth:`Demo.run` returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import itertools
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from memscope._validation import check_image_size, check_int
+from memscope._validation import check_fraction, check_image_size, check_int
 from memscope.batch import managed_batch
 from memscope.decorator import auto_clear
-from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from memscope.exceptions import (
+    HostMemoryUnavailableError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MemoryFiguresUnavailableError,
+)
+from memscope.host import HostMemoryMonitor
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.reports._batch import BatchReport
 from memscope.typing import DeviceLike
+from memscope.units import format_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__: list[str] = []
 
@@ -39,7 +62,18 @@ logger = logging.getLogger("memscope")
 DEFAULT_IMAGES = 24
 DEFAULT_SIZE = (256, 256)
 DEFAULT_EVERY = 5
+HIDDEN_CHANNELS = 16
+"""Channels of the colorizer's two hidden layers; an image leaves both layers' features."""
+ALLOWANCE_CLEANUPS = 2
+"""The budget lets the leftovers of this many cleanup intervals pile up before collecting."""
+LEFTOVER_SHARE_LIMIT = 0.5
+"""The run without cleanup may leave at most this share of the free memory behind."""
+MAX_TORCH_THREADS = 2
+"""The tiny network gains little from more threads, and loses much when they contend."""
 OUTPUT_FOLDER_PREFIX = "memscope-demo-"
+WITHOUT_CLEANUP = "without-cleanup"
+WITH_CLEANUP = "with-cleanup"
+PLOT_NAME = "timeline.png"
 PLOT_SKIPPED = (
     "the timeline plot needs matplotlib, which is not installed: pip install 'memscope[plot]'"
 )
@@ -50,54 +84,82 @@ IMAGES_AND_PLOT_SKIPPED = (
     "the colorized images and the timeline plot need Pillow and matplotlib, which are not "
     "installed: pip install 'memscope[plot]'"
 )
+HOST_FIGURES_MISSING = (
+    "the demo shows this process's host memory on the CPU, which cannot be read here: "
+    "pip install 'memscope[host]'"
+)
+
+# Pixels per chunk of the distance computation: bounds its memory at any image size.
+_DRAWING_CHUNK_ELEMENTS = 1 << 22
+
+
+# Drawing ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class DemoResult:
-    """What one demo run produced."""
+class _Shapes:
+    """One drawing's shapes, in pixels: segments as ``(x0, y0, x1, y1, pen)`` rows and
+    circles as ``(x, y, radius, pen)`` rows."""
 
-    report: BatchReport
-    folder: Path
-    images: tuple[Path, ...]
-    """Empty when Pillow is missing; ``images_skipped`` then says so."""
-    report_json: Path
-    timeline_csv: Path
-    timeline_plot: Path | None
-    """``None`` when matplotlib is missing; ``plot_skipped`` then says so."""
-    plot_skipped: str | None = None
-    images_skipped: str | None = None
-
-    @property
-    def skipped(self) -> str | None:
-        """One note for whatever the missing optional packages left out, or ``None``."""
-        if self.images_skipped is not None and self.plot_skipped is not None:
-            return IMAGES_AND_PLOT_SKIPPED
-        return self.images_skipped or self.plot_skipped
+    segments: torch.Tensor
+    circles: torch.Tensor
 
 
-class _Grid:
-    """Pixel-centre coordinates of an image, on the device, reused for every shape."""
+def _random_shapes(width: int, height: int, generator: torch.Generator) -> _Shapes:
+    """Strokes, circles and polygons, drawn from ``generator`` (a CPU generator)."""
+    short_side = min(width, height)
+    pen = max(short_side / 128, 1.0)
 
-    def __init__(self, width: int, height: int, device: torch.device) -> None:
-        self.y, self.x = torch.meshgrid(
-            torch.arange(height, dtype=torch.float32, device=device) + 0.5,
-            torch.arange(width, dtype=torch.float32, device=device) + 0.5,
-            indexing="ij",
-        )
+    def uniform() -> float:
+        return float(torch.rand((), generator=generator))
 
-    def distance_to_segment(self, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-        direction = end - start
-        length_squared = float(direction.dot(direction)) or 1.0
-        along = (
-            ((self.x - start[0]) * direction[0] + (self.y - start[1]) * direction[1])
-            / length_squared
-        ).clamp(0.0, 1.0)
-        return torch.hypot(
-            self.x - (start[0] + along * direction[0]), self.y - (start[1] + along * direction[1])
-        )
+    def point() -> tuple[float, float]:
+        x, y = (torch.rand(2, generator=generator) * torch.tensor([width, height])).tolist()
+        return x, y
 
-    def distance_to_circle(self, centre: torch.Tensor, radius: float) -> torch.Tensor:
-        return (torch.hypot(self.x - centre[0], self.y - centre[1]) - radius).abs()
+    segments: list[tuple[float, float, float, float, float]] = []
+    circles: list[tuple[float, float, float, float]] = []
+    for _ in range(int(2 + 3 * uniform())):
+        stroke = [point() for _ in range(int(2 + 3 * uniform()))]
+        segments += [(*start, *end, pen) for start, end in itertools.pairwise(stroke)]
+    for _ in range(int(2 + 3 * uniform())):
+        radius = short_side * (0.05 + 0.2 * uniform())
+        circles.append((*point(), radius, pen * 1.5))
+    for _ in range(int(1 + 3 * uniform())):
+        centre_x, centre_y = point()
+        sides = int(3 + 4 * uniform())
+        radius = short_side * (0.08 + 0.2 * uniform())
+        turn = 2 * math.pi * uniform()
+        corners = [
+            (
+                centre_x + radius * math.cos(turn + 2 * math.pi * k / sides),
+                centre_y + radius * math.sin(turn + 2 * math.pi * k / sides),
+            )
+            for k in range(sides + 1)
+        ]
+        segments += [(*start, *end, pen) for start, end in itertools.pairwise(corners)]
+    return _Shapes(
+        segments=torch.tensor(segments, dtype=torch.float32).reshape(-1, 5),
+        circles=torch.tensor(circles, dtype=torch.float32).reshape(-1, 4),
+    )
+
+
+def _segment_ink(x: torch.Tensor, y: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """The ink of every segment at every pixel, ``(segments, height, width)``."""
+    x0, y0, x1, y1, pen = (column.reshape(-1, 1, 1) for column in segments.unbind(dim=1))
+    dx, dy = x1 - x0, y1 - y0
+    length_squared = (dx * dx + dy * dy).clamp_min(1e-12)
+    along = (((x - x0) * dx + (y - y0) * dy) / length_squared).clamp(0.0, 1.0)
+    distance = torch.hypot(x - (x0 + along * dx), y - (y0 + along * dy))
+    # Coverage of a pen of this thickness, falling off over one pixel at the edge.
+    return (pen / 2 + 0.5 - distance).clamp(0.0, 1.0)
+
+
+def _circle_ink(x: torch.Tensor, y: torch.Tensor, circles: torch.Tensor) -> torch.Tensor:
+    """The ink of every circle at every pixel, ``(circles, height, width)``."""
+    centre_x, centre_y, radius, pen = (column.reshape(-1, 1, 1) for column in circles.unbind(dim=1))
+    distance = (torch.hypot(x - centre_x, y - centre_y) - radius).abs()
+    return (pen / 2 + 0.5 - distance).clamp(0.0, 1.0)
 
 
 def draw_line_art(
@@ -106,50 +168,22 @@ def draw_line_art(
     """A ``(1, 1, height, width)`` line drawing: 1.0 is paper, 0.0 is ink.
 
     Random strokes, circles and polygons with antialiased edges, the same for the same
-    ``seed`` on every device (the shapes are drawn from a CPU generator).
+    ``seed`` on every device (the shapes are drawn from a CPU generator). Every shape is
+    rasterised at once, in chunks of shapes that bound the memory a large image takes.
     """
-    generator = torch.Generator().manual_seed(seed)
-    scale = torch.tensor([width, height], dtype=torch.float32)
-    short_side = min(width, height)
-
-    def uniform(count: int = 1) -> torch.Tensor:
-        return torch.rand(count, generator=generator)
-
-    def point() -> torch.Tensor:
-        return torch.rand(2, generator=generator) * scale
-
-    grid = _Grid(width, height, torch.device(device))
-    distances: list[tuple[torch.Tensor, float]] = []
-    pen = max(short_side / 128, 1.0)
-
-    for _ in range(int(2 + 3 * uniform())):
-        points = [point() for _ in range(int(2 + 3 * uniform()))]
-        for start, end in itertools.pairwise(points):
-            distances.append((grid.distance_to_segment(start.to(device), end.to(device)), pen))
-    for _ in range(int(2 + 3 * uniform())):
-        radius = float(short_side * (0.05 + 0.2 * uniform()))
-        distances.append((grid.distance_to_circle(point().to(device), radius), pen * 1.5))
-    for _ in range(int(1 + 3 * uniform())):
-        centre = point()
-        sides = int(3 + 4 * uniform())
-        radius = float(short_side * (0.08 + 0.2 * uniform()))
-        turn = float(2 * math.pi * uniform())
-        corners = [
-            centre
-            + radius
-            * torch.tensor(
-                [math.cos(turn + 2 * math.pi * k / sides), math.sin(turn + 2 * math.pi * k / sides)]
-            )
-            for k in range(sides + 1)
-        ]
-        for start, end in itertools.pairwise(corners):
-            distances.append((grid.distance_to_segment(start.to(device), end.to(device)), pen))
-
+    shapes = _random_shapes(width, height, torch.Generator().manual_seed(seed))
+    x = (torch.arange(width, dtype=torch.float32, device=device) + 0.5).reshape(1, 1, width)
+    y = (torch.arange(height, dtype=torch.float32, device=device) + 0.5).reshape(1, height, 1)
+    chunk = max(1, _DRAWING_CHUNK_ELEMENTS // (width * height))
     ink = torch.zeros((height, width), device=device)
-    for distance, thickness in distances:
-        # Coverage of a pen of this thickness, falling off over one pixel at the edge.
-        ink = torch.maximum(ink, (thickness / 2 + 0.5 - distance).clamp(0.0, 1.0))
+    for rows, ink_of in ((shapes.segments, _segment_ink), (shapes.circles, _circle_ink)):
+        for start in range(0, rows.shape[0], chunk):
+            part = rows[start : start + chunk].to(device)
+            ink = torch.maximum(ink, ink_of(x, y, part).amax(dim=0))
     return (1.0 - ink).reshape(1, 1, height, width)
+
+
+# The network and the leak -----------------------------------------------------------------
 
 
 class Colorizer(nn.Module):
@@ -160,23 +194,26 @@ class Colorizer(nn.Module):
     gives the random colours smooth regions instead of noise.
     """
 
-    def __init__(self, *, seed: int, hidden: int = 16) -> None:
+    def __init__(self, *, seed: int, hidden: int = HIDDEN_CHANNELS) -> None:
         super().__init__()
         # Made on the meta device, the layers skip torch's default initialisation, which
         # would draw from (and change) the caller's global random state; `seed` picks them.
-        self.layers = nn.Sequential(
+        self.first = nn.Sequential(
             nn.Conv2d(3, hidden, 5, padding=2, padding_mode="replicate", device="meta"),
             nn.Tanh(),
+        ).to_empty(device="cpu")
+        self.second = nn.Sequential(
             nn.Conv2d(
                 hidden, hidden, 5, padding=4, dilation=2, padding_mode="replicate", device="meta"
             ),
             nn.Tanh(),
-            nn.Conv2d(hidden, 3, 1, device="meta"),
-            nn.Sigmoid(),
         ).to_empty(device="cpu")
+        self.output = nn.Sequential(nn.Conv2d(hidden, 3, 1, device="meta"), nn.Sigmoid()).to_empty(
+            device="cpu"
+        )
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for layer in self.layers:
+            for layer in self.modules():
                 if isinstance(layer, nn.Conv2d):
                     fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
                     layer.weight.copy_(
@@ -186,6 +223,15 @@ class Colorizer(nn.Module):
                     layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.5)
 
     def forward(self, line_art: torch.Tensor) -> torch.Tensor:
+        colours, _first, _second = self._layers(line_art)
+        return colours
+
+    def colorize(self, line_art: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The colours, and the features of both hidden layers stacked along the channels."""
+        colours, first, second = self._layers(line_art)
+        return colours, torch.cat((first, second), dim=1)
+
+    def _layers(self, line_art: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _, _, height, width = line_art.shape
         y, x = torch.meshgrid(
             torch.linspace(-1, 1, height, device=line_art.device),
@@ -193,9 +239,40 @@ class Colorizer(nn.Module):
             indexing="ij",
         )
         coordinates = torch.stack((x, y)).expand(line_art.shape[0], 2, height, width)
-        colours: torch.Tensor = self.layers(torch.cat((line_art, coordinates), dim=1))
+        first: torch.Tensor = self.first(torch.cat((line_art, coordinates), dim=1))
+        second: torch.Tensor = self.second(first)
+        colours: torch.Tensor = self.output(second)
         # Ink stays black; the paper takes the colour.
-        return colours * line_art
+        return colours * line_art, first, second
+
+
+class ImageLeftovers:
+    """What the leaky loop leaves behind for each image, as real pipelines often do.
+
+    It keeps the image's features for a callback that refers back to it (a bound method
+    stored on the object), so it sits in a reference cycle: when the loop drops it, reference
+    counting cannot free it, and only a garbage collection can. Python's automatic collector
+    runs after a count of new objects, not bytes, so a loop that makes few objects per image
+    lets these pile up.
+    """
+
+    __slots__ = ("features", "on_done")
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+        self.on_done = self.release
+
+    def release(self) -> None:
+        """What the pipeline meant to call when the image was done, and never did."""
+        self.features = torch.empty(0)
+
+
+def leftover_bytes(width: int, height: int) -> int:
+    """Bytes one image of ``width`` x ``height`` leaves behind: two float32 feature maps."""
+    return 2 * HIDDEN_CHANNELS * width * height * 4
+
+
+# Writing ----------------------------------------------------------------------------------
 
 
 def _pillow_installed() -> bool:
@@ -226,18 +303,54 @@ def _check_bool(value: object, name: str) -> bool:
     return value
 
 
-def _check_output_folder(out: str | os.PathLike[str] | None) -> Path | None:
-    if out is None:
-        return None
+def check_output_folder(out: object, name: str = "out") -> Path:
+    """``out`` as a folder the demo can write into: new, or existing and empty.
+
+    Raises :class:`InvalidArgumentError`, its message starting with ``name``, when the
+    folder holds files, is a file, or cannot be created or written (no such parent, a
+    read-only or virtual file system). A folder made to find out is removed again.
+    """
     if not isinstance(out, (str, os.PathLike)):
-        raise InvalidArgumentTypeError(f"out must be a path or None, got {out!r}")
+        raise InvalidArgumentTypeError(f"{name} must be a path, got {out!r}")
     folder = Path(out)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InvalidArgumentError(
-            f"out {str(folder)!r} already exists and is not an empty folder; "
+            f"{name} {str(folder)!r} already exists and is not an empty folder; "
             "the demo never overwrites files"
         )
+    problem = _writing_problem(folder)
+    if problem is not None:
+        raise InvalidArgumentError(f"{name} {str(folder)!r} {problem}")
     return folder
+
+
+def _writing_problem(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder``, made where missing; ``None`` if they can.
+
+    Trying is the only test that holds everywhere: permission bits say nothing to root, and
+    virtual file systems such as ``/proc`` refuse what their bits allow. Whatever the try
+    makes is removed again.
+    """
+    made: list[Path] = []
+    try:
+        missing = [path for path in (folder, *folder.parents) if not path.exists()]
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except OSError as error:
+                return f"cannot be created: {error.strerror or error}"
+            made.append(path)
+        probe = folder / ".memscope-demo-probe"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            return f"cannot be written: {error.strerror or error}"
+        return None
+    finally:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def _new_output_folder(parent: Path) -> Path:
@@ -252,17 +365,90 @@ def _new_output_folder(parent: Path) -> Path:
     raise FileExistsError(f"no free output folder name {stem}-N in {str(parent)!r}")
 
 
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` torch threads, and give the caller's setting back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def demo_threads() -> int:
+    """Torch threads for the demo: half the cores this process may use, one to two.
+
+    The network is tiny: each operation is over before a second thread pays off, and threads
+    that wait for each other on a busy machine cost far more than they gain (on two busy
+    cores, two threads ran the demo three times slower than one).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call.
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_TORCH_THREADS, cores // 2))
+
+
+# The runs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DemoRun:
+    """What one of the two runs wrote."""
+
+    name: str
+    """``without-cleanup`` or ``with-cleanup``: the run's folder's name."""
+    report: BatchReport
+    folder: Path
+    images: tuple[Path, ...]
+    """Empty when Pillow is missing."""
+    report_json: Path
+    timeline_csv: Path
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """What one demo run produced: the two runs, and the plot comparing them."""
+
+    folder: Path
+    without_cleanup: DemoRun
+    with_cleanup: DemoRun
+    budget: int
+    """The budget of the run with cleanup, in bytes."""
+    leftover_bytes: int
+    """Bytes each image leaves behind in a reference cycle."""
+    timeline_plot: Path | None
+    """``None`` when matplotlib is missing; ``plot_skipped`` then says so."""
+    plot_skipped: str | None = None
+    images_skipped: str | None = None
+
+    @property
+    def runs(self) -> tuple[DemoRun, DemoRun]:
+        """The run without cleanup, then the run with it."""
+        return self.without_cleanup, self.with_cleanup
+
+    @property
+    def skipped(self) -> str | None:
+        """One note for whatever the missing optional packages left out, or ``None``."""
+        if self.images_skipped is not None and self.plot_skipped is not None:
+            return IMAGES_AND_PLOT_SKIPPED
+        return self.images_skipped or self.plot_skipped
+
+
 class Demo:
     """One configured demo run; every argument is checked here, before anything runs.
 
     Args:
-        images: how many line-art images to make and colorize.
+        images: how many line-art images to make and colorize in each run.
         size: ``(width, height)`` of each image.
         device: where to colorize, as for :class:`MemoryManager`; ``None`` auto-detects.
-        memory_threshold: the usage at or above which a cleanup collects garbage.
-        every: clean up after every this many images.
+        memory_threshold: the share of the budget at or above which the run with cleanup
+            collects garbage at a cleanup step.
+        every: the run with cleanup runs a cleanup step after every this many images.
         out: the output folder: a new or empty one. ``None`` makes a new
-            ``memscope-demo-YYYYmmdd-HHMMSS`` folder in the current directory.
+            ``memscope-demo-YYYYmmdd-HHMMSS`` folder in the current directory when the demo
+            runs.
         seed: picks the line art and the network's weights.
         progress: show a tqdm progress bar (``pip install 'memscope[progress]'``).
     """
@@ -284,78 +470,266 @@ class Demo:
         self.every = check_int(every, "every", minimum=1)
         self.seed = check_int(seed, "seed", minimum=0)
         self.progress = _check_bool(progress, "progress")
-        self.out = _check_output_folder(out)
-        # Made now, so an absent device or a bad threshold fails before any work.
-        self.manager = MemoryManager(device, memory_threshold)
+        self.memory_threshold = check_fraction(memory_threshold, "memory_threshold")
+        # Made now, so an absent device fails before any work.
+        self.manager = MemoryManager(device, self.memory_threshold)
+        self._host_monitor = self._watch_host()
+        self._check_leftovers_fit()
+        # Last: a folder is only tried once everything else is known to be right.
+        self.out = None if out is None else check_output_folder(out, "out")
+        if self.out is None and (problem := _writing_problem(Path.cwd())) is not None:
+            raise InvalidArgumentError(
+                f"out is not set, and the current folder {str(Path.cwd())!r}, where the demo "
+                f"then writes, {problem}"
+            )
 
     @property
     def device(self) -> torch.device:
         """The device the demo colorizes on."""
         return self.manager.resolved_device
 
+    @property
+    def leftover_bytes(self) -> int:
+        """Bytes each image leaves behind in the leaky loop."""
+        return leftover_bytes(self.width, self.height)
+
+    def _watch_host(self) -> HostMemoryMonitor | None:
+        """On the CPU, the monitor of this process's memory, which the demo plots."""
+        if self.device.type != "cpu":
+            return None
+        try:
+            return HostMemoryMonitor()
+        except (HostMemoryUnavailableError, OSError, ValueError):
+            raise HostMemoryUnavailableError(HOST_FIGURES_MISSING) from None
+
+    def _footprint(self) -> int:
+        """What a budget counts: resident memory on the CPU, torch's reserved bytes elsewhere."""
+        if self._host_monitor is not None:
+            return self._host_monitor.resident_bytes()
+        reserved = self.manager.snapshot().reserved
+        if reserved is None:
+            raise MemoryFiguresUnavailableError(
+                f"{self.device} reports no reserved memory; the demo has nothing to show there"
+            )
+        return reserved
+
+    def _check_leftovers_fit(self) -> None:
+        """The run without cleanup must leave the machine room: half its free memory at most."""
+        leftovers = self.images * self.leftover_bytes
+        free: int | None
+        if self._host_monitor is not None:
+            free = self._host_monitor.limit.size - self._host_monitor.resident_bytes()
+        else:
+            free = self.manager.snapshot().free
+        if free is not None and leftovers > LEFTOVER_SHARE_LIMIT * free:
+            raise InvalidArgumentError(
+                f"{self.images} images of {self.width}x{self.height} would leave "
+                f"{format_bytes(leftovers)} behind in the run without cleanup, more than half "
+                f"of the {format_bytes(free)} free on {self.device}; use fewer or smaller images"
+            )
+
+    def budget_for(self, footprint: int) -> int:
+        """The budget of the run with cleanup, starting from ``footprint`` bytes.
+
+        Its threshold lies :data:`ALLOWANCE_CLEANUPS` cleanup intervals' leftovers above the
+        footprint, so the leftovers pile up for a while, then a cleanup collects them.
+        """
+        allowance = ALLOWANCE_CLEANUPS * self.every * self.leftover_bytes
+        return math.ceil((footprint + allowance) / self.memory_threshold)
+
     def run(self) -> DemoResult:
-        """Make the images, colorize them in a managed batch, and write the results."""
+        """Colorize the images without and with memscope's cleanup, and write the results."""
         folder = self._make_output_folder()
         images_skipped = None if _pillow_installed() else IMAGES_SKIPPED
-        image_folder = folder / "images"
-        if images_skipped is None:
-            image_folder.mkdir()
-        else:
+        if images_skipped is not None:
             logger.info("demo: %s", IMAGES_SKIPPED)
-        device = self.device
-        network = Colorizer(seed=self.seed).to(device).eval()
-        digits = len(str(self.images - 1))
-        written: list[Path] = []
-
-        @auto_clear
-        def colorize(index: int) -> None:
-            with torch.inference_mode():
-                line_art = draw_line_art(
-                    self.width, self.height, seed=self.seed * 1_000_003 + index, device=device
-                )
-                colours = network(line_art)
-                pixels = (colours[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu()
-            if images_skipped is None:
-                path = image_folder / f"colorized-{index:0{digits}d}.png"
-                written.append(_save_png(path, pixels))
-
-        # One cleanup cadence, the batch's: it counts the images, cleans up after every
-        # `every` of them, draws the progress bar and records the timeline. The decorated
-        # function reports its calls to the batch and runs no cleanup of its own.
-        with managed_batch(
-            manager=self.manager,
-            every=self.every,
-            progress=self.progress,
-            timeline=True,
-        ) as batch:
-            for index in batch.track(range(self.images)):
-                colorize(index)
-        report = batch.report
-
-        report_json = report.to_json(folder / "report.json")
-        timeline_csv = report.to_csv(folder / "timeline.csv")
+        with _torch_threads(demo_threads()), torch.inference_mode():
+            network = Colorizer(seed=self.seed).to(self.device).eval()
+            # One image first, outside both runs, so that both find the kernels warm. Its
+            # features are not stacked: no block of a leftover's size is freed before the
+            # first run (an allocator may keep such blocks for reuse, and hide the leak).
+            network(draw_line_art(self.width, self.height, seed=self.seed, device=self.device))
+            without_cleanup = self._run(
+                network, folder / WITHOUT_CLEANUP, budget=None, save_images=images_skipped is None
+            )
+            budget = self.budget_for(self._footprint())
+            with_cleanup = self._run(
+                network, folder / WITH_CLEANUP, budget=budget, save_images=images_skipped is None
+            )
         timeline_plot: Path | None = None
         plot_skipped: str | None = None
         try:
-            timeline_plot = report.plot(folder / "timeline.png")
+            timeline_plot = self._plot(folder / PLOT_NAME, without_cleanup, with_cleanup, budget)
         except ImportError:
             plot_skipped = PLOT_SKIPPED
             logger.info("demo: %s", PLOT_SKIPPED)
         return DemoResult(
-            report=report,
             folder=folder,
-            images=tuple(written),
-            report_json=report_json,
-            timeline_csv=timeline_csv,
+            without_cleanup=without_cleanup,
+            with_cleanup=with_cleanup,
+            budget=budget,
+            leftover_bytes=self.leftover_bytes,
             timeline_plot=timeline_plot,
             plot_skipped=plot_skipped,
             images_skipped=images_skipped,
         )
 
+    def _run(
+        self, network: Colorizer, folder: Path, *, budget: int | None, save_images: bool
+    ) -> DemoRun:
+        """The leaky loop in a batch: count-only without a budget, cleaning up with one."""
+        folder.mkdir()
+        image_folder = folder / "images"
+        if save_images:
+            image_folder.mkdir()
+        digits = len(str(self.images - 1))
+        written: list[Path] = []
+
+        @auto_clear
+        def colorize(index: int) -> None:
+            line_art = draw_line_art(
+                self.width, self.height, seed=self.seed * 1_000_003 + index, device=self.device
+            )
+            colours, features = network.colorize(line_art)
+            # The leak: the features stay behind in a reference cycle.
+            ImageLeftovers(features)
+            pixels = (colours[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu()
+            if save_images:
+                path = image_folder / f"colorized-{index:0{digits}d}.png"
+                written.append(_save_png(path, pixels))
+
+        # One cleanup cadence, the batch's: it counts the images, cleans up after every
+        # `every` of them (never, in count-only mode), draws the progress bar and records the
+        # timeline. The decorated function reports its calls to the batch.
+        with managed_batch(
+            self.device,
+            memory_threshold=self.memory_threshold,
+            every=None if budget is None else self.every,
+            budget=budget,
+            progress=self.progress,
+            timeline=True,
+        ) as batch:
+            for index in batch.track(range(self.images)):
+                colorize(index)
+        # What the run left behind goes before the next run starts.
+        gc.collect()
+        report = batch.report
+        return DemoRun(
+            name=folder.name,
+            report=report,
+            folder=folder,
+            images=tuple(written),
+            report_json=report.to_json(folder / "report.json"),
+            timeline_csv=report.to_csv(folder / "timeline.csv"),
+        )
+
+    def _plot(self, path: Path, without: DemoRun, with_: DemoRun, budget: int) -> Path:
+        draw_comparison(
+            without.report,
+            with_.report,
+            budget=budget,
+            leftover_bytes=self.leftover_bytes,
+            every=self.every,
+        ).savefig(path)
+        return path
+
     def _make_output_folder(self) -> Path:
         if self.out is None:
             return _new_output_folder(Path.cwd())
         # Checked again: the folder may have filled up since the demo was configured.
-        _check_output_folder(self.out)
+        check_output_folder(self.out, "out")
         self.out.mkdir(parents=True, exist_ok=True)
         return self.out
+
+
+# The plot ---------------------------------------------------------------------------------
+
+_MEBIBYTE = 1024**2
+
+
+def footprint_timeline(report: BatchReport) -> list[tuple[int, int]]:
+    """``(item, bytes)`` after each item: resident memory on the CPU, reserved elsewhere."""
+    on_host = report.device.partition(":")[0] == "cpu"
+    points = []
+    for entry in report.timeline:
+        value = entry.host_resident if on_host else entry.reserved
+        if value is not None:
+            points.append((entry.item, value))
+    return points
+
+
+def draw_comparison(
+    without_cleanup: BatchReport,
+    with_cleanup: BatchReport,
+    *,
+    budget: int,
+    leftover_bytes: int,
+    every: int,
+) -> Figure:
+    """The two runs' memory after each image, side by side, as a matplotlib ``Figure``."""
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure as MatplotlibFigure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise ImportError(PLOT_SKIPPED) from None
+    del matplotlib
+
+    on_host = without_cleanup.device.partition(":")[0] == "cpu"
+    figure = MatplotlibFigure(figsize=(10, 4.2), dpi=100, layout="constrained")
+    left, right = figure.subplots(1, 2, sharey=True)
+    figure.suptitle(
+        f"memscope demo on {without_cleanup.device}: each image leaves "
+        f"{format_bytes(leftover_bytes)} behind in a reference cycle"
+    )
+    threshold = with_cleanup.memory_threshold or DEFAULT_MEMORY_THRESHOLD
+    panels: tuple[tuple[Axes, BatchReport, str], ...] = (
+        (left, without_cleanup, "without cleanup: managed_batch(every=None)"),
+        (
+            right,
+            with_cleanup,
+            f"with cleanup: managed_batch(every={every}, budget={format_bytes(budget)})",
+        ),
+    )
+    for axes, report, title in panels:
+        points = footprint_timeline(report)
+        axes.plot(
+            [item for item, _ in points],
+            [value / _MEBIBYTE for _, value in points],
+            marker=".",
+            color="tab:purple" if on_host else "tab:green",
+            label="resident (host memory)" if on_host else "reserved (device memory)",
+        )
+        value_at = dict(points)
+        collected = [
+            (entry.item, value_at[entry.item] / _MEBIBYTE)
+            for entry in report.timeline
+            if entry.gc_ran and entry.item in value_at
+        ]
+        if collected:
+            items, values = zip(*collected, strict=True)
+            axes.scatter(
+                items, values, marker="v", s=70, color="tab:orange", zorder=3, label="GC ran"
+            )
+        axes.set_title(title, fontsize="medium")
+        axes.set_xlabel("image")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+    for step, item in enumerate(range(every, with_cleanup.items + 1, every)):
+        right.axvline(
+            item,
+            color="tab:gray",
+            linestyle=":",
+            alpha=0.7,
+            label=f"cleanup step (every {every})" if step == 0 else None,
+        )
+    right.axhline(
+        threshold * budget / _MEBIBYTE,
+        color="tab:red",
+        linestyle="--",
+        label=f"GC threshold ({threshold:.0%} of the budget)",
+    )
+    left.set_ylabel(f"{'host' if on_host else 'device'} memory (MiB)")
+    for axes in (left, right):
+        axes.legend(loc="upper left")
+    return figure
