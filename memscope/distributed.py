@@ -9,12 +9,13 @@ leave the others waiting. Two rules keep that from becoming a hang:
 
 - a rank whose work raised still takes part, with a record of its failure instead of a report
   (:func:`gathered_reports` does this for you, then lets the exception go on);
-- every wait is bounded by ``timeout``; a rank that does not arrive in time makes the others
-  raise :class:`~memscope.ReportGatherError`, which names the missing ranks where torch can tell.
+- every wait is bounded by ``timeout`` (1 ms to 1 day); a rank that does not take part makes
+  the others raise :class:`~memscope.ReportGatherError`, which says which ranks left (their
+  process ended) and which did not arrive in time, and names them in ``missing_ranks``.
 
-The gathering runs on a process group of its own, made with the gloo backend, so it works the
-same whatever backend the job trains with (NCCL included), moves only a few hundred bytes per
-rank through host memory, and has its own timeout.
+The gathering runs on gloo process groups of its own, so it works the same whatever backend
+the job trains with (NCCL included), moves only a few hundred bytes per rank through host
+memory, and has its own timeout. Rank 0 collects the reports and answers every rank that came.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import json
 import logging
 import math
 import numbers
-import re
 import socket
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,22 +44,15 @@ from memscope.exceptions import (
 from memscope.reports import BatchReport, CombinedReport, RankReport
 from memscope.reports._combined import distributed_ready, process_rank
 
-__all__ = [
-    "DEFAULT_GATHER_TIMEOUT",
-    "MAX_GATHER_TIMEOUT",
-    "MIN_GATHER_TIMEOUT",
-    "ReportGathering",
-    "gather_reports",
-    "gathered_reports",
-]
+__all__ = ["DEFAULT_GATHER_TIMEOUT", "ReportGathering", "gather_reports", "gathered_reports"]
 
 logger = logging.getLogger("memscope")
 
-MIN_GATHER_TIMEOUT = timedelta(milliseconds=1)
+_MIN_GATHER_TIMEOUT = timedelta(milliseconds=1)
 """The shortest timeout a gathering takes: torch counts its timeouts in whole milliseconds, and
 rounds a shorter one down to zero, which it reads as *no timeout*."""
 
-MAX_GATHER_TIMEOUT = timedelta(days=1)
+_MAX_GATHER_TIMEOUT = timedelta(days=1)
 """The longest timeout a gathering takes: a rank that has not come after a day is hung, and the
 others should fail rather than hold the job's machines any longer."""
 
@@ -67,9 +63,29 @@ The wait includes the time the fastest rank spends waiting for the slowest to fi
 of the batch, so it must be longer than the ranks' difference in running time.
 """
 
-# Rank 0's monitored_barrier error lists the ranks that did not arrive ("Ranks 1, 3 failed to
-# pass monitoredBarrier"); other ranks only learn that rank 0 did not answer.
-_MISSING_RANKS_PATTERN = re.compile(r"Ranks? ([\d,\s]+?) failed to pass monitoredBarrier")
+_COLLECTOR = 0
+"""The rank, in the gathering's group, that collects the reports and answers the others."""
+
+# The tags of the gathering's messages: one per kind, so that gloo never takes one for another,
+# and far from the small tags a job may use itself on a group it gives. No message left over
+# from a failed gathering can reach a later one: gloo closes the connections a wait failed on.
+_ARRIVAL_TAG = 0x6D73_0001
+_REPORT_TAG = 0x6D73_0002
+_ANSWER_SIZE_TAG = 0x6D73_0003
+_ANSWER_TAG = 0x6D73_0004
+
+# How the error messages tell the two apart. A wait that ran out: gloo's "Timed out waiting
+# 3000ms for recv operation to complete", torch's store's "wait timeout after 3000ms". A
+# connection that went away: its process ended ("Connection reset by peer", "Connection closed
+# by peer"), or it gave up waiting itself, which makes gloo close the connection.
+# "Application timeout caused pair closure" is what gloo tells every other wait on a group once
+# one wait on it timed out: a rank that had not come by then is late too.
+_TIMED_OUT_SIGNS = ("Timed out", "timed out", "wait timeout", "Application timeout")
+_CONNECTION_LOST_SIGNS = ("closed by peer", "reset by peer", "Broken pipe", "Connection refused")
+
+_ARRIVED_RANK_WAIT = timedelta(seconds=30)
+"""How long a message may take between two ranks that are both in the gathering: it only has
+to cross the network, so this is far more than it needs, whatever the gathering's timeout."""
 
 
 # Gathering --------------------------------------------------------------------------------
@@ -82,7 +98,7 @@ def _check_timeout(timeout: object) -> timedelta:
             f"{_describe(timeout)} of type {type(timeout).__name__}"
         )
     if isinstance(timeout, timedelta):
-        if MIN_GATHER_TIMEOUT <= timeout <= MAX_GATHER_TIMEOUT:
+        if _MIN_GATHER_TIMEOUT <= timeout <= _MAX_GATHER_TIMEOUT:
             return timeout
         raise _timeout_out_of_range(timeout)
     try:
@@ -94,7 +110,7 @@ def _check_timeout(timeout: object) -> timedelta:
     # and cannot hold NaN or infinity at all.
     if not (
         math.isfinite(seconds)
-        and MIN_GATHER_TIMEOUT.total_seconds() <= seconds <= MAX_GATHER_TIMEOUT.total_seconds()
+        and _MIN_GATHER_TIMEOUT.total_seconds() <= seconds <= _MAX_GATHER_TIMEOUT.total_seconds()
     ):
         raise _timeout_out_of_range(timeout)
     return timedelta(seconds=seconds)
@@ -102,7 +118,7 @@ def _check_timeout(timeout: object) -> timedelta:
 
 def _timeout_out_of_range(timeout: object) -> InvalidArgumentError:
     return InvalidArgumentError(
-        f"timeout must be from {_seconds(MIN_GATHER_TIMEOUT)} to {_seconds(MAX_GATHER_TIMEOUT)} "
+        f"timeout must be from {_seconds(_MIN_GATHER_TIMEOUT)} to {_seconds(_MAX_GATHER_TIMEOUT)} "
         f"(1 ms to 1 day), got {_describe(timeout)}: below 1 ms torch would round it to no "
         "timeout at all, and a longer wait is no longer a bound on a hang"
     )
@@ -163,9 +179,20 @@ def _make_gloo_group(timeout: timedelta) -> dist.ProcessGroup:
     try:
         group = dist.new_group(backend="gloo", timeout=timeout)
     except RuntimeError as error:
+        # Making the group is itself a collective, over torch's store.
+        how = _how_it_failed(error)
+        if how == "late":
+            what = (
+                "not every rank came to gather_reports or gathered_reports within "
+                f"{_seconds(timeout)}"
+            )
+        elif how == "left":
+            what = "a rank left while it was being made (the connection closed)"
+        else:
+            what = "torch.distributed.new_group failed"
         raise ReportGatherError(
-            "could not make the process group that gathers reports (did every rank get to "
-            f"gather_reports or gathered_reports within {_seconds(timeout)}?): {error}"
+            f"could not make the process group that gathers reports: {what} "
+            f"({_exception_text(error)})"
         ) from error
     if not isinstance(group, dist.ProcessGroup):
         # new_group hands non-members a placeholder; every rank is a member of this group.
@@ -180,67 +207,315 @@ def _release_group(group: dist.ProcessGroup) -> None:
         logger.debug("could not destroy the report-gathering process group", exc_info=True)
 
 
+@dataclass(frozen=True)
+class _Groups:
+    """The gloo groups one gathering talks over.
+
+    gloo closes every connection of a group as soon as one wait on it times out. So the ranks
+    announce themselves on ``arrivals``, where the collector's wait for a late rank may time
+    out, and send their reports and get the answer on ``exchange``, which stays open for the
+    ranks that came. A group the caller gives serves as both; then a timeout leaves the
+    collector unable to read the reports of the ranks that came, or to answer them.
+    """
+
+    arrivals: dist.ProcessGroup
+    exchange: dist.ProcessGroup
+
+    @property
+    def shared(self) -> bool:
+        return self.arrivals is self.exchange
+
+
+def _make_gloo_groups(timeout: timedelta) -> _Groups:
+    arrivals = _make_gloo_group(timeout)
+    try:
+        exchange = _make_gloo_group(timeout)
+    except BaseException:
+        _release_group(arrivals)
+        raise
+    return _Groups(arrivals=arrivals, exchange=exchange)
+
+
+def _release_groups(groups: _Groups) -> None:
+    _release_group(groups.arrivals)
+    if not groups.shared:
+        _release_group(groups.exchange)
+
+
 def _seconds(timeout: timedelta) -> str:
     return f"{timeout.total_seconds():g} s"
 
 
-def _missing_ranks(error: BaseException, group: dist.ProcessGroup) -> tuple[int, ...] | None:
-    match = _MISSING_RANKS_PATTERN.search(str(error))
-    if match is None:
-        return None
-    group_ranks = [int(rank) for rank in re.findall(r"\d+", match.group(1))]
+# The exchange -----------------------------------------------------------------------------
+#
+# Every rank announces itself to the collector (rank 0 of the group), which waits for them all
+# until one deadline, then reads the reports of the ranks that came and answers each of them:
+# with the combined report, or with what went wrong. It is done with point-to-point messages
+# rather than monitored_barrier and all_gather, because only the error of each receive tells a
+# rank that left (its connection closed) from one that is late (the wait timed out), and only
+# an answer from the collector lets every rank that came say which ranks did not.
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
+def _global_rank(group: dist.ProcessGroup, group_rank: int) -> int:
     try:
-        return tuple(dist.get_global_rank(group, rank) for rank in group_ranks)
+        return dist.get_global_rank(group, group_rank)
     except (RuntimeError, ValueError):
-        return tuple(group_ranks)
+        return group_rank
 
 
-def _wait_for_every_rank(group: dist.ProcessGroup, timeout: timedelta) -> None:
-    try:
-        dist.monitored_barrier(group, timeout=timeout, wait_all_ranks=True)
-    except RuntimeError as error:
-        missing = _missing_ranks(error, group)
-        if missing is None:
-            what = "rank 0 did not confirm that every rank arrived"
+def _how_it_failed(error: BaseException) -> str:
+    """``"late"`` for a wait that ran out, ``"left"`` for a connection that went away."""
+    text = _exception_text(error)
+    if any(sign in text for sign in _TIMED_OUT_SIGNS):
+        return "late"
+    if any(sign in text for sign in _CONNECTION_LOST_SIGNS):
+        return "left"
+    return "broken"
+
+
+def _wait(work: dist.Work | None, seconds: float) -> None:
+    if work is None:
+        raise RuntimeError("torch.distributed gave no work to wait for: rank not in the group")
+    # gloo reads a zero timeout as no timeout at all: never hand it less than a millisecond.
+    work.wait(timedelta(seconds=max(seconds, _MIN_GATHER_TIMEOUT.total_seconds())))
+
+
+def _send(tensor: torch.Tensor, group: dist.ProcessGroup, to: int, tag: int) -> dist.Work | None:
+    return dist.isend(tensor, group=group, group_dst=to, tag=tag)
+
+
+def _receive(
+    tensor: torch.Tensor, group: dist.ProcessGroup, source: int, tag: int
+) -> dist.Work | None:
+    return dist.irecv(tensor, group=group, group_src=source, tag=tag)
+
+
+def _bytes_tensor(payload: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    # tolist rather than numpy(): torch does not require numpy.
+    return bytes(tensor.tolist())
+
+
+def _size_tensor(size: int = 0) -> torch.Tensor:
+    return torch.tensor([size], dtype=torch.int64)
+
+
+def _gather_on(groups: _Groups, record: RankReport, timeout: timedelta) -> CombinedReport:
+    if groups.arrivals.size() == 1:
+        return CombinedReport((record,))
+    if dist.get_rank(groups.arrivals) == _COLLECTOR:
+        return _collect(groups, record, timeout)
+    return _contribute(groups, record, timeout)
+
+
+def _collect(groups: _Groups, record: RankReport, timeout: timedelta) -> CombinedReport:
+    deadline = time.monotonic() + timeout.total_seconds()
+    sizes = {rank: _size_tensor() for rank in range(1, groups.arrivals.size())}
+    unheard: dict[int, BaseException] = {}
+    announced: dict[int, dist.Work | None] = {}
+    # Every receive is posted before any is waited on, so that each rank gets in as soon as it
+    # comes, whichever rank the collector is waiting on at the time.
+    for rank, size in sizes.items():
+        try:
+            announced[rank] = _receive(size, groups.arrivals, rank, _ARRIVAL_TAG)
+        except RuntimeError as error:
+            unheard[rank] = error
+    came: list[int] = []
+    for rank, work in announced.items():
+        try:
+            # One deadline for all, so that a late rank does not add to the wait for the next.
+            _wait(work, deadline - time.monotonic())
+        except RuntimeError as error:
+            unheard[rank] = error
         else:
-            what = f"rank(s) {', '.join(map(str, missing))} did not arrive"
-        raise ReportGatherError(
-            f"gathering reports failed: {what} within {_seconds(timeout)} ({error})",
-            missing_ranks=missing,
-        ) from error
+            came.append(rank)
+    timed_out = any(_how_it_failed(error) == "late" for error in unheard.values())
+    reports_lost = groups.shared and timed_out
+    records = [record]
+    if not reports_lost:
+        records += _read_reports(groups.exchange, {rank: sizes[rank] for rank in came}, unheard)
+        came = [rank for rank in came if rank not in unheard]
+    entries = tuple(sorted(records, key=lambda entry: entry.rank))
+    if not unheard:
+        _answer(groups.exchange, came, {"error": None, "ranks": [e.to_dict() for e in entries]})
+        combined = CombinedReport(entries)
+        if combined.failed_ranks:
+            failures = [f"rank {entry.rank}: {entry.error}" for entry in entries if entry.failed]
+            logger.warning("%d rank(s) failed: %s", len(failures), "; ".join(failures))
+        return combined
+    missing = sorted(_global_rank(groups.arrivals, rank) for rank in unheard)
+    lost = [_global_rank(groups.arrivals, rank) for rank in came] if reports_lost else []
+    message = _collector_failure(groups.arrivals, unheard, entries, lost, timeout)
+    if not reports_lost:
+        _answer(groups.exchange, came, {"error": message, "missing": missing})
+    raise ReportGatherError(message, missing_ranks=tuple(missing)) from unheard[min(unheard)]
 
 
-def _all_gather_bytes(payload: bytes, group: dist.ProcessGroup) -> list[bytes]:
-    # all_gather_object would do, but it needs numpy to decode and, on NCCL, the right current
-    # device; plain uint8 tensors on the CPU need neither.
-    world_size = dist.get_world_size(group)
-    size = torch.tensor([len(payload)], dtype=torch.int64)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
-    dist.all_gather(sizes, size, group=group)
-    lengths = [int(rank_size.item()) for rank_size in sizes]
-    padded = torch.zeros(max(lengths), dtype=torch.uint8)
-    padded[: len(payload)] = torch.tensor(list(payload), dtype=torch.uint8)
-    buffers = [torch.empty(max(lengths), dtype=torch.uint8) for _ in range(world_size)]
-    dist.all_gather(buffers, padded, group=group)
-    return [
-        bytes(buffer[:length].tolist()) for buffer, length in zip(buffers, lengths, strict=True)
-    ]
+def _read_reports(
+    exchange: dist.ProcessGroup, sizes: dict[int, torch.Tensor], unheard: dict[int, BaseException]
+) -> list[RankReport]:
+    """The reports of the ranks that came, whose sizes are ``sizes``; adds failures to
+    ``unheard``."""
+    payloads = {
+        rank: torch.empty(int(size.item()), dtype=torch.uint8) for rank, size in sizes.items()
+    }
+    receipts: dict[int, dist.Work | None] = {}
+    for rank, payload in payloads.items():
+        try:
+            receipts[rank] = _receive(payload, exchange, rank, _REPORT_TAG)
+        except RuntimeError as error:
+            unheard[rank] = error
+    records = []
+    for rank, receipt in receipts.items():
+        try:
+            # The rank came and sent its report on arriving: the wait is only the transfer.
+            _wait(receipt, _ARRIVED_RANK_WAIT.total_seconds())
+            records.append(RankReport.from_dict(json.loads(_tensor_bytes(payloads[rank]))))
+        except RuntimeError as error:
+            unheard[rank] = error
+        except (ValueError, KeyError, TypeError) as error:
+            # Not JSON, or not a record this memscope can read: another version on that rank?
+            unheard[rank] = RuntimeError(f"its report could not be read: {_exception_text(error)}")
+    return records
 
 
-def _gather_on(group: dist.ProcessGroup, record: RankReport, timeout: timedelta) -> CombinedReport:
-    _wait_for_every_rank(group, timeout)
+def _collector_failure(
+    group: dist.ProcessGroup,
+    unheard: dict[int, BaseException],
+    entries: tuple[RankReport, ...],
+    lost: list[int],
+    timeout: timedelta,
+) -> str:
+    kinds: dict[str, list[int]] = {"left": [], "late": [], "broken": []}
+    for rank, error in sorted(unheard.items()):
+        kinds[_how_it_failed(error)].append(rank)
+        logger.debug("rank %d did not take part: %s", rank, _exception_text(error))
+    parts = []
+    if kinds["left"]:
+        left = [_global_rank(group, rank) for rank in kinds["left"]]
+        parts.append(
+            f"{_ranks(left)} left without sending a report (the connection closed: the process "
+            "ended, or it gave up waiting)"
+        )
+    if kinds["late"]:
+        late = [_global_rank(group, rank) for rank in kinds["late"]]
+        parts.append(f"{_ranks(late)} did not arrive within {_seconds(timeout)}")
+    for rank in kinds["broken"]:
+        detail = _exception_text(unheard[rank])
+        parts.append(f"{_ranks([_global_rank(group, rank)])} could not be heard: {detail}")
+    summary = [f"Reports came from {_ranks([entry.rank for entry in entries])}"]
+    if lost:
+        reports = "its report was" if len(lost) == 1 else "their reports were"
+        summary.append(
+            f"{_ranks(lost)} came too, but {reports} lost: gloo closes every connection of the "
+            "given group once a wait on it times out"
+        )
+    summary += [f"rank {entry.rank} failed: {entry.error}" for entry in entries if entry.failed]
+    return f"gathering reports failed: {'; '.join(parts)}. {'; '.join(summary)}"
+
+
+def _answer(exchange: dist.ProcessGroup, ranks: list[int], outcome: dict[str, Any]) -> None:
+    payload = _bytes_tensor(json.dumps(outcome).encode())
+    size = _size_tensor(payload.numel())
+    sending: dict[int, list[dist.Work | None]] = {}
+    for rank in ranks:
+        try:
+            sending[rank] = [
+                _send(size, exchange, rank, _ANSWER_SIZE_TAG),
+                _send(payload, exchange, rank, _ANSWER_TAG),
+            ]
+        except RuntimeError:
+            global_rank = _global_rank(exchange, rank)
+            logger.warning("rank %d left before it got its answer", global_rank, exc_info=True)
+    for rank, works in sending.items():
+        try:
+            for work in works:
+                # The rank is waiting for this answer already: the wait is only the transfer.
+                _wait(work, _ARRIVED_RANK_WAIT.total_seconds())
+        except RuntimeError:
+            global_rank = _global_rank(exchange, rank)
+            logger.warning("rank %d left before it got its answer", global_rank, exc_info=True)
+
+
+def _contribute(groups: _Groups, record: RankReport, timeout: timedelta) -> CombinedReport:
+    collector = _global_rank(groups.arrivals, _COLLECTOR)
+    payload = _bytes_tensor(json.dumps(record.to_dict()).encode())
+    answer_size = _size_tensor()
     try:
-        payloads = _all_gather_bytes(json.dumps(record.to_dict()).encode(), group)
+        arrival = _send(_size_tensor(payload.numel()), groups.arrivals, _COLLECTOR, _ARRIVAL_TAG)
+        receipts = [
+            _send(payload, groups.exchange, _COLLECTOR, _REPORT_TAG),
+            _receive(answer_size, groups.exchange, _COLLECTOR, _ANSWER_SIZE_TAG),
+        ]
+        # gloo completes a send only once the other end has posted its receive, which the
+        # collector does as it comes to the gathering.
+        _wait(arrival, timeout.total_seconds())
     except RuntimeError as error:
-        raise ReportGatherError(
-            f"gathering reports failed after every rank arrived: {error}"
-        ) from error
-    entries = [RankReport.from_dict(json.loads(payload)) for payload in payloads]
-    combined = CombinedReport(tuple(sorted(entries, key=lambda entry: entry.rank)))
-    if combined.failed_ranks and record.rank == 0:
-        failures = [f"rank {entry.rank}: {entry.error}" for entry in combined.ranks if entry.failed]
-        logger.warning("%d rank(s) failed: %s", len(failures), "; ".join(failures))
-    return combined
+        raise _collector_absent(error, collector, timeout) from error
+    # The collector answers within its timeout of coming, which was before this point; the
+    # rest is for its reading of the reports.
+    answer_wait = timeout + _ARRIVED_RANK_WAIT
+    deadline = time.monotonic() + answer_wait.total_seconds()
+    try:
+        for receipt in receipts:
+            _wait(receipt, deadline - time.monotonic())
+        answer = torch.empty(int(answer_size.item()), dtype=torch.uint8)
+        _wait(
+            _receive(answer, groups.exchange, _COLLECTOR, _ANSWER_TAG), deadline - time.monotonic()
+        )
+    except RuntimeError as error:
+        raise _collector_lost(error, collector, answer_wait, shared=groups.shared) from error
+    outcome = json.loads(_tensor_bytes(answer))
+    if outcome["error"] is not None:
+        raise ReportGatherError(outcome["error"], missing_ranks=tuple(outcome["missing"]))
+    return CombinedReport(tuple(RankReport.from_dict(entry) for entry in outcome["ranks"]))
+
+
+def _collector_absent(
+    error: BaseException, collector: int, timeout: timedelta
+) -> ReportGatherError:
+    how = _how_it_failed(error)
+    prefix = f"gathering reports failed: rank {collector}, which collects the reports,"
+    if how == "late":
+        return ReportGatherError(
+            f"{prefix} did not come within {_seconds(timeout)}", missing_ranks=(collector,)
+        )
+    if how == "left":
+        return ReportGatherError(
+            f"{prefix} had left when this rank came (the connection closed): it gave up waiting "
+            "for this rank after its timeout, or its process ended"
+        )
+    return ReportGatherError(f"{prefix} could not be reached: {_exception_text(error)}")
+
+
+def _collector_lost(
+    error: BaseException, collector: int, waited: timedelta, *, shared: bool
+) -> ReportGatherError:
+    how = _how_it_failed(error)
+    prefix = f"gathering reports failed: rank {collector}, which collects the reports,"
+    if how == "late":
+        return ReportGatherError(
+            f"{prefix} took this rank's arrival but sent no answer within {_seconds(waited)}"
+        )
+    if how == "left" and shared:
+        # On a given group, the collector's timeout closed this connection too.
+        return ReportGatherError(
+            f"{prefix} closed the connection before it answered: it gave up waiting for a rank "
+            "that left or came late (its own error names them), or its process ended"
+        )
+    if how == "left":
+        return ReportGatherError(
+            f"{prefix} left during the gathering, before it answered (the connection closed: "
+            "its process ended)"
+        )
+    return ReportGatherError(f"{prefix} failed during the gathering: {_exception_text(error)}")
 
 
 def gather_reports(
@@ -261,18 +536,24 @@ def gather_reports(
     Args:
         report: this rank's batch report, or ``None`` if it has none.
         error: what this rank's work raised, or ``None``.
-        group: a process group with the gloo backend to gather on. Without it, a gloo group of
-            every rank is made for this call (itself a collective) and destroyed after it.
+        group: a process group with the gloo backend to gather on, which this rank is in.
+            Without it, two gloo groups of every rank are made for this call (itself a
+            collective) and destroyed after it. On a given group a gathering that times out
+            tells only rank 0 why, and leaves the group unusable: gloo closes all of a group's
+            connections once a wait on it times out.
         timeout: how long to wait for the other ranks, a ``timedelta`` or a real number of
-            seconds, from :data:`MIN_GATHER_TIMEOUT` (1 ms) to :data:`MAX_GATHER_TIMEOUT`
-            (1 day).
+            seconds, from 1 ms to 1 day.
 
     Raises:
         InvalidArgumentTypeError: ``timeout``, ``group``, ``report`` or ``error`` has the
             wrong type (a ``bool`` or a string is not a timeout).
-        InvalidArgumentError: ``timeout`` is outside its range, or not finite.
-        ReportGatherError: a rank did not arrive within ``timeout`` or the gathering failed;
-            ``missing_ranks`` names the absent ranks where torch tells which.
+        InvalidArgumentError: ``timeout`` is outside its range, or not finite; ``group`` is
+            not a gloo group, or does not include this rank.
+        ReportGatherError: a rank did not take part. On rank 0 (and, without ``group``, on
+            every rank that came) the message says which ranks left (their connection closed)
+            and which did not arrive within ``timeout``, and which of those that came failed;
+            ``missing_ranks`` names the ranks that did not take part. A rank that came after
+            rank 0 gave up is told so at once.
     """
     record = _own_record(report, error)
     wait = _check_timeout(timeout)
@@ -281,20 +562,25 @@ def gather_reports(
         return CombinedReport((record,))
     if given_group is not None:
         _require_gloo(given_group)
-        return _gather_on(given_group, record, wait)
-    own_group = _make_gloo_group(wait)
+        return _gather_on(_Groups(given_group, given_group), record, wait)
+    own_groups = _make_gloo_groups(wait)
     try:
-        return _gather_on(own_group, record, wait)
+        return _gather_on(own_groups, record, wait)
     finally:
-        _release_group(own_group)
+        _release_groups(own_groups)
 
 
 def _require_gloo(group: dist.ProcessGroup) -> None:
     backend = dist.get_backend(group)
     if backend != "gloo":
         raise InvalidArgumentError(
-            f"group must use the gloo backend (it waits with monitored_barrier), got a "
-            f"{backend!r} group; make one with torch.distributed.new_group(backend='gloo')"
+            f"group must use the gloo backend (gloo tells a rank that left from a late one), "
+            f"got a {backend!r} group; make one with torch.distributed.new_group(backend='gloo')"
+        )
+    if dist.get_rank(group) < 0:
+        raise InvalidArgumentError(
+            f"group must include this process (rank {dist.get_rank()}), got a group of "
+            f"{group.size()} rank(s) without it"
         )
 
 
@@ -320,12 +606,15 @@ class ReportGathering:
         self._batch = batch
         self._given_group = _check_group(group)
         self._timeout = _check_timeout(timeout)
-        self._own_group: dist.ProcessGroup | None = None
+        self._own_groups: _Groups | None = None
         self._entered = False
         self.report: BatchReport | None = None
         """This rank's report, for when no batch was given; a given batch's report wins."""
         self.combined: CombinedReport | None = None
         """Every rank's report, once the block has ended."""
+        self.gather_error: ReportGatherError | None = None
+        """Why the gathering failed, if it did; kept here too when the block's own exception
+        is the one that went on."""
 
     def __enter__(self) -> ReportGathering:
         if self._entered:
@@ -342,9 +631,9 @@ class ReportGathering:
                 _require_gloo(self._given_group)
             else:
                 # Made while every rank is still on the same line of the program, so that at
-                # the end a missing rank shows up by name in the barrier, not as a failure to
+                # the end a missing rank shows up by name in the exchange, not as a failure to
                 # make the group.
-                self._own_group = _make_gloo_group(self._timeout)
+                self._own_groups = _make_gloo_groups(self._timeout)
         return self
 
     def __exit__(
@@ -360,9 +649,9 @@ class ReportGathering:
                 return
             self._gather(exc)
         finally:
-            if self._own_group is not None:
-                _release_group(self._own_group)
-                self._own_group = None
+            if self._own_groups is not None:
+                _release_groups(self._own_groups)
+                self._own_groups = None
 
     def _gather(self, error: BaseException | None) -> None:
         record = _own_record(self._own_report(), error)
@@ -370,12 +659,17 @@ class ReportGathering:
             if not distributed_ready():
                 self.combined = CombinedReport((record,))
                 return
-            group = self._given_group if self._given_group is not None else self._own_group
-            if group is None:
-                # torch.distributed was initialised inside the block: make the group now.
-                self._own_group = group = _make_gloo_group(self._timeout)
-            self.combined = _gather_on(group, record, self._timeout)
-        except Exception:
+            if self._given_group is not None:
+                groups = _Groups(self._given_group, self._given_group)
+            elif self._own_groups is not None:
+                groups = self._own_groups
+            else:
+                # torch.distributed was initialised inside the block: make the groups now.
+                self._own_groups = groups = _make_gloo_groups(self._timeout)
+            self.combined = _gather_on(groups, record, self._timeout)
+        except Exception as gather_error:
+            if isinstance(gather_error, ReportGatherError):
+                self.gather_error = gather_error
             if error is None:
                 raise
             # The rank's own exception is what its caller needs to see.

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch.distributed as dist
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memscope import (
@@ -32,8 +32,6 @@ from memscope import (
     managed_batch,
 )
 from memscope.distributed import (
-    MAX_GATHER_TIMEOUT,
-    MIN_GATHER_TIMEOUT,
     _check_timeout,
     gather_reports,
     gathered_reports,
@@ -290,12 +288,7 @@ def test_timeout_at_and_inside_the_bounds_is_taken(timeout: object, expected: ti
     assert _check_timeout(timeout) == expected
 
 
-def test_timeout_bounds_are_exported() -> None:
-    """The range is public, as timedeltas, for callers that compute their timeout."""
-    bounds = (MIN_GATHER_TIMEOUT, MAX_GATHER_TIMEOUT)
-    assert bounds == (timedelta(milliseconds=1), timedelta(days=1))
-
-
+@settings(deadline=None)
 @given(seconds=st.floats(allow_nan=True, allow_infinity=True))
 def test_any_float_timeout_is_taken_exactly_when_it_is_in_range(seconds: float) -> None:
     """For every float, the check either returns that many seconds or refuses it with
@@ -504,8 +497,12 @@ def rank_main(rank: int, port: int, scenario: str, results: str) -> None:
 
 
 def run_two_ranks(scenario: str, results: Path) -> list[dict[str, Any]]:
-    """Run ``rank_main`` in two spawned processes, bounded in time; their outcomes by rank."""
-    context = multiprocessing.get_context("spawn")
+    """Run ``rank_main`` in two processes, bounded in time; their outcomes by rank."""
+    context = multiprocessing.get_context("forkserver")
+    # Imported once in the forkserver, not once per rank: each rank starts in a fraction of
+    # the seconds an import of torch takes. The ranks are forked from that server, which has
+    # no threads, rather than from this process, which may have some.
+    context.set_forkserver_preload(["torch.distributed", "memscope.distributed", __name__])
     port = free_loopback_port()
     processes = [
         context.Process(target=rank_main, args=(rank, port, scenario, str(results)))
@@ -568,13 +565,19 @@ def test_rank_that_raises_is_reported_and_nobody_hangs(tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 def test_rank_that_never_arrives_ends_the_others_within_the_timeout(tmp_path: Path) -> None:
-    """Rank 1 comes after the timeout: rank 0 raises ReportGatherError naming rank 1, and
-    rank 1 then fails too instead of waiting for a rank 0 that has gone on."""
+    """Rank 1 comes after the timeout: rank 0 raises ReportGatherError saying rank 1 did not
+    arrive in time, and rank 1 is told at once that rank 0 had given up, not made to wait."""
     outcomes = run_two_ranks("late", tmp_path)
-    assert outcomes[0]["error"].startswith("ReportGatherError: ")
-    assert "rank(s) 1 did not arrive" in outcomes[0]["error"]
+    assert outcomes[0]["error"] == (
+        "ReportGatherError: gathering reports failed: rank 1 did not arrive within 2 s. "
+        "Reports came from rank 0"
+    )
     assert outcomes[0]["missing_ranks"] == [1]
-    assert outcomes[1]["error"].startswith("ReportGatherError: ")
+    assert outcomes[1]["error"].startswith(
+        "ReportGatherError: gathering reports failed: rank 0, which collects the reports, had "
+        "left when this rank came"
+    )
+    assert outcomes[1]["missing_ranks"] is None
     assert [outcome["combined"] for outcome in outcomes] == [None, None]
 
 
@@ -588,10 +591,13 @@ def test_distributed_marker_is_registered(pytestconfig: pytest.Config) -> None:
 def test_rank_that_never_calls_gather_reports_ends_the_others_within_the_timeout(
     tmp_path: Path,
 ) -> None:
-    """Rank 1 skips gather_reports entirely: rank 0 raises ReportGatherError, not a hang."""
+    """Rank 1 skips gather_reports entirely: rank 0 raises ReportGatherError saying not every
+    rank came within the timeout, not a hang."""
     outcomes = run_two_ranks("absent", tmp_path)
-    assert outcomes[0]["error"].startswith("ReportGatherError: ")
-    assert "within 2 s" in outcomes[0]["error"]
+    assert outcomes[0]["error"].startswith(
+        "ReportGatherError: could not make the process group that gathers reports: not every "
+        "rank came to gather_reports or gathered_reports within 2 s ("
+    )
     assert outcomes[0]["combined"] is None
     assert outcomes[1]["error"] is None
 
