@@ -6,7 +6,9 @@ A :class:`BatchReport` is what ``managed_batch`` leaves in ``batch.report``; its
 the reports of several processes (the ranks of a torch.distributed job) with job-wide totals;
 :mod:`memscope.distributed` gathers one. How a figure combines across processes (summed,
 the largest rank's, or not at all) is declared on its :class:`BatchReport` field, as
-``metadata={"combine": "sum"}`` or ``{"combine": "max"}``.
+``metadata={"combine": "sum"}`` or ``{"combine": "max"}``. Memory that crept up during a
+batch is named in ``report.leak``, a :class:`LeakFinding` with its :class:`LeakSuspect` groups
+(see :mod:`memscope.leaks`).
 """
 
 from memscope.reports._batch import BatchReport
@@ -17,12 +19,15 @@ from memscope.reports._combined import (
     with_process_rank,
 )
 from memscope.reports._item_failure import ItemFailure
+from memscope.reports._leak import LeakFinding, LeakSuspect
 from memscope.reports._timeline import TimelineEntry
 
 __all__ = [
     "BatchReport",
     "CombinedReport",
     "ItemFailure",
+    "LeakFinding",
+    "LeakSuspect",
     "RankReport",
     "TimelineEntry",
     "process_rank",

@@ -12,6 +12,7 @@ from typing import Any, Final, Literal
 from memscope.reports import _export
 from memscope.reports._figures import counted, device_reports_figures, host_reports_figures
 from memscope.reports._item_failure import ItemFailure
+from memscope.reports._leak import LeakFinding
 from memscope.reports._timeline import TimelineEntry
 from memscope.units import format_bytes
 
@@ -104,6 +105,16 @@ class BatchReport:
     failed_items: tuple[ItemFailure, ...] = ()
     """Items that ``batch.map(on_error="skip")`` recorded as failed (with a journal, earlier
     runs' failures that were not retried too)."""
+    memory_growth_per_item: float | None = field(default=None, metadata=_MAX)
+    """How many bytes per item the memory that stays after cleanup grew over the batch's
+    latest cleanups (64 at most): the device's allocated bytes, or the process's resident
+    bytes on the CPU. A robust (Theil-Sen) slope, so one odd item moves it little; ``None``
+    where the batch could not sample (a device without figures, fewer than two cleanups).
+    Across ranks, the fastest-growing rank's."""
+    leak: LeakFinding | None = None
+    """The leak the batch named (a :class:`~memscope.reports.LeakFinding`): its rate, the
+    item at which memory would run out, the evidence and the suspects. ``None`` when none
+    was named; a leak whose growth stopped later stays here with ``active`` false."""
     timeline: tuple[TimelineEntry, ...] = ()
     """The memory as each item finished, in the order the items finished."""
 
@@ -118,6 +129,7 @@ class BatchReport:
         data["timeline"] = [asdict(entry) for entry in self.timeline]
         data["failed_items"] = [failure.to_dict() for failure in self.failed_items]
         data["memory_snapshots"] = list(self.memory_snapshots)
+        data["leak"] = None if self.leak is None else self.leak.to_dict()
         data["items_per_second"] = self.items_per_second
         return data
 
@@ -151,10 +163,12 @@ class BatchReport:
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the timeline to ``path`` as CSV with a header row; returns the path.
 
-        Columns: ``item, seconds, usage, allocated, reserved, gc_ran, host_resident``; an
-        empty cell is a figure nobody could tell, ``gc_ran`` is ``true`` or ``false``.
+        Columns: ``item, seconds, usage, allocated, reserved, gc_ran, host_resident,
+        fitted_memory``; an empty cell is a figure nobody could tell, ``gc_ran`` is ``true``
+        or ``false``. ``fitted_memory`` is the line of ``memory_growth_per_item`` through the
+        allocated (or, on the CPU, resident) bytes of the last 64 items, empty elsewhere.
         """
-        return _export.write_csv(self.timeline_entries(), path)
+        return _export.write_csv(self.timeline_entries(), path, self.memory_growth_per_item)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Draw the timeline as a PNG (or any format matplotlib infers from the suffix).
@@ -163,7 +177,10 @@ class BatchReport:
         line and GC runs marked, allocated and reserved memory where the device reports them,
         and the host's resident memory where the batch watched the host. On the CPU, which
         reports no figures of its own, the host's resident memory over items with its limit
-        as a line. Needs matplotlib: ``pip install 'memscope[plot]'``; without it this raises
+        as a line. The fitted growth (``memory_growth_per_item``) is a dashed line over the
+        last 64 items of the memory it describes, where a leak was named or the growth is
+        64 KiB per item or more over a dozen items; a named leak is a dotted line at the item
+        it was named. Needs matplotlib: ``pip install 'memscope[plot]'``; without it this raises
         an ``ImportError`` saying so.
         """
         from memscope.reports._plot import plot_timeline
@@ -177,7 +194,8 @@ class BatchReport:
         """One line for a log or a terminal.
 
         The device's usage and peak appear where the device reports figures, the host's
-        resident memory where the batch watched the host; the CPU reports none of its own, so
+        resident memory where the batch watched the host, the growth per item and any leak
+        where the batch measured them; the CPU reports none of its own, so
         a CPU batch that watched the host is summarised by its host memory alone.
         """
         parts = [
@@ -191,6 +209,10 @@ class BatchReport:
             )
         if host_reports_figures(self):
             parts.append(self._host_memory())
+        if self.memory_growth_per_item is not None:
+            parts.append(f"memory growth {format_bytes(self.memory_growth_per_item)}/item")
+        if self.leak is not None:
+            parts.append(self.leak.summary())
         parts.append(
             f"{counted(self.cache_clears, 'cache clear')}, {counted(self.gc_runs, 'GC run')} "
             f"({self.gc_seconds * 1000:.0f} ms)"

@@ -6,19 +6,30 @@ import csv
 import dataclasses
 import json
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.reports._item_failure import ItemFailure
+from memscope.reports._leak import FIT_WINDOW, LeakFinding, fitted_line
 from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
 
-# host_resident came later than the others: last, so that readers that index the columns by
-# position still find the older ones where they were.
-TIMELINE_COLUMNS = ("item", "seconds", "usage", "allocated", "reserved", "gc_ran", "host_resident")
+# host_resident and fitted_memory came later than the others: last, so that readers that
+# index the columns by position still find the older ones where they were.
+TIMELINE_COLUMNS = (
+    "item",
+    "seconds",
+    "usage",
+    "allocated",
+    "reserved",
+    "gc_ran",
+    "host_resident",
+    "fitted_memory",
+)
 
 Report = TypeVar("Report")
 
@@ -32,25 +43,43 @@ def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def write_csv(timeline: Iterable[TimelineEntry], path: str | os.PathLike[str]) -> Path:
-    """Write a report's timeline to ``path``: a header row, then one row per item."""
+def write_csv(
+    timeline: Iterable[TimelineEntry],
+    path: str | os.PathLike[str],
+    growth_per_item: float | None = None,
+) -> Path:
+    """Write a report's timeline to ``path``: a header row, then one row per item.
+
+    ``fitted_memory`` holds the fitted line of ``growth_per_item`` over the last items,
+    rounded to bytes, and is empty elsewhere. The timeline may be streamed from a journal:
+    only those last items are held back until the end.
+    """
     target = Path(path)
+    last_entries: deque[TimelineEntry] = deque()
     with target.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(TIMELINE_COLUMNS)
         for entry in timeline:
-            writer.writerow(
-                (
-                    entry.item,
-                    f"{entry.seconds:.6f}",
-                    f"{entry.usage:.6f}",
-                    "" if entry.allocated is None else entry.allocated,
-                    "" if entry.reserved is None else entry.reserved,
-                    "true" if entry.gc_ran else "false",
-                    "" if entry.host_resident is None else entry.host_resident,
-                )
-            )
+            last_entries.append(entry)
+            if len(last_entries) > FIT_WINDOW:
+                writer.writerow(_csv_row(last_entries.popleft(), None))
+        fitted = fitted_line(tuple(last_entries), growth_per_item)
+        for entry in last_entries:
+            writer.writerow(_csv_row(entry, fitted.get(entry.item)))
     return target
+
+
+def _csv_row(entry: TimelineEntry, fitted: float | None) -> tuple[object, ...]:
+    return (
+        entry.item,
+        f"{entry.seconds:.6f}",
+        f"{entry.usage:.6f}",
+        "" if entry.allocated is None else entry.allocated,
+        "" if entry.reserved is None else entry.reserved,
+        "true" if entry.gc_ran else "false",
+        "" if entry.host_resident is None else entry.host_resident,
+        "" if fitted is None else round(fitted),
+    )
 
 
 def write_failures_csv(failures: Iterable[ItemFailure], path: str | os.PathLike[str]) -> Path:
@@ -120,6 +149,9 @@ def report_from_dict(report_type: type[Report], data: object, *, source: str = "
     fields["failed_items"] = tuple(
         ItemFailure.from_dict(failure) for failure in fields.get("failed_items", ())
     )
+    leak = fields.get("leak")
+    if leak is not None and not isinstance(leak, LeakFinding):
+        fields["leak"] = LeakFinding.from_dict(leak)
     # JSON has no tuples: other sequences (memory_snapshots) come back as lists.
     for name, value in fields.items():
         if isinstance(value, list):

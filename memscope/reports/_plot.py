@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memscope.reports._figures import counted, device_reports_figures
+from memscope.reports._leak import Sampled, fitted_line, fitted_series, shows_growth
 from memscope.units import format_bytes
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ def _plot_bytes(axes: Axes, report: BatchReport) -> None:
         ]
         if points:
             axes.plot(*zip(*points, strict=True), marker=".", color=colour, label=label)
+    _plot_growth(axes, report, "allocated", _MEBIBYTE)
     axes.set_ylabel("memory (MiB)")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
@@ -191,6 +193,7 @@ def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
             linestyle="-.",
             label=f"limit ({format_bytes(limit)})",
         )
+    _plot_growth(axes, report, "resident", divisor)
     if marks_gc_runs:
         # No GC threshold line here: whether the threshold watched the host (host=True) or
         # only the CPU's usage of 0.0 is not in the report, and a line that may not apply
@@ -202,3 +205,29 @@ def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
     # The resident line often hugs the bottom and the limit the top: let matplotlib
     # find the emptiest corner.
     axes.legend(loc="best")
+
+
+def _plot_growth(axes: Axes, report: BatchReport, series: Sampled, divisor: int) -> None:
+    """The fitted growth as a dashed line, and the item a leak was named at, on the panel of
+    the memory they describe."""
+    if fitted_series(report.timeline) != series or not shows_growth(report):
+        return
+    fitted = fitted_line(report.timeline, report.memory_growth_per_item)
+    if fitted:
+        growth = report.memory_growth_per_item
+        axes.plot(
+            list(fitted),
+            [value / divisor for value in fitted.values()],
+            linestyle="--",
+            color="tab:red",
+            label=f"fitted growth ({format_bytes(growth)}/item)",
+        )
+    leak = report.leak
+    if leak is not None:
+        state = "named" if leak.active else f"named, cleared at item {leak.cleared_at_item:,}"
+        axes.axvline(
+            leak.detected_at_item,
+            color="tab:red",
+            linestyle=":",
+            label=f"leak {state} (item {leak.detected_at_item:,})",
+        )
