@@ -1,0 +1,125 @@
+"""Ray Data batches seen as rows, so that ``process_in_chunks`` can slice them.
+
+``map_batches`` hands a function one batch in one of three formats: a dict of columns (NumPy
+arrays, with ``batch_format="numpy"``, the default), a pandas ``DataFrame`` or a pyarrow
+``Table``. :class:`BatchRows` gives any of them a length and row slices in the same format,
+and :func:`concatenate_batches` joins what the function returned for consecutive slices
+back into one batch, in order. NumPy, pandas and pyarrow are imported only when a batch of
+theirs is joined: Ray Data brings them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+
+__all__: list[str] = []
+
+_FORMATS = "a dict of columns (batch_format='numpy'), a pandas DataFrame or a pyarrow Table"
+
+
+def _library(batch: object) -> str:
+    """The top-level package that defines the batch's type: ``pandas``, ``pyarrow``..."""
+    return type(batch).__module__.partition(".")[0]
+
+
+def row_count(batch: object) -> int:
+    """How many rows ``batch`` holds; an error for a batch format memscope cannot slice."""
+    if isinstance(batch, Mapping):
+        lengths = {name: len(column) for name, column in batch.items()}
+        if len(set(lengths.values())) > 1:
+            raise InvalidArgumentError(
+                f"the batch's columns differ in length, so it cannot be split into rows: {lengths}"
+            )
+        return next(iter(lengths.values()), 0)
+    library = _library(batch)
+    if library == "pandas":
+        return len(batch)  # type: ignore[arg-type]
+    if library == "pyarrow" and hasattr(batch, "num_rows"):
+        return int(batch.num_rows)
+    raise InvalidArgumentTypeError(
+        f"a map_batches batch must be {_FORMATS} to be split into chunks; got "
+        f"{type(batch).__module__}.{type(batch).__qualname__}"
+    )
+
+
+def slice_rows(batch: Any, start: int, stop: int) -> Any:
+    """Rows ``start`` to ``stop`` of ``batch``, in the batch's own format."""
+    if isinstance(batch, Mapping):
+        return {name: column[start:stop] for name, column in batch.items()}
+    if _library(batch) == "pandas":
+        return batch.iloc[start:stop]
+    return batch.slice(start, stop - start)
+
+
+class BatchRows(Sequence[Any]):
+    """A batch as a sequence of rows whose slices are batches of the same format.
+
+    A slice of every row is the batch itself. Indexing with an int gives a one-row batch:
+    ``process_in_chunks`` only ever slices.
+    """
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+        self._length = row_count(batch)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._length)
+            if step != 1:
+                raise InvalidArgumentError(f"batch rows are sliced with step 1, got {index!r}")
+            if start == 0 and stop >= self._length:
+                # The batch unsplit, as Ray Data handed it over: no copy, no new object.
+                return self.batch
+            return slice_rows(self.batch, start, max(start, stop))
+        position = range(self._length)[index]
+        return slice_rows(self.batch, position, position + 1)
+
+
+def concatenate_batches(results: list[Any]) -> Any:
+    """The results of consecutive slices joined into one batch, in order.
+
+    One result (the batch was not split) is returned as it is, without a copy.
+    """
+    if len(results) == 1:
+        return results[0]
+    if not results:
+        raise InvalidArgumentError("there are no chunk results to join")
+    first = results[0]
+    if isinstance(first, Mapping):
+        return _concatenate_columns(results)
+    library = _library(first)
+    if library == "pandas":
+        return importlib.import_module("pandas").concat(results)
+    if library == "pyarrow":
+        return importlib.import_module("pyarrow").concat_tables(results)
+    raise InvalidArgumentTypeError(
+        f"the function must return {_FORMATS} so that the results of a split batch can be "
+        f"joined; it returned {type(first).__module__}.{type(first).__qualname__}"
+    )
+
+
+def _concatenate_columns(results: list[Any]) -> dict[str, Any]:
+    names = list(results[0])
+    for result in results[1:]:
+        if not isinstance(result, Mapping) or list(result) != names:
+            found = list(result) if isinstance(result, Mapping) else type(result).__name__
+            raise InvalidArgumentError(
+                "the function returned different columns for the chunks of one batch "
+                f"({names} then {found}); they cannot be joined"
+            )
+    joined: dict[str, Any] = {}
+    for name in names:
+        columns = [result[name] for result in results]
+        if all(isinstance(column, list) for column in columns):
+            joined[name] = list(itertools.chain.from_iterable(columns))
+        else:
+            joined[name] = importlib.import_module("numpy").concatenate(columns)
+    return joined

@@ -1,0 +1,442 @@
+"""memscope.ray inside one worker, without a cluster: batches as rows, chunk sizes, settings."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+
+import memscope.ray
+from memscope import BatchSizeExhaustedError, InvalidArgumentError, InvalidArgumentTypeError
+from memscope.ray._actor import (
+    ActorMemory,
+    ActorSettings,
+    describe_failure,
+    device_for_gpus,
+    learned_size,
+)
+from memscope.ray._report import ActorBatchReport
+from memscope.ray._rows import BatchRows, concatenate_batches, row_count
+from memscope.ray._wrap import _managed_class
+from memscope.testing import oom_error
+
+numpy = pytest.importorskip("numpy", reason="Ray Data's batches are NumPy columns")
+
+
+class RecordingReporter:
+    """A Reporter that keeps what an actor would send to the collector."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[int, int]] = []
+        self.finishes: list[tuple[int, ActorBatchReport | None, str | None]] = []
+
+    def started(self, batch: int, rows: int) -> None:
+        self.starts.append((batch, rows))
+
+    def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:
+        self.finishes.append((batch, report, failure))
+
+
+def settings(**changes: Any) -> ActorSettings:
+    """Checked actor settings: the defaults, changed where the test says."""
+    options: dict[str, Any] = {
+        "device": "cpu",
+        "every": 1,
+        "cache_policy": None,
+        "memory_threshold": 0.9,
+        "freeze_heap": True,
+        "chunk_size": None,
+        "factor": 0.5,
+        "min_size": 1,
+        "regrow_after_batches": None,
+    }
+    options.update(changes)
+    return ActorSettings.checked(**options)
+
+
+def actor(**changes: Any) -> tuple[ActorMemory, RecordingReporter]:
+    """An ActorMemory on the CPU with a recording reporter."""
+    recording = RecordingReporter()
+    return ActorMemory(settings(**changes), "cpu", recording), recording
+
+
+def ids(first: int, count: int) -> dict[str, Any]:
+    """A NumPy-format Ray batch of ``count`` rows whose ids start at ``first``."""
+    return {"id": numpy.arange(first, first + count), "name": [f"row {n}" for n in range(count)]}
+
+
+class OomAbove:
+    """A batch function that runs out of memory on more than ``limit`` rows, and records."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        self.sizes.append(len(batch["id"]))
+        if len(batch["id"]) > self.limit:
+            raise oom_error("cuda")
+        return {"id": batch["id"], "double": batch["id"] * 2}
+
+
+# Batches as rows ---------------------------------------------------------------------
+
+
+def test_numpy_batch_slices_into_batches_of_the_same_format() -> None:
+    """A dict of columns is sliced column by column; slices are dicts with the same keys."""
+    rows = BatchRows(ids(0, 10))
+    assert len(rows) == 10
+    chunk = rows[3:6]
+    assert list(chunk) == ["id", "name"]
+    assert chunk["id"].tolist() == [3, 4, 5]
+    assert chunk["name"] == ["row 3", "row 4", "row 5"]
+    assert rows[9]["id"].tolist() == [9]
+
+
+def test_whole_slice_is_the_batch_itself() -> None:
+    """An unsplit batch reaches the function as the very object Ray Data handed over."""
+    batch = ids(0, 4)
+    assert BatchRows(batch)[0:4] is batch
+
+
+def test_numpy_results_are_joined_in_order() -> None:
+    """Array columns are concatenated and list columns chained, chunk after chunk."""
+    joined = concatenate_batches([ids(0, 3), ids(3, 2)])
+    assert joined["id"].tolist() == [0, 1, 2, 3, 4]
+    assert joined["name"] == ["row 0", "row 1", "row 2", "row 0", "row 1"]
+
+
+def test_single_result_is_returned_without_a_copy() -> None:
+    """One chunk's result is the batch's result as it is."""
+    result = ids(0, 3)
+    assert concatenate_batches([result]) is result
+
+
+def test_results_with_different_columns_are_refused() -> None:
+    """Chunks of one batch that return different columns cannot be joined, and say so."""
+    with pytest.raises(InvalidArgumentError, match="different columns"):
+        concatenate_batches([{"a": numpy.arange(2)}, {"b": numpy.arange(2)}])
+
+
+def test_pandas_batches_slice_and_join() -> None:
+    """A DataFrame is sliced by position and the chunk results concatenated, index kept."""
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"id": range(6)})
+    rows = BatchRows(frame)
+    assert len(rows) == 6
+    joined = concatenate_batches([rows[0:2], rows[2:6]])
+    assert joined["id"].tolist() == list(range(6))
+    assert joined.index.tolist() == list(range(6))
+
+
+def test_pyarrow_batches_slice_and_join() -> None:
+    """A pyarrow Table is sliced without a copy and the chunk results concatenated."""
+    pyarrow = pytest.importorskip("pyarrow")
+    table = pyarrow.table({"id": list(range(5))})
+    rows = BatchRows(table)
+    assert len(rows) == 5
+    joined = concatenate_batches([rows[0:3], rows[3:5]])
+    assert joined.column("id").to_pylist() == list(range(5))
+
+
+def test_unknown_batch_format_is_refused_with_its_type() -> None:
+    """A batch memscope cannot slice raises InvalidArgumentTypeError naming its type."""
+    with pytest.raises(InvalidArgumentTypeError, match=r"builtins\.set"):
+        row_count({1, 2, 3})
+
+
+def test_columns_of_different_lengths_are_refused() -> None:
+    """A dict whose columns differ in length is no batch of rows."""
+    with pytest.raises(InvalidArgumentError, match="differ in length"):
+        row_count({"a": [1, 2], "b": [1]})
+
+
+# What a batch's chunks teach ------------------------------------------------------------
+
+
+def test_learned_size_is_the_last_full_chunk_after_an_oom() -> None:
+    """After an OOM, a chunk that had rows after it ran at exactly the search's size."""
+    attempts = [(20, False), (10, False), (5, True), (5, True), (5, True), (5, True)]
+    assert learned_size(attempts, 20, factor=0.5, min_size=1) == 5
+
+
+def test_nothing_is_learned_without_an_oom() -> None:
+    """A batch that never ran out of memory teaches no size."""
+    assert learned_size([(20, True)], 20, factor=0.5, min_size=1) is None
+
+
+def test_a_short_tail_after_an_oom_is_not_taken_for_the_size() -> None:
+    """When only the batch's short end followed the OOM, the factor's size is kept."""
+    attempts = [(16, True), (4, False), (2, True)]
+    assert learned_size(attempts, 20, factor=0.5, min_size=1) == 2
+    attempts = [(16, True), (16, False), (4, True)]
+    assert learned_size(attempts, 20, factor=0.5, min_size=1) == 8
+
+
+# One actor's batches --------------------------------------------------------------------
+
+
+def test_oom_splits_the_batch_and_every_row_comes_out_once_in_order() -> None:
+    """A batch too large for memory completes in chunks; the rows come out once, in order."""
+    memory, recording = actor()
+    function = OomAbove(6)
+    result = memory.process(function, ids(0, 20))
+    assert result["id"].tolist() == list(range(20))
+    assert result["double"].tolist() == [2 * n for n in range(20)]
+    assert function.sizes[:3] == [20, 10, 5]
+    assert recording.starts == [(1, 20)]
+    [(number, report, failure)] = recording.finishes
+    assert number == 1
+    assert failure is None
+    assert report is not None
+    assert report.items == 20
+    assert report.ooms == 2
+    assert report.split_batches == 1
+    assert report.chunk_size == 5
+
+
+def test_the_size_learned_is_where_the_next_batch_starts() -> None:
+    """The actor's next batch starts at the size that worked: no OOM the second time."""
+    memory, _ = actor()
+    function = OomAbove(6)
+    memory.process(function, ids(0, 20))
+    function.sizes.clear()
+    result = memory.process(function, ids(20, 20))
+    assert result["id"].tolist() == list(range(20, 40))
+    assert function.sizes == [5, 5, 5, 5]
+    report = memory.report
+    assert report is not None
+    assert (report.batches, report.items, report.ooms, report.split_batches) == (2, 40, 2, 2)
+
+
+def test_batches_that_fit_are_not_split() -> None:
+    """Without memory pressure the function sees each whole batch once."""
+    memory, _ = actor()
+    function = OomAbove(100)
+    for first in (0, 20, 40):
+        memory.process(function, ids(first, 20))
+    assert function.sizes == [20, 20, 20]
+    report = memory.report
+    assert report is not None
+    assert (report.batches, report.split_batches, report.ooms, report.chunk_size) == (3, 0, 0, None)
+
+
+def test_chunk_size_caps_the_first_attempt() -> None:
+    """chunk_size is the largest chunk tried, OOM or not."""
+    memory, _ = actor(chunk_size=8)
+    function = OomAbove(100)
+    result = memory.process(function, ids(0, 20))
+    assert function.sizes == [8, 8, 4]
+    assert result["id"].tolist() == list(range(20))
+
+
+def test_regrow_after_batches_grows_the_size_back() -> None:
+    """After that many batches without an OOM, batches start larger again."""
+    memory, _ = actor(regrow_after_batches=2)
+    function = OomAbove(6)
+    memory.process(function, ids(0, 20))
+    assert memory.chunk_size == 5
+    function.limit = 100
+    memory.process(function, ids(20, 20))
+    memory.process(function, ids(40, 20))
+    assert memory.chunk_size == 10
+
+
+def test_a_failing_batch_is_counted_and_reported() -> None:
+    """A batch whose function raises still reports, with the failure and the failed count."""
+    memory, recording = actor()
+
+    def broken(batch: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("bad row")
+
+    with pytest.raises(ValueError, match="bad row"):
+        memory.process(broken, ids(0, 4))
+    [(_, report, failure)] = recording.finishes
+    assert failure == "ValueError: bad row"
+    assert report is not None
+    assert report.failed_batches == 1
+    assert report.ended_by == "ValueError"
+
+
+def test_oom_at_the_smallest_size_fails_the_batch_and_keeps_the_floor() -> None:
+    """When even min_size runs out of memory, the batch raises and the next starts at min_size."""
+    memory, recording = actor(min_size=2)
+    with pytest.raises(BatchSizeExhaustedError):
+        memory.process(OomAbove(1), ids(0, 8))
+    assert memory.chunk_size == 2
+    assert recording.finishes[0][2] is not None
+    assert recording.finishes[0][2].startswith("BatchSizeExhaustedError")
+
+
+def test_empty_batch_calls_the_function_once() -> None:
+    """An empty batch goes to the function as it is, so it says what empty becomes."""
+    memory, _ = actor()
+    function = OomAbove(6)
+    result = memory.process(function, ids(0, 0))
+    assert function.sizes == [0]
+    assert result["id"].tolist() == []
+
+
+def test_actor_figures_add_up_over_batches() -> None:
+    """Items, cleanups and time add up over the actor's batches; the device stays its own."""
+    memory, _ = actor(every=1)
+    function = OomAbove(100)
+    memory.process(function, ids(0, 10))
+    first = memory.report
+    memory.process(function, ids(10, 10))
+    second = memory.report
+    assert first is not None
+    assert second is not None
+    assert second.items == 20
+    assert second.cleanups > first.cleanups
+    assert second.elapsed_seconds >= first.elapsed_seconds
+    assert second.device == "cpu"
+
+
+# Settings and devices -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"chunk_size": 0}, InvalidArgumentError, "chunk_size"),
+        ({"chunk_size": "8"}, InvalidArgumentTypeError, "chunk_size"),
+        ({"chunk_size": 4, "min_size": 8}, InvalidArgumentError, "min_size must be <= chunk_size"),
+        ({"factor": 1.0}, InvalidArgumentError, "factor"),
+        ({"factor": "half"}, InvalidArgumentTypeError, "factor"),
+        ({"min_size": 0}, InvalidArgumentError, "min_size"),
+        ({"regrow_after_batches": 0}, InvalidArgumentError, "regrow_after_batches"),
+        ({"every": 0}, InvalidArgumentError, "every"),
+        ({"cache_policy": "always"}, InvalidArgumentTypeError, "cache_policy"),
+        ({"memory_threshold": 2.0}, InvalidArgumentError, "memory_threshold"),
+        ({"device": 3.5}, InvalidArgumentTypeError, "device"),
+    ],
+)
+def test_bad_settings_are_refused_on_the_driver(
+    changes: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Each bad option raises at once, naming the parameter, before any actor starts."""
+    with pytest.raises(error, match=message):
+        settings(**changes)
+
+
+@pytest.mark.parametrize(
+    ("gpu_ids", "visible", "cuda", "expected"),
+    [
+        ([], None, True, "cpu"),
+        (["3"], "3", True, "cuda:0"),
+        (["3"], "1,3", True, "cuda:1"),
+        (["2"], None, True, "cuda:2"),
+        (["2"], "", True, "cuda:2"),
+        (["0"], "0", False, "cpu"),
+    ],
+)
+def test_device_follows_the_gpus_ray_assigned(
+    gpu_ids: list[str], visible: str | None, cuda: bool, expected: str
+) -> None:
+    """A worker's device is its first assigned GPU as CUDA sees it; none assigned: the CPU."""
+    assert device_for_gpus(gpu_ids, visible, cuda) == torch.device(expected)
+
+
+def test_failure_text_survives_an_unprintable_exception() -> None:
+    """An exception whose __str__ raises is still described by its type."""
+
+    class UnprintableError(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert describe_failure(UnprintableError()) == (
+        "UnprintableError: <unprintable UnprintableError>"
+    )
+    assert len(describe_failure(ValueError("x" * 2000))) == 500
+
+
+# Wrapping -------------------------------------------------------------------------------
+
+
+class Colorize:
+    """A map_batches class with a constructor argument and a class attribute."""
+
+    model_name = "tiny"
+
+    def __init__(self, scale: int, *, offset: int = 0) -> None:
+        self.scale = scale
+        self.offset = offset
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {"id": batch["id"] * self.scale + self.offset}
+
+
+def test_wrapped_class_looks_like_the_class() -> None:
+    """The managed class keeps the name, docstring, signature and attributes Ray Data sees."""
+    from memscope.ray._collector import CollectorAddress
+
+    wrapped = _managed_class(Colorize, settings(), CollectorAddress("c", "n"))
+    assert issubclass(wrapped, Colorize)
+    assert wrapped.__name__ == "Colorize"
+    assert wrapped.__qualname__ == Colorize.__qualname__
+    assert wrapped.__doc__ == Colorize.__doc__
+    assert wrapped.model_name == "tiny"
+    assert inspect.signature(wrapped) == inspect.signature(Colorize)
+    assert list(inspect.signature(wrapped).parameters) == ["scale", "offset"]
+
+
+def test_class_without_call_is_refused() -> None:
+    """A class whose instances cannot be called with a batch is refused when wrapped."""
+    from memscope.ray._collector import CollectorAddress
+
+    class NotCallable:
+        pass
+
+    with pytest.raises(InvalidArgumentTypeError, match="no __call__"):
+        _managed_class(NotCallable, settings(), CollectorAddress("c", "n"))
+
+
+def test_generator_and_async_functions_are_refused() -> None:
+    """Functions that do not return their batch cannot be split, and are refused at once."""
+
+    def generate(batch: Any) -> Any:
+        yield batch
+
+    async def coroutine(batch: Any) -> Any:
+        return batch
+
+    for function, kind in ((generate, "generator"), (coroutine, "async")):
+        with pytest.raises(InvalidArgumentTypeError, match=kind):
+            memscope.ray.managed(function, collector=None)  # type: ignore[arg-type]
+
+
+def test_collector_must_be_a_report_collector() -> None:
+    """managed() without a ReportCollector says what it needs."""
+    with pytest.raises(InvalidArgumentTypeError, match="collector must be"):
+        memscope.ray.managed(Colorize, collector="memscope")  # type: ignore[arg-type]
+
+
+# Importing ------------------------------------------------------------------------------
+
+
+def test_importing_memscope_ray_does_not_import_ray() -> None:
+    """memscope.ray imports Ray only when used; memscope itself never imports memscope.ray."""
+    code = (
+        "import sys, memscope\n"
+        "assert 'memscope.ray' not in sys.modules\n"
+        "import memscope.ray\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_missing_ray_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Ray, the first call that needs it raises ImportError naming memscope[ray]."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'memscope\[ray\]'"):
+        memscope.ray.ReportCollector()
