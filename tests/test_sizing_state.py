@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from memscope import InvalidArgumentError, InvalidArgumentTypeError, adaptive_batch
 from memscope.oom import AdaptiveBatchSnapshot, AdaptiveBatchState
 from memscope.oom._options import SizingSettings
-from memscope.oom._state import Attempt, after_oom, after_success, choose_attempt
+from memscope.oom._state import Attempt, CountedWork, after_oom, after_success, choose_attempt
 from memscope.testing import MiB, RecordingManager, oom_error
 
 PUBLIC_ATTRIBUTES = (
@@ -121,7 +121,10 @@ def test_a_state_made_by_hand_checks_its_settings(
 def test_concurrent_readers_always_see_figures_that_belong_together() -> None:
     """While threads shrink the size, every snapshot read is one moment's: its size is
     ``start`` halved once per reduction."""
-    state = AdaptiveBatchState(start=1 << 20)
+    # No reset() in between: an attempt chosen before a reset and failing after it reduces
+    # the fresh state (rightly), which this invariant does not allow for. Once at min_size,
+    # errors change only the counters.
+    state = AdaptiveBatchState(start=1 << 62)
     stop = threading.Event()
     torn: list[AdaptiveBatchSnapshot] = []
     reads = 0
@@ -143,8 +146,6 @@ def test_concurrent_readers_always_see_figures_that_belong_together() -> None:
         started.wait()
         for _ in range(200):
             state._record_oom(state._choose())
-            if state.current_size == 1:
-                state.reset()
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -202,9 +203,9 @@ def test_every_call_ends_and_sizes_stay_in_bounds(
                 assert attempt.regrowing_from is None
                 assert attempt.size == rules.min_size
                 break
-            assert retry < attempt.size
+            assert retry.size < attempt.size
             assert snapshot.current_size < attempt.size
-            attempt = Attempt(retry)
+            attempt = retry
         else:
             pytest.fail(f"a call made more than start={rules.start} attempts")
         assert rules.min_size <= snapshot.current_size <= rules.start
@@ -224,10 +225,136 @@ def test_an_attempt_never_exceeds_the_items_left(
         current_size=rules.min_size,
         successes_in_a_row=successes,
     )
-    attempt, _ = choose_attempt(snapshot, limit)
+    attempt, _ = choose_attempt(snapshot, CountedWork(limit))
     uncapped, _ = choose_attempt(snapshot)
     assert attempt.size <= limit
     if uncapped.size > limit:
-        assert attempt == Attempt(min(snapshot.current_size, limit))
+        assert attempt == Attempt(min(snapshot.current_size, limit), units=attempt.size)
     else:
         assert attempt == uncapped
+
+
+# The rules from measurement ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules=sizing_settings(),
+    headroom=st.sampled_from([0.0, 0.03, 0.2]),
+    available=st.integers(min_value=1, max_value=10**6),
+    per_item=st.floats(min_value=1.0, max_value=10**5),
+    exponent=st.floats(min_value=1.0, max_value=1.5),
+    fixed=st.integers(min_value=0, max_value=10**5),
+    calls=st.integers(min_value=1, max_value=12),
+)
+def test_measured_sizes_stay_in_bounds_and_below_failures(
+    rules: SizingSettings,
+    headroom: float,
+    available: int,
+    per_item: float,
+    exponent: float,
+    fixed: int,
+    calls: int,
+) -> None:
+    """Whatever the memory (linear or not, with a fixed part): each call ends within start
+    attempts; sizes stay within [min_size, start]; no size at or above one that failed is
+    tried (without regrowth); a retry is always smaller; only min_size failing ends a call
+    without a result."""
+    rules = dataclasses.replace(rules, headroom=headroom, regrow_after=None)
+    snapshot = AdaptiveBatchSnapshot.initial(rules)
+
+    def needs(size: int) -> int:
+        return fixed + int(per_item * size**exponent)
+
+    for _ in range(calls):
+        attempt, snapshot = choose_attempt(snapshot, available=available, measurable=True)
+        for _ in range(rules.start + 1):
+            assert rules.min_size <= attempt.size <= rules.start
+            failed_before = snapshot.smallest_failed_size
+            if failed_before is not None and attempt.size > rules.min_size:
+                assert attempt.size < failed_before
+            if needs(attempt.size) <= available:
+                snapshot = after_success(snapshot, attempt, needs(attempt.size))
+                break
+            retry, snapshot = after_oom(snapshot, attempt)
+            if retry is None:
+                assert attempt.size == rules.min_size
+                break
+            assert retry.size < attempt.size
+            attempt = dataclasses.replace(retry, available=available, measurable=True)
+        else:
+            pytest.fail(f"a call made more than start={rules.start} attempts")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.integers(min_value=1, max_value=500),
+    available=st.integers(min_value=10**3, max_value=10**9),
+    per_item=st.integers(min_value=1, max_value=10**7),
+    headroom=st.sampled_from([0.001, 0.03, 0.1]),
+)
+def test_on_linear_memory_a_measured_prediction_is_never_wrong(
+    start: int, available: int, per_item: int, headroom: float
+) -> None:
+    """Where memory is exactly linear and measured exactly, a positive headroom makes every
+    predicted size fit, and the prediction is the largest size within the margin."""
+    rules = SizingSettings(start=start, factor=0.5, min_size=1, regrow_after=None)
+    snapshot = AdaptiveBatchSnapshot.initial(dataclasses.replace(rules, headroom=headroom))
+    fits = available // per_item
+    for _ in range(3):
+        attempt, snapshot = choose_attempt(snapshot, available=available, measurable=True)
+        while attempt.size > fits:
+            retry, snapshot = after_oom(snapshot, attempt)
+            if retry is None:
+                return  # not even one item fits
+            attempt = dataclasses.replace(retry, available=available, measurable=True)
+        snapshot = after_success(snapshot, attempt, attempt.size * per_item)
+    assert snapshot.wrong_predictions == 0
+    expected = max(1, min(start, int(available * (1 - headroom) // per_item)))
+    if snapshot.smallest_failed_size is not None:
+        expected = min(expected, snapshot.smallest_failed_size - 1)
+    assert snapshot.predicted_size in (expected, expected - 1)  # float rounding at the edge
+    assert snapshot.predicted_size is not None
+    assert snapshot.predicted_size * per_item <= available
+
+
+def test_a_wrong_prediction_sets_the_floor_it_proves() -> None:
+    """An OOM at predicted size s with A bytes available proves an item needs more than A/s:
+    the floor; and the retry assumes 10 % more than what is known."""
+    snapshot = dataclasses.replace(
+        AdaptiveBatchSnapshot.initial(SizingSettings(100, 0.5, 1, None, headroom=0.0)),
+        memory_per_item=10.0,
+    )
+    attempt, snapshot = choose_attempt(snapshot, available=1000, measurable=True)
+    assert (attempt.size, attempt.predicted) == (100, True)
+    retry, snapshot = after_oom(snapshot, attempt)
+    assert snapshot.memory_per_item_floor == 10.0
+    assert snapshot.wrong_predictions == 1
+    # 1000 bytes / (10 bytes * 1.1) = 90.9 -> 90.
+    assert retry is not None
+    assert retry.size == 90
+    assert retry.predicted
+    snapshot = after_success(snapshot, replace_available(retry, 1000), 90 * 10)
+    assert snapshot.wrong_predictions_in_a_row == 0
+    attempt, snapshot = choose_attempt(snapshot, available=1000, measurable=True)
+    assert attempt.size == 99  # below the failed 100, at the floor of 10 bytes an item
+
+
+def test_the_probe_is_halfway_on_a_log_scale() -> None:
+    """After an OOM with nothing learned on a measurable device, the retry is a probe at
+    isqrt(min_size * failed size)."""
+    snapshot = AdaptiveBatchSnapshot.initial(SizingSettings(128, 0.5, 2, None))
+    attempt, snapshot = choose_attempt(snapshot, available=10**9, measurable=True)
+    retry, snapshot = after_oom(snapshot, attempt)
+    assert retry is not None
+    assert (retry.size, retry.probe) == (16, True)  # isqrt(2 * 128)
+    unmeasured, _ = after_oom(
+        AdaptiveBatchSnapshot.initial(SizingSettings(128, 0.5, 2, None)), Attempt(128)
+    )
+    assert unmeasured is not None
+    assert (unmeasured.size, unmeasured.probe) == (64, False)
+
+
+def replace_available(attempt: Attempt, available: int) -> Attempt:
+    """``attempt`` as the search stamps it before calling: with the figures read then."""
+    return dataclasses.replace(attempt, available=available, measurable=True)

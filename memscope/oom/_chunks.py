@@ -2,7 +2,9 @@
 
 The size search is :mod:`memscope.oom._search`'s; this module says what an attempt is (the
 function on the next ``size`` items) and when the work is done (no items left), and checks
-and combines what the chunks return.
+and combines what the chunks return. Chunks are counted in items, or, with a memory model,
+sized by memory: the unit of work is then one byte the model estimates, so a chunk of large
+images holds fewer of them than a chunk of small ones.
 """
 
 from __future__ import annotations
@@ -14,12 +16,20 @@ from typing import Any, cast
 import torch
 
 from memscope import _context as context
-from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from memscope._validation import check_image_size, check_int
+from memscope.estimation import DEFAULT_HEADROOM, ChunkMemoryModel
+from memscope.exceptions import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MemoryFiguresUnavailableError,
+)
 from memscope.manager import MemoryManager
 from memscope.oom._options import SizingOptions
 from memscope.oom._search import Call, SizeSearch, run_search, run_search_async
-from memscope.oom._state import AdaptiveBatchState, Attempt
+from memscope.oom._state import AdaptiveBatchState, Attempt, CountedWork, Work
 from memscope.typing import Combine, DeviceLike
+
+ImageSize = Callable[[Any], tuple[int, int]]
 
 __all__ = ["process_in_chunks", "process_in_chunks_async"]
 
@@ -85,6 +95,74 @@ def _combined(results: list[Any], combine: Combine) -> Any:
     return [item for result in results for item in result]
 
 
+class _MemorySizing:
+    """How much memory chunks of ``items`` need, by a memory model and each item's image size.
+
+    Image sizes are read as they are first needed, so a chunk never asks for more of them
+    than about twice its own length.
+    """
+
+    def __init__(self, model: ChunkMemoryModel, items: Any, image_size: ImageSize) -> None:
+        self.model = model
+        self.items = items
+        self.image_size = image_size
+        self.sizes: list[tuple[int, int]] = []
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        while len(self.sizes) <= index:
+            position = len(self.sizes)
+            self.sizes.append(
+                check_image_size(
+                    self.image_size(self.items[position]), f"image_size(items[{position}])"
+                )
+            )
+        return self.sizes[index]
+
+    def bytes_of(self, position: int, count: int) -> int:
+        """What the model says a chunk of ``count`` items from ``position`` needs."""
+        if count <= 0:
+            return 0
+        sizes = [self.size_of(index) for index in range(position, position + count)]
+        return int(self.model.estimate_chunk(sizes))
+
+
+class _MemoryWork:
+    """The items left, measured in the bytes the model estimates for them."""
+
+    prior_memory_per_unit = 1.0
+    """Before anything is measured, the model is taken at its word."""
+
+    def __init__(self, sizing: _MemorySizing, position: int, left: int) -> None:
+        self.sizing = sizing
+        self.position = position
+        self.limit: int | None = left
+
+    def units_of(self, size: int) -> int:
+        return self.sizing.bytes_of(self.position, size)
+
+    def largest_within(self, units: float) -> int:
+        left = self.limit or 0
+        if left == 0 or self.units_of(1) > units:
+            return 0
+        # Gallop to a length that no longer fits (or the end), then bisect: the estimate
+        # grows with the length, and only the image sizes up to about twice the answer are
+        # read.
+        fits, too_long = 1, 2
+        while too_long <= left and self.units_of(too_long) <= units:
+            fits, too_long = too_long, too_long * 2
+        if too_long > left:
+            if self.units_of(left) <= units:
+                return left
+            too_long = left
+        while too_long - fits > 1:
+            middle = (fits + too_long) // 2
+            if self.units_of(middle) <= units:
+                fits = middle
+            else:
+                too_long = middle
+        return fits
+
+
 class _ChunkSearch(SizeSearch[Any]):
     """The search over the chunks of one ``process_in_chunks`` call."""
 
@@ -96,25 +174,22 @@ class _ChunkSearch(SizeSearch[Any]):
         total: int,
         combine: Combine,
         options: SizingOptions,
+        sizing: _MemorySizing | None,
     ) -> None:
-        batch = context.active_batch.get()
-        settings = options.settings
+        batch = context.current()
         super().__init__(
             name=name,
             # What is learned lasts for this call: the next call may get other items.
-            state=AdaptiveBatchState(
-                start=settings.start,
-                factor=settings.factor,
-                min_size=settings.min_size,
-                regrow_after=settings.regrow_after,
-            ),
+            state=AdaptiveBatchState._from_settings(options.settings),
             manager=options.manager_for(batch),
             batch=batch,
+            figures=sizing is not None,
         )
         self.function = function
         self.items = items
         self.total = total
         self.combine = combine
+        self.sizing = sizing
         self.position = 0
         self.results: list[Any] = []
 
@@ -137,8 +212,58 @@ class _ChunkSearch(SizeSearch[Any]):
     def _items_left(self) -> int:
         return self.total - self.position
 
+    def _work(self) -> Work:
+        if self.sizing is None:
+            return CountedWork(self._items_left())
+        return _MemoryWork(self.sizing, self.position, self._items_left())
+
+    def _check_reading(self, available: int | None) -> None:
+        if self.sizing is not None and available is None and not self.sizes:
+            raise MemoryFiguresUnavailableError(
+                f"{self.name}: chunks sized by memory_model need the memory available on "
+                f"{self.manager.resolved_device}, which it does not report; use a manager "
+                "with a budget (MemoryManager(device, budget=...)) or, on the CPU, host=True"
+            )
+
     def _where(self) -> str:
         return f" for the chunk at item {self.position} (of {self.total})"
+
+
+def _check_memory_sizing(
+    memory_model: object, image_size: object, items: Any
+) -> tuple[ChunkMemoryModel, ImageSize] | None:
+    """The memory model and the way to read each item's image size, checked; ``None`` when
+    chunks are counted in items."""
+    if memory_model is None:
+        if image_size is not None:
+            raise InvalidArgumentError(
+                f"image_size is used only with memory_model, got image_size={image_size!r} "
+                "and no memory_model"
+            )
+        return None
+    if not callable(getattr(memory_model, "estimate_chunk", None)):
+        raise InvalidArgumentTypeError(
+            "memory_model must have an estimate_chunk(image_sizes) method (an "
+            "ImageMemoryModel or a CalibratedImageMemoryModel), got "
+            f"{memory_model!r}"
+        )
+    if image_size is None:
+        if isinstance(items, torch.Tensor) and items.dim() >= 3:
+            return cast(ChunkMemoryModel, memory_model), _tensor_image_size
+        raise InvalidArgumentTypeError(
+            "memory_model needs image_size=, a function from an item to its (width, height), "
+            "to size chunks of a sequence by memory (for a tensor of images, (N, ..., H, W), "
+            "it reads the last two dimensions)"
+        )
+    if not callable(image_size):
+        raise InvalidArgumentTypeError(
+            f"image_size must be a function from an item to its (width, height), got {image_size!r}"
+        )
+    return cast(ChunkMemoryModel, memory_model), cast(ImageSize, image_size)
+
+
+def _tensor_image_size(item: torch.Tensor) -> tuple[int, int]:
+    return int(item.shape[-1]), int(item.shape[-2])
 
 
 def _chunk_search(
@@ -150,6 +275,10 @@ def _chunk_search(
     factor: object,
     min_size: object,
     regrow_after: object,
+    headroom: object,
+    measure: object,
+    memory_model: object,
+    image_size: object,
     combine: object,
     manager: object,
     device: DeviceLike,
@@ -158,11 +287,21 @@ def _chunk_search(
 
     With ``awaited``, the search's attempts return awaitables, for the async driver.
     """
+    if start is None:
+        if memory_model is None:
+            raise InvalidArgumentTypeError(
+                "process_in_chunks needs start= (the first chunk's length in items) or "
+                "memory_model= (to size chunks by memory)"
+            )
+        # Sized by memory without a cap, a chunk may hold every item.
+        start = max(_check_items(items), check_int(min_size, "min_size", minimum=1))
     options = SizingOptions.checked(
         start=start,
         factor=factor,
         min_size=min_size,
         regrow_after=regrow_after,
+        headroom=headroom,
+        measure=measure,
         manager=manager,
         device=device,
     )
@@ -170,19 +309,25 @@ def _chunk_search(
     if not callable(function):
         raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
     total = _check_items(items)
+    memory = _check_memory_sizing(memory_model, image_size, items)
+    sizing = None if memory is None else _MemorySizing(memory[0], items, memory[1])
     name = getattr(function, "__qualname__", repr(function))
     attempt = _awaiting(function) if awaited else function
-    return _ChunkSearch(name, attempt, items, total, checked_combine, options)
+    return _ChunkSearch(name, attempt, items, total, checked_combine, options, sizing)
 
 
 def process_in_chunks(
     function: Callable[[Any], Any],
     items: Any,
     *,
-    start: int,
+    start: int | None = None,
     factor: float = 0.5,
     min_size: int = 1,
     regrow_after: int | None = None,
+    headroom: float = DEFAULT_HEADROOM,
+    measure: bool = True,
+    memory_model: ChunkMemoryModel | None = None,
+    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine = "concat",
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
@@ -190,13 +335,31 @@ def process_in_chunks(
     """Call ``function(chunk)`` on consecutive slices of ``items``; shrink them on OOM.
 
     ``items`` is a sequence (list, tuple) or a tensor (sliced along its first dimension).
-    Chunks start ``start`` items long. When a chunk runs out of memory, its memory is freed
-    and the same chunk is retried shorter (``int(size * factor)``, never below
-    ``min_size``), and the rest continue at that size: no item is skipped, and every item is
-    in exactly one chunk that succeeded. (A call that failed may have done part of its work
-    before running out of memory; its result is dropped.) ``regrow_after``, ``manager`` and
-    ``device`` work as for :func:`~memscope.adaptive_batch`; what is learned lasts for this
-    call.
+    The first chunk is ``start`` items long. Later chunks are sized as
+    :func:`~memscope.adaptive_batch` sizes its calls: from the memory each chunk was measured
+    to need, per item, and the memory the device has available (less ``headroom``), where the
+    device can be measured; by ``factor`` elsewhere or with ``measure=False``. When a chunk
+    runs out of memory, its memory is freed and the same chunk is retried shorter (never
+    below ``min_size``), and the rest continue from what was learned: no item is skipped, and
+    every item is in exactly one chunk that succeeded. (A call that failed may have done part
+    of its work before running out of memory; its result is dropped.) ``regrow_after``,
+    ``manager`` and ``device`` work as for :func:`~memscope.adaptive_batch`; what is learned
+    lasts for this call.
+
+    **Chunks sized by memory.** With ``memory_model`` (an
+    :class:`~memscope.ImageMemoryModel`, or a
+    :class:`~memscope.estimation.CalibratedImageMemoryModel` from
+    :func:`~memscope.estimation.calibrate`), chunks are sized by the memory the model says
+    their images need, not by a count: each chunk is the longest run of the next items whose
+    estimate fits in the memory available (less ``headroom``), so one 2048x2048 image and
+    sixteen 512x512 images are each one chunk. ``image_size(item)`` gives an item's
+    ``(width, height)``; for a tensor of images it defaults to its last two dimensions.
+    ``start``, if given, caps a chunk's length. Once a chunk is measured, its measured memory
+    over the model's estimate scales the estimates of the next ones; a chunk that runs out
+    of memory shrinks them. An item whose estimate alone exceeds what is available is a
+    chunk by itself. The memory available must be known: a device that reports it, or a
+    manager with a budget (or, on the CPU, ``host=True``); otherwise
+    :class:`~memscope.exceptions.MemoryFiguresUnavailableError` is raised before any call.
 
     How the results of the chunks come back, by ``combine``:
 
@@ -229,6 +392,10 @@ def process_in_chunks(
         factor=factor,
         min_size=min_size,
         regrow_after=regrow_after,
+        headroom=headroom,
+        measure=measure,
+        memory_model=memory_model,
+        image_size=image_size,
         combine=combine,
         manager=manager,
         device=device,
@@ -255,10 +422,14 @@ def process_in_chunks_async(
     function: Callable[[Any], Awaitable[Any]],
     items: Any,
     *,
-    start: int,
+    start: int | None = None,
     factor: float = 0.5,
     min_size: int = 1,
     regrow_after: int | None = None,
+    headroom: float = DEFAULT_HEADROOM,
+    measure: bool = True,
+    memory_model: ChunkMemoryModel | None = None,
+    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine = "concat",
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
@@ -276,6 +447,10 @@ def process_in_chunks_async(
         factor=factor,
         min_size=min_size,
         regrow_after=regrow_after,
+        headroom=headroom,
+        measure=measure,
+        memory_model=memory_model,
+        image_size=image_size,
         combine=combine,
         manager=manager,
         device=device,

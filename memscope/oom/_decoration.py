@@ -25,6 +25,7 @@ from typing import (
 import wrapt
 
 from memscope import _context as context
+from memscope.estimation import DEFAULT_HEADROOM
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
 from memscope.oom._options import SizingOptions
@@ -102,18 +103,12 @@ class _AdaptiveRunner:
         self.signature = signature
         self.name = name
         self.is_async = is_async
-        settings = options.settings
-        self.state = AdaptiveBatchState(
-            start=settings.start,
-            factor=settings.factor,
-            min_size=settings.min_size,
-            regrow_after=settings.regrow_after,
-        )
+        self.state = AdaptiveBatchState._from_settings(options.settings)
 
     def __call__(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         # Checked at the call, so an async function's misuse fails before any coroutine exists.
         self.signature.check_call(self.name, args, kwargs)
-        batch = context.active_batch.get()
+        batch = context.current()
         search = _AdaptiveCall(
             wrapped,
             args,
@@ -380,6 +375,8 @@ def adaptive_batch(
     factor: float = 0.5,
     min_size: int = 1,
     regrow_after: int | None = None,
+    headroom: float = DEFAULT_HEADROOM,
+    measure: bool = True,
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
 ) -> AdaptiveBatchDecorator:
@@ -394,22 +391,46 @@ def adaptive_batch(
 
         colorize(images)            # runs colorize(32, images), or less if memory runs out
 
-    On an out-of-memory error (see :func:`~memscope.is_oom_error`) the failed call's memory
-    is freed (its frames released, ``gc.collect()``, the manager's ``clear_cache()``) and
-    the call is retried at ``int(size * factor)`` (always smaller, never below
-    ``min_size``). The size that worked is kept for later calls. When ``min_size`` fails
-    too, :class:`~memscope.BatchSizeExhaustedError` naming the sizes tried is raised from
-    the last out-of-memory error, with a note of the device's memory figures. Other
-    exceptions pass through unchanged.
+    **Sizing from measurement.** Around each successful call memscope resets the device's
+    peak memory statistics and reads the peak after: its rise over the memory in use before,
+    divided by the batch size, is the memory per item. From it and the memory the device has
+    available, the next call runs at the largest size predicted to fit with ``headroom`` of
+    the available memory left unused: never above ``start``, never at or above a size that
+    ran out of memory. The first call runs at ``start``; if that runs out of memory before
+    anything was measured, a small size is tried next (halfway between ``min_size`` and the
+    failed size on a log scale) to measure, instead of halving step by step. A predicted
+    size that runs out of memory anyway is a wrong prediction: the prediction shrinks (the
+    more the more often it happens in a row) and is retried. What was learned is in
+    ``adaptive_state`` (``memory_per_item``, ``predicted_size``, ``wrong_predictions``).
+    Measuring needs peak statistics: CUDA and other accelerators have them; on the CPU, a
+    manager that watches the host (``host=True`` or a budget) measures the process's peak
+    resident memory on Linux. Elsewhere (MPS, the CPU without host monitoring), or with
+    ``measure=False``, sizes are searched by ``factor`` instead.
+
+    **By factor.** On an out-of-memory error (see :func:`~memscope.is_oom_error`) the failed
+    call's memory is freed (its frames released, ``gc.collect()``, the manager's
+    ``clear_cache()``) and the call is retried at ``int(size * factor)`` (always smaller,
+    never below ``min_size``). The size that worked is kept for later calls.
+
+    Either way, when ``min_size`` fails too, :class:`~memscope.BatchSizeExhaustedError`
+    naming the sizes tried is raised from the last out-of-memory error, with a note of the
+    device's memory figures. Other exceptions pass through unchanged.
 
     Args:
         start: the first batch size, and the largest ever used (an int >= 1); required.
-        factor: what a size is multiplied by after an out-of-memory error (0 < factor < 1).
+        factor: what a size is multiplied by after an out-of-memory error where nothing is
+            measured (0 < factor < 1).
         min_size: the smallest batch size tried (1 <= min_size <= start).
         regrow_after: after this many successes in a row at a reduced size, try a larger
-            one (``size / factor``, at most ``start``). If that runs out of memory, the
-            smaller size is used again and the next attempt at the larger one waits twice
-            as long. ``None`` (the default) never grows.
+            one (by factor: ``size / factor``, at most ``start``; from measurement: the
+            predicted size past the smallest size that failed). If that runs out of memory,
+            the smaller size is used again and the next attempt waits twice as long.
+            ``None`` (the default) never grows by factor, and keeps predictions below the
+            smallest size that failed.
+        headroom: the share of the available memory predicted sizes leave unused
+            (0 <= headroom < 1; default 0.03, see :data:`memscope.estimation.DEFAULT_HEADROOM`).
+        measure: size from measured memory where the device can be measured (the default);
+            ``False`` searches by factor only and never touches the peak statistics.
         manager: the MemoryManager whose cache is cleared. Without one, calls inside a
             ``managed_batch`` use the batch's manager, and others share one default
             manager per ``device``, made at the first call.
@@ -436,6 +457,8 @@ def adaptive_batch(
             factor=factor,
             min_size=min_size,
             regrow_after=regrow_after,
+            headroom=headroom,
+            measure=measure,
             manager=manager,
             device=device,
         )

@@ -1,7 +1,8 @@
 """The options of ``@adaptive_batch`` and ``process_in_chunks``, checked once, up front.
 
-Both take the same sizing options (``start``, ``factor``, ``min_size``, ``regrow_after``) and
-the same choice of where memory is freed (``manager`` or ``device``). They are checked when
+Both take the same sizing options (``start``, ``factor``, ``min_size``, ``regrow_after``,
+``headroom``, ``measure``) and the same choice of where memory is freed (``manager`` or
+``device``). They are checked when
 decorating (or when ``process_in_chunks`` is called), so a bad value fails before any work
 is done, with the parameter and the value named.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from memscope import _context as context
 from memscope._devices import as_torch_device
 from memscope._validation import check_int
+from memscope.estimation import DEFAULT_HEADROOM, check_headroom
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import MemoryManager
 from memscope.typing import DeviceLike
@@ -24,16 +26,26 @@ __all__: list[str] = []
 
 @dataclass(frozen=True, slots=True)
 class SizingSettings:
-    """How sizes are searched: where to start, how fast to shrink, the floor, regrowth."""
+    """How sizes are searched: where to start, how fast to shrink, the floor, regrowth, and
+    whether (and with what margin) sizes are predicted from measured memory."""
 
     start: int
     factor: float
     min_size: int
     regrow_after: int | None
+    headroom: float = DEFAULT_HEADROOM
+    measure: bool = True
 
     @classmethod
     def checked(
-        cls, *, start: object, factor: object, min_size: object, regrow_after: object
+        cls,
+        *,
+        start: object,
+        factor: object,
+        min_size: object,
+        regrow_after: object,
+        headroom: object = DEFAULT_HEADROOM,
+        measure: object = True,
     ) -> SizingSettings:
         """The settings, or an error naming the first bad one."""
         start_size = check_int(start, "start", minimum=1)
@@ -55,7 +67,12 @@ class SizingSettings:
         interval = (
             None if regrow_after is None else check_int(regrow_after, "regrow_after", minimum=1)
         )
-        return cls(start_size, shrink, smallest, interval)
+        margin = check_headroom(headroom)
+        if not isinstance(measure, bool):
+            raise InvalidArgumentTypeError(
+                f"measure must be True or False, got {measure!r} of type {type(measure).__name__}"
+            )
+        return cls(start_size, shrink, smallest, interval, margin, measure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +93,17 @@ class SizingOptions:
         regrow_after: object,
         manager: object,
         device: DeviceLike,
+        headroom: object = DEFAULT_HEADROOM,
+        measure: object = True,
     ) -> SizingOptions:
         """The options, or an error naming the first bad one."""
         settings = SizingSettings.checked(
-            start=start, factor=factor, min_size=min_size, regrow_after=regrow_after
+            start=start,
+            factor=factor,
+            min_size=min_size,
+            regrow_after=regrow_after,
+            headroom=headroom,
+            measure=measure,
         )
         if manager is not None and not isinstance(manager, MemoryManager):
             raise InvalidArgumentTypeError(

@@ -14,7 +14,9 @@ A driver asks the search what to do, does it, and hands back the outcome:
 
 Every decision, and the recovery between attempts, happens in :meth:`SizeSearch.decide`,
 which a driver calls outside any ``except`` block: there the failed attempt's memory can
-really be freed.
+really be freed. So does the measuring (:mod:`memscope.oom._measure`): the figures are read
+and the peak reset as the step that makes an attempt ends, and the peak is read as the next
+step begins, so nothing but the attempt runs in between.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, NoReturn, TypeVar
 
 from memscope import _context as context
@@ -35,7 +37,8 @@ from memscope.oom._detection import (
     recover_from_oom,
 )
 from memscope.oom._diagnosis import add_oom_note
-from memscope.oom._state import AdaptiveBatchState, Attempt
+from memscope.oom._measure import AttemptMeter
+from memscope.oom._state import AdaptiveBatchState, Attempt, CountedWork, Work
 
 __all__: list[str] = []
 
@@ -66,7 +69,8 @@ class SizeSearch(ABC, Generic[Result]):
     ``state`` is what the sizes learned are kept in (the decorated function's, shared by its
     calls; or the chunked run's own). ``batch`` is the ``managed_batch`` active when the run
     began, if any: it hears of every finished item, every out-of-memory error and every
-    cleanup.
+    cleanup. With the state's ``measure`` on, each attempt is measured through ``manager``;
+    ``figures`` reads what the device has available even when nothing is measured.
     """
 
     def __init__(
@@ -76,11 +80,13 @@ class SizeSearch(ABC, Generic[Result]):
         state: AdaptiveBatchState,
         manager: MemoryManager,
         batch: context.ActiveBatch | None,
+        figures: bool = False,
     ) -> None:
         self.name = name
         self.state = state
         self.manager = manager
         self.batch = batch
+        self.meter = AttemptMeter(manager, batch, measure=state.measure, figures=figures)
         # The sizes this run attempted, in order, a size repeated only after another.
         self.sizes: list[int] = []
         self._attempt: Attempt | None = None
@@ -111,6 +117,13 @@ class SizeSearch(ABC, Generic[Result]):
     def _where(self) -> str:
         """Where in the work the run is, for the exhausted error (``""`` or `` for ...``)."""
 
+    def _work(self) -> Work:
+        """What is left, as the sizing rules see it: items, unless a subclass says otherwise."""
+        return CountedWork(self._items_left())
+
+    def _check_reading(self, available: int | None) -> None:
+        """Refuse to go on without figures the subclass needs; by default none are needed."""
+
     # The decision step.
 
     def start(self) -> Call | Finish[Result]:
@@ -130,17 +143,27 @@ class SizeSearch(ABC, Generic[Result]):
             raise RuntimeError("SizeSearch.decide() follows an attempt that start() asked for")
         self._attempt = None
         if isinstance(outcome, CaughtOom):
+            self.meter.abandon()
             return self._attempt_at(self._retry_after(attempt, outcome.error))
+        # First, before anything else allocates: the peak the attempt reached.
+        used = self.meter.finish()
         self._accept(attempt, outcome)
-        self.state._record_success(attempt)
+        self.state._record_success(attempt, used)
         if self.batch is not None:
             self.batch._record_items(attempt.size)
         return self._next()
 
+    def close(self) -> None:
+        """The run is over (finished, given up, or left by an exception): stop measuring."""
+        self.meter.abandon()
+
     def _next(self) -> Call | Finish[Result]:
         if self._finished():
             return Finish(self._result())
-        return self._attempt_at(self.state._choose(self._items_left()))
+        reading = self.meter.start()
+        self._check_reading(reading.available)
+        attempt = self.state._choose(self._work(), reading.available, reading.measurable)
+        return self._attempt_at(attempt)
 
     def _attempt_at(self, attempt: Attempt) -> Call:
         if not self.sizes or self.sizes[-1] != attempt.size:
@@ -149,7 +172,7 @@ class SizeSearch(ABC, Generic[Result]):
         return self._call(attempt.size)
 
     def _retry_after(self, attempt: Attempt, error: BaseException) -> Attempt:
-        retry, reduced = self.state._record_oom(attempt)
+        retry, reduced = self.state._record_oom(attempt, self._work())
         if self.batch is not None:
             self.batch._record_oom(error, retried=retry is not None, batch_size_reduced=reduced)
         if retry is None:
@@ -159,15 +182,30 @@ class SizeSearch(ABC, Generic[Result]):
                 "%s: out of memory trying to grow the batch size to %d; back to %d",
                 self.name,
                 attempt.size,
-                retry,
+                retry.size,
+            )
+        elif attempt.predicted:
+            logger.warning(
+                "%s: out of memory at the predicted batch size %d (wrong prediction %d); "
+                "retrying at %d",
+                self.name,
+                attempt.size,
+                self.state.wrong_predictions,
+                retry.size,
             )
         else:
+            how = " to measure" if retry.probe else ""
             logger.warning(
-                "%s: out of memory at batch size %d; retrying at %d", self.name, attempt.size, retry
+                "%s: out of memory at batch size %d; retrying at %d%s",
+                self.name,
+                attempt.size,
+                retry.size,
+                how,
             )
         recover_from_oom(error, self.manager, self.batch)
-        left = self._items_left()
-        return Attempt(retry if left is None else min(retry, left))
+        # The retry's figures are read after the recovery, which freed the failed attempt's.
+        reading = self.meter.start()
+        return replace(retry, available=reading.available, measurable=reading.measurable)
 
     def _raise_exhausted(self, error: BaseException) -> NoReturn:
         tried = ", ".join(str(size) for size in self.sizes)
@@ -190,22 +228,28 @@ class SizeSearch(ABC, Generic[Result]):
 
 def run_search(search: SizeSearch[Result]) -> Result:
     """Make the attempts ``search`` decides on, until it finishes or gives up."""
-    step = search.start()
-    while isinstance(step, Call):
-        outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
-        # The attempt's arguments (a chunk, say) are let go before memory is freed.
-        del step
-        step = search.decide(outcome)
-        del outcome
-    return step.result
+    try:
+        step = search.start()
+        while isinstance(step, Call):
+            outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
+            # The attempt's arguments (a chunk, say) are let go before memory is freed.
+            del step
+            step = search.decide(outcome)
+            del outcome
+        return step.result
+    finally:
+        search.close()
 
 
 async def run_search_async(search: SizeSearch[Result]) -> Result:
     """:func:`run_search` for attempts that return awaitables: awaits each."""
-    step = search.start()
-    while isinstance(step, Call):
-        outcome = await call_catching_oom_async(step.function, *step.arguments, **step.keywords)
-        del step
-        step = search.decide(outcome)
-        del outcome
-    return step.result
+    try:
+        step = search.start()
+        while isinstance(step, Call):
+            outcome = await call_catching_oom_async(step.function, *step.arguments, **step.keywords)
+            del step
+            step = search.decide(outcome)
+            del outcome
+        return step.result
+    finally:
+        search.close()

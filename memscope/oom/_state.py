@@ -1,19 +1,42 @@
 """What a size search has learned: one frozen snapshot, replaced whole under a lock.
 
-The search's rules are pure functions from a snapshot (and the attempt just made) to the next
-snapshot: which size to try, what a success teaches, what an out-of-memory error teaches.
-:class:`AdaptiveBatchState` holds the current snapshot and swaps in the next one under its
-lock, so concurrent calls never lose an update, and a reader (who needs no lock: reading one
-reference is atomic) always sees figures that belong together.
+The search's rules are pure functions from a snapshot (and the attempt just made, and what
+the device said before it) to the next snapshot: which size to try, what a success teaches,
+what an out-of-memory error teaches. :class:`AdaptiveBatchState` holds the current snapshot
+and swaps in the next one under its lock, so concurrent calls never lose an update, and a
+reader (who needs no lock: reading one reference is atomic) always sees figures that belong
+together.
+
+Two ways to choose a size, by what is known:
+
+* **From measurement.** Once a success has shown how much memory each unit of work adds
+  (``memory_per_item``), and the device says how much is available, the next size is the
+  largest whose predicted memory fits in the available memory less ``headroom``: never above
+  ``start``, never at or above a size that ran out of memory. A prediction that runs out of
+  memory anyway is a wrong prediction. It proves that an item needs more than the available
+  memory over the failed size, a floor under the memory per item that later predictions
+  respect (``memory_per_item_floor``); the retry is predicted again, with the memory per item
+  raised a little more for each wrong prediction in a row, so that a large miss is closed in
+  a few steps.
+  Before anything is learned, an out-of-memory error on a device whose peaks can be measured
+  is followed by a probe: a small size (halfway between ``min_size`` and the failed size on
+  a log scale), to measure.
+* **By factor**, where nothing can be measured: after an out-of-memory error, ``size *
+  factor``; after ``regrow_after`` successes, ``size / factor``.
+
+What a "unit" is belongs to the search (:class:`Work`): one item for ``@adaptive_batch`` and
+chunks counted in items, one estimated byte for chunks sized by a memory model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, fields, replace
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
+from memscope.estimation import DEFAULT_HEADROOM
 from memscope.oom._options import SizingSettings
 
 __all__ = ["AdaptiveBatchSnapshot", "AdaptiveBatchState"]
@@ -21,6 +44,12 @@ __all__ = ["AdaptiveBatchSnapshot", "AdaptiveBatchState"]
 logger = logging.getLogger("memscope")
 
 Value = TypeVar("Value")
+
+WRONG_PREDICTION_STEP = 0.1
+"""During a run of wrong predictions, predictions assume this much more memory per unit than
+is known, doubling with each one in a row: 10 %, 30 %, 70 %, 150 %, ... more. A small miss
+costs little, and a large one is closed in a few steps. The first prediction that works ends
+the run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +61,15 @@ class AdaptiveBatchSnapshot:
     """
 
     start: int
-    """The first size tried, and the largest regrowth ever goes to."""
+    """The first size tried, and the largest ever used."""
     factor: float
-    """What a size is multiplied by after an out-of-memory error."""
+    """What a size is multiplied by after an out-of-memory error, where nothing is measured."""
     min_size: int
     """The smallest size tried."""
     regrow_after: int | None
     """Successes in a row after which a larger size is tried; ``None``: never."""
     current_size: int
-    """The size the next call starts with (unless it tries to regrow)."""
+    """The size in use: the last prediction, or the size the next call starts with."""
     sizes_tried: tuple[int, ...] = ()
     """Every size tried so far, each once, in the order first tried."""
     successes: int = 0
@@ -48,16 +77,38 @@ class AdaptiveBatchSnapshot:
     oom_count: int = 0
     """Out-of-memory errors caught, regrowth attempts included."""
     reductions: int = 0
-    """How often ``current_size`` went down."""
+    """How often an out-of-memory error made ``current_size`` go down."""
     regrowths: int = 0
-    """How often ``current_size`` went up after a run of successes."""
+    """How often the size went up after a run of successes (past a size that had failed)."""
     failed_regrowths: int = 0
     """Regrowth attempts that ran out of memory (and went back to the smaller size)."""
     successes_in_a_row: int = 0
-    """Successes at ``current_size`` since it last changed or memory last ran out."""
+    """Successes since memory last ran out (by factor: at ``current_size``, since it changed)."""
     failed_regrowth_sizes: tuple[int, ...] = ()
     """The size of each failed regrowth attempt, in order; each one doubles the wait before
-    the next attempt at that size."""
+    the next attempt (by factor: at that size)."""
+    headroom: float = DEFAULT_HEADROOM
+    """The share of the available memory that predicted sizes leave unused."""
+    measure: bool = True
+    """Whether sizes are predicted from measured memory where the device can be measured."""
+    memory_per_item: float | None = None
+    """Bytes one item added to the peak, as last measured; ``None``: nothing measured yet."""
+    measurements: int = 0
+    """Successes whose peak memory was measured (and taught ``memory_per_item``)."""
+    predicted_size: int | None = None
+    """The size of the last attempt chosen from a prediction; ``None``: none yet."""
+    predictions: int = 0
+    """Attempts whose size came from a prediction."""
+    wrong_predictions: int = 0
+    """Predicted sizes that ran out of memory."""
+    wrong_predictions_in_a_row: int = 0
+    """Wrong predictions since the last predicted size that worked."""
+    memory_per_item_floor: float | None = None
+    """The least memory per item that the wrong predictions prove (the available memory at
+    each, over its size); predictions never assume less. ``None``: no wrong prediction."""
+    smallest_failed_size: int | None = None
+    """The smallest size that ran out of memory; predictions stay below it (with
+    ``regrow_after``, a regrowth may try past it, and lifts it when it works)."""
 
     @classmethod
     def initial(cls, settings: SizingSettings) -> AdaptiveBatchSnapshot:
@@ -68,16 +119,73 @@ class AdaptiveBatchSnapshot:
             min_size=settings.min_size,
             regrow_after=settings.regrow_after,
             current_size=settings.start,
+            headroom=settings.headroom,
+            measure=settings.measure,
         )
+
+
+class Work(Protocol):
+    """What is left to do, as the rules see it: how sizes (attempt lengths) map onto units,
+    the measure of work that memory is learned per."""
+
+    @property
+    def limit(self) -> int | None:
+        """The longest attempt possible (the items left); ``None``: no limit."""
+        ...
+
+    @property
+    def prior_memory_per_unit(self) -> float | None:
+        """Bytes per unit to predict with before anything is measured; ``None``: unknown."""
+        ...
+
+    def units_of(self, size: int) -> int:
+        """The units an attempt of ``size`` covers."""
+        ...
+
+    def largest_within(self, units: float) -> int:
+        """The longest attempt (0 if none) that covers at most ``units`` units."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CountedWork:
+    """Work counted in items: a unit is an item, and nothing is known before measuring."""
+
+    limit: int | None = None
+    prior_memory_per_unit: None = None
+
+    def units_of(self, size: int) -> int:
+        return size
+
+    def largest_within(self, units: float) -> int:
+        return max(math.floor(units), 0)
+
+
+UNLIMITED = CountedWork()
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One size to try."""
+    """One size to try, and why."""
 
     size: int
     regrowing_from: int | None = None
     """The size that worked before, when this attempt tries a larger one."""
+    units: int | None = None
+    """The units of work it covers (``None``: ``size`` items)."""
+    predicted: bool = False
+    """Whether its size came from a prediction."""
+    probe: bool = False
+    """Whether it is a small size tried to measure, after an out-of-memory error."""
+    available: int | None = None
+    """Bytes the device had available just before it; ``None``: unknown."""
+    measurable: bool = False
+    """Whether its peak memory is measured."""
+
+    @property
+    def work_units(self) -> int:
+        """The units of work it covers."""
+        return self.size if self.units is None else self.units
 
 
 # The rules: pure functions of a snapshot. --------------------------------------------------
@@ -100,38 +208,144 @@ def _successes_needed_to_grow_to(snapshot: AdaptiveBatchSnapshot, size: int) -> 
     return snapshot.regrow_after << snapshot.failed_regrowth_sizes.count(size)
 
 
+def _successes_needed_to_pass_a_failure(snapshot: AdaptiveBatchSnapshot) -> int:
+    assert snapshot.regrow_after is not None
+    # Predicted sizes vary with the memory available, so the wait doubles with every failed
+    # regrowth, whatever its size.
+    return snapshot.regrow_after << min(snapshot.failed_regrowths, 32)
+
+
 def _with_tried(snapshot: AdaptiveBatchSnapshot, size: int) -> AdaptiveBatchSnapshot:
     if size in snapshot.sizes_tried:
         return snapshot
     return replace(snapshot, sizes_tried=(*snapshot.sizes_tried, size))
 
 
+def _memory_per_unit(snapshot: AdaptiveBatchSnapshot, work: Work) -> float | None:
+    """Bytes per unit to predict with: the measured figure (else the work's prior), never
+    below the floor the wrong predictions proved, raised during a run of them."""
+    measured = snapshot.memory_per_item
+    if measured is None:
+        measured = work.prior_memory_per_unit
+    known = [
+        value
+        for value in (measured, snapshot.memory_per_item_floor)
+        if value is not None and value > 0
+    ]
+    if not known:
+        return None
+    in_a_row = min(snapshot.wrong_predictions_in_a_row, 32)
+    return max(known) * (1.0 + WRONG_PREDICTION_STEP * ((1 << in_a_row) - 1))
+
+
+def _prediction(
+    snapshot: AdaptiveBatchSnapshot, work: Work, available: int | None, *, below_failure: bool
+) -> tuple[Attempt, int] | None:
+    """The predicted attempt and its size before the items left capped it; ``None`` when
+    nothing can be predicted. With ``below_failure``, it stays below the smallest size that
+    failed."""
+    if available is None:
+        return None
+    per_unit = _memory_per_unit(snapshot, work)
+    if per_unit is None:
+        return None
+    units = available * (1.0 - snapshot.headroom) / per_unit
+    ceiling = snapshot.smallest_failed_size
+    if below_failure and ceiling is not None:
+        units = min(units, ceiling - 1)
+    size = max(snapshot.min_size, min(work.largest_within(units), snapshot.start))
+    capped = size if work.limit is None else max(min(size, work.limit), 1)
+    attempt = Attempt(capped, units=work.units_of(capped), predicted=True, available=available)
+    return attempt, size
+
+
 def choose_attempt(
-    snapshot: AdaptiveBatchSnapshot, limit: int | None = None
+    snapshot: AdaptiveBatchSnapshot,
+    work: Work = UNLIMITED,
+    available: int | None = None,
+    measurable: bool = False,
 ) -> tuple[Attempt, AdaptiveBatchSnapshot]:
-    """The next attempt, and the snapshot that records it; ``limit`` caps the size (the
-    items left, for chunks)."""
+    """The next attempt, and the snapshot that records it.
+
+    ``work`` says what is left (for chunks, the items left cap the size); ``available`` is
+    what the device had available just before (``None``: unknown), and ``measurable`` whether
+    the attempt's peak will be measured.
+    """
+    predicted = _prediction(snapshot, work, available, below_failure=True)
+    if predicted is not None:
+        attempt, size = predicted
+        ceiling = snapshot.smallest_failed_size
+        if (
+            snapshot.regrow_after is not None
+            and ceiling is not None
+            and snapshot.successes_in_a_row >= _successes_needed_to_pass_a_failure(snapshot)
+        ):
+            beyond = _prediction(snapshot, work, available, below_failure=False)
+            assert beyond is not None
+            if beyond[0].work_units >= ceiling and beyond[0].size > attempt.size:
+                attempt = replace(beyond[0], regrowing_from=attempt.size)
+        attempt = replace(attempt, measurable=measurable)
+        chosen = replace(
+            snapshot,
+            current_size=size,
+            predicted_size=attempt.size,
+            predictions=snapshot.predictions + 1,
+        )
+        return attempt, _with_tried(chosen, attempt.size)
     current = snapshot.current_size
-    attempt = Attempt(current)
+    size, regrowing_from = current, None
     if snapshot.regrow_after is not None and current < snapshot.start:
         grown = _grown(snapshot, current)
         if snapshot.successes_in_a_row >= _successes_needed_to_grow_to(snapshot, grown):
-            attempt = Attempt(grown, regrowing_from=current)
-    if limit is not None and attempt.size > limit:
+            size, regrowing_from = grown, current
+    if work.limit is not None and size > work.limit:
         # A short tail proves nothing about a larger size, so it is never a regrowth.
-        attempt = Attempt(min(current, limit))
+        size, regrowing_from = min(current, work.limit), None
+    attempt = Attempt(
+        size,
+        regrowing_from=regrowing_from,
+        units=work.units_of(size),
+        available=available,
+        measurable=measurable,
+    )
     return attempt, _with_tried(snapshot, attempt.size)
 
 
-def after_success(snapshot: AdaptiveBatchSnapshot, attempt: Attempt) -> AdaptiveBatchSnapshot:
-    """What ``attempt`` completing teaches."""
+def after_success(
+    snapshot: AdaptiveBatchSnapshot, attempt: Attempt, used: int | None = None
+) -> AdaptiveBatchSnapshot:
+    """What ``attempt`` completing teaches; ``used`` is how far its peak rose above the memory
+    in use before it (``None``: not measured)."""
+    learned = snapshot
+    units = attempt.work_units
+    if used is not None and used > 0 and units > 0:
+        learned = replace(
+            snapshot, memory_per_item=used / units, measurements=snapshot.measurements + 1
+        )
     successes = snapshot.successes + 1
+    if attempt.predicted:
+        learned = replace(
+            learned,
+            successes=successes,
+            successes_in_a_row=snapshot.successes_in_a_row + 1,
+            wrong_predictions_in_a_row=0,
+        )
+        if attempt.regrowing_from is None:
+            return learned
+        # Past the smallest size that failed, and it worked: memory was freed meanwhile.
+        return replace(
+            learned,
+            current_size=attempt.size,
+            smallest_failed_size=None,
+            regrowths=snapshot.regrowths + 1,
+            successes_in_a_row=1,
+        )
     if attempt.regrowing_from is not None:
         if snapshot.current_size != attempt.regrowing_from:
             # Another call changed the size meanwhile; its news is fresher.
-            return replace(snapshot, successes=successes)
+            return replace(learned, successes=successes)
         return replace(
-            snapshot,
+            learned,
             successes=successes,
             current_size=attempt.size,
             regrowths=snapshot.regrowths + 1,
@@ -139,32 +353,92 @@ def after_success(snapshot: AdaptiveBatchSnapshot, attempt: Attempt) -> Adaptive
         )
     if attempt.size == snapshot.current_size:
         return replace(
-            snapshot, successes=successes, successes_in_a_row=snapshot.successes_in_a_row + 1
+            learned, successes=successes, successes_in_a_row=snapshot.successes_in_a_row + 1
         )
-    return replace(snapshot, successes=successes)
+    return replace(learned, successes=successes)
+
+
+def _probe_size(snapshot: AdaptiveBatchSnapshot, failed: int) -> int:
+    """A small size to measure at after ``failed`` ran out of memory with nothing learned:
+    halfway between ``min_size`` and ``failed`` on a log scale, so a probe that fails too is
+    followed by a smaller one and a few probes reach any size."""
+    probe = math.isqrt(snapshot.min_size * failed)
+    return max(snapshot.min_size, min(probe, failed - 1))
+
+
+def _corrected(snapshot: AdaptiveBatchSnapshot, attempt: Attempt) -> AdaptiveBatchSnapshot:
+    """The snapshot after the predicted ``attempt`` ran out of memory: a wrong prediction."""
+    floor = snapshot.memory_per_item_floor
+    units = attempt.work_units
+    if attempt.available is not None and units > 0:
+        # The attempt did not fit in what was available: each unit needs more than this.
+        proved = attempt.available / units
+        floor = proved if floor is None else max(floor, proved)
+    return replace(
+        snapshot,
+        wrong_predictions=snapshot.wrong_predictions + 1,
+        wrong_predictions_in_a_row=snapshot.wrong_predictions_in_a_row + 1,
+        memory_per_item_floor=floor,
+    )
 
 
 def after_oom(
-    snapshot: AdaptiveBatchSnapshot, attempt: Attempt
-) -> tuple[int | None, AdaptiveBatchSnapshot]:
-    """The size to retry at after ``attempt`` ran out of memory (``None``: no smaller size is
-    allowed), and the snapshot that records the error."""
-    failed = replace(snapshot, oom_count=snapshot.oom_count + 1, successes_in_a_row=0)
+    snapshot: AdaptiveBatchSnapshot, attempt: Attempt, work: Work = UNLIMITED
+) -> tuple[Attempt | None, AdaptiveBatchSnapshot]:
+    """The attempt to retry with after ``attempt`` ran out of memory (``None``: no smaller
+    size is allowed), and the snapshot that records the error. ``work`` is what is left
+    (the failed attempt's work, for the same chunk retried)."""
+    failed_units = attempt.work_units
+    ceiling = snapshot.smallest_failed_size
+    failed = replace(
+        snapshot,
+        oom_count=snapshot.oom_count + 1,
+        successes_in_a_row=0,
+        smallest_failed_size=failed_units if ceiling is None else min(ceiling, failed_units),
+    )
     if attempt.regrowing_from is not None:
         failed = replace(
             failed,
             failed_regrowths=failed.failed_regrowths + 1,
             failed_regrowth_sizes=(*failed.failed_regrowth_sizes, attempt.size),
         )
-        retry = min(attempt.regrowing_from, failed.current_size)
-        return retry, _with_tried(failed, retry)
-    shrunk = _shrunk(failed, attempt.size)
-    if shrunk is None:
+        back = attempt.regrowing_from
+        if not attempt.predicted:
+            back = min(back, failed.current_size)
+        back_attempt = _capped(
+            Attempt(back, units=work.units_of(back), predicted=attempt.predicted), work
+        )
+        return back_attempt, _with_tried(failed, back_attempt.size)
+    if attempt.size <= snapshot.min_size:
         return None, failed
-    if shrunk < failed.current_size:
-        failed = replace(failed, current_size=shrunk, reductions=failed.reductions + 1)
-    retry = min(shrunk, failed.current_size)
-    return retry, _with_tried(failed, retry)
+    retry: Attempt | None = None
+    if attempt.predicted:
+        failed = _corrected(failed, attempt)
+        predicted = _prediction(failed, work, attempt.available, below_failure=True)
+        if predicted is not None and predicted[0].size < attempt.size:
+            retry = predicted[0]
+    elif attempt.measurable and _memory_per_unit(failed, work) is None:
+        probe = _probe_size(failed, attempt.size)
+        retry = Attempt(probe, units=work.units_of(probe), probe=True)
+    if retry is None:
+        shrunk = _shrunk(failed, attempt.size)
+        assert shrunk is not None
+        if shrunk < failed.current_size:
+            failed = replace(failed, current_size=shrunk, reductions=failed.reductions + 1)
+        size = min(shrunk, failed.current_size)
+        retry = Attempt(size, units=work.units_of(size))
+    elif retry.size < failed.current_size:
+        failed = replace(failed, current_size=retry.size, reductions=failed.reductions + 1)
+    retry = _capped(retry, work)
+    return retry, _with_tried(failed, retry.size)
+
+
+def _capped(attempt: Attempt, work: Work) -> Attempt:
+    """``attempt``, no longer than the items left."""
+    if work.limit is None or attempt.size <= work.limit:
+        return attempt
+    size = max(work.limit, 1)
+    return replace(attempt, size=size, units=work.units_of(size), regrowing_from=None)
 
 
 # The state: the current snapshot, and a lock to replace it under. -------------------------
@@ -207,15 +481,19 @@ class AdaptiveBatchState:
     __slots__ = ("__weakref__", "_initial", "_lock", "_snapshot")
 
     start = _Learned[int]()
-    """The first size tried, and the largest regrowth ever goes to."""
+    """The first size tried, and the largest ever used."""
     factor = _Learned[float]()
-    """What a size is multiplied by after an out-of-memory error."""
+    """What a size is multiplied by after an out-of-memory error, where nothing is measured."""
     min_size = _Learned[int]()
     """The smallest size tried."""
     regrow_after = _Learned[int | None]()
     """Successes in a row after which a larger size is tried; ``None``: never."""
+    headroom = _Learned[float]()
+    """The share of the available memory that predicted sizes leave unused."""
+    measure = _Learned[bool]()
+    """Whether sizes are predicted from measured memory where the device can be measured."""
     current_size = _Learned[int]()
-    """The size the next call starts with (unless it tries to regrow)."""
+    """The size in use: the last prediction, or the size the next call starts with."""
     sizes_tried = _Learned[tuple[int, ...]]()
     """Every size tried so far, each once, in the order first tried."""
     successes = _Learned[int]()
@@ -223,28 +501,73 @@ class AdaptiveBatchState:
     oom_count = _Learned[int]()
     """Out-of-memory errors caught, regrowth attempts included."""
     reductions = _Learned[int]()
-    """How often ``current_size`` went down."""
+    """How often an out-of-memory error made ``current_size`` go down."""
     regrowths = _Learned[int]()
-    """How often ``current_size`` went up after a run of successes."""
+    """How often the size went up after a run of successes (past a size that had failed)."""
     failed_regrowths = _Learned[int]()
     """Regrowth attempts that ran out of memory (and went back to the smaller size)."""
+    memory_per_item = _Learned[float | None]()
+    """Bytes one item added to the peak, as last measured; ``None``: nothing measured yet."""
+    measurements = _Learned[int]()
+    """Successes whose peak memory was measured."""
+    predicted_size = _Learned[int | None]()
+    """The size of the last attempt chosen from a prediction; ``None``: none yet."""
+    predictions = _Learned[int]()
+    """Attempts whose size came from a prediction."""
+    wrong_predictions = _Learned[int]()
+    """Predicted sizes that ran out of memory."""
+    memory_per_item_floor = _Learned[float | None]()
+    """The least memory per item the wrong predictions prove; predictions never assume less."""
+    smallest_failed_size = _Learned[int | None]()
+    """The smallest size that ran out of memory; predictions stay below it."""
 
     def __init__(
-        self, *, start: int, factor: float = 0.5, min_size: int = 1, regrow_after: int | None = None
+        self,
+        *,
+        start: int,
+        factor: float = 0.5,
+        min_size: int = 1,
+        regrow_after: int | None = None,
+        headroom: float = DEFAULT_HEADROOM,
+        measure: bool = True,
     ) -> None:
         settings = SizingSettings.checked(
-            start=start, factor=factor, min_size=min_size, regrow_after=regrow_after
+            start=start,
+            factor=factor,
+            min_size=min_size,
+            regrow_after=regrow_after,
+            headroom=headroom,
+            measure=measure,
         )
         self._initial = AdaptiveBatchSnapshot.initial(settings)
         self._snapshot = self._initial
         self._lock = threading.Lock()
 
+    @classmethod
+    def _from_settings(cls, settings: SizingSettings) -> AdaptiveBatchState:
+        """A fresh state for settings already checked."""
+        return cls(
+            start=settings.start,
+            factor=settings.factor,
+            min_size=settings.min_size,
+            regrow_after=settings.regrow_after,
+            headroom=settings.headroom,
+            measure=settings.measure,
+        )
+
     def __repr__(self) -> str:
         snapshot = self._snapshot
+        learned = ""
+        if snapshot.memory_per_item is not None:
+            learned = (
+                f", memory_per_item={snapshot.memory_per_item:.0f}, "
+                f"predicted_size={snapshot.predicted_size}, "
+                f"wrong_predictions={snapshot.wrong_predictions}"
+            )
         return (
             f"AdaptiveBatchState(current_size={snapshot.current_size}, start={snapshot.start}, "
             f"min_size={snapshot.min_size}, oom_count={snapshot.oom_count}, "
-            f"reductions={snapshot.reductions}, regrowths={snapshot.regrowths})"
+            f"reductions={snapshot.reductions}, regrowths={snapshot.regrowths}{learned})"
         )
 
     def snapshot(self) -> AdaptiveBatchSnapshot:
@@ -258,23 +581,31 @@ class AdaptiveBatchState:
 
     # The search's updates, each one atomic.
 
-    def _choose(self, limit: int | None = None) -> Attempt:
+    def _choose(
+        self, work: Work = UNLIMITED, available: int | None = None, measurable: bool = False
+    ) -> Attempt:
         with self._lock:
-            attempt, self._snapshot = choose_attempt(self._snapshot, limit)
+            attempt, self._snapshot = choose_attempt(self._snapshot, work, available, measurable)
         return attempt
 
-    def _record_success(self, attempt: Attempt) -> None:
+    def _record_success(self, attempt: Attempt, used: int | None = None) -> None:
         with self._lock:
             before = self._snapshot
-            self._snapshot = after_success(before, attempt)
-            grew = self._snapshot.regrowths > before.regrowths
-        if grew:
+            self._snapshot = after_success(before, attempt, used)
+            after = self._snapshot
+        if after.regrowths > before.regrowths:
             logger.info("batch size grew back to %d", attempt.size)
+        if after.measurements > before.measurements and after.memory_per_item is not None:
+            logger.debug(
+                "measured %.0f bytes per item at batch size %d",
+                after.memory_per_item,
+                attempt.size,
+            )
 
-    def _record_oom(self, attempt: Attempt) -> tuple[int | None, bool]:
-        """The size to retry at (``None``: none left), and whether ``current_size`` went
+    def _record_oom(self, attempt: Attempt, work: Work = UNLIMITED) -> tuple[Attempt | None, bool]:
+        """The attempt to retry with (``None``: none left), and whether ``current_size`` went
         down because of this error."""
         with self._lock:
             before = self._snapshot
-            retry, self._snapshot = after_oom(before, attempt)
+            retry, self._snapshot = after_oom(before, attempt, work)
             return retry, self._snapshot.reductions > before.reductions
