@@ -78,7 +78,7 @@ CLEAR_SHARE: Final = 0.125
 (a leak is named only while it grows at QUARTER_SHARE of its rate or more)."""
 JUDGE_SHARE: Final = 4
 """The samples are judged again after a quarter of the window's samples (every 16 at 64):
-a Theil-Sen fit costs about 0.5 ms at 64 samples, a sample alone a deque append."""
+a Theil-Sen fit of 64 samples costs 0.5 to 1 ms, a sample alone a deque append."""
 SEARCH_SETTLE: Final = 2
 """Cleanups between the steps of the suspect search."""
 SUSPECT_LIMIT: Final = 10
@@ -194,7 +194,7 @@ class LeakWatch:
     ``cleared_at_item`` set (logged at INFO), and a later leak is named anew.
 
     The samples are judged after every quarter window of new ones (every 16 at a window of
-    64; a Theil-Sen fit of 64 samples costs about half a millisecond), so most samples cost
+    64; a Theil-Sen fit of 64 samples costs 0.5 to 1 ms), so most samples cost
     a deque append. The watch holds ``window`` samples whatever the length of the run.
 
     Args:
