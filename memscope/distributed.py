@@ -63,6 +63,9 @@ The wait includes the time the fastest rank spends waiting for the slowest to fi
 of the batch, so it must be longer than the ranks' difference in running time.
 """
 
+_LONGEST_DESCRIPTION = 100
+"""Where an argument's repr is cut in an error message: enough to recognise it."""
+
 _COLLECTOR = 0
 """The rank, in the gathering's group, that collects the reports and answers the others."""
 
@@ -98,38 +101,48 @@ def _check_timeout(timeout: object) -> timedelta:
             f"{_describe(timeout)} of type {type(timeout).__name__}"
         )
     if isinstance(timeout, timedelta):
-        if _MIN_GATHER_TIMEOUT <= timeout <= _MAX_GATHER_TIMEOUT:
-            return timeout
-        raise _timeout_out_of_range(timeout)
-    try:
-        seconds = float(timeout)
-    except (OverflowError, ValueError) as error:
-        # An int too large for a float, or a Real type whose float() refuses the value.
-        raise _timeout_out_of_range(timeout) from error
-    # Compared as seconds first: timedelta(seconds=...) raises OverflowError for huge values
-    # and cannot hold NaN or infinity at all.
-    if not (
-        math.isfinite(seconds)
-        and _MIN_GATHER_TIMEOUT.total_seconds() <= seconds <= _MAX_GATHER_TIMEOUT.total_seconds()
+        seconds = timeout.total_seconds()
+    else:
+        try:
+            seconds = float(timeout)
+        except (OverflowError, ValueError) as error:
+            # An int too large for a float, or a Real type whose float() refuses the value.
+            raise _timeout_out_of_range(timeout, "too large to be a number of seconds") from error
+    # Checked as seconds: timedelta(seconds=...) raises OverflowError for huge values, and
+    # cannot hold NaN or infinity at all.
+    if not math.isfinite(seconds):
+        raise _timeout_out_of_range(timeout, "a finite number is needed")
+    if seconds < 0:
+        raise _timeout_out_of_range(timeout, "a wait cannot be negative")
+    if seconds < _MIN_GATHER_TIMEOUT.total_seconds() or (
+        isinstance(timeout, timedelta) and timeout < _MIN_GATHER_TIMEOUT
     ):
-        raise _timeout_out_of_range(timeout)
-    return timedelta(seconds=seconds)
+        raise _timeout_out_of_range(
+            timeout, "torch counts whole milliseconds, and reads 0 ms as no timeout at all"
+        )
+    if seconds > _MAX_GATHER_TIMEOUT.total_seconds() or (
+        isinstance(timeout, timedelta) and timeout > _MAX_GATHER_TIMEOUT
+    ):
+        raise _timeout_out_of_range(timeout, "a wait that long no longer bounds a hang")
+    return timeout if isinstance(timeout, timedelta) else timedelta(seconds=seconds)
 
 
-def _timeout_out_of_range(timeout: object) -> InvalidArgumentError:
+def _timeout_out_of_range(timeout: object, why: str) -> InvalidArgumentError:
     return InvalidArgumentError(
         f"timeout must be from {_seconds(_MIN_GATHER_TIMEOUT)} to {_seconds(_MAX_GATHER_TIMEOUT)} "
-        f"(1 ms to 1 day), got {_describe(timeout)}: below 1 ms torch would round it to no "
-        "timeout at all, and a longer wait is no longer a bound on a hang"
+        f"(1 ms to 1 day), got {_describe(timeout)}: {why}"
     )
 
 
 def _describe(value: object) -> str:
-    """``repr(value)``, or a stand-in when the object's own ``__repr__`` raises."""
+    """``repr(value)``, shortened if long, or a stand-in when the object's ``__repr__`` raises."""
     try:
-        return repr(value)
+        text = repr(value)
     except Exception:
         return f"<{type(value).__name__} object with a failing __repr__>"
+    if len(text) > _LONGEST_DESCRIPTION:
+        return f"{text[: _LONGEST_DESCRIPTION - 20]}... ({len(text)} characters)"
+    return text
 
 
 def _exception_text(error: BaseException) -> str:

@@ -33,6 +33,7 @@ from memscope import (
 )
 from memscope.distributed import (
     _check_timeout,
+    _how_it_failed,
     gather_reports,
     gathered_reports,
 )
@@ -272,6 +273,27 @@ def test_timeout_outside_one_millisecond_to_one_day_is_refused(timeout: object) 
 
 
 @pytest.mark.parametrize(
+    ("timeout", "why"),
+    [
+        (0.0005, "torch counts whole milliseconds, and reads 0 ms as no timeout at all"),
+        (timedelta(0), "torch counts whole milliseconds, and reads 0 ms as no timeout at all"),
+        (-2, "a wait cannot be negative"),
+        (timedelta(days=2), "a wait that long no longer bounds a hang"),
+        (float("inf"), "a finite number is needed"),
+        (10**400, "too large to be a number of seconds"),
+    ],
+    ids=repr,
+)
+def test_refused_timeout_says_why(timeout: object, why: str) -> None:
+    """The refusal ends with the reason that fits the value, and a huge value is shortened."""
+    with pytest.raises(InvalidArgumentError) as raised:
+        _check_timeout(timeout)
+    message = str(raised.value)
+    assert message.endswith(f": {why}")
+    assert len(message) < 250
+
+
+@pytest.mark.parametrize(
     ("timeout", "expected"),
     [
         (0.001, timedelta(milliseconds=1)),
@@ -422,6 +444,40 @@ def test_report_gather_error_is_a_memscope_error_with_missing_ranks() -> None:
     assert isinstance(error, MemscopeError)
     assert isinstance(error, RuntimeError)
     assert error.missing_ranks == (3,)
+
+
+# Reading gloo's errors -------------------------------------------------------------------
+
+GLOO_MESSAGES = {
+    # As torch 2.13's gloo words them, paths shortened.
+    "[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:13511: Connection reset by peer. "
+    "This is typically caused by a remote worker hanging or bugs in the application.": "left",
+    "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44726. This is "
+    "typically caused by a remote worker crashing.": "left",
+    "[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to "
+    "complete": "late",
+    "[gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 1000ms for send operation to "
+    "complete": "late",
+    "Application timeout caused pair closure": "late",
+    "wait timeout after 2000ms, keys: /default_pg/0//1//cpu//0/1": "late",
+    "Tensors must be contiguous": "broken",
+}
+
+
+@pytest.mark.parametrize(("message", "kind"), GLOO_MESSAGES.items(), ids=GLOO_MESSAGES.values())
+def test_gloo_errors_tell_a_rank_that_left_from_a_late_one(message: str, kind: str) -> None:
+    """A closed or reset connection reads as "left", a wait that ran out (or a connection
+    gloo closed after one) as "late", anything else as "broken"."""
+    assert _how_it_failed(RuntimeError(message)) == kind
+
+
+@pytest.mark.usefixtures("one_rank_job")
+def test_successful_gathering_has_no_gather_error() -> None:
+    """After a gathering that worked, gather_error is None and combined is set."""
+    with gathered_reports(timeout=5) as gathering:
+        gathering.report = make_report(rank=0, world_size=1)
+    assert gathering.gather_error is None
+    assert gathering.combined is not None
 
 
 # Two real processes over gloo ----------------------------------------------------------------
