@@ -64,7 +64,7 @@ def test_console_script_is_declared() -> None:
     assert entry_point.value == "memscope.cli:main"
 
 
-@pytest.mark.parametrize("arguments", [[], ["info"], ["estimate"], ["demo"]])
+@pytest.mark.parametrize("arguments", [[], ["info"], ["estimate"], ["demo"], ["report"]])
 def test_help_describes_each_command(
     arguments: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -75,7 +75,7 @@ def test_help_describes_each_command(
     out = capsys.readouterr().out
     assert out.startswith(f"usage: memscope {' '.join(arguments)}".rstrip())
     if not arguments:
-        assert all(command in out for command in ("info", "estimate", "demo"))
+        assert all(command in out for command in ("info", "estimate", "demo", "report"))
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,8 @@ def test_help_describes_each_command(
         (["info", "--jsn"], "--jsn"),
         (["info", "--device", "cuda:3"], "--device 'cuda:3' is not available"),
         (["--device", "cpu", "info", "--device", "meta"], "--device given twice"),
-        (["--device", "cpu", "estimate", "512"], "--device does not apply"),
+        (["--device", "cpu", "estimate", "512"], "--device does not apply to estimate"),
+        (["--device", "cpu", "report", "run.jsonl"], "--device does not apply to report"),
         (["estimate"], "SIZE"),
         (["estimate", "10x"], "'10x'"),
         (["estimate", "0x5"], "'0x5'"),
@@ -543,3 +544,44 @@ def test_demo_as_a_module_makes_a_new_folder_here(tmp_path: Path) -> None:
     assert folder.name.startswith("memscope-demo-")
     assert (folder / WITH_CLEANUP / "report.json").exists()
     assert len(list((folder / WITHOUT_CLEANUP / "images").iterdir())) == 2
+
+
+# report --------------------------------------------------------------------------------
+
+
+def _journal(path: Path) -> Path:
+    """A journal of three items, the second of which failed."""
+    from memscope import managed_batch
+
+    def colorize(name: str) -> str:
+        if name == "b.png":
+            raise ValueError("corrupt image")
+        return name
+
+    with managed_batch("cpu", journal=path, journal_job="colorize-v1") as batch:
+        list(batch.map(colorize, ["a.png", "b.png", "c.png"], on_error="skip"))
+    return path
+
+
+def test_report_summarises_a_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``memscope report JOURNAL`` prints the done and failed items; --json the same facts."""
+    journal = _journal(tmp_path / "run.jsonl")
+    assert main(["report", str(journal)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{journal} (job colorize-v1): 2 done, 1 failed, 1 run, ")
+    assert lines[1] == "  failed 'b.png': ValueError: corrupt image"
+    assert main(["report", str(journal), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["done"], data["failed"], data["runs"]) == (2, 1, 1)
+    assert data["failures"][0]["key"] == "b.png"
+
+
+def test_report_of_a_missing_journal_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal that is not there: one line on stderr, status 2, nothing on stdout."""
+    assert main(["report", str(tmp_path / "none.jsonl")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1
+    assert captured.err.startswith("memscope report: ")

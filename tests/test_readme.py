@@ -91,7 +91,7 @@ def test_documents_never_call_the_compatibility_target_the_seed(document: Path) 
     assert found == []
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["estimate"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["info"], ["estimate"], ["demo"], ["report"]])
 def test_help_never_calls_the_compatibility_target_the_seed(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

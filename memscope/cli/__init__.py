@@ -1,4 +1,4 @@
-"""The ``memscope`` command: ``info``, ``estimate`` and ``demo``."""
+"""The ``memscope`` command: ``info``, ``estimate``, ``demo`` and ``report``."""
 
 from memscope.cli._command import build_parser, main
 

@@ -2,7 +2,8 @@
 
 ``memscope`` alone prints the detected device's memory and the estimates for three image
 sizes that the MemoryManager API of the Cobra batch-processing system documents;
-``memscope info``, ``memscope estimate`` and ``memscope demo`` do more (see ``--help``).
+``memscope info``, ``memscope estimate``, ``memscope demo`` and ``memscope report`` do more
+(see ``--help``).
 A bad argument, memscope's own complaints about one included, exits with status 2 and one
 line on stderr.
 """
@@ -23,6 +24,7 @@ import torch
 
 from memscope._version import __version__
 from memscope.backends import available_devices
+from memscope.cli._report import add_report_parser, run_report
 from memscope.cli.demo import (
     DEFAULT_EVERY,
     DEFAULT_IMAGES,
@@ -75,6 +77,12 @@ ESTIMATE_OPTIONS = {
 """The estimation model's fields, and the options that set them."""
 
 DEVICE_OPTIONS = {"device": "--device"}
+
+COMMANDS_WITHOUT_A_DEVICE = {
+    "estimate": "the estimate depends on the image, not the device",
+    "report": "the report reads a journal file",
+}
+"""The commands a ``--device`` before them does not apply to, and why."""
 
 
 def _write(line: str = "") -> None:
@@ -220,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="colorize synthetic line art in a managed batch and write a report",
+        help="a leaky colorization job, without and with memscope's cleanup, compared",
         description=(
             "The main job on an embedded default, leaky as real pipelines are: draws "
             "synthetic line-art images and colorizes them with a small random convolutional "
@@ -276,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bar even if tqdm is installed"
     )
     demo.set_defaults(command_parser=demo)
+
+    add_report_parser(commands)
     return parser
 
 
@@ -555,8 +565,9 @@ def _chosen_device(parser: argparse.ArgumentParser, arguments: argparse.Namespac
     """``--device``, given before the command or after it (once, or twice alike)."""
     before: str | None = arguments.top_level_device
     after: str | None = getattr(arguments, "device", None)
-    if arguments.command == "estimate" and before is not None:
-        parser.error("--device does not apply: the estimate depends on the image, not the device")
+    if arguments.command in COMMANDS_WITHOUT_A_DEVICE and before is not None:
+        reason = COMMANDS_WITHOUT_A_DEVICE[arguments.command]
+        parser.error(f"--device does not apply to {arguments.command}: {reason}")
     if before is not None and after is not None and before != after:
         parser.error(f"--device given twice, as {before!r} and {after!r}")
     return after if after is not None else before
@@ -576,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _estimate(command_parser, arguments)
         if arguments.command == "demo":
             return _demo(command_parser, arguments, device)
+        if arguments.command == "report":
+            return run_report(arguments)
         return _overview(parser, device)
     except KeyboardInterrupt:
         _note("memscope: interrupted")
