@@ -409,7 +409,8 @@ def _collector_failure(
     kinds: dict[str, list[int]] = {"left": [], "late": [], "broken": []}
     for rank, error in sorted(unheard.items()):
         kinds[_how_it_failed(error)].append(rank)
-        logger.debug("rank %d did not take part: %s", rank, _exception_text(error))
+        global_rank = _global_rank(group, rank)
+        logger.debug("rank %d did not take part: %s", global_rank, _exception_text(error))
     parts = []
     if kinds["left"]:
         left = [_global_rank(group, rank) for rank in kinds["left"]]
@@ -485,10 +486,19 @@ def _contribute(groups: _Groups, record: RankReport, timeout: timedelta) -> Comb
         )
     except RuntimeError as error:
         raise _collector_lost(error, collector, answer_wait, shared=groups.shared) from error
-    outcome = json.loads(_tensor_bytes(answer))
-    if outcome["error"] is not None:
-        raise ReportGatherError(outcome["error"], missing_ranks=tuple(outcome["missing"]))
-    return CombinedReport(tuple(RankReport.from_dict(entry) for entry in outcome["ranks"]))
+    try:
+        outcome = json.loads(_tensor_bytes(answer))
+        if outcome["error"] is not None:
+            error_text, missing = str(outcome["error"]), tuple(outcome["missing"])
+        else:
+            return CombinedReport(tuple(RankReport.from_dict(entry) for entry in outcome["ranks"]))
+    except (ValueError, KeyError, TypeError) as error:
+        # Not JSON, or not an answer this memscope can read: another version on rank 0?
+        raise ReportGatherError(
+            f"gathering reports failed: the answer of rank {collector}, which collects the "
+            f"reports, could not be read: {_exception_text(error)}"
+        ) from error
+    raise ReportGatherError(error_text, missing_ranks=missing)
 
 
 def _collector_absent(
