@@ -31,12 +31,14 @@ from memscope.exceptions import (
 )
 from memscope.host import HostMemoryMonitor
 from memscope.journal import Journal, JournalSummary, Key
+from memscope.leaks import LeakWatch
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.oom._detection import is_oom_error, recover_from_oom
 from memscope.oom._diagnosis import add_oom_note
 from memscope.oom._history import MemoryHistoryRecorder
 from memscope.policies import DEFAULT_CACHE_POLICY, GCBackoff, check_cache_policy
 from memscope.reports import BatchReport, ItemFailure, TimelineEntry, with_process_rank
+from memscope.snapshot import MemorySnapshot
 from memscope.typing import CachePolicy, DeviceLike
 from memscope.units import format_bytes, parse_bytes
 
@@ -256,6 +258,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._host_monitor: HostMemoryMonitor | None = None
         self._host_resident_start: int | None = None
         self._host_resident_peak: int | None = None
+        self._last_host_resident: int | None = None
         self._device_has_figures = True
         self._started = 0.0
         self._timeline: list[TimelineEntry] = []
@@ -267,6 +270,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._carried_failures: dict[Key, ItemFailure] = {}
         self._carried_items = 0
         self._carried_seconds = 0.0
+        self._leak_watch: LeakWatch | None = None
 
     # Public state ----------------------------------------------------------------------
 
@@ -358,6 +362,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
             )
             self._recorder.start()
         self._host_monitor = manager.host_monitor or _host_monitor_for(manager)
+        self._leak_watch = self._new_leak_watch(manager, start)
         self._usage_start = start.usage
         self._host_resident_start = self._sample_host()
         if self._tqdm is not None:
@@ -379,6 +384,39 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 len(previous.failed),
                 previous.runs,
             )
+
+    def _new_leak_watch(self, manager: MemoryManager, start: MemorySnapshot) -> LeakWatch | None:
+        """A watch of the memory that stays after cleanups: the device's tensors, or on the
+        CPU the process's resident memory; none where neither can be read."""
+        if self._device_has_figures:
+            return LeakWatch(
+                manager.resolved_device,
+                capacity=start.total,
+                sampled="allocated",
+                history_recorded=self.record_history,
+            )
+        if self._host_monitor is not None:
+            return LeakWatch(
+                manager.resolved_device,
+                capacity=self._host_monitor.limit.size,
+                sampled="resident",
+            )
+        return None
+
+    def _observe_growth(self, item: int, snapshot: MemorySnapshot | None = None) -> None:
+        """Give the leak watch the memory that stayed after the cleanup at ``item``."""
+        watch = self._leak_watch
+        if watch is None:
+            return
+        if self._device_has_figures:
+            retained = (snapshot or self.manager.snapshot()).allocated
+        else:
+            retained = self._last_host_resident
+        try:
+            watch.observe(self._carried_items + item, retained)
+        except Exception:
+            # Watching is a diagnosis: it never stops the batch.
+            logger.debug("the leak watch failed", exc_info=True)
 
     def _release(self) -> None:
         """Let go of what entering acquired: the journal, the bar, the recorder, the heap."""
@@ -478,6 +516,10 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 memory_threshold=manager.memory_threshold,
                 timeline=tuple(self._timeline),
                 skipped=self._skipped,
+                memory_growth_per_item=(
+                    None if self._leak_watch is None else self._leak_watch.growth_per_item
+                ),
+                leak=None if self._leak_watch is None else self._leak_watch.finding,
                 timeline_file=(
                     str(self._journal.path)
                     if self._journal is not None and self._records_timeline
@@ -522,6 +564,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         every = self.every
         if every is not None and after // every > before // every:
             self._clean_up(f"batch item {after}")
+            self._observe_growth(after)
         if self._records_timeline:
             self._record_timeline(after)
         if self._bar is not None:
@@ -546,6 +589,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
             return None
         with self._lock:
             self._host_resident_peak = _larger(self._host_resident_peak, resident)
+            self._last_host_resident = resident
         return resident
 
     def _memory_postfix(self) -> str:
@@ -573,6 +617,9 @@ class ManagedBatch(SyncAndAsyncContextManager):
             else:
                 # Streamed, so a run of a million items holds no timeline in memory.
                 self._journal.timeline(entry)
+        if self.every is None:
+            # Count-only mode cleans nothing; the timeline's reading is the sample it has.
+            self._observe_growth(item, snapshot)
 
     def track(
         self, iterable: Iterable[Item], *, key: Callable[[Item], object] | None = None
