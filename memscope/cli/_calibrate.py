@@ -1,0 +1,244 @@
+"""``memscope calibrate``: fit a memory model to the demo colorizer's measured peaks.
+
+It runs :func:`memscope.estimation.calibrate` on the demo's :class:`~memscope.cli.demo.Colorizer`
+(random weights, random line art) at a few small image sizes and batch sizes on the chosen
+device, and prints the fitted model, its samples, and what it predicts for larger images:
+the way to calibrate a model of your own, shown on one that ships with memscope.
+
+:func:`add_calibrate_parser` adds the subcommand to the ``memscope`` parser and
+:func:`run_calibrate` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any
+
+import torch
+
+from memscope.cli.demo import Colorizer
+from memscope.estimation import CalibratedImageMemoryModel, available_bytes, calibrate
+from memscope.exceptions import (
+    HostMemoryUnavailableError,
+    MemoryFiguresUnavailableError,
+    MemscopeError,
+)
+from memscope.manager import MemoryManager
+from memscope.units import format_bytes
+
+__all__ = ["add_calibrate_parser", "run_calibrate"]
+
+DEFAULT_SIZES = ((64, 64), (128, 128), (256, 256))
+DEFAULT_BATCH_SIZES = (1, 2)
+DEFAULT_PREDICTIONS = ((512, 512), (1024, 1024), (2048, 2048))
+
+_SIZE = re.compile(r"(\d+)(?:[xX](\d+))?")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """``"1024x768"`` -> ``(1024, 768)``; ``"512"`` -> ``(512, 512)``."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid image size {text!r}: use WIDTHxHEIGHT (1024x768) or one side (512)"
+        )
+    width = int(match.group(1))
+    height = width if match.group(2) is None else int(match.group(2))
+    if width == 0 or height == 0:
+        raise argparse.ArgumentTypeError(f"invalid image size {text!r}: sides must be positive")
+    return width, height
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: use an int >= 1")
+    return number
+
+
+def _format_size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def add_calibrate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``calibrate`` to the ``memscope`` command's subcommands."""
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="fit a memory model to the demo colorizer's measured peaks",
+        description=(
+            "Runs the demo's colorizer (random weights) at a few small image sizes and "
+            "batch sizes on the device, measures each run's peak memory (the allocator's "
+            "peak on CUDA and other accelerators, the process's peak resident memory on a "
+            "Linux CPU), fits memory = fixed + per_pixel x pixels x batch, and prints the "
+            "fit and what it predicts for larger images."
+        ),
+    )
+    parser.add_argument(
+        "--device", default=None, metavar="DEVICE", help="device to calibrate on (auto-detect)"
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=_image_size,
+        default=list(DEFAULT_SIZES),
+        metavar="SIZE",
+        help="image sizes to measure, WIDTHxHEIGHT or one side (64 128 256)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=_positive_int,
+        default=list(DEFAULT_BATCH_SIZES),
+        metavar="N",
+        help="batch sizes to measure at each image size (1 2)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="runs of each size, the largest peak counting (2)",
+    )
+    parser.add_argument(
+        "--predict",
+        nargs="+",
+        type=_image_size,
+        default=list(DEFAULT_PREDICTIONS),
+        metavar="SIZE",
+        help="image sizes to predict the memory of (512 1024 2048)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="picks the colorizer's weights (0)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(command_parser=parser)
+
+
+def run_calibrate(arguments: argparse.Namespace) -> int:
+    """Run ``memscope calibrate`` with parsed ``arguments``; returns the exit status.
+
+    A bad argument (a device that is not there, say) exits through the subcommand's parser
+    with status 2; a device whose peak memory cannot be measured prints why and returns 1.
+    """
+    parser: argparse.ArgumentParser = arguments.command_parser
+    try:
+        manager = MemoryManager(arguments.device)
+        if manager.resolved_device.type == "cpu":
+            # The host's figures say how large a batch fits now; calibrating needs none.
+            manager = _with_host_figures(manager)
+    except MemscopeError as error:
+        parser.error(str(error))
+    device = manager.resolved_device
+    model = Colorizer(seed=arguments.seed).to(device).eval()
+
+    def colorize(batch_size: int, image_size: tuple[int, int]) -> None:
+        width, height = image_size
+        with torch.inference_mode():
+            line_art = torch.rand(batch_size, 1, height, width, device=device)
+            model(line_art)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    try:
+        fitted = calibrate(
+            colorize,
+            manager=manager,
+            image_sizes=arguments.sizes,
+            batch_sizes=arguments.batch_sizes,
+            repeats=arguments.repeats,
+        )
+    except MemoryFiguresUnavailableError as error:
+        sys.stderr.write(f"memscope calibrate: {error}\n")
+        return 1
+    except MemscopeError as error:
+        parser.error(str(error))
+    available = available_bytes(manager.snapshot())
+    if arguments.json:
+        _write_json(fitted, arguments.predict, available)
+    else:
+        _write_text(fitted, arguments.predict, available)
+    return 0
+
+
+def _with_host_figures(manager: MemoryManager) -> MemoryManager:
+    try:
+        return MemoryManager(manager.device, host=True)
+    except HostMemoryUnavailableError:
+        return manager
+
+
+def _estimates(
+    fitted: CalibratedImageMemoryModel, sizes: list[tuple[int, int]], available: int | None
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "width": size[0],
+            "height": size[1],
+            "bytes": fitted.estimate(size),
+            "max_batch_size": None if available is None else fitted.max_batch_size(size, available),
+        }
+        for size in sizes
+    ]
+
+
+def _write_json(
+    fitted: CalibratedImageMemoryModel, sizes: list[tuple[int, int]], available: int | None
+) -> None:
+    data = {
+        "model": fitted.to_dict(),
+        "available_bytes": available,
+        "estimates": _estimates(fitted, sizes, available),
+    }
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _write_text(
+    fitted: CalibratedImageMemoryModel, sizes: list[tuple[int, int]], available: int | None
+) -> None:
+    write = sys.stdout.write
+    write(f"calibrated the demo colorizer on {fitted.device}, peaks from {fitted.method}\n")
+    _table(
+        ("size", "batch", "peak"),
+        [
+            (
+                _format_size(sample.image_size),
+                str(sample.batch_size),
+                format_bytes(sample.peak_bytes),
+            )
+            for sample in fitted.samples
+        ],
+    )
+    write(f"\nfitted: {fitted}\n\n")
+    columns = ["size", "pixels", "bytes", "memory"]
+    if available is not None:
+        columns.append(f"batch in {format_bytes(available)}")
+    rows = []
+    for estimate in _estimates(fitted, sizes, available):
+        width, height = estimate["width"], estimate["height"]
+        row = [
+            f"{width}x{height}",
+            f"{width * height:,}",
+            f"{estimate['bytes']:,}",
+            format_bytes(estimate["bytes"]),
+        ]
+        if available is not None:
+            row.append(str(estimate["max_batch_size"]))
+        rows.append(tuple(row))
+    write("predicted memory per image")
+    write(":\n" if available is None else " (and the batch that fits now, less 3 % headroom):\n")
+    _table(tuple(columns), rows)
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
+    for row in (columns, *rows):
+        first, *others = row
+        cells = [first.ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(others, widths[1:], strict=True)]
+        sys.stdout.write("  ".join(cells).rstrip() + "\n")

@@ -1,0 +1,98 @@
+"""``memscope calibrate``: the subcommand fits a model to the demo colorizer's measured peaks
+and prints it, as tables or JSON; bad arguments exit with status 2, a device that cannot be
+measured with status 1 and a reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+import memscope.estimation
+from memscope.cli._calibrate import add_calibrate_parser, run_calibrate
+from memscope.estimation import _HostPeak, host_peak
+
+SMALL_RUN = ["--sizes", "32", "64x48", "--batch-sizes", "1", "2", "--repeats", "1"]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The memscope parser as far as calibrate is concerned."""
+    command = argparse.ArgumentParser(prog="memscope")
+    add_calibrate_parser(command.add_subparsers(dest="command"))
+    return command
+
+
+def run(*arguments: str) -> int:
+    return run_calibrate(parser().parse_args(["calibrate", *arguments]))
+
+
+@pytest.fixture
+def measurable_cpu() -> None:
+    """The CPU's peak resident memory can be reset and read (Linux), or the test is skipped."""
+    if not host_peak.usable():
+        pytest.skip("this system cannot reset the peak resident memory")
+
+
+@pytest.mark.usefixtures("measurable_cpu")
+def test_calibrate_prints_the_fit_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints the fitted model, its samples and the predictions, one per size."""
+    assert run("--device", "cpu", "--json", *SMALL_RUN, "--predict", "64", "128") == 0
+    data = json.loads(capsys.readouterr().out)
+    model = data["model"]
+    assert model["device"] == "cpu"
+    assert "VmHWM" in model["method"]
+    assert model["bytes_per_pixel"] > 0
+    measured = [
+        (sample["width"], sample["height"], sample["batch_size"]) for sample in model["samples"]
+    ]
+    assert measured == [(32, 32, 1), (32, 32, 2), (64, 48, 1), (64, 48, 2)]
+    estimates = data["estimates"]
+    assert [(estimate["width"], estimate["height"]) for estimate in estimates] == [
+        (64, 64),
+        (128, 128),
+    ]
+    assert estimates[0]["bytes"] < estimates[1]["bytes"]
+
+
+@pytest.mark.usefixtures("measurable_cpu")
+def test_calibrate_prints_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json: the samples, the fitted formula and its quality, the predictions."""
+    assert run("--device", "cpu", *SMALL_RUN) == 0
+    out = capsys.readouterr().out
+    assert "calibrated the demo colorizer on cpu" in out
+    assert "fitted: " in out
+    assert "bytes per pixel (R^2" in out
+    for size in ("512x512", "1024x1024", "2048x2048"):
+        assert size in out
+
+
+def test_a_device_that_is_not_there_exits_with_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unknown device is a bad argument: one line on stderr, status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        run("--device", "cuda:7")
+    assert exit_info.value.code == 2
+    assert "cuda:7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments", [["--sizes", "0x64"], ["--batch-sizes", "0"], ["--repeats", "two"]]
+)
+def test_bad_sizes_and_counts_exit_with_status_2(arguments: list[str]) -> None:
+    """Sizes and counts are checked while parsing."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(*arguments)
+    assert exit_info.value.code == 2
+
+
+def test_where_no_peak_can_be_measured_it_says_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CPU whose peak resident memory cannot be reset (no clear_refs) exits with status 1
+    and the reason."""
+    monkeypatch.setattr(memscope.estimation, "host_peak", _HostPeak(tmp_path))
+    assert run("--device", "cpu", *SMALL_RUN) == 1
+    assert "cannot measure peak memory on cpu" in capsys.readouterr().err
