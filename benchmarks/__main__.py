@@ -178,6 +178,12 @@ def simulated_pressure(device: str) -> Iterator[MemoryManager]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["sizing"]:
+        # python -m benchmarks sizing: batch sizes on a simulated card (benchmarks/sizing.py).
+        from benchmarks import sizing
+
+        return sizing.main(given[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--items", type=int, default=40, help="images per run (default 40)")
