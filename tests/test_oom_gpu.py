@@ -126,6 +126,32 @@ def test_chunks_recover_from_a_genuine_cuda_oom(cuda: torch.device) -> None:
     _settle()
 
 
+def test_measured_sizing_runs_at_a_predicted_size_without_oom(cuda: torch.device) -> None:
+    """A function whose memory is linear in the batch size (one block per item, as layers
+    allocate activations): the first call runs out of memory at start and probes; the peak it
+    measures predicts the size of the later calls, which fit, with no wrong prediction."""
+    _settle()
+    free = int(torch.cuda.mem_get_info(cuda)[0])
+    per_item = free // 40  # about 40 items fit
+
+    @adaptive_batch(start=1024, device=cuda)
+    def step(batch_size: int) -> int:
+        blocks = [torch.empty(per_item, dtype=torch.uint8, device=cuda) for _ in range(batch_size)]
+        return len(blocks)
+
+    sizes = [step() for _ in range(4)]
+    state = step.adaptive_state  # type: ignore[attr-defined]
+    assert state.oom_count == 1
+    assert state.wrong_predictions == 0
+    assert state.memory_per_item is not None
+    assert per_item <= state.memory_per_item <= per_item * 1.01  # allocator rounding
+    assert sizes[0] == 32  # the probe after 1024 failed
+    assert sizes[1:] == [state.predicted_size] * 3
+    # The margin of 3 % and the rounding cost at most a few items of the ~40 that fit.
+    assert 34 <= sizes[1] <= 40
+    _settle()
+
+
 def test_memory_history_snapshot_of_a_genuine_oom(cuda: torch.device, tmp_path: Path) -> None:
     """A real OOM inside the recorder writes a snapshot torch's viewer can read."""
     total = _total_bytes(cuda)
