@@ -20,7 +20,12 @@ from typing import Any
 import torch
 
 from memscope.cli.demo import Colorizer
-from memscope.estimation import CalibratedImageMemoryModel, available_bytes, calibrate
+from memscope.estimation import (
+    DEFAULT_HEADROOM,
+    CalibratedImageMemoryModel,
+    available_bytes,
+    calibrate,
+)
 from memscope.exceptions import (
     HostMemoryUnavailableError,
     MemoryFiguresUnavailableError,
@@ -231,7 +236,10 @@ def _write_text(
             row.append(str(estimate["max_batch_size"]))
         rows.append(tuple(row))
     write("predicted memory per image")
-    write(":\n" if available is None else " (and the batch that fits now, less 3 % headroom):\n")
+    if available is None:
+        write(":\n")
+    else:
+        write(f" (and the batch that fits now, less {DEFAULT_HEADROOM:.0%} headroom):\n")
     _table(tuple(columns), rows)
 
 
