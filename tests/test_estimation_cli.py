@@ -14,7 +14,9 @@ import memscope.estimation
 from memscope.cli._calibrate import add_calibrate_parser, run_calibrate
 from memscope.estimation import _HostPeak, host_peak
 
-SMALL_RUN = ["--sizes", "32", "64x48", "--batch-sizes", "1", "2", "--repeats", "1"]
+# Large enough that the colorizer's growth (megabytes) stands well above the noise of the C
+# allocator in a process that has run many tests (hundreds of kilobytes).
+SMALL_RUN = ["--sizes", "128", "256x192", "--batch-sizes", "1", "2", "--repeats", "1"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,7 +49,7 @@ def test_calibrate_prints_the_fit_as_json(capsys: pytest.CaptureFixture[str]) ->
     measured = [
         (sample["width"], sample["height"], sample["batch_size"]) for sample in model["samples"]
     ]
-    assert measured == [(32, 32, 1), (32, 32, 2), (64, 48, 1), (64, 48, 2)]
+    assert measured == [(128, 128, 1), (128, 128, 2), (256, 192, 1), (256, 192, 2)]
     estimates = data["estimates"]
     assert [(estimate["width"], estimate["height"]) for estimate in estimates] == [
         (64, 64),
