@@ -79,11 +79,7 @@ def identity(actor: str | None, worker: str, **changes: Any) -> dict[str, Any]:
 
 def finished(batch: int, report: ActorBatchReport | None, failure: str | None = None) -> Any:
     """What a worker sends when a batch ends."""
-    return {
-        "batch": batch,
-        "report": None if report is None else report.to_dict(),
-        "failure": failure,
-    }
+    return {"batch": batch, "report": report, "failure": failure}
 
 
 # Adding up an actor's batches -----------------------------------------------------------

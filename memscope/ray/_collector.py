@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from memscope._validation import check_positive_number
-from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, ReportGatherError
 from memscope.ray._import import require_ray
 from memscope.ray._report import ActorBatchReport, ActorReport, RayJobReport
 
@@ -118,7 +118,7 @@ def job_report(records: list[Record]) -> RayJobReport:
             ActorReport(
                 rank=rank,
                 host=str(identity.get("host", "")),
-                report=None if report is None else ActorBatchReport.from_dict(report),
+                report=report,
                 error=_how_it_ended(entry, successor),
                 actor_id=actor_id,
                 incarnation=incarnation,
@@ -219,6 +219,9 @@ class ReportCollector:
         the dataset's last rows reach the driver. This waits until no message has arrived
         for ``quiet`` seconds (at most ``timeout`` seconds in all) and then reads the
         collector once more.
+
+        Raises:
+            ReportGatherError: the collector did not answer in time, or is gone.
         """
         wait_limit = check_positive_number(timeout, "timeout")
         quiet_seconds = check_positive_number(quiet, "quiet")
@@ -230,7 +233,13 @@ class ReportCollector:
         unchanged_since = time.monotonic()
         while True:
             remaining = max(deadline - time.monotonic(), 0.001)
-            count, records = ray.get(self._actor.records.remote(), timeout=remaining)
+            try:
+                count, records = ray.get(self._actor.records.remote(), timeout=remaining)
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as error:
+                raise ReportGatherError(
+                    f"the report collector {self.name!r} did not answer within {wait_limit:g} s "
+                    f"({type(error).__name__}); its figures cannot be read"
+                ) from error
             now = time.monotonic()
             if count != last_count:
                 last_count, unchanged_since = count, now
@@ -333,7 +342,8 @@ class RayReporter:
             FINISHED,
             {
                 "batch": batch,
-                "report": None if report is None else report.to_dict(),
+                # The report itself: Ray pickles a frozen dataclass faster than to_dict().
+                "report": report,
                 "failure": failure,
             },
         )
