@@ -438,7 +438,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     lines = printed.splitlines()
     assert lines[0].startswith("colorizing 3 synthetic line-art images of 64x64 on cpu, twice")
     assert "managed_batch(every=2, budget=...) cleans up after every 2 images" in printed
-    assert "at 90% of the budget" in printed
+    assert "GC at 90% of the budget" in printed
     for run in (WITHOUT_CLEANUP, WITH_CLEANUP):
         report = BatchReport.from_json(out / run / "report.json")
         assert report.items == 3
@@ -470,7 +470,7 @@ def test_demo_of_one_image_says_image_not_images(
     assert main([*arguments, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "colorizing 1 synthetic line-art image of 16x16" in printed
-    assert "cleans up after every image," in printed
+    assert "cleans up after every image;" in printed
     assert "(1 colorized image, PNG)" in printed
     assert "cpu: 1 item in " in printed
     assert " 1 images" not in printed

@@ -529,13 +529,13 @@ def _demo(
     cleanup = "after every image" if demo.every == 1 else f"after every {demo.every} images"
     _write(
         f"colorizing {counted(demo.images, 'synthetic line-art image')} of "
-        f"{demo.width}x{demo.height} on {demo.device}, twice; each image leaves "
-        f"{format_bytes(demo.leftover_bytes)} behind in a reference cycle"
+        f"{demo.width}x{demo.height} on {demo.device}, twice; each leaves "
+        f"{format_bytes(demo.leftover_bytes)} in a reference cycle"
     )
     _write("  without cleanup: managed_batch(every=None) counts and records, never cleans up")
     _write(
-        f"  with cleanup: managed_batch(every={demo.every}, budget=...) cleans up {cleanup}, "
-        f"collecting garbage at {demo.memory_threshold:.0%} of the budget"
+        f"  with cleanup: managed_batch(every={demo.every}, budget=...) cleans up {cleanup}; "
+        f"GC at {demo.memory_threshold:.0%} of the budget"
     )
     result = demo.run()
     _write(f"without cleanup: {result.without_cleanup.report.summary()}")

@@ -4,8 +4,9 @@ It draws line-art images procedurally (strokes, circles and polygons; no downloa
 same images for the same seed) and colorizes them with a small randomly initialised
 convolutional network on the detected device. The loop is leaky the way real pipelines
 are: each image leaves its features behind in a reference cycle (an object that refers to
-itself through a callback), which reference counting never frees and which Python's
-automatic collector, counting objects rather than bytes, rarely reaches.
+itself through a callback), which reference counting never frees. Only a garbage collection
+does, and Python's automatic collector runs after a count of new objects, not bytes: a loop
+that makes few objects per image piles up hundreds of MiB before it happens to run.
 
 The same loop runs twice. First without memscope's cleanup, in a count-only
 ``managed_batch(every=None, timeline=True)`` that records the memory but never cleans up;
@@ -256,7 +257,7 @@ class ImageLeftovers:
     stored on the object), so it sits in a reference cycle: when the loop drops it, reference
     counting cannot free it, and only a garbage collection can. Python's automatic collector
     runs after a count of new objects, not bytes, so a loop that makes few objects per image
-    lets these pile up.
+    lets these pile up until it happens to run.
     """
 
     __slots__ = ("features", "on_done")
@@ -563,6 +564,9 @@ class Demo:
             # first run (an allocator may keep such blocks for reuse, and hide the leak).
             network(line_arts[0])
             save_images = images_skipped is None
+            # Each run starts from a clean slate: no garbage, and the automatic collector's
+            # counts at zero, so that it runs at the same point of both loops.
+            gc.collect()
             without_cleanup = self._run(
                 network, line_arts, folder / WITHOUT_CLEANUP, budget=None, save_images=save_images
             )
@@ -628,7 +632,7 @@ class Demo:
         ) as batch:
             for index in batch.track(range(self.images)):
                 colorize(index)
-        # What the run left behind goes before the next run starts.
+        # What the run left behind goes before the next run starts (see run()).
         gc.collect()
         report = batch.report
         return DemoRun(
