@@ -98,10 +98,6 @@ PAGES_AWAITING_FIXES: dict[str, str] = {
         "line 51 imports gathered_reports from memscope (it is in memscope.distributed) and "
         "needs torchrun: mark it <!-- not-run: needs torchrun and one GPU per rank -->"
     ),
-    "guide.md": (
-        "line 34 uses managed_batch and line 46 MemoryManager without importing them; lines "
-        "96 and 134 are signatures, not code; line 193 lacks the ThreadPoolExecutor import"
-    ),
     "leaks.md": (
         "line 276 uses managed_batch without importing it; line 310 meets a bug: "
         "SuspectSearch.suspects() with no candidate alive raises UnboundLocalError "
