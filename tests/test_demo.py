@@ -40,6 +40,7 @@ from memscope.cli.demo import (
     leftover_bytes,
 )
 from memscope.exceptions import HostMemoryUnavailableError
+from memscope.host import HostMemoryMonitor
 from memscope.testing import MiB
 
 CSV_COLUMNS = ["item", "seconds", "usage", "allocated", "reserved", "gc_ran"]
@@ -229,6 +230,8 @@ def test_the_budget_leaves_room_for_two_cleanup_intervals_of_leftovers(tmp_path:
     allowance = 2 * 3 * leftover_bytes(64, 32)
     assert demo.budget_for(100 * MiB) == math.ceil((100 * MiB + allowance) / 0.5)
     assert 0.5 * demo.budget_for(100 * MiB) >= 100 * MiB + allowance
+    # Never more than the host can hold.
+    assert demo.budget_for(10**15) == HostMemoryMonitor().limit.size
 
 
 def test_demo_gives_torch_its_threads_back(tmp_path: Path) -> None:

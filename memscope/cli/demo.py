@@ -500,8 +500,15 @@ class Demo:
         return leftover_bytes(self.width, self.height)
 
     def _watch_host(self) -> HostMemoryMonitor | None:
-        """On the CPU, the monitor of this process's memory, which the demo plots."""
+        """On the CPU, the monitor of this process's memory, which the demo plots.
+
+        Elsewhere the demo plots torch's reserved memory, which the device must report.
+        """
         if self.device.type != "cpu":
+            if self.manager.snapshot().reserved is None:
+                raise MemoryFiguresUnavailableError(
+                    f"{self.device} reports no reserved memory, which the demo plots"
+                )
             return None
         try:
             return HostMemoryMonitor()
@@ -512,12 +519,13 @@ class Demo:
         """What a budget counts: resident memory on the CPU, torch's reserved bytes elsewhere."""
         if self._host_monitor is not None:
             return self._host_monitor.resident_bytes()
-        reserved = self.manager.snapshot().reserved
-        if reserved is None:
-            raise MemoryFiguresUnavailableError(
-                f"{self.device} reports no reserved memory; the demo has nothing to show there"
-            )
-        return reserved
+        return self.manager.snapshot().reserved or 0
+
+    def _capacity(self) -> int | None:
+        """The most a budget may be: the host's limit on the CPU, the device's total elsewhere."""
+        if self._host_monitor is not None:
+            return self._host_monitor.limit.size
+        return self.manager.snapshot().total
 
     def _check_leftovers_fit(self) -> None:
         """The run without cleanup must leave the machine room: half its free memory at most."""
@@ -538,10 +546,13 @@ class Demo:
         """The budget of the run with cleanup, starting from ``footprint`` bytes.
 
         Its threshold lies :data:`ALLOWANCE_CLEANUPS` cleanup intervals' leftovers above the
-        footprint, so the leftovers pile up for a while, then a cleanup collects them.
+        footprint, so the leftovers pile up for a while, then a cleanup collects them; it is
+        never more than the device (or, on the CPU, the host) can hold.
         """
         allowance = ALLOWANCE_CLEANUPS * self.every * self.leftover_bytes
-        return math.ceil((footprint + allowance) / self.memory_threshold)
+        budget = math.ceil((footprint + allowance) / self.memory_threshold)
+        capacity = self._capacity()
+        return budget if capacity is None else min(budget, capacity)
 
     def run(self) -> DemoResult:
         """Colorize the images without and with memscope's cleanup, and write the results."""
