@@ -21,7 +21,16 @@ from memscope.reports import TimelineEntry
 from memscope.testing import FakeDevice, GiB, RecordingManager
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CSV_COLUMNS = ["item", "seconds", "usage", "allocated", "reserved", "gc_ran", "host_resident"]
+CSV_COLUMNS = [
+    "item",
+    "seconds",
+    "usage",
+    "allocated",
+    "reserved",
+    "gc_ran",
+    "host_resident",
+    "fitted_memory",
+]
 
 
 def _cuda_report(usages: list[float], *, threshold: float = 0.5) -> BatchReport:

@@ -84,7 +84,7 @@ def test_decorated_function_runs_in_a_process_pool(start_method: str) -> None:
     if start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"this platform has no {start_method!r} start method")
     context = multiprocessing.get_context(start_method)
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
         assert list(pool.map(hardening_targets.double, range(5))) == [0, 2, 4, 6, 8]
 
 

@@ -253,9 +253,9 @@ def test_an_oom_that_retries_did_not_cure_is_skipped_and_freed() -> None:
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(outcomes=st.lists(st.sampled_from(["ok", "error", "oom"]), max_size=30))
+@given(outcomes=st.lists(st.sampled_from(["ok", "ok", "error", "oom"]), max_size=16))
 def test_every_item_ends_in_results_or_failures_exactly_once(outcomes: list[str]) -> None:
     """Under any mix of errors and OOMs, each item is in the results or in failed_items,
     exactly once, in order."""
@@ -270,6 +270,7 @@ def test_every_item_ends_in_results_or_failures_exactly_once(outcomes: list[str]
     with managed_batch(manager=RecordingManager()) as batch:
         results = list(batch.map(colorize, range(len(outcomes)), on_error="skip"))
     failed = [failure.key for failure in batch.report.failed_items]
+    assert batch.report.ooms == outcomes.count("oom")
     assert sorted(results + failed) == list(range(len(outcomes)))  # type: ignore[operator]
     assert results == [n for n, outcome in enumerate(outcomes) if outcome == "ok"]
     assert batch.report.items == len(results)
@@ -287,11 +288,11 @@ WORKER = textwrap.dedent(
     with open(log, "a") as processed, managed_batch(
         manager=RecordingManager(), journal=journal
     ) as batch:
-        for image in batch.track([f"image-{n}" for n in range(40)]):
+        for image in batch.track([f"image-{n}" for n in range(30)]):
             processed.write(image + "\\n")
             processed.flush()
             os.fsync(processed.fileno())
-            time.sleep(0.02)
+            time.sleep(0.01)
     """
 )
 
@@ -306,17 +307,17 @@ def test_sigkill_mid_batch_loses_nothing_and_repeats_at_most_one(tmp_path: Path)
     child = subprocess.Popen(command)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if journal.exists() and journal.read_text().count('"done"') >= 12:
+        if journal.exists() and journal.read_text().count('"done"') >= 10:
             break
         time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(10)
     assert child.returncode == -signal.SIGKILL
     done_before = read_journal(journal).done
-    assert 12 <= len(done_before) < 40
+    assert 10 <= len(done_before) < 30
     subprocess.run(command, check=True, timeout=120)
     processed = log.read_text().split()
-    expected = [f"image-{n}" for n in range(40)]
+    expected = [f"image-{n}" for n in range(30)]
     assert sorted(set(processed)) == sorted(expected)
     assert len(processed) - len(expected) <= 1
     summary = read_journal(journal)

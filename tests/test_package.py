@@ -55,6 +55,8 @@ PUBLIC_NAMESPACES = [
     "memscope.estimation",
     "memscope.exceptions",
     "memscope.host",
+    "memscope.journal",
+    "memscope.leaks",
     "memscope.manager",
     "memscope.oom",
     "memscope.policies",

@@ -28,6 +28,8 @@ EXPECTED_RULES = {
     "oom_retries": "sum",
     "batch_size_reductions": "sum",
     "cleanups": "sum",
+    "skipped": "sum",
+    "memory_growth_per_item": "max",
 }
 """The combine rule of every BatchReport field that has one; the others have none."""
 

@@ -263,8 +263,8 @@ def test_threads_with_random_failures_count_exactly() -> None:
     assert_heap_released()
 
 
-@FAULT_SETTINGS
-@given(schedules=st.lists(st.lists(st.booleans(), max_size=8), min_size=1, max_size=5))
+@settings(FAULT_SETTINGS, max_examples=10)
+@given(schedules=st.lists(st.lists(st.booleans(), max_size=5), min_size=1, max_size=3))
 def test_concurrent_tasks_keep_their_own_batches(schedules: list[list[bool]]) -> None:
     """Concurrent asyncio tasks, each in its own batch with its own OOM schedule: each report
     counts its own items and OOMs only."""
