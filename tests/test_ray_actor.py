@@ -410,6 +410,15 @@ def test_generator_and_async_functions_are_refused() -> None:
             memscope.ray.managed(function, collector=None)  # type: ignore[arg-type]
 
 
+def test_a_managed_class_is_not_managed_twice() -> None:
+    """Wrapping what managed() made is refused: each batch would be managed twice."""
+    from memscope.ray._collector import CollectorAddress
+
+    wrapped = _managed_class(Colorize, settings(), CollectorAddress("c", "n"))
+    with pytest.raises(InvalidArgumentError, match="already managed"):
+        memscope.ray.managed(wrapped, collector=None)  # type: ignore[arg-type]
+
+
 def test_collector_must_be_a_report_collector() -> None:
     """managed() without a ReportCollector says what it needs."""
     with pytest.raises(InvalidArgumentTypeError, match="collector must be"):

@@ -30,12 +30,10 @@ import Ray, and the first call that needs it says how to install it when it is m
 """
 
 from memscope.ray._collector import ReportCollector
-from memscope.ray._import import RAY_MISSING
 from memscope.ray._report import ActorBatchReport, ActorReport, RayJobReport
 from memscope.ray._wrap import actor_device, managed
 
 __all__ = [
-    "RAY_MISSING",
     "ActorBatchReport",
     "ActorReport",
     "RayJobReport",

@@ -221,12 +221,14 @@ class ReportCollector:
         collector once more.
 
         Raises:
-            ReportGatherError: the collector did not answer in time, or is gone.
+            ReportGatherError: the collector did not answer in time, is gone, or was closed.
         """
         wait_limit = check_positive_number(timeout, "timeout")
         quiet_seconds = check_positive_number(quiet, "quiet")
         if self._closed:
-            raise InvalidArgumentError(f"the report collector {self.name!r} is closed")
+            raise ReportGatherError(
+                f"the report collector {self.name!r} is closed: read its report before closing it"
+            )
         ray = require_ray()
         deadline = time.monotonic() + wait_limit
         last_count: int | None = None

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 
-from memscope.exceptions import InvalidArgumentTypeError
+from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD
 from memscope.ray._actor import ActorMemory, ActorSettings, assigned_device, describe_failure
 from memscope.ray._collector import (
@@ -43,6 +43,8 @@ Function = TypeVar("Function", bound=Callable[..., Any])
 
 # The attribute a managed instance keeps its worker session in.
 _SESSION = "_memscope_worker"
+# The mark of a class or function managed() made, so that it is not wrapped twice.
+_MANAGED = "__memscope_managed__"
 
 
 def actor_device() -> torch.device:
@@ -158,11 +160,21 @@ def managed(
         regrow_after_batches: grow the learned size back after this many batches without
             running out of memory; ``None``: keep it.
 
+    Returns:
+        What to pass to ``map_batches`` in place of ``udf``: a subclass of the class (same
+        name, constructor and attributes), or a function with the function's signature.
+
     Raises:
-        InvalidArgumentTypeError, InvalidArgumentError: at once, for a bad argument.
+        InvalidArgumentTypeError, InvalidArgumentError: at once, for a bad argument (or a
+            ``udf`` that ``managed()`` already made).
         ImportError: when Ray is not installed (``pip install 'memscope[ray]'``).
     """
     # The function first: whether it can be managed at all does not depend on the rest.
+    if getattr(udf, _MANAGED, False):
+        raise InvalidArgumentError(
+            f"{getattr(udf, '__qualname__', udf)!r} is already managed by memscope.ray: "
+            "wrap the original once"
+        )
     if isinstance(udf, type):
         _check_class(udf)
     elif callable(udf):
@@ -241,6 +253,7 @@ def _managed_class(cls: type, settings: ActorSettings, address: CollectorAddress
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,
         "__wrapped__": cls,
+        _MANAGED: True,
     }
     # A signature inspect cannot read stays unread.
     with contextlib.suppress(TypeError, ValueError):
@@ -281,4 +294,5 @@ def _managed_function(
         session = _task_session(token, settings, address, name)
         return session.memory.process(lambda chunk: function(chunk, *args, **kwargs), batch)
 
+    setattr(run_managed, _MANAGED, True)
     return run_managed
