@@ -14,6 +14,8 @@ How a page runs:
   snippet).
 - A block that cannot run here is marked by an HTML comment on the line just before its
   fence, with the reason: ``<!-- not-run: needs torchrun -->``. Use it sparingly.
+- A block that imports an optional package that is not installed (``ray``) ends its page's
+  run there, and the test is skipped, saying which package; what ran before must pass.
 - Blocks run in a temporary folder, so the files they write go nowhere.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.util
 import io
 import re
 import tokenize
@@ -164,17 +167,41 @@ def faked(devices: dict[str, int]) -> Iterator[None]:
         yield
 
 
-def run_page(page: Path) -> list[str]:
+@dataclass
+class PageRun:
+    """What running a page found: failures, and a package it needs that is not installed."""
+
+    failures: list[str]
+    missing: str | None = None
+
+
+def _not_installed(error: Exception) -> str | None:
+    """The third-party package an import failed for, when it is simply not installed."""
+    if not isinstance(error, ModuleNotFoundError) or error.name is None:
+        return None
+    package = error.name.partition(".")[0]
+    if package == "memscope" or importlib.util.find_spec(package) is not None:
+        return None
+    return package
+
+
+def _shown(page: Path) -> str:
+    """The page's path as tracebacks name it: from the repository's root where it is there."""
+    return str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else str(page)
+
+
+def run_page(page: Path) -> PageRun:
     """Run the page's runnable blocks in order in one namespace; call the tests they define.
 
-    An example test runs right after its block, with the same fake devices. Returns what
-    failed, one line per block or test (a failure does not stop what follows).
+    An example test runs right after its block, with the same fake devices. A failure does
+    not stop what follows; a block that imports an optional package that is not installed
+    (``ray``, say) stops the page there, as the blocks after it may build on it.
     """
     namespace: dict[str, Any] = {"__name__": f"docs.{page.stem}"}
     prelude = PRELUDES.get(page.name)
     if prelude is not None:
         exec(compile(prelude, f"{page.name} (prelude)", "exec"), namespace)
-    failures = []
+    failures: list[str] = []
     for snippet in snippets(page):
         if snippet.not_run is not None:
             continue
@@ -183,8 +210,11 @@ def run_page(page: Path) -> list[str]:
         source = "\n" * snippet.line + snippet.code
         with faked(accelerators(snippet.code)):
             try:
-                exec(compile(source, str(page.relative_to(ROOT)), "exec"), namespace)
+                exec(compile(source, _shown(page), "exec"), namespace)
             except Exception as error:
+                missing = _not_installed(error)
+                if missing is not None:
+                    return PageRun(failures, f"line {snippet.line} needs {missing}")
                 failures.append(f"line {snippet.line}: {type(error).__name__}: {error}")
                 continue
             tests = [
@@ -199,7 +229,7 @@ def run_page(page: Path) -> list[str]:
                     failures.append(
                         f"line {snippet.line}, {name}(): {type(error).__name__}: {error}"
                     )
-    return failures
+    return PageRun(failures)
 
 
 @pytest.mark.parametrize(
@@ -220,9 +250,11 @@ def test_page_snippets_run_as_written(
 ) -> None:
     """The page's ```python blocks run top to bottom, faked accelerators where they name one."""
     monkeypatch.chdir(tmp_path)
-    failures = run_page(page)
+    run = run_page(page)
     capsys.readouterr()
-    assert failures == [], f"{page.name}:\n" + "\n".join(failures)
+    assert run.failures == [], f"{page.name}:\n" + "\n".join(run.failures)
+    if run.missing is not None:
+        pytest.skip(f"{page.name}: {run.missing}, which is not installed; the rest did not run")
 
 
 def test_every_page_with_snippets_is_checked() -> None:
@@ -264,3 +296,15 @@ def test_accelerators_are_read_from_strings_only() -> None:
         "cuda": 1,
     }
     assert accelerators("MemoryManager()  # auto-detects; or 'cuda'\n") == {}
+
+
+def test_a_missing_optional_package_skips_the_rest_of_the_page(tmp_path: Path) -> None:
+    """A block importing a package that is not installed ends the page; earlier ones count."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nx = 1\n```\n\n```python\nimport no_such_package_here\n```\n\n"
+        "```python\nraise RuntimeError('never reached')\n```\n"
+    )
+    assert run_page(page) == PageRun([], "line 5 needs no_such_package_here")
+    (tmp_path / "broken.md").write_text("```python\nfrom memscope import no_such_name\n```\n")
+    assert run_page(tmp_path / "broken.md").failures[0].startswith("line 1: ImportError: ")
