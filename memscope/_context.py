@@ -61,6 +61,10 @@ class ActiveBatch(Protocol):
         """A cleanup memscope made during the batch; ``None`` means it failed."""
         ...
 
+    def _observe_peak(self, allocated: int | None, reserved: int | None) -> None:
+        """Peak figures seen before something resets the device's peak statistics."""
+        ...
+
 
 # A ContextVar, not a thread-local: concurrent asyncio tasks each see their own batch. New
 # threads start with an empty context, so worker threads join a batch explicitly

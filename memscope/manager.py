@@ -17,7 +17,7 @@ import torch
 from memscope._devices import resolve_device
 from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
-from memscope.estimation import ImageMemoryModel
+from memscope.estimation import CalibratedImageMemoryModel, ImageMemoryModel
 from memscope.exceptions import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
@@ -90,7 +90,7 @@ class MemoryManager:
         device: DeviceLike = None,
         memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
         *,
-        memory_model: ImageMemoryModel | None = None,
+        memory_model: ImageMemoryModel | CalibratedImageMemoryModel | None = None,
         gc_backoff: GCBackoff | None = None,
         host: bool = False,
         budget: int | str | None = None,

@@ -90,11 +90,7 @@ def _fold_peak_into(
     (a batch on another device keeps its own)."""
     if batch is None or batch.manager.resolved_device != manager.resolved_device:
         return
-    # managed_batch keeps its peaks through _observe_peak, which the ActiveBatch protocol
-    # does not (yet) promise; a batch without it keeps no peaks to lose.
-    observe = getattr(batch, "_observe_peak", None)
-    if observe is not None:
-        observe(snapshot.peak_allocated, snapshot.peak_reserved)
+    batch._observe_peak(snapshot.peak_allocated, snapshot.peak_reserved)
 
 
 class AttemptMeter:
