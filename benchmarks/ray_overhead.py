@@ -3,17 +3,21 @@
 Run ``python -m benchmarks.ray_overhead`` (needs ``pip install 'memscope[ray]'``). It starts
 a local Ray cluster on the loopback address (``--cpus`` logical CPUs, no dashboard) and runs
 the same job (synthetic line art through the demo's small colorization network, 2 actors)
-alternately as a plain ``map_batches`` class and as ``memscope.ray.managed(...)`` of it,
-with no memory pressure: what is measured is what memscope costs when it has nothing to do.
+in turns as a plain ``map_batches`` class, as ``memscope.ray.managed(...)`` of it, and as
+that with ``freeze_heap=False``, with no memory pressure: what is measured is what memscope
+costs when it has nothing to do.
 
 Two tables, printed as Markdown for docs/scaling.md:
 
 * **rows/s**: rows divided by the processing window (first batch started to last batch
   ended, as the actors' own clocks say), so the actors' start-up, the same for both, is left
-  out. Median and range over the runs.
+  out. Median and range over the runs, each run against the plain run of the same turn (the
+  variants run back to back, each first in its turn), and how many full garbage
+  collections Python made during the batches.
 * **per batch**: inside one actor, the time of one batch called directly and through
   memscope (its ``managed_batch``, the chunk search, and the two messages to the collector),
-  median over many calls.
+  median over many calls, for the colorizer and for a function that does nothing (memscope's
+  cost alone, free of the colorizer's noise).
 
 This is a benchmark, not a test: nothing here asserts a time.
 """
@@ -21,6 +25,7 @@ This is a benchmark, not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import platform
@@ -60,6 +65,7 @@ class Colorize:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
+        full_collections = gc.get_stats()[2]["collections"]
         ids = batch["id"]
         with torch.inference_mode():
             line_art = torch.cat(
@@ -71,11 +77,14 @@ class Colorize:
             colours = self.network(line_art)
             means = colours.mean(dim=(1, 2, 3)).cpu().numpy()
         ended = time.time()
+        # Full collections during the batch, on the first row: the sum over rows is the run's.
+        full_collections = gc.get_stats()[2]["collections"] - full_collections
         return {
             "id": ids,
             "mean": means,
             "started": [started] * len(ids),
             "ended": [ended] * len(ids),
+            "full_collections": [full_collections] + [0] * (len(ids) - 1),
         }
 
 
@@ -97,8 +106,9 @@ def _start_cluster(ray: Any, cpus: int) -> None:
     context.wait_for_min_actors_s = 300
 
 
-def _run_job(ray: Any, udf: Any, arguments: argparse.Namespace) -> tuple[float, int]:
-    """One run of the job: (rows per second over the processing window, rows)."""
+def _run_job(ray: Any, udf: Any, arguments: argparse.Namespace) -> tuple[float, int, int]:
+    """One run of the job: rows per second over the processing window, rows, and full
+    garbage collections during the batches."""
     dataset = ray.data.range(arguments.rows, override_num_blocks=arguments.blocks).map_batches(
         udf,
         fn_constructor_args=(arguments.size,),
@@ -109,7 +119,7 @@ def _run_job(ray: Any, udf: Any, arguments: argparse.Namespace) -> tuple[float, 
     )
     rows = _take_all(dataset, arguments.timeout)
     window = max(row["ended"] for row in rows) - min(row["started"] for row in rows)
-    return len(rows) / window, len(rows)
+    return len(rows) / window, len(rows), sum(row["full_collections"] for row in rows)
 
 
 def _take_all(dataset: Any, timeout: float) -> list[dict[str, Any]]:
@@ -132,10 +142,24 @@ def _take_all(dataset: Any, timeout: float) -> list[dict[str, Any]]:
     return list(outcome["rows"])
 
 
+class PassThrough:
+    """A batch function that does nothing: what memscope costs per batch, alone."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return batch
+
+
 def _per_batch_seconds(ray: Any, arguments: argparse.Namespace) -> dict[str, float]:
-    """Inside one actor: median seconds of a batch called directly and through memscope."""
+    """Inside one actor: median seconds of a batch called directly and through memscope,
+    for the colorizer and for a function that does nothing."""
     collector = ReportCollector()
-    managed_class = managed(Colorize, collector=collector)
+    functions = {
+        "colorize": (Colorize, managed(Colorize, collector=collector)),
+        "pass through": (PassThrough, managed(PassThrough, collector=collector)),
+    }
 
     @ray.remote(num_cpus=1)
     class Timer:
@@ -143,17 +167,21 @@ def _per_batch_seconds(ray: Any, arguments: argparse.Namespace) -> dict[str, flo
             import numpy
 
             batch = {"id": numpy.arange(batch_size)}
-            plain = Colorize(size)
-            wrapped = managed_class(size)
-            timings: dict[str, list[float]] = {"plain": [], "memscope": []}
-            for _ in range(calls):
-                for name, function in (("plain", plain), ("memscope", wrapped)):
-                    start = time.perf_counter()
-                    function(dict(batch))
-                    timings[name].append(time.perf_counter() - start)
-            return {name: statistics.median(values) for name, values in timings.items()}
+            medians: dict[str, float] = {}
+            for name, (plain_class, managed_class) in functions.items():
+                plain, wrapped = plain_class(size), managed_class(size)
+                timings: dict[str, list[float]] = {"plain": [], "memscope": []}
+                for _ in range(calls):
+                    # Alternating, so that drift in the machine's load falls on both alike.
+                    for variant, function in (("plain", plain), ("memscope", wrapped)):
+                        start = time.perf_counter()
+                        function(dict(batch))
+                        timings[variant].append(time.perf_counter() - start)
+                for variant, values in timings.items():
+                    medians[f"{name}, {variant}"] = statistics.median(values)
+            return medians
 
-    timer = Timer.remote()  # type: ignore[attr-defined]
+    timer = Timer.remote()
     result: dict[str, float] = ray.get(
         timer.measure.remote(arguments.calls, arguments.size, arguments.batch_size)
     )
@@ -194,15 +222,23 @@ def main(argv: list[str] | None = None) -> int:
         variants: dict[str, Callable[..., Any]] = {
             "plain map_batches class": Colorize,
             "memscope.ray.managed(...)": managed(Colorize, collector=collector),
+            "managed(..., freeze_heap=False)": managed(
+                Colorize, collector=collector, freeze_heap=False
+            ),
         }
         throughput: dict[str, list[float]] = {name: [] for name in variants}
+        collections: dict[str, list[int]] = {name: [] for name in variants}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            # Alternating, so drift in the machine's load falls on both alike.
+            # In turns, each variant first in its turn, so that drift in the machine's load
+            # and whatever a run leaves for the next fall on every variant alike.
             for repeat in range(arguments.repeats):
-                for name, udf in variants.items():
-                    rows_per_second, rows = _run_job(ray, udf, arguments)
+                order = list(variants.items())
+                shift = repeat % len(order)
+                for name, udf in order[shift:] + order[:shift]:
+                    rows_per_second, rows, full = _run_job(ray, udf, arguments)
                     throughput[name].append(rows_per_second)
+                    collections[name].append(full)
                     print(
                         f"run {repeat + 1}/{arguments.repeats}: {name}: {rows} rows, "
                         f"{rows_per_second:.1f} rows/s",
@@ -220,29 +256,41 @@ def main(argv: list[str] | None = None) -> int:
         f"cluster; {arguments.rows} rows of {arguments.size}x{arguments.size} line art in "
         f"batches of {arguments.batch_size}; CPU, no memory pressure.\n"
     )
-    plain_median = statistics.median(throughput["plain map_batches class"])
+    plain = throughput["plain map_batches class"]
     rows = []
     for name, values in throughput.items():
-        median = statistics.median(values)
+        # Each run against the plain run of the same repeat: load that drifts over the
+        # benchmark falls on both runs of a pair alike.
+        ratios = [value / baseline - 1 for value, baseline in zip(values, plain, strict=True)]
         rows.append(
             [
                 name,
-                f"{median:.1f}",
+                f"{statistics.median(values):.1f}",
                 f"{min(values):.1f} to {max(values):.1f}",
-                f"{(median / plain_median - 1) * 100:+.1f} %",
+                f"{statistics.median(ratios) * 100:+.1f} %",
+                f"{min(ratios) * 100:+.1f} to {max(ratios) * 100:+.1f} %",
+                f"{statistics.median(collections[name]):.0f}",
             ]
         )
-    print(_table(["variant", "rows/s (median)", "range", "vs plain"], rows))
+    headers = ["variant", "rows/s (median)", "range", "vs plain (median)", "vs plain (range)"]
+    print(_table([*headers, "full GCs in batches (median)"], rows))
     print()
-    plain_batch, managed_batch_seconds = per_batch["plain"], per_batch["memscope"]
+    per_batch_rows = []
+    for name in ("colorize", "pass through"):
+        plain_seconds = per_batch[f"{name}, plain"]
+        managed_seconds = per_batch[f"{name}, memscope"]
+        per_batch_rows.append(
+            [
+                name,
+                f"{plain_seconds * 1000:.2f} ms",
+                f"{managed_seconds * 1000:.2f} ms",
+                f"{(managed_seconds - plain_seconds) * 1000:+.2f} ms",
+            ]
+        )
     print(
         _table(
-            ["one batch, inside an actor", "median"],
-            [
-                ["called directly", f"{plain_batch * 1000:.2f} ms"],
-                ["through memscope.ray", f"{managed_batch_seconds * 1000:.2f} ms"],
-                ["memscope's cost", f"{(managed_batch_seconds - plain_batch) * 1000:+.2f} ms"],
-            ],
+            ["one batch, inside an actor", "called directly", "through memscope", "difference"],
+            per_batch_rows,
         )
     )
     print()
