@@ -3,7 +3,8 @@
 - :func:`is_oom_error` recognises an out-of-memory error on every backend;
   :func:`call_catching_oom`, :func:`release_exception_frames` and :func:`reclaim_memory` are
   the pieces of a recovery that really frees the failed call's memory.
-- :func:`adaptive_batch` and :func:`process_in_chunks` (also at the top level) run a
+- :func:`adaptive_batch` and :func:`process_in_chunks` (also at the top level), and
+  :func:`iter_chunks` (which yields each chunk's result as it completes), run a
   function at a batch size predicted from the memory measured per item (by factor where
   nothing can be measured), smaller when memory runs out; chunks can also be sized by a
   memory model. :class:`AdaptiveBatchState` is what an adaptive function learned, and
@@ -21,7 +22,12 @@ rules), ``_measure`` (the device's figures before an attempt, its peak after), `
 and ``_history``.
 """
 
-from memscope.oom._chunks import process_in_chunks, process_in_chunks_async
+from memscope.oom._chunks import (
+    iter_chunks,
+    iter_chunks_async,
+    process_in_chunks,
+    process_in_chunks_async,
+)
 from memscope.oom._decoration import (
     AdaptiveBatchClassMethod,
     AdaptiveBatchDecorator,
@@ -55,6 +61,8 @@ __all__ = [
     "call_catching_oom",
     "call_catching_oom_async",
     "is_oom_error",
+    "iter_chunks",
+    "iter_chunks_async",
     "process_in_chunks",
     "process_in_chunks_async",
     "reclaim_memory",

@@ -10,7 +10,17 @@ images holds fewer of them than a chunk of small ones.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from dataclasses import replace
 from typing import Any, cast
 
 import torch
@@ -25,13 +35,20 @@ from memscope.exceptions import (
 )
 from memscope.manager import MemoryManager
 from memscope.oom._options import SizingOptions
-from memscope.oom._search import Call, SizeSearch, run_search, run_search_async
+from memscope.oom._search import (
+    Call,
+    SizeSearch,
+    iterate_search,
+    iterate_search_async,
+    run_search,
+    run_search_async,
+)
 from memscope.oom._state import AdaptiveBatchState, Attempt, CountedWork, Work
 from memscope.typing import Combine, DeviceLike
 
 ImageSize = Callable[[Any], tuple[int, int]]
 
-__all__ = ["process_in_chunks", "process_in_chunks_async"]
+__all__ = ["iter_chunks", "iter_chunks_async", "process_in_chunks", "process_in_chunks_async"]
 
 
 def _check_items(items: object) -> int:
@@ -51,16 +68,111 @@ def _check_items(items: object) -> int:
     )
 
 
-def _check_combine(combine: object) -> Combine:
-    if combine in ("concat", "chunks") or callable(combine):
-        return cast(Combine, combine)
+class _SlicedItems:
+    """Items that can be sliced (a sequence, a tensor): a chunk is a slice of them."""
+
+    def __init__(self, items: Any, total: int) -> None:
+        self.items = items
+        self.total = total
+        self.position = 0
+
+    def chunk(self, size: int) -> Any:
+        return self.items[self.position : self.position + size]
+
+    def available(self, size: int) -> int:
+        return min(size, self.total - self.position)
+
+    def advance(self, count: int) -> None:
+        self.position += count
+
+    def finished(self) -> bool:
+        return self.position >= self.total
+
+    def left(self) -> int | None:
+        return self.total - self.position
+
+    def where(self) -> str:
+        return f"item {self.position} (of {self.total})"
+
+
+class _StreamedItems:
+    """Items read one by one from an iterator: only the chunk in progress is buffered.
+
+    A chunk is a list of the next ``size`` items, read as it is first asked for; a retry
+    after an out-of-memory error is a shorter slice of those already read. Whether the
+    items are finished is known by reading the next one, which is the first of the next chunk.
+    """
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.iterator: Iterator[Any] = iter(items)
+        self.buffer: list[Any] = []
+        self.ended = False
+        self.position = 0
+
+    def _read_up_to(self, size: int) -> None:
+        while len(self.buffer) < size and not self.ended:
+            try:
+                self.buffer.append(next(self.iterator))
+            except StopIteration:
+                self.ended = True
+
+    def chunk(self, size: int) -> list[Any]:
+        self._read_up_to(size)
+        return self.buffer[:size]
+
+    def available(self, size: int) -> int:
+        self._read_up_to(size)
+        return min(size, len(self.buffer))
+
+    def advance(self, count: int) -> None:
+        del self.buffer[:count]
+        self.position += count
+
+    def finished(self) -> bool:
+        self._read_up_to(1)
+        return not self.buffer
+
+    def left(self) -> int | None:
+        return len(self.buffer) if self.ended else None
+
+    def where(self) -> str:
+        return f"item {self.position}"
+
+
+_Items = _SlicedItems | _StreamedItems
+
+
+def _item_source(items: object) -> _Items:
+    """The items, sliced where they can be, else read as a stream; or an error naming them."""
+    if isinstance(items, (torch.Tensor, Sequence)):
+        return _SlicedItems(items, _check_items(items))
+    if isinstance(items, Iterable):
+        return _StreamedItems(items)
+    raise InvalidArgumentTypeError(
+        "items must be a sequence (a list, a tuple), a tensor, or another iterable (a "
+        f"generator, say), got {items!r} of type {type(items).__name__}"
+    )
+
+
+def _check_combine(combine: object) -> Combine | None:
+    if combine is None or combine in ("concat", "chunks") or callable(combine):
+        return cast("Combine | None", combine)
     if isinstance(combine, str):
         raise InvalidArgumentError(
-            f"combine must be 'concat', 'chunks' or a function, got {combine!r}"
+            f"combine must be 'concat', 'chunks', a function or None, got {combine!r}"
         )
     raise InvalidArgumentTypeError(
-        f"combine must be 'concat', 'chunks' or a function, got {combine!r} "
+        f"combine must be 'concat', 'chunks', a function or None, got {combine!r} "
         f"of type {type(combine).__name__}"
+    )
+
+
+def _check_state(state: object) -> AdaptiveBatchState | None:
+    if state is None or isinstance(state, AdaptiveBatchState):
+        return state
+    raise InvalidArgumentTypeError(
+        "state must be an AdaptiveBatchState (AdaptiveBatchState(start=...)) or None, "
+        f"got {state!r} of type {type(state).__name__}"
     )
 
 
@@ -164,58 +276,78 @@ class _MemoryWork:
 
 
 class _ChunkSearch(SizeSearch[Any]):
-    """The search over the chunks of one ``process_in_chunks`` call."""
+    """The search over the chunks of one ``process_in_chunks`` (or ``iter_chunks``) call.
+
+    ``combine`` ``None`` keeps no result: the driver hands each on (``iter_chunks``), or the
+    function returns nothing worth keeping.
+    """
 
     def __init__(
         self,
         name: str,
         function: Callable[[Any], Any],
-        items: Any,
-        total: int,
-        combine: Combine,
+        items: _Items,
+        combine: Combine | None,
         options: SizingOptions,
         sizing: _MemorySizing | None,
+        state: AdaptiveBatchState | None,
     ) -> None:
         batch = context.current()
         super().__init__(
             name=name,
-            # What is learned lasts for this call: the next call may get other items.
-            state=AdaptiveBatchState._from_settings(options.settings),
+            # Without a state passed in, what is learned lasts for this call: the next call
+            # may get other items.
+            state=AdaptiveBatchState._from_settings(options.settings) if state is None else state,
             manager=options.manager_for(batch),
             batch=batch,
             figures=sizing is not None,
         )
         self.function = function
         self.items = items
-        self.total = total
         self.combine = combine
         self.sizing = sizing
-        self.position = 0
         self.results: list[Any] = []
 
+    def _attempt_at(self, attempt: Attempt) -> Call:
+        # A stream may end before the attempt's size: only now, reading it, is that known.
+        available = self.items.available(attempt.size)
+        if available < attempt.size:
+            attempt = replace(
+                attempt,
+                size=available,
+                units=self._work().units_of(available),
+                regrowing_from=None,
+            )
+        return super()._attempt_at(attempt)
+
     def _call(self, size: int) -> Call:
-        chunk = self.items[self.position : self.position + size]
-        return Call(self.function, (chunk,), {})
+        return Call(self.function, (self.items.chunk(size),), {})
 
     def _accept(self, attempt: Attempt, result: Any) -> None:
-        if self.combine == "concat":
-            _check_concatenable(result, self.results[0] if self.results else result)
-        self.results.append(result)
-        self.position += attempt.size
+        if self.combine is not None:
+            if self.combine == "concat":
+                _check_concatenable(result, self.results[0] if self.results else result)
+            self.results.append(result)
+        self.items.advance(attempt.size)
 
     def _finished(self) -> bool:
-        return self.position >= self.total
+        return self.items.finished()
 
     def _result(self) -> Any:
+        if self.combine is None:
+            return None
         return _combined(self.results, self.combine)
 
-    def _items_left(self) -> int:
-        return self.total - self.position
+    def _items_left(self) -> int | None:
+        return self.items.left()
 
     def _work(self) -> Work:
         if self.sizing is None:
             return CountedWork(self._items_left())
-        return _MemoryWork(self.sizing, self.position, self._items_left())
+        left = self._items_left()
+        assert isinstance(self.items, _SlicedItems)
+        assert left is not None
+        return _MemoryWork(self.sizing, self.items.position, left)
 
     def _check_reading(self, available: int | None) -> None:
         if self.sizing is not None and available is None and not self.sizes:
@@ -226,7 +358,7 @@ class _ChunkSearch(SizeSearch[Any]):
             )
 
     def _where(self) -> str:
-        return f" for the chunk at item {self.position} (of {self.total})"
+        return f" for the chunk at {self.items.where()}"
 
 
 def _check_memory_sizing(
@@ -266,6 +398,26 @@ def _tensor_image_size(item: torch.Tensor) -> tuple[int, int]:
     return int(item.shape[-1]), int(item.shape[-2])
 
 
+_SIZING_DEFAULTS: dict[str, object] = {
+    "factor": 0.5,
+    "min_size": 1,
+    "regrow_after": None,
+    "headroom": DEFAULT_HEADROOM,
+    "measure": True,
+}
+
+
+def _check_no_sizing_with_state(state: AdaptiveBatchState, given: dict[str, object]) -> None:
+    """With ``state=``, the sizing options are the state's: refuse any passed as well."""
+    for name, value in given.items():
+        default = _SIZING_DEFAULTS.get(name)
+        if value is not default and value != default:
+            raise InvalidArgumentError(
+                f"pass {name} to the AdaptiveBatchState, not with state=: the state's "
+                f"settings are used (got {name}={value!r} and state={state!r})"
+            )
+
+
 def _chunk_search(
     function: Callable[[Any], Any],
     items: Any,
@@ -282,16 +434,36 @@ def _chunk_search(
     combine: object,
     manager: object,
     device: DeviceLike,
+    state: object,
 ) -> _ChunkSearch:
-    """Every argument checked, then the search; nothing is called yet.
+    """Every argument checked, then the search; nothing is called yet (no item is read).
 
     With ``awaited``, the search's attempts return awaitables, for the async driver.
     """
+    kept = _check_state(state)
+    if kept is not None:
+        if start is not None:
+            raise InvalidArgumentError(
+                "pass start to the AdaptiveBatchState, not with state=: the state's settings "
+                f"are used (got start={start!r} and state={kept!r})"
+            )
+        _check_no_sizing_with_state(
+            kept,
+            {
+                "factor": factor,
+                "min_size": min_size,
+                "regrow_after": regrow_after,
+                "headroom": headroom,
+                "measure": measure,
+            },
+        )
+        start, factor, min_size = kept.start, kept.factor, kept.min_size
+        regrow_after, headroom, measure = kept.regrow_after, kept.headroom, kept.measure
     if start is None:
         if memory_model is None:
             raise InvalidArgumentTypeError(
                 "process_in_chunks needs start= (the first chunk's length in items) or "
-                "memory_model= (to size chunks by memory)"
+                "memory_model= (to size chunks by memory), or state= (an AdaptiveBatchState)"
             )
         # Sized by memory without a cap, a chunk may hold every item.
         start = max(_check_items(items), check_int(min_size, "min_size", minimum=1))
@@ -308,12 +480,17 @@ def _chunk_search(
     checked_combine = _check_combine(combine)
     if not callable(function):
         raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
-    total = _check_items(items)
+    source = _item_source(items)
+    if memory_model is not None and isinstance(source, _StreamedItems):
+        raise InvalidArgumentTypeError(
+            "memory_model needs items that can be sliced (a sequence or a tensor), to read "
+            f"the image sizes of the next items; got {type(items).__name__}: pass list(items)"
+        )
     memory = _check_memory_sizing(memory_model, image_size, items)
     sizing = None if memory is None else _MemorySizing(memory[0], items, memory[1])
     name = getattr(function, "__qualname__", repr(function))
     attempt = _awaiting(function) if awaited else function
-    return _ChunkSearch(name, attempt, items, total, checked_combine, options, sizing)
+    return _ChunkSearch(name, attempt, source, checked_combine, options, sizing, kept)
 
 
 def process_in_chunks(
@@ -328,13 +505,19 @@ def process_in_chunks(
     measure: bool = True,
     memory_model: ChunkMemoryModel | None = None,
     image_size: Callable[[Any], tuple[int, int]] | None = None,
-    combine: Combine = "concat",
+    combine: Combine | None = "concat",
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
+    state: AdaptiveBatchState | None = None,
 ) -> Any:
-    """Call ``function(chunk)`` on consecutive slices of ``items``; shrink them on OOM.
+    """Call ``function(chunk)`` on consecutive chunks of ``items``; shrink them on OOM.
 
-    ``items`` is a sequence (list, tuple) or a tensor (sliced along its first dimension).
+    ``items`` is a sequence (list, tuple) or a tensor, sliced into chunks (a tensor along its
+    first dimension), or any other iterable (a generator, a dataset's iterator), read as a
+    stream: each chunk is then a list of the next items, read as the chunk is first tried,
+    and a retry is a shorter slice of those already read. No item past the chunk in progress
+    is read (knowing whether the items are finished reads the next chunk's first item), so a
+    stream longer than memory can be processed.
     The first chunk is ``start`` items long. Later chunks are sized as
     :func:`~memscope.adaptive_batch` sizes its calls: from the memory each chunk was measured
     to need, per item, and the memory the device has available (less ``headroom``), where the
@@ -344,7 +527,17 @@ def process_in_chunks(
     every item is in exactly one chunk that succeeded. (A call that failed may have done part
     of its work before running out of memory; its result is dropped.) ``regrow_after``,
     ``manager`` and ``device`` work as for :func:`~memscope.adaptive_batch`; what is learned
-    lasts for this call.
+    lasts for this call, unless ``state`` is given.
+
+    **Sizes kept across calls.** ``state``, an :class:`~memscope.AdaptiveBatchState`
+    (``AdaptiveBatchState(start=64)``), holds what is learned, and the sizing options: pass
+    it to every call (a job that calls ``process_in_chunks`` once per file, say) and each
+    call starts where the last one left off, at the size that worked and with what was
+    measured, instead of running out of memory again. With ``state``, ``start``,
+    ``factor``, ``min_size``, ``regrow_after``, ``headroom`` and ``measure`` are the
+    state's; passing any of them too is an :class:`~memscope.InvalidArgumentError`. Use one
+    state per kind of work (chunks sized by a memory model learn bytes per estimated byte,
+    not per item).
 
     **Chunks sized by memory.** With ``memory_model`` (an
     :class:`~memscope.ImageMemoryModel`, or a
@@ -370,10 +563,16 @@ def process_in_chunks(
     * ``"chunks"``: the list of per-chunk results, in order (its length depends on the
       chunk sizes, and so on memory).
     * a function: called with that list; its return value is returned.
+    * ``None``: for a function that writes its results somewhere and returns nothing; no
+      result is kept or checked, and ``None`` is returned.
+
+    To handle each chunk's result as it completes, without keeping them all, use
+    :func:`iter_chunks`.
 
     Empty ``items`` call nothing and give ``[]`` (whatever ``combine`` is, but a function,
-    which gets ``[]``). When ``min_size`` runs out of memory too,
-    :class:`~memscope.BatchSizeExhaustedError` is raised from the last out-of-memory error.
+    which gets ``[]``, and ``None``, which gives ``None``). When ``min_size`` runs out of
+    memory too, :class:`~memscope.BatchSizeExhaustedError` is raised from the last
+    out-of-memory error.
 
     Inside a ``managed_batch``, chunked work is batch work: each chunk that succeeds with
     ``n`` items counts ``n`` items into the batch (none inside a ``track()`` loop body, whose
@@ -399,6 +598,7 @@ def process_in_chunks(
         combine=combine,
         manager=manager,
         device=device,
+        state=state,
     )
     return run_search(search)
 
@@ -430,9 +630,10 @@ def process_in_chunks_async(
     measure: bool = True,
     memory_model: ChunkMemoryModel | None = None,
     image_size: Callable[[Any], tuple[int, int]] | None = None,
-    combine: Combine = "concat",
+    combine: Combine | None = "concat",
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
+    state: AdaptiveBatchState | None = None,
 ) -> Coroutine[Any, Any, Any]:
     """:func:`process_in_chunks` for a function that returns an awaitable; awaits each chunk.
 
@@ -454,5 +655,97 @@ def process_in_chunks_async(
         combine=combine,
         manager=manager,
         device=device,
+        state=state,
     )
     return run_search_async(search)
+
+
+def iter_chunks(
+    function: Callable[[Any], Any],
+    items: Any,
+    *,
+    start: int | None = None,
+    factor: float = 0.5,
+    min_size: int = 1,
+    regrow_after: int | None = None,
+    headroom: float = DEFAULT_HEADROOM,
+    measure: bool = True,
+    memory_model: ChunkMemoryModel | None = None,
+    image_size: Callable[[Any], tuple[int, int]] | None = None,
+    manager: MemoryManager | None = None,
+    device: DeviceLike = None,
+    state: AdaptiveBatchState | None = None,
+) -> Generator[Any, None, None]:
+    """:func:`process_in_chunks`, yielding each chunk's result as the chunk completes.
+
+    The chunks are the same (every item in exactly one chunk that succeeded, in order), but
+    nothing is combined or kept: each successful chunk's result is yielded before the next
+    chunk is read or tried, so results can be written out as they come and a stream of
+    items is processed in memory for one chunk. A chunk that ran out of memory yields
+    nothing; its retry yields the result. The arguments are checked when it is called,
+    before the first ``next()``: a bad one raises at once. Closing the iterator early stops
+    the work after the chunk in progress.
+    """
+    if inspect.iscoroutinefunction(function):
+        raise InvalidArgumentTypeError(
+            f"{function!r} is a coroutine function: use iter_chunks_async for it"
+        )
+    search = _chunk_search(
+        function,
+        items,
+        awaited=False,
+        start=start,
+        factor=factor,
+        min_size=min_size,
+        regrow_after=regrow_after,
+        headroom=headroom,
+        measure=measure,
+        memory_model=memory_model,
+        image_size=image_size,
+        combine=None,
+        manager=manager,
+        device=device,
+        state=state,
+    )
+    return iterate_search(search)
+
+
+def iter_chunks_async(
+    function: Callable[[Any], Awaitable[Any]],
+    items: Any,
+    *,
+    start: int | None = None,
+    factor: float = 0.5,
+    min_size: int = 1,
+    regrow_after: int | None = None,
+    headroom: float = DEFAULT_HEADROOM,
+    measure: bool = True,
+    memory_model: ChunkMemoryModel | None = None,
+    image_size: Callable[[Any], tuple[int, int]] | None = None,
+    manager: MemoryManager | None = None,
+    device: DeviceLike = None,
+    state: AdaptiveBatchState | None = None,
+) -> AsyncGenerator[Any, None]:
+    """:func:`iter_chunks` for a function that returns an awaitable: ``async for`` over it.
+
+    ``items`` is read synchronously (a sequence, a tensor or an ordinary iterable). The
+    arguments are checked when it is called: a bad one raises at once.
+    """
+    search = _chunk_search(
+        function,
+        items,
+        awaited=True,
+        start=start,
+        factor=factor,
+        min_size=min_size,
+        regrow_after=regrow_after,
+        headroom=headroom,
+        measure=measure,
+        memory_model=memory_model,
+        image_size=image_size,
+        combine=None,
+        manager=manager,
+        device=device,
+        state=state,
+    )
+    return iterate_search_async(search)

@@ -10,7 +10,10 @@ A driver asks the search what to do, does it, and hands back the outcome:
 * :meth:`SizeSearch.start` and :meth:`SizeSearch.decide` return a :class:`Call` (make this
   attempt) or a :class:`Finish` (return this), or raise ``BatchSizeExhaustedError``;
 * :func:`run_search` and :func:`run_search_async` make the calls, catching out-of-memory
-  errors as values (:func:`~memscope.oom.call_catching_oom`), and differ by one ``await``.
+  errors as values (:func:`~memscope.oom.call_catching_oom`), and differ by one ``await``;
+  :func:`iterate_search` and :func:`iterate_search_async` do the same and yield each
+  successful attempt's result between :meth:`SizeSearch.record` and
+  :meth:`SizeSearch.proceed`, the two halves of :meth:`SizeSearch.decide`.
 
 Every decision, and the recovery between attempts, happens in :meth:`SizeSearch.decide`,
 which a driver calls outside any ``except`` block: there the failed attempt's memory can
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -138,6 +141,17 @@ class SizeSearch(ABC, Generic[Result]):
         the retry at a smaller size, once the failed attempt's memory is freed; or, when no
         smaller size is allowed, ``BatchSizeExhaustedError`` raised from the error.
         """
+        retry = self.record(outcome)
+        return self.proceed() if retry is None else retry
+
+    def record(self, outcome: object) -> Call | None:
+        """The first half of :meth:`decide`: hand back an attempt's ``outcome``.
+
+        After an out-of-memory error, the retry (as :meth:`decide`). After a success,
+        ``None``: the result is kept and learned from, and :meth:`proceed` chooses what comes
+        next. A driver that hands each result on (``iter_chunks``) does so in between, so
+        that what its caller does is not measured as part of the next attempt.
+        """
         attempt = self._attempt
         if attempt is None:
             raise RuntimeError("SizeSearch.decide() follows an attempt that start() asked for")
@@ -151,6 +165,11 @@ class SizeSearch(ABC, Generic[Result]):
         self.state._record_success(attempt, used)
         if self.batch is not None:
             self.batch._record_items(attempt.size)
+        return None
+
+    def proceed(self) -> Call | Finish[Result]:
+        """The second half of :meth:`decide`, after a success: the next attempt, or
+        :class:`Finish`."""
         return self._next()
 
     def close(self) -> None:
@@ -251,5 +270,47 @@ async def run_search_async(search: SizeSearch[Result]) -> Result:
             step = search.decide(outcome)
             del outcome
         return step.result
+    finally:
+        search.close()
+
+
+def iterate_search(search: SizeSearch[Any]) -> Generator[Any, None, None]:
+    """:func:`run_search` that yields what each successful attempt returned, as it returns.
+
+    Each result is yielded after the attempt's figures are read and before the next attempt
+    is chosen, so the caller's work between two results is never measured as an attempt's.
+    """
+    try:
+        step: Call | Finish[Any] = search.start()
+        while isinstance(step, Call):
+            outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
+            del step
+            retry = search.record(outcome)
+            if retry is None:
+                yield outcome
+                del outcome
+                step = search.proceed()
+            else:
+                del outcome
+                step = retry
+    finally:
+        search.close()
+
+
+async def iterate_search_async(search: SizeSearch[Any]) -> AsyncGenerator[Any, None]:
+    """:func:`iterate_search` for attempts that return awaitables: awaits each."""
+    try:
+        step: Call | Finish[Any] = search.start()
+        while isinstance(step, Call):
+            outcome = await call_catching_oom_async(step.function, *step.arguments, **step.keywords)
+            del step
+            retry = search.record(outcome)
+            if retry is None:
+                yield outcome
+                del outcome
+                step = search.proceed()
+            else:
+                del outcome
+                step = retry
     finally:
         search.close()
