@@ -190,7 +190,6 @@ def test_cleanup_runs_through_the_given_manager() -> None:
 @pytest.mark.parametrize(
     ("items", "match"),
     [
-        (iter([1, 2]), "sequence"),
         (42, "sequence"),
         (torch.tensor(3.0), "0-dimensional"),
     ],
