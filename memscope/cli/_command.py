@@ -24,6 +24,7 @@ import torch
 
 from memscope._version import __version__
 from memscope.backends import available_devices
+from memscope.cli._calibrate import add_calibrate_parser, run_calibrate
 from memscope.cli._report import add_report_parser, run_report
 from memscope.cli.demo import (
     DEFAULT_EVERY,
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(command_parser=demo)
 
     add_report_parser(commands)
+    add_calibrate_parser(commands)
     return parser
 
 
@@ -589,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(command_parser, arguments, device)
         if arguments.command == "report":
             return run_report(arguments)
+        if arguments.command == "calibrate":
+            return run_calibrate(arguments)
         return _overview(parser, device)
     except KeyboardInterrupt:
         _note("memscope: interrupted")
