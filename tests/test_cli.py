@@ -103,6 +103,7 @@ def test_help_describes_each_command(
         (["demo", "--device", "gpu"], "--device 'gpu'"),
         (["demo", "--device", "cuda:3"], "--device 'cuda:3'"),
         (["--device", "cuda:3", "demo"], "--device 'cuda:3'"),
+        (["--device", "cuda:3", "calibrate"], "'cuda:3' is not available"),
         (["demo", "--threshold", "1.5"], "--threshold must be between 0 and 1"),
         (["demo", "--threshold", "high"], "'high'"),
         (["demo", "--images", "0"], "--images must be an int >= 1, got 0"),
@@ -295,7 +296,11 @@ def test_info_device_may_come_before_or_after_the_command(
 
 def test_info_text_and_json_state_the_same_facts(capsys: pytest.CaptureFixture[str]) -> None:
     """Each table cell is the JSON's figure, formatted; n/a in the text is null in JSON."""
-    with FakeDevice("cuda", device_count=2, total=8 * GiB) as fake:
+    # Fixed host figures: the two runs of the command must see the same ones.
+    with (
+        FakeHost(resident=3 * GiB, physical_memory=64 * GiB),
+        FakeDevice("cuda", device_count=2, total=8 * GiB) as fake,
+    ):
         fake.set_memory(0, allocated=1 * GiB, reserved=3 * GiB, other_processes=2 * GiB)
         assert main(["info"]) == 0
         text = capsys.readouterr().out.splitlines()

@@ -582,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Errors found after parsing are reported by the command's own parser, named after it.
     command_parser: argparse.ArgumentParser = getattr(arguments, "command_parser", parser)
     device = _chosen_device(command_parser, arguments)
+    if hasattr(arguments, "device"):
+        # Commands that read their own --device see one given before the command too.
+        arguments.device = device
     try:
         if arguments.command == "info":
             return _info(command_parser, device, arguments.json)
