@@ -17,7 +17,6 @@ from memscope.ray._actor import (
     ActorSettings,
     describe_failure,
     device_for_gpus,
-    learned_size,
 )
 from memscope.ray._report import ActorBatchReport
 from memscope.ray._rows import BatchRows, concatenate_batches, row_count
@@ -52,7 +51,7 @@ def settings(**changes: Any) -> ActorSettings:
         "chunk_size": None,
         "factor": 0.5,
         "min_size": 1,
-        "regrow_after_batches": None,
+        "regrow_after": None,
     }
     options.update(changes)
     return ActorSettings.checked(**options)
@@ -155,28 +154,6 @@ def test_columns_of_different_lengths_are_refused() -> None:
         row_count({"a": [1, 2], "b": [1]})
 
 
-# What a batch's chunks teach ------------------------------------------------------------
-
-
-def test_learned_size_is_the_last_full_chunk_after_an_oom() -> None:
-    """After an OOM, a chunk that had rows after it ran at exactly the search's size."""
-    attempts = [(20, False), (10, False), (5, True), (5, True), (5, True), (5, True)]
-    assert learned_size(attempts, 20, factor=0.5, min_size=1) == 5
-
-
-def test_nothing_is_learned_without_an_oom() -> None:
-    """A batch that never ran out of memory teaches no size."""
-    assert learned_size([(20, True)], 20, factor=0.5, min_size=1) is None
-
-
-def test_a_short_tail_after_an_oom_is_not_taken_for_the_size() -> None:
-    """When only the batch's short end followed the OOM, the factor's size is kept."""
-    attempts = [(16, True), (4, False), (2, True)]
-    assert learned_size(attempts, 20, factor=0.5, min_size=1) == 2
-    attempts = [(16, True), (16, False), (4, True)]
-    assert learned_size(attempts, 20, factor=0.5, min_size=1) == 8
-
-
 # One actor's batches --------------------------------------------------------------------
 
 
@@ -234,16 +211,29 @@ def test_chunk_size_caps_the_first_attempt() -> None:
     assert result["id"].tolist() == list(range(20))
 
 
-def test_regrow_after_batches_grows_the_size_back() -> None:
-    """After that many batches without an OOM, batches start larger again."""
-    memory, _ = actor(regrow_after_batches=2)
+def test_regrow_after_grows_the_size_back_across_batches() -> None:
+    """With regrow_after, chunks that keep succeeding grow the size again, batch after batch."""
+    memory, _ = actor(regrow_after=2)
     function = OomAbove(6)
     memory.process(function, ids(0, 20))
     assert memory.chunk_size == 5
     function.limit = 100
+    function.sizes.clear()
     memory.process(function, ids(20, 20))
     memory.process(function, ids(40, 20))
-    assert memory.chunk_size == 10
+    assert max(function.sizes) > 5
+    assert memory.state.regrowths >= 1
+
+
+def test_the_actor_keeps_one_sizing_state() -> None:
+    """Every batch of an actor uses the actor's AdaptiveBatchState: what it learned stays."""
+    memory, _ = actor()
+    state = memory.state
+    memory.process(OomAbove(6), ids(0, 20))
+    memory.process(OomAbove(6), ids(20, 20))
+    assert memory.state is state
+    assert state.oom_count == 2
+    assert state.current_size == 5
 
 
 def test_a_failing_batch_is_counted_and_reported() -> None:
@@ -309,7 +299,7 @@ def test_actor_figures_add_up_over_batches() -> None:
         ({"factor": 1.0}, InvalidArgumentError, "factor"),
         ({"factor": "half"}, InvalidArgumentTypeError, "factor"),
         ({"min_size": 0}, InvalidArgumentError, "min_size"),
-        ({"regrow_after_batches": 0}, InvalidArgumentError, "regrow_after_batches"),
+        ({"regrow_after": 0}, InvalidArgumentError, "regrow_after"),
         ({"every": 0}, InvalidArgumentError, "every"),
         ({"cache_policy": "always"}, InvalidArgumentTypeError, "cache_policy"),
         ({"memory_threshold": 2.0}, InvalidArgumentError, "memory_threshold"),

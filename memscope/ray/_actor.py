@@ -5,8 +5,10 @@ worker process). Each Ray batch it is handed runs inside a ``managed_batch`` on 
 one long-lived :class:`~memscope.MemoryManager`, with the cadence and cache policy the job
 asked for, and through :func:`~memscope.process_in_chunks`: when memory runs out, the same
 rows are retried in smaller chunks, so the batch still completes, every row in exactly one
-chunk that succeeded, in order. The chunk size that worked is kept for the actor's next
-batches, which start there instead of running out of memory again.
+chunk that succeeded, in order. The actor's one :class:`~memscope.oom.AdaptiveBatchState`,
+passed to every batch's ``process_in_chunks``, keeps what was learned (the size that worked,
+the memory per row where the device can be measured), so the next batches start there
+instead of running out of memory again.
 
 The actor's figures are the running total of its batches (an
 :class:`~memscope.ray.ActorBatchReport`), handed to a :class:`Reporter` after each batch;
@@ -15,14 +17,12 @@ the Ray one sends them to the job's collector without waiting.
 Why one ``managed_batch`` per Ray batch rather than one for the actor's whole life: a batch's
 report exists once it has ended, and an actor must report while it runs (it may be killed
 at any moment, or by Ray Data at the end, with no chance to finish a batch). The manager,
-its GC backoff, the learned size and the report outlive the batches.
+its GC backoff, the sizing state and the report outlive the batches.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import threading
 from collections.abc import Callable
@@ -33,12 +33,12 @@ import torch
 
 from memscope._validation import check_int
 from memscope.batch import ManagedBatch, managed_batch
-from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
+from memscope.exceptions import BatchStateError, InvalidArgumentError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.oom import process_in_chunks
+from memscope.oom import AdaptiveBatchState, process_in_chunks
 from memscope.policies import GCBackoff
 from memscope.ray._report import ActorBatchReport, fold_batch
-from memscope.ray._rows import BatchRows, concatenate_batches, row_count
+from memscope.ray._rows import BatchRows, concatenate_batches
 from memscope.typing import CachePolicy, DeviceLike
 
 __all__: list[str] = []
@@ -46,6 +46,10 @@ __all__: list[str] = []
 logger = logging.getLogger("memscope")
 
 _FAILURE_TEXT_LIMIT = 500
+
+_WHOLE_BATCH = 2**31 - 1
+"""The sizing state's ``start`` without a ``chunk_size``: larger than any batch, so each
+chunk is at most the rows left, and a batch runs whole until memory runs out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ class ActorSettings:
     chunk_size: int | None = None
     factor: float = 0.5
     min_size: int = 1
-    regrow_after_batches: int | None = None
+    regrow_after: int | None = None
 
     @classmethod
     def checked(
@@ -74,7 +78,7 @@ class ActorSettings:
         chunk_size: int | None,
         factor: float,
         min_size: int,
-        regrow_after_batches: int | None,
+        regrow_after: int | None,
     ) -> ActorSettings:
         """The settings, or an error naming the first bad one, before any actor starts."""
         # A managed_batch checks its own options when it is made (it is not entered here),
@@ -92,19 +96,12 @@ class ActorSettings:
             raise InvalidArgumentError(
                 f"min_size must be <= chunk_size, got min_size={smallest!r} and chunk_size={size!r}"
             )
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
-            raise InvalidArgumentTypeError(
-                f"factor must be a real number between 0 and 1, got {factor!r} "
-                f"of type {type(factor).__name__}"
-            )
-        if math.isnan(float(factor)) or not 0.0 < float(factor) < 1.0:
-            raise InvalidArgumentError(
-                f"factor must be between 0 and 1, exclusive (0 < factor < 1), got {factor!r}"
-            )
-        regrow = (
-            None
-            if regrow_after_batches is None
-            else check_int(regrow_after_batches, "regrow_after_batches", minimum=1)
+        # The sizing state checks the rest (factor, regrow_after) as process_in_chunks would.
+        AdaptiveBatchState(
+            start=_WHOLE_BATCH if size is None else size,
+            factor=factor,
+            min_size=smallest,
+            regrow_after=regrow_after,
         )
         return cls(
             device=device,
@@ -115,7 +112,16 @@ class ActorSettings:
             chunk_size=size,
             factor=float(factor),
             min_size=smallest,
-            regrow_after_batches=regrow,
+            regrow_after=regrow_after,
+        )
+
+    def new_state(self) -> AdaptiveBatchState:
+        """A fresh sizing state for one actor's batches."""
+        return AdaptiveBatchState(
+            start=_WHOLE_BATCH if self.chunk_size is None else self.chunk_size,
+            factor=self.factor,
+            min_size=self.min_size,
+            regrow_after=self.regrow_after,
         )
 
 
@@ -174,65 +180,27 @@ def describe_failure(error: BaseException) -> str:
     return text if len(text) <= _FAILURE_TEXT_LIMIT else text[: _FAILURE_TEXT_LIMIT - 3] + "..."
 
 
-def learned_size(
-    attempts: list[tuple[int, bool]], total: int, *, factor: float, min_size: int
-) -> int | None:
-    """The chunk size one batch's attempts taught; ``None`` where memory never ran out.
-
-    ``attempts`` are the chunks tried, in order, as (rows, succeeded). A chunk that succeeded
-    with rows left after it ran at exactly the search's size; the last chunk may have been cut
-    short by the end of the batch, so after an out-of-memory error followed only by such a
-    tail, the size is what the factor would have made of the failed one (or the tail's
-    length, where that is larger: the search used at least that).
-    """
-    position = 0
-    last_failed: int | None = None
-    exact: int | None = None
-    tail = 0
-    for rows, succeeded in attempts:
-        if not succeeded:
-            last_failed, exact, tail = rows, None, 0
-            continue
-        if position + rows < total:
-            exact = rows
-        else:
-            tail = rows
-        position += rows
-    if last_failed is None:
-        return None
-    if exact is not None:
-        return exact
-    shrunk = max(min_size, min(int(last_failed * factor), last_failed - 1))
-    return max(shrunk, tail)
-
-
-class _ChunkLog:
-    """The chunks one batch tried, as (rows, succeeded), in order."""
+class _ChunkCount:
+    """How many chunks of one batch succeeded."""
 
     def __init__(self) -> None:
-        self.attempts: list[tuple[int, bool]] = []
+        self.chunks = 0
 
-    @property
-    def chunks(self) -> int:
-        """Chunks that succeeded."""
-        return sum(1 for _, succeeded in self.attempts if succeeded)
-
-    def watching(self, function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def counting(self, function: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def attempt(chunk: Any) -> Any:
-            self.attempts.append((row_count(chunk), False))
             result = function(chunk)
-            self.attempts[-1] = (self.attempts[-1][0], True)
+            self.chunks += 1
             return result
 
         return attempt
 
 
 class ActorMemory:
-    """One actor's memory management: its manager, learned chunk size and running report.
+    """One actor's memory management: its manager, sizing state and running report.
 
     ``process`` runs one Ray batch; it is safe to call from several threads (an actor with
     ``max_concurrency`` above 1), which then take turns: the device's peak figures and the
-    learned size belong to one batch at a time.
+    sizing state belong to one batch at a time.
     """
 
     def __init__(
@@ -249,11 +217,11 @@ class ActorMemory:
             if manager is not None
             else MemoryManager(device, settings.memory_threshold, gc_backoff=GCBackoff())
         )
+        self.state = settings.new_state()
+        """What the actor's batches learned about sizes, kept from one batch to the next."""
         self._reporter = reporter
         self._lock = threading.Lock()
         self._report: ActorBatchReport | None = None
-        self._learned: int | None = None
-        self._batches_without_oom = 0
         self._batches = 0
         self._largest_batch = 0
 
@@ -270,7 +238,10 @@ class ActorMemory:
     @property
     def chunk_size(self) -> int | None:
         """The chunk size the next batch starts at; ``None``: the whole batch."""
-        return self._learned if self._learned is not None else self.settings.chunk_size
+        size = self.state.current_size
+        if self.settings.chunk_size is None and size >= self._largest_batch:
+            return None
+        return size
 
     def process(self, function: Callable[[Any], Any], batch: Any) -> Any:
         """``function`` applied to ``batch`` in chunks that fit, the results joined in order."""
@@ -280,7 +251,7 @@ class ActorMemory:
             self._batches += 1
             number = self._batches
             self._reporter.started(number, len(rows))
-            log = _ChunkLog()
+            count = _ChunkCount()
             segment = managed_batch(
                 manager=self.manager,
                 every=self.settings.every,
@@ -289,42 +260,26 @@ class ActorMemory:
             )
             try:
                 with segment:
-                    result = self._run(function, rows, log)
+                    result = self._run(function, rows, count)
             except BaseException as error:
-                self._after(number, segment, rows, log, describe_failure(error))
+                self._after(number, segment, count, describe_failure(error))
                 raise
-            self._after(number, segment, rows, log, None)
+            self._after(number, segment, count, None)
             return result
 
-    def _run(self, function: Callable[[Any], Any], rows: BatchRows, log: _ChunkLog) -> Any:
+    def _run(self, function: Callable[[Any], Any], rows: BatchRows, count: _ChunkCount) -> Any:
         if len(rows) == 0:
             # Nothing to split; the function still says what an empty batch becomes.
             return function(rows.batch)
-        start = self._start_for(len(rows))
         return process_in_chunks(
-            log.watching(function),
-            rows,
-            start=start,
-            factor=self.settings.factor,
-            min_size=min(self.settings.min_size, start),
-            combine=concatenate_batches,
+            count.counting(function), rows, state=self.state, combine=concatenate_batches
         )
 
-    def _start_for(self, rows: int) -> int:
-        limit = self.chunk_size
-        return rows if limit is None else min(rows, limit)
-
     def _after(
-        self,
-        number: int,
-        segment: ManagedBatch,
-        rows: BatchRows,
-        log: _ChunkLog,
-        failure: str | None,
+        self, number: int, segment: ManagedBatch, count: _ChunkCount, failure: str | None
     ) -> None:
-        """Learn from the batch, add its figures to the actor's, and report them."""
+        """Add the batch's figures to the actor's, and report them."""
         try:
-            self._learn(log, len(rows))
             try:
                 batch_report = segment.report
             except BatchStateError:
@@ -333,7 +288,7 @@ class ActorMemory:
                 self._report = fold_batch(
                     self._report,
                     batch_report,
-                    split=log.chunks > 1,
+                    split=count.chunks > 1,
                     failed=failure is not None,
                     chunk_size=self.chunk_size,
                 )
@@ -341,30 +296,3 @@ class ActorMemory:
             # Bookkeeping must never fail the data path.
             logger.warning("memscope.ray: could not record batch %d", number, exc_info=True)
         self._reporter.finished(number, self._report, failure)
-
-    def _learn(self, log: _ChunkLog, total: int) -> None:
-        learned = learned_size(
-            log.attempts, total, factor=self.settings.factor, min_size=self.settings.min_size
-        )
-        if learned is not None:
-            if self._learned is None or learned < self._learned:
-                logger.info("memscope.ray: this actor's batches now start at %d rows", learned)
-            self._learned = learned
-            self._batches_without_oom = 0
-            return
-        self._batches_without_oom += 1
-        regrow_after = self.settings.regrow_after_batches
-        if self._learned is None or regrow_after is None:
-            return
-        if self._batches_without_oom >= regrow_after:
-            grown = max(self._learned + 1, int(self._learned / self.settings.factor))
-            # Back to the configured size (or, without one, whole batches) once reached.
-            cap = self.settings.chunk_size
-            ceiling = self._largest_batch if cap is None else cap
-            self._learned = None if grown >= ceiling else grown
-            self._batches_without_oom = 0
-            logger.info(
-                "memscope.ray: no OOM in %d batches; batches now start at %s rows",
-                regrow_after,
-                "full" if self._learned is None else self._learned,
-            )

@@ -118,7 +118,7 @@ def managed(
     chunk_size: int | None = None,
     factor: float = 0.5,
     min_size: int = 1,
-    regrow_after_batches: int | None = None,
+    regrow_after: int | None = None,
 ) -> Function:
     """``udf``, a ``map_batches`` callable class or function, run under memscope in each worker.
 
@@ -130,11 +130,11 @@ def managed(
       :class:`~memscope.MemoryManager`, cleaning up every ``every`` rows (as each chunk
       finishes) and when the batch ends, by ``cache_policy``;
     * the batch runs through :func:`~memscope.process_in_chunks`: when memory runs out, the
-      same rows are retried in smaller chunks (``factor``, down to ``min_size``) and the
-      results joined, so the batch still completes with every row exactly once, in order.
-      The size that worked is where the actor's next batches start; after
-      ``regrow_after_batches`` batches in a row without running out of memory it grows
-      back by ``1 / factor`` (``None``: it never does);
+      same rows are retried in smaller chunks and the results joined, so the batch still
+      completes with every row exactly once, in order. The actor keeps one
+      :class:`~memscope.oom.AdaptiveBatchState` for all its batches, so the size that
+      worked (and, where the device can be measured, the memory per row) is where its next
+      batches start;
     * after each batch the actor's figures (rows, OOMs, split batches, peak memory,
       cleanups, GC time, failures) go to ``collector`` without waiting for it.
 
@@ -154,11 +154,12 @@ def managed(
             ``managed_batch``.
         chunk_size: the largest chunk to try; ``None``: the whole batch, until memory runs
             out.
-        factor: what a chunk size is multiplied by after running out of memory.
+        factor: what a chunk size is multiplied by after running out of memory, where
+            memory cannot be measured (as for ``process_in_chunks``).
         min_size: the smallest chunk; running out of memory at it fails the batch with
             :class:`~memscope.BatchSizeExhaustedError` (Ray Data may retry it).
-        regrow_after_batches: grow the learned size back after this many batches without
-            running out of memory; ``None``: keep it.
+        regrow_after: try a larger chunk after this many chunks in a row succeed, as for
+            ``process_in_chunks``; ``None``: only predictions from measured memory grow it.
 
     Returns:
         What to pass to ``map_batches`` in place of ``udf``: a subclass of the class (same
@@ -196,7 +197,7 @@ def managed(
         chunk_size=chunk_size,
         factor=factor,
         min_size=min_size,
-        regrow_after_batches=regrow_after_batches,
+        regrow_after=regrow_after,
     )
     if isinstance(udf, type):
         return cast(Function, _managed_class(udf, settings, collector.address))
