@@ -64,7 +64,9 @@ def test_console_script_is_declared() -> None:
     assert entry_point.value == "memscope.cli:main"
 
 
-@pytest.mark.parametrize("arguments", [[], ["info"], ["estimate"], ["demo"], ["report"]])
+@pytest.mark.parametrize(
+    "arguments", [[], ["info"], ["estimate"], ["demo"], ["report"], ["calibrate"]]
+)
 def test_help_describes_each_command(
     arguments: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -75,7 +77,9 @@ def test_help_describes_each_command(
     out = capsys.readouterr().out
     assert out.startswith(f"usage: memscope {' '.join(arguments)}".rstrip())
     if not arguments:
-        assert all(command in out for command in ("info", "estimate", "demo", "report"))
+        assert all(
+            command in out for command in ("info", "estimate", "demo", "report", "calibrate")
+        )
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,9 @@ def test_documents_never_call_the_compatibility_target_the_seed(document: Path) 
     assert found == []
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["estimate"], ["demo"], ["report"]])
+@pytest.mark.parametrize(
+    "command", [[], ["info"], ["estimate"], ["demo"], ["report"], ["calibrate"]]
+)
 def test_help_never_calls_the_compatibility_target_the_seed(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
