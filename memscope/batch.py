@@ -556,9 +556,11 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._require_active("batch.step()")
         self._advance(1)
 
-    def _advance(self, count: int) -> None:
-        """Count ``count`` finished items; clean up once if they complete a run of ``every``."""
+    def _advance(self, count: int, calls: int = 0) -> None:
+        """Count ``count`` finished items (and ``calls`` decorated calls, under the same lock);
+        clean up once if the items complete a run of ``every``."""
         with self._lock:
+            self._calls += calls
             before = self._items
             self._items = after = before + count
         every = self.every
@@ -640,13 +642,21 @@ class ManagedBatch(SyncAndAsyncContextManager):
         return tracked
 
     def _track(self, keyed: Iterable[tuple[Item, Key | None]]) -> Generator[Item, None, None]:
+        tracked_item = context.tracked_item
         for item, item_key in keyed:
-            if self._skips(item_key):
+            if item_key is not None and self._skips(item_key):
                 continue
-            with self._tracked_item():
+            # Generators share their caller's context, so this marks the loop body.
+            outer = tracked_item.get()
+            tracked_item.set(self)
+            try:
                 yield item
+            finally:
+                tracked_item.set(outer)
             # Reached only when the loop asks for the next item: the body is done.
-            self._item_done(item_key)
+            if item_key is not None and self._journal is not None:
+                self._journal.done(item_key)
+            self._advance(1)
 
     def map(
         self,
@@ -684,16 +694,19 @@ class ManagedBatch(SyncAndAsyncContextManager):
         skip_errors: bool,
     ) -> Generator[Result, None, None]:
         for position, (item, item_key) in enumerate(keyed):
-            if self._skips(item_key):
+            if item_key is not None and self._skips(item_key):
                 continue
             failure: Exception | None = None
-            with self._tracked_item():
-                try:
-                    result = function(item)
-                except Exception as error:
-                    if not skip_errors:
-                        raise
-                    failure = error
+            outer = context.tracked_item.get()
+            context.tracked_item.set(self)
+            try:
+                result = function(item)
+            except Exception as error:
+                if not skip_errors:
+                    raise
+                failure = error
+            finally:
+                context.tracked_item.set(outer)
             if failure is not None:
                 self._item_failed(position if item_key is None else item_key, failure)
                 del failure
@@ -710,27 +723,15 @@ class ManagedBatch(SyncAndAsyncContextManager):
             self._bar.total = (self._bar.total or 0) + len(items)
             self._bar.refresh()
         if self._journal is None and key is None:
-            return ((item, None) for item in items)
+            return zip(items, itertools.repeat(None))
         if isinstance(items, (list, tuple, range)):
             # Every key now, before any work: a bad one fails the loop before it starts.
             return [(item, journals.item_key(item, key)) for item in items]
         return ((item, journals.item_key(item, key)) for item in items)
 
-    @contextlib.contextmanager
-    def _tracked_item(self) -> Iterator[None]:
-        # Generators share their caller's context, so this marks the loop body.
-        outer = context.tracked_item.get()
-        context.tracked_item.set(self)
-        try:
-            yield
-        finally:
-            context.tracked_item.set(outer)
-
-    def _skips(self, item_key: Key | None) -> bool:
+    def _skips(self, item_key: Key) -> bool:
         """Whether an earlier run already finished (or, unless retried, failed) this item."""
-        if item_key is None or (
-            item_key not in self._finished_keys and item_key not in self._carried_failures
-        ):
+        if item_key not in self._finished_keys and item_key not in self._carried_failures:
             return False
         with self._lock:
             self._skipped += 1
@@ -767,14 +768,13 @@ class ManagedBatch(SyncAndAsyncContextManager):
 
     def _record_call(self, *, failed: bool) -> None:
         """Count a call of an ``@auto_clear`` function made inside this batch."""
+        if not failed and context.tracked_item.get() is not self:
+            self._advance(1, calls=1)  # the hot path: one lock for the call and its item
+            return
         with self._lock:
             self._calls += 1
             self._failures += int(failed)
-        if self._inside_tracked_item():
-            return
-        if not failed:
-            self._advance(1)
-        elif self.every is not None:
+        if failed and self.every is not None and not self._inside_tracked_item():
             # A failed call is no finished item, but what it left behind is worth freeing.
             self._clean_up("a failed call")
 

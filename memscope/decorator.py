@@ -39,7 +39,7 @@ BoundParameters = ParamSpec("BoundParameters")
 BoundResult = TypeVar("BoundResult")
 Instance = TypeVar("Instance")
 Enabled = bool | Callable[[], bool]
-_active_batch = context.current
+_active_batch_get = context.active_batch.get
 logger = logging.getLogger("memscope")
 
 
@@ -119,7 +119,9 @@ class _CleanupCadence:
     # an attempt is decided in one place, _after_failure.
 
     def call(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        batch = _active_batch()
+        batch = _active_batch_get()
+        if batch is not None and not batch.active:
+            batch = None  # ended in another context (see context.current)
         retries_left = self.oom_retries
         while True:
             try:
@@ -127,7 +129,19 @@ class _CleanupCadence:
             except BaseException as error:
                 failure = error
             else:
-                self.finish_call(batch, failed=False)
+                # The hot path, inlined: one lock, and a cleanup only when one is due.
+                stats, lock = self.stats, self._lock
+                lock.acquire()  # `+=` cannot raise, and this spares the `with` protocol
+                stats.calls += 1
+                calls = stats.calls
+                lock.release()
+                if batch is None:
+                    if calls % self.every == 0:
+                        self._clean_up(None)
+                    return result
+                batch._record_call(failed=False)
+                if not self._batch_owns_cleanup(batch) and calls % self.every == 0:
+                    self._clean_up(batch)
                 return result
             # Outside the except block: nothing but `failure` holds the failed attempt.
             self._after_failure(failure, retries_left, batch)
@@ -137,7 +151,7 @@ class _CleanupCadence:
     async def call_async(
         self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
     ) -> Any:
-        batch = _active_batch()
+        batch = context.current()
         retries_left = self.oom_retries
         while True:
             try:
@@ -156,7 +170,7 @@ class _CleanupCadence:
     ) -> Generator[Any, Any, Any]:
         # Neither generator runs any body until first advanced, so no cleanup happens
         # before the body runs, and one closed before it started never cleans up.
-        return self._drive(wrapped(*args, **kwargs), _active_batch())
+        return self._drive(wrapped(*args, **kwargs), context.current())
 
     def _drive(self, generator: Generator[Any, Any, Any], batch: Any) -> Generator[Any, Any, Any]:
         failed = False
