@@ -60,6 +60,7 @@ PUBLIC_NAMESPACES = [
     "memscope.manager",
     "memscope.oom",
     "memscope.policies",
+    "memscope.ray",
     "memscope.reports",
     "memscope.snapshot",
     "memscope.testing",
