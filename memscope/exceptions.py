@@ -15,6 +15,7 @@ __all__ = [
     "HostMemoryUnavailableError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "JournalError",
     "MemoryFiguresUnavailableError",
     "MemscopeError",
     "ReportGatherError",

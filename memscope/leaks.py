@@ -539,6 +539,7 @@ class SuspectSearch:
         started = time.perf_counter()
         # A plain loop: a walrus in a comprehension would keep the last tensor in a cell.
         alive = []
+        tensor = None
         for ref in self._candidates:
             tensor = ref()
             if tensor is not None:

@@ -92,25 +92,13 @@ PRELUDES: dict[str, str] = {
         + "    return chunk.expand(-1, 3, -1, -1)\n"
         + "def run_the_batch():\n"
         + "    pass\n"
+        + "def pipeline(image):\n"
+        + "    return image\n"
     ),
 }
 """Per page, the stand-ins for what its snippets use without defining."""
 
-PAGES_AWAITING_FIXES: dict[str, str] = {
-    "distributed.md": (
-        "line 51 imports gathered_reports from memscope (it is in memscope.distributed) and "
-        "needs torchrun: mark it <!-- not-run: needs torchrun and one GPU per rank -->"
-    ),
-    "leaks.md": (
-        "line 276 uses managed_batch without importing it; line 310 meets a bug: "
-        "SuspectSearch.suspects() with no candidate alive raises UnboundLocalError "
-        "(del tensor in memscope/leaks.py)"
-    ),
-    "oom.md": (
-        "line 298 uses managed_batch without importing it; the example test at line 355 "
-        "expects 2 OOMs where measured sizing now meets 1"
-    ),
-}
+PAGES_AWAITING_FIXES: dict[str, str] = {}
 """Pages whose snippets are known not to run, with what they lack; each is an expected
 failure until its page is fixed, and an unexpected pass then says to remove it here."""
 
