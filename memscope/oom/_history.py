@@ -24,6 +24,7 @@ from types import TracebackType
 
 import torch
 
+from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._devices import as_torch_device
 from memscope._validation import check_int
 from memscope.backends import DeviceBackend, create_backend
@@ -52,7 +53,7 @@ def _safe_label(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "snapshot"
 
 
-class MemoryHistoryRecorder:
+class MemoryHistoryRecorder(SyncAndAsyncContextManager):
     """Records CUDA allocation history and writes a snapshot file when asked or on OOM.
 
     Args:
@@ -220,14 +221,3 @@ class MemoryHistoryRecorder:
                 self.record_oom(exc)
         finally:
             self.stop()
-
-    async def __aenter__(self) -> MemoryHistoryRecorder:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, traceback)
