@@ -15,7 +15,12 @@ it made of the answers::
             assert manager.trigger_gc_if_needed() is True
             assert fake.count("torch.cuda.empty_cache") == 1
 
-The fake patches module attributes of ``torch`` for the whole process, so it is not safe to
+While a fake is active, the faked type is the only accelerator torch reports: a real CUDA,
+MPS or other device of another type looks absent, so a test gives the same answers on a GPU
+workstation as on a laptop. :class:`NoAccelerator` hides every real accelerator, for tests of
+what happens on a CPU-only machine.
+
+The fakes patch module attributes of ``torch`` for the whole process, so they are not safe to
 use from tests that run in parallel threads. Entering and leaving it also drops the default
 managers ``@auto_clear`` shares, so none of them outlives the fake device it was made for.
 
@@ -52,6 +57,7 @@ __all__ = [
     "FakeMemory",
     "GiB",
     "MiB",
+    "NoAccelerator",
     "RecordingManager",
     "oom_error",
 ]
@@ -60,6 +66,80 @@ MiB = 1024**2
 GiB = 1024**3
 
 _MISSING = object()
+
+_Patch = tuple[types.ModuleType, str, object]
+
+# The accelerator families a fake can stand for: CUDA, MPS, and the rest (torch.accelerator).
+_CUDA, _MPS, _OTHER = "cuda", "mps", "other"
+
+# The families active fakes make present; a fake entered inside another keeps the outer
+# one's family visible instead of hiding it.
+_present_families: list[str] = []
+
+
+def _family(device_type: str) -> str:
+    return device_type if device_type in (_CUDA, _MPS) else _OTHER
+
+
+def _hiding_patches(shown: str | None) -> Iterator[_Patch]:
+    """Make every accelerator family except ``shown`` and those active fakes show look absent.
+
+    The stand-ins are not recorded: what a test asserts is the faked device's calls.
+    """
+    visible = {*_present_families, shown}
+    if _CUDA not in visible:
+        yield torch.cuda, "is_available", lambda: False
+        yield torch.cuda, "device_count", lambda: 0
+    if _MPS not in visible:
+        yield torch.backends.mps, "is_available", lambda: False
+    if _OTHER not in visible:
+        yield torch.accelerator, "is_available", lambda: False
+
+
+class _Patches:
+    """Module attributes replaced while active and put back, in reverse order, after."""
+
+    def __init__(self) -> None:
+        self._saved: list[_Patch] = []
+
+    def apply(self, patches: Iterable[_Patch]) -> None:
+        for module, name, replacement in patches:
+            self._saved.append((module, name, getattr(module, name, _MISSING)))
+            if replacement is _MISSING:
+                if hasattr(module, name):
+                    delattr(module, name)
+            else:
+                setattr(module, name, replacement)
+
+    def restore(self) -> None:
+        while self._saved:
+            module, name, original = self._saved.pop()
+            if original is _MISSING:
+                if hasattr(module, name):
+                    delattr(module, name)
+            else:
+                setattr(module, name, original)
+
+
+class NoAccelerator:
+    """While active, torch reports no CUDA, MPS or other accelerator: the machine looks CPU-only.
+
+    Tests of what memscope does without a GPU (auto-detection picking the CPU, errors naming
+    the devices there are) then pass on a GPU workstation too. A :class:`FakeDevice` entered
+    inside it adds its own device. Like the fakes, it patches ``torch`` for the whole process.
+    """
+
+    def __init__(self) -> None:
+        self._patches = _Patches()
+
+    def __enter__(self) -> NoAccelerator:
+        forget_shared_managers()
+        self._patches.apply(_hiding_patches(None))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        forget_shared_managers()
+        self._patches.restore()
 
 
 def _fresh(failure: BaseException | Callable[[], BaseException]) -> BaseException:
@@ -162,7 +242,7 @@ class FakeDevice:
         self.memory_history: str | None = None
         self.snapshot_files: list[str] = []
         self._failures: dict[str, BaseException | Callable[[], BaseException]] = {}
-        self._saved: list[tuple[object, str, object]] = []
+        self._patches = _Patches()
 
     # Setting figures -------------------------------------------------------------------
 
@@ -233,24 +313,16 @@ class FakeDevice:
         # Shared default managers (those @auto_clear makes) hold backends bound to whatever
         # device was there when they were made: start and end with none.
         forget_shared_managers()
-        for module, name, fake in self._fakes():
-            self._saved.append((module, name, getattr(module, name, _MISSING)))
-            if fake is _MISSING:
-                if hasattr(module, name):
-                    delattr(module, name)
-            else:
-                setattr(module, name, fake)
+        family = _family(self.device_type)
+        self._patches.apply(_hiding_patches(family))
+        self._patches.apply(self._fakes())
+        _present_families.append(family)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         forget_shared_managers()
-        while self._saved:
-            module, name, original = self._saved.pop()
-            if original is _MISSING:
-                if hasattr(module, name):
-                    delattr(module, name)
-            else:
-                setattr(module, name, original)
+        _present_families.remove(_family(self.device_type))
+        self._patches.restore()
 
     # The fakes --------------------------------------------------------------------------
 
@@ -290,7 +362,7 @@ class FakeDevice:
         memory.peak_allocated = memory.allocated
         memory.peak_reserved = memory.reserved
 
-    def _fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+    def _fakes(self) -> Iterator[_Patch]:
         if self.device_type == "cuda":
             yield from self._cuda_fakes()
         elif self.device_type == "mps":
@@ -300,7 +372,7 @@ class FakeDevice:
 
     def _caching_allocator_fakes(
         self, module: types.ModuleType, prefix: str, mem_get_info_name: str
-    ) -> Iterator[tuple[types.ModuleType, str, object]]:
+    ) -> Iterator[_Patch]:
         def mem_get_info(device: object = None) -> tuple[int, int]:
             memory = self._reading(device)
             return memory.free, memory.total
@@ -322,7 +394,7 @@ class FakeDevice:
         for name, implementation in implementations.items():
             yield module, name, self._recorded(f"{prefix}.{name}", implementation)
 
-    def _cuda_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+    def _cuda_fakes(self) -> Iterator[_Patch]:
         cuda = torch.cuda
         yield cuda, "is_available", self._recorded("torch.cuda.is_available", lambda: True)
         yield (
@@ -333,7 +405,7 @@ class FakeDevice:
         yield from self._caching_allocator_fakes(cuda, "torch.cuda", "mem_get_info")
         yield from self._memory_history_fakes()
 
-    def _memory_history_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+    def _memory_history_fakes(self) -> Iterator[_Patch]:
         # The recorder of CUDA allocation history: the fake keeps only whether it is on,
         # and its snapshot files hold an empty history in the shape torch writes.
         def record_memory_history(enabled: str | None = "all", *args: Any, **options: Any) -> None:
@@ -360,7 +432,7 @@ class FakeDevice:
             self._recorded(f"{prefix}._dump_snapshot", dump_snapshot),
         )
 
-    def _mps_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+    def _mps_fakes(self) -> Iterator[_Patch]:
         memory = self.memory[0]
         yield (
             torch.backends.mps,
@@ -379,7 +451,7 @@ class FakeDevice:
             recommended = self._recorded("torch.mps.recommended_max_memory", lambda: memory.total)
         yield torch.mps, "recommended_max_memory", recommended
 
-    def _accelerator_fakes(self) -> Iterator[tuple[types.ModuleType, str, object]]:
+    def _accelerator_fakes(self) -> Iterator[_Patch]:
         accelerator = torch.accelerator
         prefix = "torch.accelerator"
         yield accelerator, "is_available", self._recorded(f"{prefix}.is_available", lambda: True)

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from memscope.testing import NoAccelerator
+
 
 def _real_accelerator() -> str | None:
     if torch.cuda.is_available():
@@ -24,6 +26,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_only_machine(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests not marked ``gpu`` see a CPU-only machine, so a GPU workstation runs them as CI
+    does; the fakes of memscope.testing add the devices a test needs."""
+    if request.node.get_closest_marker("gpu") is not None:
+        yield
+        return
+    with NoAccelerator():
+        yield
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,9 @@ from memscope.cli._command import (
 from memscope.cli.demo import IMAGES_AND_PLOT_SKIPPED, WITH_CLEANUP, WITHOUT_CLEANUP
 from memscope.testing import FakeDevice, FakeHost, GiB, MiB
 
+# The command in a child process sees a CPU-only machine, as the tests here do.
+CPU_ONLY_ENVIRONMENT = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
 
 def _run_module(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -35,6 +39,7 @@ def _run_module(*arguments: str, cwd: Path | None = None) -> subprocess.Complete
         check=False,
         timeout=120,
         cwd=cwd,
+        env=CPU_ONLY_ENVIRONMENT,
     )
 
 
@@ -183,6 +188,7 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
         [sys.executable, "-m", "memscope", "estimate", *sizes],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=CPU_ONLY_ENVIRONMENT,
     ) as process:
         assert process.stdout is not None
         assert process.stderr is not None

@@ -455,7 +455,7 @@ def test_memscope_keeps_the_leak_in_check(tmp_path: Path) -> None:
     images, every, size = 20, 2, 128
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "memscope", "demo", "--no-progress"),
+            *(sys.executable, "-m", "memscope", "demo", "--no-progress", "--device", "cpu"),
             *("--images", str(images), "--every", str(every), "--size", str(size)),
             *("--out", str(tmp_path / "out")),
         ],

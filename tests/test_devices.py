@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from memscope import DeviceUnavailableError, InvalidArgumentTypeError, MemoryManager, MemscopeError
-from memscope.testing import FakeDevice
+from memscope.backends import available_devices
+from memscope.testing import FakeDevice, NoAccelerator
 
 
 def test_torch_device_is_kept_as_given() -> None:
@@ -23,9 +24,41 @@ def test_string_device_becomes_torch_device() -> None:
 
 def test_none_detects_cpu_without_accelerators() -> None:
     """Auto-detection falls back to the CPU when no accelerator is present."""
-    if torch.cuda.is_available() or torch.backends.mps.is_available():
-        pytest.skip("this machine has an accelerator")
     assert MemoryManager().device == torch.device("cpu")
+
+
+@pytest.fixture
+def real_looking_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch reports two CUDA devices, as on a GPU workstation."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@pytest.mark.usefixtures("real_looking_cuda")
+def test_no_accelerator_makes_a_gpu_machine_look_cpu_only() -> None:
+    """Inside NoAccelerator a machine with CUDA offers only the CPU; after it, CUDA again."""
+    with NoAccelerator():
+        assert available_devices() == ["cpu"]
+        assert MemoryManager().device == torch.device("cpu")
+    assert torch.cuda.is_available()
+    assert torch.cuda.device_count() == 2
+
+
+@pytest.mark.usefixtures("real_looking_cuda")
+def test_a_fake_device_hides_a_real_accelerator_of_another_type() -> None:
+    """A fake MPS device on a CUDA machine is the only accelerator auto-detection sees."""
+    with FakeDevice("mps") as fake:
+        assert available_devices() == ["mps", "cpu"]
+        assert MemoryManager().device == torch.device("mps")
+    assert "torch.cuda.is_available" not in {call.function for call in fake.calls}
+    assert torch.cuda.is_available()
+
+
+def test_a_fake_inside_another_keeps_the_outer_device() -> None:
+    """Fakes of two families entered together both stay visible, and leave nothing behind."""
+    with FakeDevice("cuda"), FakeDevice("xpu", device_count=2):
+        assert available_devices() == ["cuda:0", "xpu:0", "xpu:1", "cpu"]
+    assert available_devices() == ["cpu"]
 
 
 def test_none_prefers_cuda_over_everything() -> None:
