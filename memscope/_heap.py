@@ -19,9 +19,16 @@ import threading
 
 logger = logging.getLogger("memscope")
 
+# Some Python 3.12 builds keep static objects of their own in the permanent generation from
+# start-up (375 tuples on a 3.12.3, even with -S -I), and can put them back after
+# gc.unfreeze(). A freeze of a loaded program holds hundreds of thousands of objects; only a
+# permanent generation larger than this allowance is someone else's freeze.
+INTERPRETER_FROZEN_OBJECTS = 10_000
+
 _lock = threading.Lock()
 _holders = 0
 _frozen_by_memscope = False
+_foreign_freeze_reported = False
 
 
 def hold_frozen_heap() -> None:
@@ -31,12 +38,32 @@ def hold_frozen_heap() -> None:
         if _holders == 0:
             # Someone else froze objects (before a fork, say): unfreezing at the end would
             # undo their freeze, so leave the heap alone for this batch.
-            _frozen_by_memscope = gc.get_freeze_count() == 0
+            already_frozen = gc.get_freeze_count()
+            _frozen_by_memscope = already_frozen <= INTERPRETER_FROZEN_OBJECTS
             if _frozen_by_memscope:
                 gc.freeze()
             else:
-                logger.debug("the heap is already frozen by someone else: not freezing it")
+                _report_foreign_freeze(already_frozen)
         _holders += 1
+
+
+def _report_foreign_freeze(already_frozen: int) -> None:
+    # Servers and training scripts freeze the heap on purpose (vLLM after warm-up, a parent
+    # before fork); some freeze a few hundred objects at start-up, which leaves almost the
+    # whole heap to every collection. Either way the batch's collections cost what they cost
+    # without memscope, and the user should know why, once.
+    global _foreign_freeze_reported
+    if _foreign_freeze_reported:
+        logger.debug("the heap is already frozen by other code: not freezing it")
+        return
+    _foreign_freeze_reported = True
+    logger.warning(
+        "%d objects were frozen (gc.freeze()) by other code before this batch; memscope "
+        "leaves that freeze alone and freezes nothing more, so collections inside the batch "
+        "still traverse every object created after it. Pass freeze_heap=False to the batch "
+        "to keep the heap as it is without this message.",
+        already_frozen,
+    )
 
 
 def release_frozen_heap() -> None:
@@ -67,6 +94,12 @@ def collect_including_frozen() -> None:
                 gc.freeze()
             return
     gc.collect()
+
+
+def heap_is_unfrozen() -> bool:
+    """Whether nobody holds the heap frozen: the permanent generation holds at most what the
+    interpreter itself keeps there."""
+    return gc.get_freeze_count() <= INTERPRETER_FROZEN_OBJECTS
 
 
 def heap_holders() -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import torch
 
 from benchmarks.__main__ import main
+from memscope._heap import heap_is_unfrozen
 
 
 def test_benchmark_runs_and_prints_every_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,4 +28,4 @@ def test_benchmark_runs_and_prints_every_table(capsys: pytest.CaptureFixture[str
         "@auto_clear, no cleanup due",
     ):
         assert row in out
-    assert gc.get_freeze_count() == 0
+    assert heap_is_unfrozen()

@@ -32,6 +32,7 @@ from memscope import (
     auto_clear,
     managed_batch,
 )
+from memscope._heap import heap_is_unfrozen
 from memscope.batch import current_batch
 from memscope.host import (
     HostMemoryMonitor,
@@ -45,11 +46,11 @@ from memscope.testing import FakeDevice, FakeHost, GiB, RecordingManager, oom_er
 @pytest.fixture(autouse=True)
 def heap_left_unfrozen() -> None:
     """Every test here must leave the heap as it found it: unfrozen."""
-    assert gc.get_freeze_count() == 0
+    assert heap_is_unfrozen()
 
 
 def assert_heap_released() -> None:
-    assert gc.get_freeze_count() == 0
+    assert heap_is_unfrozen()
     assert _heap.heap_holders() == 0
 
 
@@ -97,7 +98,7 @@ def test_batch_on_a_missing_device_leaves_the_heap_unfrozen() -> None:
         pass
     assert_heap_released()
     with managed_batch("cpu"):
-        assert gc.get_freeze_count() > 0
+        assert not heap_is_unfrozen()
     assert_heap_released()
 
 
@@ -311,7 +312,7 @@ def test_oom_recovery_collects_garbage_that_predates_the_batch() -> None:
         assert alive() is not None
         assert colorize(7) == 7
         assert alive() is None
-        assert gc.get_freeze_count() > 0
+        assert not heap_is_unfrozen()
     assert batch.report.gc_runs >= 1
     assert_heap_released()
 

@@ -22,6 +22,7 @@ from memscope import (
     managed_batch,
     process_in_chunks,
 )
+from memscope._heap import heap_is_unfrozen
 from memscope.testing import FakeDevice, FakeHost, GiB, RecordingManager, oom_error
 
 FAULT_SETTINGS = settings(
@@ -46,7 +47,7 @@ def collections(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def assert_heap_released() -> None:
-    assert gc.get_freeze_count() == 0
+    assert heap_is_unfrozen()
     assert _heap.heap_holders() == 0
 
 
