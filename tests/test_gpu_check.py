@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from benchmarks.gpu_check import (
     NO_GPU_STATUS,
+    child_environment,
     count_outcomes,
     find_gpu,
     judge_tests,
@@ -117,6 +119,14 @@ def test_the_real_runs_on_the_cpu(tmp_path: Path) -> None:
     assert check["runs"][0]["summary"].startswith("gpu tests: 1 skipped, ")
     assert check["runs"][0]["summary"].endswith("; on the CPU they skip, a dry run")
     assert "| (a) bare loop |" in (out / "performance.md").read_text()
+
+
+def test_a_dry_run_on_the_cpu_hides_the_gpu_from_its_runs() -> None:
+    """--device cpu runs its steps with no CUDA device visible; a GPU check leaves CUDA alone."""
+    assert child_environment("cpu")["CUDA_VISIBLE_DEVICES"] == ""
+    assert child_environment("cuda").get("CUDA_VISIBLE_DEVICES") == os.environ.get(
+        "CUDA_VISIBLE_DEVICES"
+    )
 
 
 def test_an_output_folder_with_files_is_refused(tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ def test_genuine_cuda_oom_is_recognised(cuda: torch.device) -> None:
 
 
 def test_adaptive_batch_recovers_from_a_genuine_cuda_oom(cuda: torch.device) -> None:
-    """A size whose allocation exceeds the device shrinks until the allocation fits."""
+    """A size whose allocation exceeds the device shrinks to one that fits, and the memory
+    measured there is the allocation per item."""
     total = _total_bytes(cuda)
     per_item = total // 8
     baseline = torch.cuda.memory_allocated(cuda)
@@ -61,8 +62,11 @@ def test_adaptive_batch_recovers_from_a_genuine_cuda_oom(cuda: torch.device) -> 
 
     assert allocate() <= 4
     state = allocate.adaptive_state  # type: ignore[attr-defined]
-    assert state.reductions >= 2
-    assert state.oom_count >= 2
+    # Measured sizing goes from 16 straight to a size it can measure at; on an H100 that
+    # took one OOM and one reduction (16 -> 4).
+    assert state.reductions >= 1
+    assert state.oom_count >= 1
+    assert state.memory_per_item == pytest.approx(per_item, rel=0.01)
     _settle()
     assert torch.cuda.memory_allocated(cuda) == baseline
 
