@@ -394,12 +394,14 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 capacity=start.total,
                 sampled="allocated",
                 history_recorded=self.record_history,
+                after_cleanup=self.every is not None,
             )
         if self._host_monitor is not None:
             return LeakWatch(
                 manager.resolved_device,
                 capacity=self._host_monitor.limit.size,
                 sampled="resident",
+                after_cleanup=self.every is not None,
             )
         return None
 
@@ -480,12 +482,41 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 self._clean_up("the batch")
             except BaseException as error:  # KeyboardInterrupt, SystemExit: report, then raise
                 interrupted = error
+        self._report = self._report_now(manager, _ended_by(exc_type, interrupted))
+        parent = self._parent
+        if (
+            parent is not None
+            and parent.active
+            and parent.manager.resolved_device == manager.resolved_device
+        ):
+            parent._observe_peak(self._peak_allocated, self._peak_reserved)
+        logger.info("batch finished: %s", self._report.summary())
+        if interrupted is not None:
+            # The user's exception, if any, stays reachable as the interrupt's context.
+            if interrupted.__context__ is None and exc not in (None, interrupted):
+                interrupted.__context__ = exc
+            try:
+                raise interrupted
+            finally:
+                del interrupted
+
+    def report_so_far(self) -> BatchReport:
+        """The batch's figures up to now, while it runs: what :attr:`report` would hold if the
+        batch ended now, less the final cleanup (``ended_by`` is ``None``).
+
+        For a batch that lives as long as a worker (one per Ray actor, say), which must report
+        while it runs and may be killed without ending. It reads the device's memory once.
+        """
+        self._require_active("batch.report_so_far()")
+        return self._report_now(self.manager, None)
+
+    def _report_now(self, manager: MemoryManager, ended_by: str | None) -> BatchReport:
         end = manager.snapshot()
         self._observe_peak(end.peak_allocated, end.peak_reserved)
         host_resident_end = self._sample_host()
         monitor = self._host_monitor
         with self._lock:
-            self._report = BatchReport(
+            report = BatchReport(
                 device=str(manager.resolved_device),
                 items=self._carried_items + self._items,
                 calls=self._calls,
@@ -501,7 +532,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 gc_seconds=self._gc_seconds,
                 cleanups=self._cleanups,
                 every=self.every,
-                ended_by=_ended_by(exc_type, interrupted),
+                ended_by=ended_by,
                 host_resident_start=self._host_resident_start,
                 host_resident_end=host_resident_end,
                 host_resident_peak=self._host_resident_peak,
@@ -527,23 +558,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 ),
                 failed_items=(*self._carried_failures.values(), *self._failed_items),
             )
-            self._report = with_process_rank(self._report)
-        parent = self._parent
-        if (
-            parent is not None
-            and parent.active
-            and parent.manager.resolved_device == manager.resolved_device
-        ):
-            parent._observe_peak(self._peak_allocated, self._peak_reserved)
-        logger.info("batch finished: %s", self._report.summary())
-        if interrupted is not None:
-            # The user's exception, if any, stays reachable as the interrupt's context.
-            if interrupted.__context__ is None and exc not in (None, interrupted):
-                interrupted.__context__ = exc
-            try:
-                raise interrupted
-            finally:
-                del interrupted
+        return with_process_rank(report)
 
     # Counting --------------------------------------------------------------------------
 

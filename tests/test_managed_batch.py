@@ -436,3 +436,37 @@ def test_host_and_budget_configure_the_batch_manager() -> None:
         managed_batch(manager=RecordingManager(), host=True)
     with pytest.raises(ValueError, match="budget"):
         managed_batch("cpu", budget="lots")
+
+
+# Reports while the batch runs ------------------------------------------------------------
+
+
+def test_report_so_far_has_the_figures_up_to_now_and_no_final_cleanup() -> None:
+    """While a batch runs, report_so_far() counts what happened so far; the batch's report,
+    once it ends, adds only the final cleanup."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_memory(allocated=3 * GiB, reserved=4 * GiB)
+        with managed_batch("cuda", every=2) as batch:
+            for _ in range(3):
+                batch.step()
+            so_far = batch.report_so_far()
+            with pytest.raises(BatchStateError, match="ended"):
+                _ = batch.report
+            fake.set_memory(allocated=5 * GiB)
+            later = batch.report_so_far()
+    assert (so_far.items, so_far.cleanups, so_far.ended_by) == (3, 1, None)
+    assert so_far.peak_allocated == 3 * GiB
+    assert later.peak_allocated == 5 * GiB
+    assert later.elapsed_seconds >= so_far.elapsed_seconds
+    assert (batch.report.items, batch.report.cleanups) == (3, 2)
+
+
+def test_report_so_far_needs_a_running_batch() -> None:
+    """Before the batch starts and after it ends, report_so_far() raises BatchStateError."""
+    batch = managed_batch(manager=RecordingManager())
+    with pytest.raises(BatchStateError, match="report_so_far"):
+        batch.report_so_far()
+    with batch:
+        pass
+    with pytest.raises(BatchStateError, match="report_so_far"):
+        batch.report_so_far()
