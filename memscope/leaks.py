@@ -206,6 +206,9 @@ class LeakWatch:
             resident memory, on the CPU).
         history_recorded: whether CUDA's allocation history is being recorded, so the
             finding can point at the snapshot that has the allocations' stack traces.
+        after_cleanup: whether each sample is taken just after a cleanup (GC and cache
+            clearing); ``False`` in a count-only batch, which cleans nothing, so the finding
+            says the growth was measured without cleanup.
         window: samples the growth is fitted over.
         min_samples: samples needed before a leak can be named.
         min_growth_per_item: slower growth is never a leak (bytes, or ``"64KiB"``).
@@ -220,6 +223,7 @@ class LeakWatch:
         capacity: int | str | None = None,
         sampled: Sampled = "allocated",
         history_recorded: bool = False,
+        after_cleanup: bool = True,
         window: int = DEFAULT_WINDOW,
         min_samples: int = DEFAULT_MIN_SAMPLES,
         min_growth_per_item: int | str = DEFAULT_MIN_GROWTH_PER_ITEM,
@@ -237,6 +241,7 @@ class LeakWatch:
             )
         for name, flag in (
             ("history_recorded", history_recorded),
+            ("after_cleanup", after_cleanup),
             ("search_suspects", search_suspects),
         ):
             if not isinstance(flag, bool):
@@ -247,6 +252,7 @@ class LeakWatch:
             raise InvalidArgumentError("capacity must be positive or None, got 0")
         self.sampled: Sampled = sampled
         self.history_recorded = history_recorded
+        self.after_cleanup = after_cleanup
         self.window = check_int(window, "window", minimum=4)
         self.min_samples = check_int(min_samples, "min_samples", minimum=4)
         if self.min_samples > self.window:
@@ -373,6 +379,7 @@ class LeakWatch:
         return LeakFinding(
             device=self.device,
             sampled=self.sampled,
+            after_cleanup=self.after_cleanup,
             growth_per_item=fit.slope,
             detected_at_item=fit.last_item,
             first_item=fit.first_item,

@@ -714,6 +714,27 @@ def test_managed_batch_names_a_leak_in_its_report(memscope_log: pytest.LogCaptur
     assert "leak suspected at item" in report.summary()
 
 
+def test_a_count_only_batch_says_its_growth_was_measured_without_cleanup(
+    memscope_log: pytest.LogCaptureFixture,
+) -> None:
+    """In count-only mode (every=None, sampled at the timeline's readings) the leak message
+    says no cleanup ran, not "after GC and cache clearing"."""
+    with (
+        FakeDevice("cuda", total=CAPACITY) as fake,
+        managed_batch("cuda", every=None, timeline=True) as batch,
+    ):
+        for item in batch.track(range(1, 41)):
+            fake.set_memory(allocated=BASELINE + LEAK * item)
+    leak = batch.report.leak
+    assert leak is not None
+    assert leak.after_cleanup is False
+    assert warnings_logged(memscope_log) == [
+        "memory grows 16.0 MiB per item (without cleanup: count-only mode); at this rate "
+        "cuda:0 is full at about item 1,472"
+    ]
+    assert type(leak).from_dict(leak.to_dict()) == leak
+
+
 def test_managed_batch_on_a_steady_loop_reports_no_growth_and_no_leak() -> None:
     """A batch whose allocated memory stays put reports a growth of 0 and no leak."""
     with (

@@ -138,6 +138,9 @@ class LeakFinding:
     """The item at which the growth was seen to have stopped; ``None`` while it goes on."""
     hints: tuple[str, ...] = field(default=())
     """Where to look next, in sentences: the allocation history, why nothing was found."""
+    after_cleanup: bool = True
+    """Whether each sample was taken just after a cleanup (GC and cache clearing); ``False``
+    in a count-only batch, which collects nothing, so uncollected garbage counts too."""
 
     @property
     def active(self) -> bool:
@@ -153,6 +156,8 @@ class LeakFinding:
         else:
             what, after = "memory", "after GC and cache clearing"
             full = f"{self.device} is full"
+        if not self.after_cleanup:
+            after = "without cleanup: count-only mode"
         text = f"{what} grows {format_bytes(self.growth_per_item)} per item ({after})"
         if self.exhausted_at_item is not None:
             text += f"; at this rate {full} at about item {self.exhausted_at_item:,}"
