@@ -131,6 +131,7 @@ class DoubleOnDevice:
         self.kill_marker = kill_marker
         self.tag = tag
         self.device = memscope_ray_device()
+        self.batches_seen: list[object] = []
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ids = batch["id"]
@@ -145,9 +146,23 @@ class DoubleOnDevice:
             "id": ids,
             "doubled": (torch.as_tensor(ids, device=self.device) * 2).cpu().numpy(),
             "actor_id": [context.get_actor_id()] * count,
+            "pid": [os.getpid()] * count,
+            "memscope_batch": [active_batch_id(self.batches_seen)] * count,
             "cpus": [context.get_assigned_resources().get("CPU", 0.0)] * count,
             "tag": [self.tag] * count,
         }
+
+
+def active_batch_id(kept: list[object]) -> int | None:
+    """The id of the managed batch active in this worker's call, or None without one; the
+    batch is kept alive in ``kept``, so no later batch can take over its id."""
+    from memscope.batch import current_batch
+
+    batch = current_batch()
+    if batch is None:
+        return None
+    kept.append(batch)
+    return id(batch)
 
 
 def memscope_ray_device() -> torch.device:
@@ -190,6 +205,17 @@ def test_every_row_comes_out_exactly_once_in_order(actor_job: Job) -> None:
     """Split batches and a dead actor lose no row and repeat none; the order is the input's."""
     assert [row["id"] for row in actor_job.rows] == list(range(ROWS))
     assert [row["doubled"] for row in actor_job.rows] == [2 * n for n in range(ROWS)]
+
+
+def test_each_actor_runs_all_its_batches_in_one_managed_batch(actor_job: Job) -> None:
+    """Every Ray batch of one actor process ran with the same managed batch active."""
+    batches: dict[tuple[str, int], set[int | None]] = {}
+    for row in actor_job.rows:
+        batches.setdefault((row["actor_id"], row["pid"]), set()).add(row["memscope_batch"])
+    assert len(batches) >= 2
+    for process, seen in batches.items():
+        assert len(seen) == 1, process
+        assert None not in seen, process
 
 
 def test_report_shows_both_actors_with_their_ooms_and_splits(actor_job: Job) -> None:

@@ -5,13 +5,22 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 import memscope.ray
-from memscope import BatchSizeExhaustedError, InvalidArgumentError, InvalidArgumentTypeError
+from memscope import (
+    BatchSizeExhaustedError,
+    BatchStateError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+)
+from memscope._heap import heap_holders, heap_is_unfrozen
+from memscope.batch import current_batch
 from memscope.ray._actor import (
     ActorMemory,
     ActorSettings,
@@ -32,12 +41,16 @@ class RecordingReporter:
     def __init__(self) -> None:
         self.starts: list[tuple[int, int]] = []
         self.finishes: list[tuple[int, ActorBatchReport | None, str | None]] = []
+        self.closes: list[ActorBatchReport | None] = []
 
     def started(self, batch: int, rows: int) -> None:
         self.starts.append((batch, rows))
 
     def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:
         self.finishes.append((batch, report, failure))
+
+    def closed(self, report: ActorBatchReport | None) -> None:
+        self.closes.append(report)
 
 
 def settings(**changes: Any) -> ActorSettings:
@@ -57,10 +70,23 @@ def settings(**changes: Any) -> ActorSettings:
     return ActorSettings.checked(**options)
 
 
+_actors_made: list[ActorMemory] = []
+
+
+@pytest.fixture(autouse=True)
+def _actors_close_after_the_test() -> Iterator[None]:
+    """An actor's batch lasts until it closes, heap freeze included: close each one made."""
+    yield
+    while _actors_made:
+        _actors_made.pop().close()
+
+
 def actor(**changes: Any) -> tuple[ActorMemory, RecordingReporter]:
-    """An ActorMemory on the CPU with a recording reporter."""
+    """An ActorMemory on the CPU with a recording reporter, closed after the test."""
     recording = RecordingReporter()
-    return ActorMemory(settings(**changes), "cpu", recording), recording
+    memory = ActorMemory(settings(**changes), "cpu", recording)
+    _actors_made.append(memory)
+    return memory, recording
 
 
 def ids(first: int, count: int) -> dict[str, Any]:
@@ -249,7 +275,8 @@ def test_a_failing_batch_is_counted_and_reported() -> None:
     assert failure == "ValueError: bad row"
     assert report is not None
     assert report.failed_batches == 1
-    assert report.ended_by == "ValueError"
+    assert report.ended_by is None  # the actor's batch goes on
+    assert memory.batch.active
 
 
 def test_oom_at_the_smallest_size_fails_the_batch_and_keeps_the_floor() -> None:
@@ -285,6 +312,91 @@ def test_actor_figures_add_up_over_batches() -> None:
     assert second.cleanups > first.cleanups
     assert second.elapsed_seconds >= first.elapsed_seconds
     assert second.device == "cpu"
+
+
+def test_every_ray_batch_runs_inside_the_actor_s_one_batch() -> None:
+    """Each Ray batch, from whichever thread Ray calls, runs with the actor's one managed
+    batch active; it stays entered between Ray batches."""
+    memory, _ = actor()
+    seen: list[object] = []
+
+    def record(batch: dict[str, Any]) -> dict[str, Any]:
+        seen.append(current_batch())
+        return batch
+
+    memory.process(record, ids(0, 4))
+    assert memory.batch.active
+    worker = threading.Thread(target=memory.process, args=(record, ids(4, 4)))
+    worker.start()
+    worker.join(timeout=60)
+    assert seen == [memory.batch, memory.batch]
+    report = memory.report
+    assert report is not None
+    assert (report.batches, report.items) == (2, 8)
+
+
+def test_the_cadence_counts_rows_across_ray_batches() -> None:
+    """every=4 over Ray batches of 3 rows cleans up after rows 4 and 8, not after each batch."""
+    memory, recording = actor(every=4)
+    for first in (0, 3, 6):
+        memory.process(OomAbove(100), ids(first, 3))
+    cleanups = [report.cleanups for _, report, _ in recording.finishes if report is not None]
+    assert cleanups == [0, 1, 2]
+
+
+def test_the_heap_stays_frozen_from_the_first_batch_until_close() -> None:
+    """The actor's batch freezes the heap at its first Ray batch (the model, made before,
+    included) and unfreezes it only when the actor closes."""
+    memory, _ = actor()
+    assert heap_holders() == 0
+    memory.process(OomAbove(100), ids(0, 4))
+    memory.process(OomAbove(100), ids(4, 4))
+    assert heap_holders() == 1
+    assert not heap_is_unfrozen()
+    memory.close()
+    assert heap_holders() == 0
+    assert heap_is_unfrozen()
+
+
+def test_close_ends_the_batch_with_its_final_cleanup_and_reports_it() -> None:
+    """close() runs the batch's final cleanup and reports the final figures; later batches
+    are refused and a second close does nothing."""
+    memory, recording = actor(every=100)
+    memory.process(OomAbove(100), ids(0, 4))
+    so_far = memory.report
+    memory.close()
+    memory.close()
+    assert so_far is not None
+    [final] = recording.closes
+    assert final is not None
+    assert final == memory.report
+    assert final.cleanups == so_far.cleanups + 1
+    assert (final.batches, final.items) == (1, 4)
+    assert not memory.batch.active
+    with pytest.raises(BatchStateError, match="ended"):
+        memory.process(OomAbove(100), ids(4, 4))
+
+
+def test_an_actor_closed_before_its_first_batch_reports_nothing() -> None:
+    """An actor shut down before any Ray batch reached it has no figures to send."""
+    memory, recording = actor()
+    memory.close()
+    assert recording.closes == [None]
+    assert heap_holders() == 0
+
+
+def test_a_failed_ray_batch_is_cleaned_up_after() -> None:
+    """What a Ray batch that raised left behind is freed before the next one: one cleanup."""
+    memory, recording = actor(every=100)
+
+    def broken(batch: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("bad row")
+
+    with pytest.raises(ValueError, match="bad row"):
+        memory.process(broken, ids(0, 4))
+    [(_, report, _)] = recording.finishes
+    assert report is not None
+    assert report.cleanups == 1
 
 
 # Settings and devices -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from memscope.ray._collector import (
     CollectorState,
     job_report,
 )
-from memscope.ray._report import fold_batch
 from memscope.reports import CombinedReport
 from memscope.testing import GiB, MiB
 
@@ -50,14 +50,17 @@ def batch_report(**changes: Any) -> BatchReport:
 
 
 def actor_report(batches: int = 2, **changes: Any) -> ActorBatchReport:
-    """An actor's running total after ``batches`` batches like :func:`batch_report`."""
-    total = None
-    for _ in range(batches):
-        total = fold_batch(
-            total, batch_report(**changes), split=False, failed=False, chunk_size=None
-        )
-    assert total is not None
-    return total
+    """An actor's figures after ``batches`` Ray batches of 32 rows, otherwise as
+    :func:`batch_report` with the changes."""
+    figures: dict[str, Any] = {"items": 32 * batches, "elapsed_seconds": 2.0 * batches}
+    figures.update(changes)
+    return ActorBatchReport.of(
+        batch_report(**figures),
+        batches=batches,
+        split_batches=0,
+        failed_batches=0,
+        chunk_size=None,
+    )
 
 
 def identity(actor: str | None, worker: str, **changes: Any) -> dict[str, Any]:
@@ -82,40 +85,24 @@ def finished(batch: int, report: ActorBatchReport | None, failure: str | None = 
     return {"batch": batch, "report": report, "failure": failure}
 
 
-# Adding up an actor's batches -----------------------------------------------------------
+# An actor's figures ----------------------------------------------------------------------
 
 
-def test_an_actors_batches_add_up() -> None:
-    """Counts and time add up, peaks take the larger, the latest batch's moment figures stay."""
-    first = fold_batch(
-        None,
-        batch_report(ooms=2, peak_allocated=5 * GiB, usage_end=0.3),
-        split=True,
-        failed=False,
-        chunk_size=8,
-    )
-    total = fold_batch(
-        first,
-        batch_report(usage_start=0.5, usage_end=0.25, ended_by="ValueError"),
-        split=True,
-        failed=True,
-        chunk_size=8,
-    )
-    assert total.items == 64
-    assert total.ooms == 2
-    assert total.elapsed_seconds == 4.0
-    assert total.gc_seconds == pytest.approx(0.02)
-    assert total.peak_allocated == 5 * GiB
-    assert total.usage_start == 0.1
-    assert total.usage_end == 0.25
-    assert total.ended_by == "ValueError"
-    assert (total.batches, total.split_batches, total.failed_batches) == (2, 2, 1)
-    assert total.chunk_size == 8
+def test_an_actors_figures_are_its_batch_s_with_the_ray_batches_counted() -> None:
+    """Every BatchReport figure is the actor's batch's as given; the Ray figures are added."""
+    so_far = batch_report(items=64, ooms=2, peak_allocated=5 * GiB, usage_end=0.25)
+    report = ActorBatchReport.of(so_far, batches=2, split_batches=2, failed_batches=1, chunk_size=8)
+    for report_field in dataclasses.fields(BatchReport):
+        assert getattr(report, report_field.name) == getattr(so_far, report_field.name)
+    assert (report.batches, report.split_batches, report.failed_batches) == (2, 2, 1)
+    assert report.chunk_size == 8
 
 
 def test_actor_report_round_trips_through_a_dict() -> None:
     """An actor's report survives the trip to the collector (to_dict, from_dict)."""
-    report = fold_batch(None, batch_report(ooms=1), split=True, failed=False, chunk_size=4)
+    report = ActorBatchReport.of(
+        batch_report(ooms=1), batches=1, split_batches=1, failed_batches=0, chunk_size=4
+    )
     assert ActorBatchReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
 
 
@@ -160,6 +147,25 @@ def test_two_actors_are_two_rows_in_the_order_they_started() -> None:
     assert report.totals["items"] == 64
     assert report.totals["ooms"] == 3
     assert report.totals["batches"] == 2
+
+
+def test_a_graceful_close_brings_the_actor_s_final_figures() -> None:
+    """The message of an actor shut down gracefully replaces its figures with the final ones
+    (its batch's last cleanup counted) and marks it closed."""
+    final = actor_report(1, cleanups=3)
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            ("w1", READY, None),
+            ("w1", STARTED, {"batch": 1, "rows": 32}),
+            ("w1", FINISHED, finished(1, actor_report(1, cleanups=2))),
+            ("w1", CLOSED, {"report": final}),
+        ]
+    )
+    [row] = report.actors
+    assert row.report == final
+    assert row.closed
+    assert row.error is None
 
 
 def test_a_restarted_actor_shows_the_incarnation_that_died() -> None:
@@ -218,7 +224,9 @@ def test_a_constructor_that_raised_is_reported() -> None:
 
 def test_a_failed_batch_is_shown_without_marking_the_actor_dead() -> None:
     """A batch that raised is the actor's last failure; the actor itself is fine."""
-    failed = fold_batch(None, batch_report(), split=False, failed=True, chunk_size=None)
+    failed = ActorBatchReport.of(
+        batch_report(), batches=1, split_batches=0, failed_batches=1, chunk_size=None
+    )
     report = collect(
         [
             ("w1", REGISTER, identity("a1", "w1")),

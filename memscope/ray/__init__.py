@@ -4,7 +4,7 @@ Needs the ``ray`` extra (``pip install 'memscope[ray]'``); importing this module
 import Ray, and the first call that needs it says how to install it when it is missing.
 
 - :func:`managed` wraps a ``map_batches`` callable class (or function): in each actor, its
-  batches run under a ``managed_batch`` on the actor's own device, split into smaller
+  batches run inside one long-lived ``managed_batch`` on the actor's own device, split into smaller
   chunks when memory runs out (every row still comes out exactly once, in order), and the
   chunk size that worked is kept for the actor's next batches.
 - :class:`ReportCollector` is started on the driver; each actor reports its figures to it

@@ -1,23 +1,21 @@
-"""What memscope keeps inside each Ray worker: its device, its manager, the size it learned.
+"""What memscope keeps inside each Ray worker: its device, its manager, its batch, its sizes.
 
 One :class:`ActorMemory` lives as long as its actor (or, for a function run in Ray tasks, its
-worker process). Each Ray batch it is handed runs inside a ``managed_batch`` on the actor's
-one long-lived :class:`~memscope.MemoryManager`, with the cadence and cache policy the job
-asked for, and through :func:`~memscope.process_in_chunks`: when memory runs out, the same
-rows are retried in smaller chunks, so the batch still completes, every row in exactly one
-chunk that succeeded, in order. The actor's one :class:`~memscope.oom.AdaptiveBatchState`,
-passed to every batch's ``process_in_chunks``, keeps what was learned (the size that worked,
-the memory per row where the device can be measured), so the next batches start there
-instead of running out of memory again.
+worker process), and so does its one ``managed_batch``: entered at the actor's first Ray
+batch (after the user's constructor, so the model is among the objects the heap freeze
+takes out of every collection) and left when Ray Data shuts the actor down. Every Ray batch
+runs inside it, with the cadence and cache policy the job asked for, and through
+:func:`~memscope.process_in_chunks`: when memory runs out, the same rows are retried in
+smaller chunks, so the batch still completes, every row in exactly one chunk that
+succeeded, in order. The actor's one :class:`~memscope.oom.AdaptiveBatchState`, passed to
+every batch's ``process_in_chunks``, keeps what was learned (the size that worked, the
+memory per row where the device can be measured), so the next batches start there instead
+of running out of memory again.
 
-The actor's figures are the running total of its batches (an
-:class:`~memscope.ray.ActorBatchReport`), handed to a :class:`Reporter` after each batch;
-the Ray one sends them to the job's collector without waiting.
-
-Why one ``managed_batch`` per Ray batch rather than one for the actor's whole life: a batch's
-report exists once it has ended, and an actor must report while it runs (it may be killed
-at any moment, or by Ray Data at the end, with no chance to finish a batch). The manager,
-its GC backoff, the sizing state and the report outlive the batches.
+After each Ray batch the actor's figures (an :class:`~memscope.ray.ActorBatchReport`: the
+long-lived batch's report so far, with the Ray batches counted) go to a :class:`Reporter`;
+the Ray one sends them to the job's collector without waiting. An actor that is killed never
+leaves its batch, so the collector keeps the figures of its last finished Ray batch.
 """
 
 from __future__ import annotations
@@ -37,8 +35,9 @@ from memscope.exceptions import BatchStateError, InvalidArgumentError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.oom import AdaptiveBatchState, process_in_chunks
 from memscope.policies import GCBackoff
-from memscope.ray._report import ActorBatchReport, fold_batch
+from memscope.ray._report import ActorBatchReport
 from memscope.ray._rows import BatchRows, concatenate_batches
+from memscope.reports import BatchReport
 from memscope.typing import CachePolicy, DeviceLike
 
 __all__: list[str] = []
@@ -136,6 +135,10 @@ class Reporter(Protocol):
         """The batch ended; ``report`` is the actor's total so far, ``failure`` what it raised."""
         ...
 
+    def closed(self, report: ActorBatchReport | None) -> None:
+        """The actor was shut down gracefully; ``report`` is its final figures."""
+        ...
+
 
 def device_for_gpus(
     gpu_ids: list[str], visible_devices: str | None, cuda_available: bool
@@ -196,11 +199,11 @@ class _ChunkCount:
 
 
 class ActorMemory:
-    """One actor's memory management: its manager, sizing state and running report.
+    """One actor's memory management: its manager, its long-lived batch, its sizing state.
 
     ``process`` runs one Ray batch; it is safe to call from several threads (an actor with
     ``max_concurrency`` above 1), which then take turns: the device's peak figures and the
-    sizing state belong to one batch at a time.
+    sizing state belong to one batch at a time. ``close`` ends the long-lived batch.
     """
 
     def __init__(
@@ -219,11 +222,21 @@ class ActorMemory:
         )
         self.state = settings.new_state()
         """What the actor's batches learned about sizes, kept from one batch to the next."""
+        self.batch: ManagedBatch = managed_batch(
+            manager=self.manager,
+            every=settings.every,
+            cache_policy=settings.cache_policy,
+            freeze_heap=settings.freeze_heap,
+        )
+        """The actor's one managed batch, entered at its first Ray batch."""
         self._reporter = reporter
         self._lock = threading.Lock()
         self._report: ActorBatchReport | None = None
         self._batches = 0
+        self._split_batches = 0
+        self._failed_batches = 0
         self._largest_batch = 0
+        self._closed = False
 
     @property
     def device(self) -> torch.device:
@@ -246,26 +259,47 @@ class ActorMemory:
     def process(self, function: Callable[[Any], Any], batch: Any) -> Any:
         """``function`` applied to ``batch`` in chunks that fit, the results joined in order."""
         with self._lock:
+            if self._closed:
+                raise BatchStateError("this actor's memscope batch has ended: it takes no batches")
             rows = BatchRows(batch)
             self._largest_batch = max(self._largest_batch, len(rows))
             self._batches += 1
             number = self._batches
             self._reporter.started(number, len(rows))
             count = _ChunkCount()
-            segment = managed_batch(
-                manager=self.manager,
-                every=self.settings.every,
-                cache_policy=self.settings.cache_policy,
-                freeze_heap=self.settings.freeze_heap,
-            )
             try:
-                with segment:
-                    result = self._run(function, rows, count)
+                if not self.batch.active:
+                    self.batch.__enter__()
+                # Ray may run each call in a thread or context of its own: the batch is made
+                # the active one for this call wherever it runs.
+                result = self.batch.bind(self._run)(function, rows, count)
             except BaseException as error:
-                self._after(number, segment, count, describe_failure(error))
+                self._after(number, count, describe_failure(error))
                 raise
-            self._after(number, segment, count, None)
+            self._after(number, count, None)
             return result
+
+    def close(self) -> None:
+        """End the actor's batch (its final cleanup, the heap unfrozen) and report the final
+        figures. Later calls do nothing; so does a call while a batch is running."""
+        if not self._lock.acquire(blocking=False):
+            # A Ray batch is running (or this is a finalizer inside one): the process is
+            # going away, and ending the batch under it would break the batch.
+            logger.debug("memscope.ray: the actor was closed during a batch; left running")
+            return
+        try:
+            if self._closed:
+                return
+            self._closed = True
+            if self.batch.active:
+                try:
+                    self.batch.__exit__(None, None, None)
+                    self._report = self._actor_report(self.batch.report)
+                except Exception:
+                    logger.warning("memscope.ray: could not end the actor's batch", exc_info=True)
+            self._reporter.closed(self._report)
+        finally:
+            self._lock.release()
 
     def _run(self, function: Callable[[Any], Any], rows: BatchRows, count: _ChunkCount) -> Any:
         if len(rows) == 0:
@@ -275,24 +309,26 @@ class ActorMemory:
             count.counting(function), rows, state=self.state, combine=concatenate_batches
         )
 
-    def _after(
-        self, number: int, segment: ManagedBatch, count: _ChunkCount, failure: str | None
-    ) -> None:
-        """Add the batch's figures to the actor's, and report them."""
+    def _after(self, number: int, count: _ChunkCount, failure: str | None) -> None:
+        """Count the Ray batch, and report the actor's figures so far."""
+        self._split_batches += int(count.chunks > 1)
+        self._failed_batches += int(failure is not None)
         try:
-            try:
-                batch_report = segment.report
-            except BatchStateError:
-                batch_report = None  # the batch never started: nothing to add
-            if batch_report is not None:
-                self._report = fold_batch(
-                    self._report,
-                    batch_report,
-                    split=count.chunks > 1,
-                    failed=failure is not None,
-                    chunk_size=self.chunk_size,
-                )
+            if self.batch.active:
+                if failure is not None and self.settings.every is not None:
+                    # What the failed batch left behind is worth freeing before the next.
+                    self.batch._clean_up(f"the failed Ray batch {number}")
+                self._report = self._actor_report(self.batch.report_so_far())
         except Exception:
             # Bookkeeping must never fail the data path.
             logger.warning("memscope.ray: could not record batch %d", number, exc_info=True)
         self._reporter.finished(number, self._report, failure)
+
+    def _actor_report(self, report: BatchReport) -> ActorBatchReport:
+        return ActorBatchReport.of(
+            report,
+            batches=self._batches,
+            split_batches=self._split_batches,
+            failed_batches=self._failed_batches,
+            chunk_size=self.chunk_size,
+        )

@@ -42,7 +42,7 @@ READY = "ready"  # the user's constructor returned
 CONSTRUCTION_FAILED = "construction_failed"  # the user's constructor raised
 STARTED = "started"  # a batch began
 FINISHED = "finished"  # a batch ended: the actor's figures so far, and any failure
-CLOSED = "closed"  # Ray Data shut the actor down gracefully
+CLOSED = "closed"  # Ray Data shut the actor down gracefully: its final figures
 MESSAGE_KINDS = frozenset({REGISTER, READY, CONSTRUCTION_FAILED, STARTED, FINISHED, CLOSED})
 
 
@@ -91,8 +91,11 @@ class CollectorState:
                 entry["report"] = data["report"]
             if data["failure"] is not None:
                 entry["last_failure"] = data["failure"]
-        elif kind == CLOSED and entry["phase"] != "busy":
-            entry["phase"] = "closed"
+        elif kind == CLOSED:
+            if isinstance(data, dict) and data.get("report") is not None:
+                entry["report"] = data["report"]
+            if entry["phase"] != "busy":
+                entry["phase"] = "closed"
 
     def records(self) -> tuple[int, list[Record]]:
         """How many messages arrived so far, and the records in the order workers started."""
@@ -349,3 +352,7 @@ class RayReporter:
                 "failure": failure,
             },
         )
+
+    def closed(self, report: ActorBatchReport | None) -> None:
+        """Ray Data shut the worker down gracefully; ``report`` is its final figures."""
+        self.send(CLOSED, {"report": report})

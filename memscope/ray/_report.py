@@ -5,7 +5,7 @@ code that reads a :class:`~memscope.reports.CombinedReport` reads these too:
 
 * :class:`ActorBatchReport` is a :class:`~memscope.BatchReport` with what only a Ray actor
   has: how many Ray batches it ran, how many it split, how many raised, and the chunk size
-  it learned. Its figures are the running total of the actor's batches.
+  it learned. Its figures are those of the actor's one long-lived batch, so far.
 * :class:`ActorReport` is a :class:`~memscope.reports.RankReport` row with the actor's
   identity: Ray's actor id, which incarnation of it (Ray restarts an actor that died under
   the same id), its worker process, node and GPUs.
@@ -39,12 +39,12 @@ _SUM = {"combine": "sum"}
 
 @dataclass(frozen=True, slots=True)
 class ActorBatchReport(BatchReport):
-    """One actor's figures over all the Ray batches it ran so far.
+    """One actor's figures: its long-lived batch's report so far, and its Ray batches.
 
-    Counts (items, OOMs, cleanups, GC runs and seconds...) add up over the batches, peaks are
-    the largest batch's, ``elapsed_seconds`` is the time spent inside the batches (so
-    ``items_per_second`` is the actor's throughput while busy), and the figures of one
-    moment (``usage_end``, ``ended_by``) are the latest batch's.
+    Every Ray batch an actor runs is part of one ``managed_batch`` that lasts as long as the
+    actor, so the figures are that batch's: items, OOMs and cleanups over the actor's life,
+    peaks over all of it, ``elapsed_seconds`` since its first Ray batch began (idle time
+    between batches included). ``ended_by`` stays ``None`` while the actor lives.
     """
 
     batches: int = field(default=0, metadata=_SUM)
@@ -58,56 +58,28 @@ class ActorBatchReport(BatchReport):
     """The chunk size the actor's next batch starts at; ``None``: the whole batch, as no
     memory has run out."""
 
-
-def fold_batch(
-    total: ActorBatchReport | None,
-    batch: BatchReport,
-    *,
-    split: bool,
-    failed: bool,
-    chunk_size: int | None,
-) -> ActorBatchReport:
-    """``total`` with one more Ray batch's report added.
-
-    Each :class:`~memscope.BatchReport` field combines as its ``combine`` metadata says
-    (counts add up, peaks take the larger), but time, which adds up for batches run one
-    after another; tuples (snapshot files, failed items) are joined; a figure of one moment
-    is the first batch's when it is a ``*_start`` figure, else the latest batch's.
-    """
-    values: dict[str, Any] = {}
-    for report_field in fields(BatchReport):
-        name = report_field.name
-        latest = getattr(batch, name)
-        if total is None:
-            values[name] = latest
-            continue
-        earlier = getattr(total, name)
-        rule = report_field.metadata.get("combine")
-        if name == "elapsed_seconds" or rule == "sum":
-            values[name] = earlier + latest
-        elif rule == "max":
-            values[name] = _larger(earlier, latest)
-        elif isinstance(earlier, tuple):
-            values[name] = earlier + latest
-        elif name.endswith("_start"):
-            values[name] = earlier
-        else:
-            values[name] = latest
-    return ActorBatchReport(
-        **values,
-        batches=(0 if total is None else total.batches) + 1,
-        split_batches=(0 if total is None else total.split_batches) + int(split),
-        failed_batches=(0 if total is None else total.failed_batches) + int(failed),
-        chunk_size=chunk_size,
-    )
-
-
-def _larger(first: Any, second: Any) -> Any:
-    if first is None:
-        return second
-    if second is None:
-        return first
-    return max(first, second)
+    @classmethod
+    def of(
+        cls,
+        report: BatchReport,
+        *,
+        batches: int,
+        split_batches: int,
+        failed_batches: int,
+        chunk_size: int | None,
+    ) -> ActorBatchReport:
+        """``report`` (the actor's batch's, so far or final) with the actor's Ray figures."""
+        values = {
+            report_field.name: getattr(report, report_field.name)
+            for report_field in fields(BatchReport)
+        }
+        return cls(
+            **values,
+            batches=batches,
+            split_batches=split_batches,
+            failed_batches=failed_batches,
+            chunk_size=chunk_size,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD
 from memscope.ray._actor import ActorMemory, ActorSettings, assigned_device, describe_failure
 from memscope.ray._collector import (
-    CLOSED,
     CONSTRUCTION_FAILED,
     READY,
     REGISTER,
@@ -125,18 +124,19 @@ def managed(
     Pass what it returns to ``Dataset.map_batches`` in place of ``udf``, with the same
     arguments. In each actor (for a function, each worker process):
 
-    * every batch runs in a ``managed_batch`` on the actor's own device (the GPU Ray
-      assigned it, else the CPU; see :func:`actor_device`) and one long-lived
-      :class:`~memscope.MemoryManager`, cleaning up every ``every`` rows (as each chunk
-      finishes) and when the batch ends, by ``cache_policy``;
+    * every batch runs inside one ``managed_batch`` that lasts as long as the actor, on the
+      actor's own device (the GPU Ray assigned it, else the CPU; see :func:`actor_device`),
+      cleaning up every ``every`` rows (as each chunk finishes, across batches) by
+      ``cache_policy``, after a batch that raised, and when Ray Data shuts the actor down;
     * the batch runs through :func:`~memscope.process_in_chunks`: when memory runs out, the
       same rows are retried in smaller chunks and the results joined, so the batch still
       completes with every row exactly once, in order. The actor keeps one
       :class:`~memscope.oom.AdaptiveBatchState` for all its batches, so the size that
       worked (and, where the device can be measured, the memory per row) is where its next
       batches start;
-    * after each batch the actor's figures (rows, OOMs, split batches, peak memory,
-      cleanups, GC time, failures) go to ``collector`` without waiting for it.
+    * after each batch the actor's figures so far (rows, OOMs, split batches, peak memory,
+      cleanups, GC time, failures) go to ``collector`` without waiting for it, and the
+      final ones when the actor is shut down gracefully.
 
     Args:
         udf: a class whose instances are called with a batch (Ray Data makes one per
@@ -150,8 +150,8 @@ def managed(
             only count, never clean up (OOM recovery still runs).
         cache_policy: when a cleanup empties the cache, as for ``managed_batch``.
         memory_threshold: the usage at or above which a cleanup collects garbage.
-        freeze_heap: freeze the objects that exist when a batch starts, as for
-            ``managed_batch``.
+        freeze_heap: freeze the objects that exist when the actor's first batch starts (its
+            model among them) until the actor is shut down, as for ``managed_batch``.
         chunk_size: the largest chunk to try; ``None``: the whole batch, until memory runs
             out.
         factor: what a chunk size is multiplied by after running out of memory, where
@@ -239,7 +239,7 @@ def _managed_class(cls: type, settings: ActorSettings, address: CollectorAddress
         # actor is killed or crashes): the actor's last word.
         session = vars(self).get(_SESSION) if hasattr(self, "__dict__") else None
         if isinstance(session, _WorkerSession):
-            session.reporter.send(CLOSED)
+            session.memory.close()
         if user_delete is not None:
             user_delete(self)
 
