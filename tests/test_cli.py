@@ -112,7 +112,7 @@ def test_help_describes_each_command(
         (["demo", "--device", "gpu"], "--device 'gpu'"),
         (["demo", "--device", "cuda:3"], "--device 'cuda:3'"),
         (["--device", "cuda:3", "demo"], "--device 'cuda:3'"),
-        (["--device", "cuda:3", "calibrate"], "'cuda:3' is not available"),
+        (["--device", "cuda:3", "calibrate"], "--device 'cuda:3' is not available"),
         (["demo", "--threshold", "1.5"], "--threshold must be between 0 and 1"),
         (["demo", "--threshold", "high"], "'high'"),
         (["demo", "--images", "0"], "--images must be an int >= 1, got 0"),

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from memscope.cli._options import DEVICE_OPTIONS, as_typed
 from memscope.cli.demo import Colorizer
 from memscope.estimation import (
     DEFAULT_HEADROOM,
@@ -138,7 +139,7 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
             # The host's figures say how large a batch fits now; calibrating needs none.
             manager = _with_host_figures(manager)
     except MemscopeError as error:
-        parser.error(str(error))
+        parser.error(as_typed(str(error), DEVICE_OPTIONS))
     device = manager.resolved_device
     model = Colorizer(seed=arguments.seed).to(device).eval()
 

@@ -25,6 +25,7 @@ import torch
 from memscope._version import __version__
 from memscope.backends import available_devices
 from memscope.cli._calibrate import add_calibrate_parser, run_calibrate
+from memscope.cli._options import DEVICE_OPTIONS, as_typed
 from memscope.cli._report import add_report_parser, run_report
 from memscope.cli.demo import (
     DEFAULT_EVERY,
@@ -77,7 +78,6 @@ ESTIMATE_OPTIONS = {
 }
 """The estimation model's fields, and the options that set them."""
 
-DEVICE_OPTIONS = {"device": "--device"}
 
 COMMANDS_WITHOUT_A_DEVICE = {
     "estimate": "the estimate depends on the image, not the device",
@@ -120,18 +120,6 @@ def counted(number: int, singular: str, plural: str | None = None) -> str:
     """``1 image``, ``2 images``: the number with its noun in the right number."""
     noun = singular if number == 1 else (plural if plural is not None else singular + "s")
     return f"{number} {noun}"
-
-
-def as_typed(message: str, options: dict[str, str]) -> str:
-    """``message`` with the parameter it starts with named as the option that sets it.
-
-    memscope's checks start their messages with the parameter's name (``images must be an
-    int >= 1, got 0``); on the command line the user typed ``--images``.
-    """
-    name, separator, rest = message.partition(" ")
-    if separator and name in options:
-        return f"{options[name]} {rest}"
-    return message
 
 
 def _format_size(size: tuple[int, int]) -> str:
