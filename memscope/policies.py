@@ -22,6 +22,7 @@ __all__ = [
     "ClearAlways",
     "ClearWhenUseful",
     "GCBackoff",
+    "GCBackoffState",
 ]
 
 
@@ -57,7 +58,11 @@ class GCBackoff:
 
 
 class GCBackoffState:
-    """The mutable side of :class:`GCBackoff`, one per manager; safe across threads."""
+    """The mutable side of :class:`GCBackoff`, one per manager; safe across threads.
+
+    Made by :meth:`GCBackoff.new_state` for each manager given the policy; ``skipped``
+    counts the collections it held back.
+    """
 
     def __init__(self, policy: GCBackoff) -> None:
         self.policy = policy
