@@ -251,16 +251,28 @@ def test_on_a_given_group_the_collector_names_the_late_rank_and_the_lost_reports
     assert outcomes[1]["seconds_in_gathering"] <= SETTLE_SECONDS
 
 
+COLLECTOR_LEFT = (
+    "ReportGatherError: gathering reports failed: rank 0, which collects the reports, had "
+    "left when this rank came (the connection closed): it gave up waiting for this rank "
+    "after its timeout, or its process ended"
+)
+COLLECTOR_LEFT_WHILE_THE_GROUP_WAS_MADE = (
+    "ReportGatherError: could not make the process group that gathers reports: a rank left "
+    "while it was being made (the connection closed) ("
+)
+
+
 def test_when_the_collector_dies_the_others_are_told_at_once(tmp_path: Path) -> None:
     """Rank 0 dies in its block: rank 1 is told within seconds that rank 0 had left, not
-    after the timeout, and no rank is named missing that it cannot know about."""
+    after the timeout, and no rank is named missing that it cannot know about.
+
+    Making the gathering's group is a collective that rank 0 can finish, and die after,
+    while rank 1 is still connecting (seen once in about fifteen runs on a loaded machine):
+    then rank 1 learns it as the group's making failing because a rank left."""
     exit_codes, outcomes = run_ranks("collector dies", tmp_path)
     assert exit_codes == [1, 0]
     assert sorted(outcomes) == [1]
-    assert outcomes[1]["error"] == (
-        "ReportGatherError: gathering reports failed: rank 0, which collects the reports, had "
-        "left when this rank came (the connection closed): it gave up waiting for this rank "
-        "after its timeout, or its process ended"
-    )
+    error = outcomes[1]["error"]
+    assert error == COLLECTOR_LEFT or error.startswith(COLLECTOR_LEFT_WHILE_THE_GROUP_WAS_MADE)
     assert outcomes[1]["missing_ranks"] is None
     assert outcomes[1]["seconds_in_gathering"] < GATHER_TIMEOUT_SECONDS
