@@ -21,7 +21,7 @@ workstation as on a laptop. :class:`NoAccelerator` hides every real accelerator,
 what happens on a CPU-only machine.
 
 The fakes patch module attributes of ``torch`` for the whole process, so they are not safe to
-use from tests that run in parallel threads. Entering and leaving it also drops the default
+use from tests that run in parallel threads. Entering and leaving one also drops the default
 managers ``@auto_clear`` shares, so none of them outlives the fake device it was made for.
 
 :class:`FakeHost` does the same for the host's memory figures, so that host monitoring and

@@ -54,6 +54,20 @@ def test_a_fake_device_hides_a_real_accelerator_of_another_type() -> None:
     assert torch.cuda.is_available()
 
 
+def test_a_fake_device_hides_a_real_accelerator_of_the_other_kind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fake CUDA device on a machine whose torch.accelerator is a real XPU hides the XPU."""
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("xpu"))
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
+    assert "xpu:0" in available_devices()
+    with FakeDevice("cuda"):
+        assert available_devices() == ["cuda:0", "cpu"]
+    assert "xpu:0" in available_devices()
+
+
 def test_a_fake_inside_another_keeps_the_outer_device() -> None:
     """Fakes of two families entered together both stay visible, and leave nothing behind."""
     with FakeDevice("cuda"), FakeDevice("xpu", device_count=2):
