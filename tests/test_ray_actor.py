@@ -6,6 +6,7 @@ import inspect
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -312,6 +313,26 @@ def test_actor_figures_add_up_over_batches() -> None:
     assert second.cleanups > first.cleanups
     assert second.elapsed_seconds >= first.elapsed_seconds
     assert second.device == "cpu"
+
+
+def test_busy_time_leaves_out_the_wait_between_batches() -> None:
+    """busy_seconds counts time inside Ray batches only; elapsed_seconds runs from the first
+    batch on, so a wait between batches shows in it and not in the busy time."""
+    memory, _ = actor()
+
+    def slow(batch: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.05)
+        return batch
+
+    memory.process(slow, ids(0, 4))
+    time.sleep(0.3)
+    memory.process(slow, ids(4, 4))
+    report = memory.report
+    assert report is not None
+    assert report.busy_seconds >= 0.1
+    assert report.elapsed_seconds - report.busy_seconds >= 0.3
+    assert report.rows_per_busy_second == pytest.approx(8 / report.busy_seconds)
+    assert report.rows_per_busy_second > report.items_per_second
 
 
 def test_every_ray_batch_runs_inside_the_actor_s_one_batch() -> None:

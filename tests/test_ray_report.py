@@ -60,6 +60,7 @@ def actor_report(batches: int = 2, **changes: Any) -> ActorBatchReport:
         split_batches=0,
         failed_batches=0,
         chunk_size=None,
+        busy_seconds=1.0 * batches,
     )
 
 
@@ -295,6 +296,7 @@ def test_table_has_a_row_per_actor_and_the_totals() -> None:
     assert lines[0] == "memscope report of 3 Ray actor(s) on 2 node(s)"
     assert lines[1].split()[:5] == ["actor", "host", "device", "batches", "rows"]
     assert lines[2].startswith("a1aaaaaa#0  gpu-host-1  cuda:0 (GPU 3)")
+    assert lines[2].split()[5:8] == ["2", "64", "32.0"]  # batches, rows, rows per busy second
     assert "died during batch 3; Ray restarted it as incarnation 1" in lines[2]
     assert lines[3].startswith("b2bbbbbb#0  gpu-host-2")
     assert "6.0 GiB" in lines[3]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -235,6 +236,7 @@ class ActorMemory:
         self._batches = 0
         self._split_batches = 0
         self._failed_batches = 0
+        self._busy_seconds = 0.0
         self._largest_batch = 0
         self._closed = False
 
@@ -267,6 +269,7 @@ class ActorMemory:
             number = self._batches
             self._reporter.started(number, len(rows))
             count = _ChunkCount()
+            started = time.perf_counter()
             try:
                 if not self.batch.active:
                     self.batch.__enter__()
@@ -274,9 +277,9 @@ class ActorMemory:
                 # the active one for this call wherever it runs.
                 result = self.batch.bind(self._run)(function, rows, count)
             except BaseException as error:
-                self._after(number, count, describe_failure(error))
+                self._after(number, count, started, describe_failure(error))
                 raise
-            self._after(number, count, None)
+            self._after(number, count, started, None)
             return result
 
     def close(self) -> None:
@@ -309,8 +312,9 @@ class ActorMemory:
             count.counting(function), rows, state=self.state, combine=concatenate_batches
         )
 
-    def _after(self, number: int, count: _ChunkCount, failure: str | None) -> None:
+    def _after(self, number: int, count: _ChunkCount, started: float, failure: str | None) -> None:
         """Count the Ray batch, and report the actor's figures so far."""
+        self._busy_seconds += time.perf_counter() - started
         self._split_batches += int(count.chunks > 1)
         self._failed_batches += int(failure is not None)
         try:
@@ -331,4 +335,5 @@ class ActorMemory:
             split_batches=self._split_batches,
             failed_batches=self._failed_batches,
             chunk_size=self.chunk_size,
+            busy_seconds=self._busy_seconds,
         )

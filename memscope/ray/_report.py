@@ -57,6 +57,14 @@ class ActorBatchReport(BatchReport):
     chunk_size: int | None = None
     """The chunk size the actor's next batch starts at; ``None``: the whole batch, as no
     memory has run out."""
+    busy_seconds: float = field(default=0.0, metadata=_SUM)
+    """Time spent inside Ray batches: ``elapsed_seconds`` less the waits between them."""
+
+    @property
+    def rows_per_busy_second(self) -> float:
+        """Rows per second of time spent inside Ray batches: the actor's throughput while
+        busy (``items_per_second`` counts the waits between batches too)."""
+        return self.items / self.busy_seconds if self.busy_seconds > 0 else 0.0
 
     @classmethod
     def of(
@@ -67,6 +75,7 @@ class ActorBatchReport(BatchReport):
         split_batches: int,
         failed_batches: int,
         chunk_size: int | None,
+        busy_seconds: float = 0.0,
     ) -> ActorBatchReport:
         """``report`` (the actor's batch's, so far or final) with the actor's Ray figures."""
         values = {
@@ -79,6 +88,7 @@ class ActorBatchReport(BatchReport):
             split_batches=split_batches,
             failed_batches=failed_batches,
             chunk_size=chunk_size,
+            busy_seconds=busy_seconds,
         )
 
 
@@ -187,7 +197,7 @@ def _peak(report: ActorBatchReport) -> int | None:
 _TABLE_COLUMNS = (
     _Column("batches", lambda report: report.batches, _count, "batches"),
     _Column("rows", lambda report: report.items, _count, "items"),
-    _Column("rows/s", lambda report: report.items_per_second, lambda value: f"{value:.1f}"),
+    _Column("rows/s", lambda report: report.rows_per_busy_second, lambda value: f"{value:.1f}"),
     _Column("OOMs", lambda report: report.ooms, _count, "ooms"),
     _Column("split", lambda report: report.split_batches, _count, "split_batches"),
     _Column(
@@ -276,10 +286,11 @@ class RayJobReport(CombinedReport):
         The columns are the actor's identity (``rank, actor_id, incarnation, worker_id,
         node_id, node_ip, host, pid, gpu_ids, function, status, error, last_failure``) and
         then its figures: ``device``, every figure the totals add up or take the largest of,
-        ``items_per_second`` and ``chunk_size``. ``gpu_ids`` are joined with ``;``; an
+        ``items_per_second``, ``rows_per_busy_second`` and ``chunk_size``. ``gpu_ids`` are
+        joined with ``;``; an
         empty cell is a figure nobody could tell.
         """
-        figures = ["device", *self.totals, "items_per_second", "chunk_size"]
+        figures = ["device", *self.totals, "items_per_second", "rows_per_busy_second", "chunk_size"]
         target = Path(path)
         with target.open("w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
