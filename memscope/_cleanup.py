@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from memscope import _heap
 from memscope.manager import MemoryManager
 from memscope.policies import ClearAlways
+from memscope.snapshot import MemorySnapshot
 from memscope.typing import CachePolicy
 
 __all__ = ["CleanupOutcome"]
@@ -34,6 +35,9 @@ class CleanupOutcome:
     cache_clears: int
     gc_runs: int
     gc_seconds: float
+    figures_after: MemorySnapshot | None = None
+    """The device's figures after the cleanup, when the reading it decided on still holds
+    (nothing was freed after it); ``None`` when they must be read again."""
 
     @property
     def collected(self) -> bool:
@@ -45,18 +49,32 @@ CLEAR_ALWAYS = ClearAlways()
 
 
 def run_cleanup(manager: MemoryManager, cache_policy: CachePolicy = CLEAR_ALWAYS) -> CleanupOutcome:
-    """``manager.clear_cache()`` (if the policy says so), then ``trigger_gc_if_needed()``."""
+    """``manager.clear_cache()`` (if the policy says so), then ``trigger_gc_if_needed()``.
+
+    One reading of the device serves the policy and the threshold check, and it is taken
+    again only after a cache clear changed the figures: a CUDA reading costs a driver call
+    and a walk through the allocator's statistics, and most steps free nothing.
+    """
     snapshot = manager.snapshot() if cache_policy.needs_snapshot else None
     cleared = cache_policy(snapshot, manager.memory_threshold)
     if cleared:
         manager.clear_cache()
     started = time.perf_counter()
-    collected = bool(manager.trigger_gc_if_needed())
+    if type(manager).trigger_gc_if_needed is MemoryManager.trigger_gc_if_needed:
+        if snapshot is None or cleared:
+            snapshot = manager.snapshot()
+        collected = manager._collect_if_above_threshold(snapshot.usage)
+    else:
+        # A subclass's own trigger_gc_if_needed (the Cobra MemoryManager API) is honoured.
+        collected = bool(manager.trigger_gc_if_needed())
+        if cleared:
+            snapshot = None
     elapsed = time.perf_counter() - started
     return CleanupOutcome(
         cache_clears=int(cleared) + int(collected),
         gc_runs=int(collected),
         gc_seconds=elapsed if collected else 0.0,
+        figures_after=None if collected else snapshot,
     )
 
 

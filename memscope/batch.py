@@ -580,19 +580,22 @@ class ManagedBatch(SyncAndAsyncContextManager):
             self._items = after = before + count
         every = self.every
         if every is not None and after // every > before // every:
-            self._clean_up(f"batch item {after}")
-            self._observe_growth(after)
+            self._observe_growth(after, self._clean_up(f"batch item {after}"))
         if self._records_timeline:
             self._record_timeline(after)
         if self._bar is not None:
             self._bar.set_postfix_str(self._memory_postfix(), refresh=False)
             self._bar.update(count)
 
-    def _clean_up(self, where: str) -> None:
-        self._record_cleanup(run_cleanup_safely(self.manager, where, self.cache_policy))
+    def _clean_up(self, where: str) -> MemorySnapshot | None:
+        """One cleanup step, counted; returns the device's figures after it, where the
+        reading it made still holds."""
+        outcome = run_cleanup_safely(self.manager, where, self.cache_policy)
+        self._record_cleanup(outcome)
         # Resident memory is sampled where the batch already pays for a cleanup, so the
         # report's peak costs nothing on the per-item path.
         self._sample_host()
+        return None if outcome is None else outcome.figures_after
 
     def _sample_host(self) -> int | None:
         """The process's resident memory now, folded into the batch's peak."""

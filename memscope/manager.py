@@ -206,7 +206,11 @@ class MemoryManager:
         With a :class:`GCBackoff`, a collection that would most likely free nothing is
         skipped. Returns whether it collected.
         """
-        usage = self.check_memory_usage()
+        return self._collect_if_above_threshold(self.check_memory_usage())
+
+    def _collect_if_above_threshold(self, usage: float) -> bool:
+        """:meth:`trigger_gc_if_needed` for a ``usage`` already measured (a cleanup step
+        reads the device once for its cache policy and this check)."""
         backoff = self._backoff
         if usage < self._memory_threshold:
             if backoff is not None:

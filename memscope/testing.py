@@ -403,7 +403,18 @@ class FakeDevice:
             self._recorded("torch.cuda.current_device", lambda: self.current_device),
         )
         yield from self._caching_allocator_fakes(cuda, "torch.cuda", "mem_get_info")
+        yield cuda, "memory_stats", self._recorded("torch.cuda.memory_stats", self._memory_stats)
         yield from self._memory_history_fakes()
+
+    def _memory_stats(self, device: object = None) -> dict[str, int]:
+        # The four figures of torch's flattened allocator statistics that memscope reads.
+        memory = self.memory[self._index(device)]
+        return {
+            "allocated_bytes.all.current": memory.allocated,
+            "allocated_bytes.all.peak": memory.peak_allocated,
+            "reserved_bytes.all.current": memory.reserved,
+            "reserved_bytes.all.peak": memory.peak_reserved,
+        }
 
     def _memory_history_fakes(self) -> Iterator[_Patch]:
         # The recorder of CUDA allocation history: the fake keeps only whether it is on,

@@ -25,10 +25,7 @@ def test_cuda_usage_counts_other_processes_and_treats_cache_as_free() -> None:
     assert usage == 25 / 80
     assert fake.calls == [
         FakeCall("torch.cuda.mem_get_info", (1,)),
-        FakeCall("torch.cuda.memory_allocated", (1,)),
-        FakeCall("torch.cuda.memory_reserved", (1,)),
-        FakeCall("torch.cuda.max_memory_allocated", (1,)),
-        FakeCall("torch.cuda.max_memory_reserved", (1,)),
+        FakeCall("torch.cuda.memory_stats", (1,)),
     ]
 
 

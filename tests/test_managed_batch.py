@@ -470,3 +470,52 @@ def test_report_so_far_needs_a_running_batch() -> None:
         pass
     with pytest.raises(BatchStateError, match="report_so_far"):
         batch.report_so_far()
+
+
+# What a cleanup step reads ----------------------------------------------------------------
+
+
+def test_a_step_that_frees_nothing_reads_the_device_once() -> None:
+    """With nothing to free, each step of an every=1 batch reads the device once: the cache
+    policy, the threshold check and the leak watch share one reading."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_memory(allocated=1 * GiB, reserved=1 * GiB)
+        with managed_batch("cuda", every=1) as batch:
+            fake.calls.clear()
+            for _ in range(10):
+                batch.step()
+            calls = [call.function for call in fake.calls]
+    assert calls == ["torch.cuda.mem_get_info", "torch.cuda.memory_stats"] * 10
+
+
+def test_a_step_that_clears_the_cache_reads_the_device_after_the_clear() -> None:
+    """ClearAlways clears first, then one reading serves the threshold check and the leak
+    watch."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_memory(allocated=1 * GiB, reserved=2 * GiB)
+        with managed_batch("cuda", every=1, cache_policy=ClearAlways()) as batch:
+            fake.calls.clear()
+            for _ in range(3):
+                batch.step()
+            calls = [call.function for call in fake.calls]
+    step = ["torch.cuda.empty_cache", "torch.cuda.mem_get_info", "torch.cuda.memory_stats"]
+    assert calls == step * 3
+
+
+def test_a_manager_subclass_s_own_threshold_check_is_still_called() -> None:
+    """A MemoryManager subclass that overrides trigger_gc_if_needed (the Cobra API) has its
+    method called at every cleanup step, not bypassed by the shared reading."""
+
+    class CountingManager(MemoryManager):
+        checks = 0
+
+        def trigger_gc_if_needed(self) -> bool:
+            self.checks += 1
+            return super().trigger_gc_if_needed()
+
+    with FakeDevice("cuda", total=8 * GiB):
+        manager = CountingManager("cuda")
+        with managed_batch(manager=manager, every=1) as batch:
+            for _ in range(5):
+                batch.step()
+    assert manager.checks == 6  # five steps and the batch's final cleanup

@@ -57,10 +57,7 @@ def test_gc_at_threshold_collects_then_clears(monkeypatch: pytest.MonkeyPatch) -
     functions = [call.function for call in fake.calls]
     assert functions == [
         "torch.cuda.mem_get_info",
-        "torch.cuda.memory_allocated",
-        "torch.cuda.memory_reserved",
-        "torch.cuda.max_memory_allocated",
-        "torch.cuda.max_memory_reserved",
+        "torch.cuda.memory_stats",
         "gc.collect",
         "torch.cuda.empty_cache",
     ]

@@ -11,10 +11,7 @@ from memscope.testing import FakeCall, FakeDevice, GiB
 
 INDEXED_CUDA_FUNCTIONS = (
     "torch.cuda.mem_get_info",
-    "torch.cuda.memory_allocated",
-    "torch.cuda.memory_reserved",
-    "torch.cuda.max_memory_allocated",
-    "torch.cuda.max_memory_reserved",
+    "torch.cuda.memory_stats",
     "torch.cuda.reset_peak_memory_stats",
 )
 """Every torch.cuda function memscope calls that takes a device index."""
@@ -51,10 +48,7 @@ def test_every_query_and_reset_of_a_cuda_1_manager_targets_cuda_1() -> None:
         manager.clear_cache()
     assert fake.calls == [
         FakeCall("torch.cuda.mem_get_info", (1,)),
-        FakeCall("torch.cuda.memory_allocated", (1,)),
-        FakeCall("torch.cuda.memory_reserved", (1,)),
-        FakeCall("torch.cuda.max_memory_allocated", (1,)),
-        FakeCall("torch.cuda.max_memory_reserved", (1,)),
+        FakeCall("torch.cuda.memory_stats", (1,)),
         FakeCall("torch.cuda.reset_peak_memory_stats", (1,)),
         FakeCall("torch.cuda.empty_cache"),
     ]

@@ -43,13 +43,16 @@ class CudaBackend(DeviceBackend):
 
     def read_memory(self) -> MemoryReading:
         free, total = torch.cuda.mem_get_info(self.index)
+        # One call for the four allocator figures: torch.cuda.memory_allocated() and its
+        # siblings each flatten and sort the allocator's whole statistics in Python.
+        stats = torch.cuda.memory_stats(self.index)
         return MemoryReading.from_caching_allocator(
             free=free,
             total=total,
-            allocated=torch.cuda.memory_allocated(self.index),
-            reserved=torch.cuda.memory_reserved(self.index),
-            peak_allocated=torch.cuda.max_memory_allocated(self.index),
-            peak_reserved=torch.cuda.max_memory_reserved(self.index),
+            allocated=stats.get("allocated_bytes.all.current", 0),
+            reserved=stats.get("reserved_bytes.all.current", 0),
+            peak_allocated=stats.get("allocated_bytes.all.peak", 0),
+            peak_reserved=stats.get("reserved_bytes.all.peak", 0),
         )
 
     def reset_peak_memory_stats(self) -> None:
