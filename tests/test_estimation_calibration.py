@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -216,16 +218,11 @@ def known_cpu_bytes(image_size: tuple[int, int], batch_size: int = 1) -> int:
     return 4 * FIXED_ELEMENTS + 128 * image_size[0] * image_size[1] * batch_size
 
 
-def test_calibrating_on_the_cpu_predicts_1024_from_sizes_up_to_256() -> None:
-    """On the CPU (peak resident memory, Linux), calibrating at 64 to 256 pixels a side
-    predicts the peak at 1024x1024 within 10 %, against both the known allocations and the
-    peak measured at that size."""
-    if not host_peak.usable():
-        pytest.skip("this system cannot reset the peak resident memory")
+def calibrate_in_this_process() -> tuple[float, float, int, str]:
+    """Calibrate the known workload at 64 to 256 pixels a side: the prediction at 1024x1024,
+    the known allocations there, the peak measured there, and the method."""
     manager = MemoryManager("cpu")
     model = calibrate(known_cpu_workload, manager=manager)
-    predicted = model.estimate((1024, 1024))
-    assert predicted == pytest.approx(known_cpu_bytes((1024, 1024)), rel=0.1)
     measured = calibrate(
         known_cpu_workload,
         manager=manager,
@@ -233,8 +230,31 @@ def test_calibrating_on_the_cpu_predicts_1024_from_sizes_up_to_256() -> None:
         batch_sizes=[1, 2],
         repeats=1,
     ).samples[0]
-    assert predicted == pytest.approx(measured.peak_bytes, rel=0.1)
-    assert "VmHWM" in model.method
+    return (
+        model.estimate((1024, 1024)),
+        known_cpu_bytes((1024, 1024)),
+        measured.peak_bytes,
+        model.method,
+    )
+
+
+def test_calibrating_on_the_cpu_predicts_1024_from_sizes_up_to_256() -> None:
+    """On the CPU (peak resident memory, Linux), calibrating at 64 to 256 pixels a side in a
+    fresh process predicts the peak at 1024x1024 within 10 %, against both the known
+    allocations and the peak measured at that size.
+
+    A fresh process, as docs/sizing.md advises: late in a long one (this suite), memory the
+    C allocator keeps resident can be reused unseen, and the prediction came out 24 % low.
+    """
+    if not host_peak.usable():
+        pytest.skip("this system cannot reset the peak resident memory")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        predicted, known, measured, method = pool.submit(calibrate_in_this_process).result(
+            timeout=300
+        )
+    assert predicted == pytest.approx(known, rel=0.1)
+    assert predicted == pytest.approx(measured, rel=0.1)
+    assert "VmHWM" in method
 
 
 # The models ---------------------------------------------------------------------------------
