@@ -330,7 +330,8 @@ def test_busy_time_leaves_out_the_wait_between_batches() -> None:
     report = memory.report
     assert report is not None
     assert report.busy_seconds >= 0.1
-    assert report.elapsed_seconds - report.busy_seconds >= 0.3
+    # Most of the 0.3 s wait (the busy time starts a little before the batch's clock).
+    assert report.elapsed_seconds - report.busy_seconds >= 0.2
     assert report.rows_per_busy_second == pytest.approx(8 / report.busy_seconds)
     assert report.rows_per_busy_second > report.items_per_second
 
