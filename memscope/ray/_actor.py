@@ -273,6 +273,8 @@ class ActorMemory:
             try:
                 if not self.batch.active:
                     self.batch.__enter__()
+                    # Busy time starts with the batch's own clock, so it never exceeds it.
+                    started = time.perf_counter()
                 # Ray may run each call in a thread or context of its own: the batch is made
                 # the active one for this call wherever it runs.
                 result = self.batch.bind(self._run)(function, rows, count)
