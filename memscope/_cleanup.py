@@ -11,71 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from memscope import _heap
-from memscope.manager import MemoryManager
-from memscope.policies import ClearAlways
-from memscope.snapshot import MemorySnapshot
+from memscope._outcome import CleanupOutcome
+from memscope.manager import CLEAR_ALWAYS, MemoryManager
 from memscope.typing import CachePolicy
 
-__all__ = ["CleanupOutcome"]
+__all__ = ["CleanupOutcome", "run_cleanup"]
 
 logger = logging.getLogger("memscope")
 
 
-@dataclass(frozen=True, slots=True)
-class CleanupOutcome:
-    """What one cleanup did.
-
-    ``cache_clears`` counts ``clear_cache()`` calls (the policy's, plus the one a collection
-    makes), ``gc_runs`` the ``gc.collect()`` calls, and ``gc_seconds`` the time they took.
-    """
-
-    cache_clears: int
-    gc_runs: int
-    gc_seconds: float
-    figures_after: MemorySnapshot | None = None
-    """The device's figures after the cleanup, when the reading it decided on still holds
-    (nothing was freed after it); ``None`` when they must be read again."""
-
-    @property
-    def collected(self) -> bool:
-        """Whether the cleanup ran a garbage collection."""
-        return self.gc_runs > 0
-
-
-CLEAR_ALWAYS = ClearAlways()
-
-
 def run_cleanup(manager: MemoryManager, cache_policy: CachePolicy = CLEAR_ALWAYS) -> CleanupOutcome:
-    """``manager.clear_cache()`` (if the policy says so), then ``trigger_gc_if_needed()``.
-
-    One reading of the device serves the policy and the threshold check, and it is taken
-    again only after a cache clear changed the figures: a CUDA reading costs a driver call
-    and a walk through the allocator's statistics, and most steps free nothing.
-    """
-    snapshot = manager.snapshot() if cache_policy.needs_snapshot else None
-    cleared = cache_policy(snapshot, manager.memory_threshold)
-    if cleared:
-        manager.clear_cache()
-    started = time.perf_counter()
-    if type(manager).trigger_gc_if_needed is MemoryManager.trigger_gc_if_needed:
-        if snapshot is None or cleared:
-            snapshot = manager.snapshot()
-        collected = manager._collect_if_above_threshold(snapshot.usage)
-    else:
-        # A subclass's own trigger_gc_if_needed (the Cobra MemoryManager API) is honoured.
-        collected = bool(manager.trigger_gc_if_needed())
-        if cleared:
-            snapshot = None
-    elapsed = time.perf_counter() - started
-    return CleanupOutcome(
-        cache_clears=int(cleared) + int(collected),
-        gc_runs=int(collected),
-        gc_seconds=elapsed if collected else 0.0,
-        figures_after=None if collected else snapshot,
-    )
+    """One cleanup step through ``manager``: see :meth:`MemoryManager.clean_up`."""
+    return manager.clean_up(cache_policy)
 
 
 def run_cleanup_safely(
@@ -99,18 +48,25 @@ def reclaim(manager: MemoryManager) -> CleanupOutcome | None:
     """``gc.collect()``, then ``manager.clear_cache()``: the recovery after an OOM.
 
     Unlike the cadence's step this collects whatever the usage, since the device has just
-    said it is full. Never raises: a failure is logged and gives ``None``, because it must
-    not replace the error being handled.
+    said it is full. Never raises: a failure is logged, because it must not replace the
+    error being handled. A collection whose cache clear fails is still counted (the outcome
+    says ``failed``); ``None`` means nothing ran.
     """
     started = time.perf_counter()
     try:
         _heap.collect_including_frozen()
-        manager.clear_cache()
     except Exception:
         failures.failed("freeing memory after an out-of-memory error")
         return None
+    gc_seconds = time.perf_counter() - started
+    try:
+        manager.clear_cache()
+        cleared = manager.backend.caches_memory
+    except Exception:
+        failures.failed("clearing the cache after an out-of-memory error")
+        return CleanupOutcome(cache_clears=0, gc_runs=1, gc_seconds=gc_seconds, failed=True)
     failures.succeeded()
-    return CleanupOutcome(cache_clears=1, gc_runs=1, gc_seconds=time.perf_counter() - started)
+    return CleanupOutcome(cache_clears=int(cleared), gc_runs=1, gc_seconds=gc_seconds)
 
 
 class FailureLog:

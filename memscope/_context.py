@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from memscope._devices import resolve_device
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.policies import GCBackoff
 
@@ -35,6 +36,11 @@ class ActiveBatch(Protocol):
     @property
     def active(self) -> bool:
         """Whether the batch has been entered and not yet left."""
+        ...
+
+    @property
+    def parent(self) -> ActiveBatch | None:
+        """The batch that was running where this one started, if any."""
         ...
 
     @property
@@ -76,14 +82,22 @@ active_batch: ContextVar[ActiveBatch | None] = ContextVar("memscope_active_batch
 tracked_item: ContextVar[ActiveBatch | None] = ContextVar("memscope_tracked_item", default=None)
 
 
-def current() -> ActiveBatch | None:
-    """The batch active in this context, if it is still running.
+def nearest_running(batch: ActiveBatch | None) -> ActiveBatch | None:
+    """``batch`` if it is still running, else the nearest of its parents that is."""
+    while batch is not None and not batch.active:
+        batch = batch.parent
+    return batch
 
-    A batch left from another context (an ExitStack closed in another thread) cannot reset
-    this context's variable; it still names the batch, which has ended, and counts as none.
+
+def current() -> ActiveBatch | None:
+    """The batch running in this context, if any.
+
+    The variable can name a batch that has ended: one left from another context (an
+    ExitStack closed in another thread) cannot reset this context's variable, and an outer
+    batch left before the batch nested in it leaves the inner one in place. Then the nearest
+    batch that is still running, following the batches each started in, is the current one.
     """
-    batch = active_batch.get()
-    return batch if batch is not None and batch.active else None
+    return nearest_running(active_batch.get())
 
 
 _shared_managers: dict[tuple[str, float], MemoryManager] = {}
@@ -111,6 +125,17 @@ def forget_shared_managers() -> None:
         _shared_managers.clear()
 
 
+def same_device(device: torch.device, manager: MemoryManager) -> bool:
+    """Whether ``device`` is the device ``manager`` works on, by type and index; an index-free
+    device is the current one of its type (what ``manager`` resolved, when it did)."""
+    resolved = manager.resolved_device
+    if device.type != resolved.type:
+        return False
+    if device.index is None:
+        return resolve_device(device)[1].device == resolved
+    return device == resolved
+
+
 def manager_for(
     manager: MemoryManager | None,
     device: torch.device | None,
@@ -124,6 +149,6 @@ def manager_for(
     """
     if manager is not None:
         return manager
-    if batch is not None and (device is None or device == batch.manager.device):
+    if batch is not None and (device is None or same_device(device, batch.manager)):
         return batch.manager
     return shared_manager(device, memory_threshold)

@@ -30,7 +30,13 @@ def as_torch_device(device: DeviceLike) -> torch.device:
                 f"device index must be >= 0, got {device!r}; "
                 f"available devices: {', '.join(available_devices())}"
             )
-        return torch.device("cuda", device)
+        try:
+            return torch.device("cuda", device)
+        except (RuntimeError, OverflowError, ValueError):
+            raise DeviceUnavailableError(
+                f"device index {device!r} is not a device index; "
+                f"available devices: {', '.join(available_devices())}"
+            ) from None
     if isinstance(device, str):
         try:
             return torch.device(device)

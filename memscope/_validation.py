@@ -11,6 +11,16 @@ import numbers
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 
 
+def _as_float(value: numbers.Real) -> float:
+    """``float(value)``; a number too large for a float (``10**400``) is infinity, which
+    every range check then refuses with the parameter's own message."""
+    try:
+        return float(value)
+    except OverflowError:
+        # Only an int (or a Fraction of ints) overflows a float; its sign is its numerator's.
+        return math.inf if value.numerator > 0 else -math.inf  # type: ignore[attr-defined]
+
+
 def check_fraction(value: object, name: str) -> float:
     """A real number with ``0 < value <= 1``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -18,7 +28,7 @@ def check_fraction(value: object, name: str) -> float:
             f"{name} must be a real number between 0 and 1, got {value!r} "
             f"of type {type(value).__name__}"
         )
-    fraction = float(value)
+    fraction = _as_float(value)
     if math.isnan(fraction) or not 0.0 < fraction <= 1.0:
         raise InvalidArgumentError(
             f"{name} must be between 0 and 1 (0 < {name} <= 1), got {value!r}"
@@ -44,7 +54,7 @@ def check_positive_number(value: object, name: str, *, allow_zero: bool = False)
         raise InvalidArgumentTypeError(
             f"{name} must be a real number, got {value!r} of type {type(value).__name__}"
         )
-    number = float(value)
+    number = _as_float(value)
     bad = number < 0 if allow_zero else number <= 0
     if not math.isfinite(number) or bad:
         bound = ">= 0" if allow_zero else "> 0"

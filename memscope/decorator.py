@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
@@ -40,6 +41,9 @@ BoundResult = TypeVar("BoundResult")
 Instance = TypeVar("Instance")
 Enabled = bool | Callable[[], bool]
 _active_batch_get = context.active_batch.get
+_tracked_item_get = context.tracked_item.get
+_tracked_item_set = context.tracked_item.set
+_tracked_item_reset = context.tracked_item.reset
 logger = logging.getLogger("memscope")
 
 
@@ -114,6 +118,8 @@ class _CleanupCadence:
         self.name = name
         self.stats = CleanupStats()
         self._lock = threading.Lock()
+        # The last batch asked about, and whether it owns this function's cleanup.
+        self._owner: tuple[weakref.ref[Any], bool] | None = None
 
     # The drivers: a sync and an async loop that differ only by `await`. What happens after
     # an attempt is decided in one place, _after_failure.
@@ -121,21 +127,29 @@ class _CleanupCadence:
     def call(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         batch = _active_batch_get()
         if batch is not None and not batch.active:
-            batch = None  # ended in another context (see context.current)
+            batch = context.current()  # ended, or left in another context
+        # Made outside any item of the batch, this call is the item: calls it makes are
+        # part of it (an item is counted by the outermost memscope layer that sees it).
+        as_item = batch is not None and _tracked_item_get() is not batch
         retries_left = self.oom_retries
         while True:
+            token = _tracked_item_set(batch) if as_item else None
+            failure: BaseException | None = None
             try:
                 result = wrapped(*args, **kwargs)
             except BaseException as error:
                 failure = error
-            else:
+            finally:
+                if token is not None:
+                    _tracked_item_reset(token)
+            if failure is None:
                 # The hot path, inlined: one lock, and a cleanup only when one is due.
                 stats, lock = self.stats, self._lock
                 lock.acquire()  # `+=` cannot raise, and this spares the `with` protocol
                 stats.calls += 1
                 calls = stats.calls
                 lock.release()
-                if batch is None:
+                if batch is None or not batch.active:
                     if calls % self.every == 0:
                         self._clean_up(None)
                     return result
@@ -152,13 +166,19 @@ class _CleanupCadence:
         self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
     ) -> Any:
         batch = context.current()
+        as_item = batch is not None and _tracked_item_get() is not batch
         retries_left = self.oom_retries
         while True:
+            token = _tracked_item_set(batch) if as_item else None
+            failure: BaseException | None = None
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException as error:
                 failure = error
-            else:
+            finally:
+                if token is not None:
+                    _tracked_item_reset(token)
+            if failure is None:
                 self.finish_call(batch, failed=False)
                 return result
             self._after_failure(failure, retries_left, batch)
@@ -195,6 +215,8 @@ class _CleanupCadence:
         Only out-of-memory errors are retried, ``oom_retries`` times. The last one leaves
         with its traceback intact and a note with the device's figures at failure.
         """
+        if batch is not None and not batch.active:
+            batch = None  # the call outlived its batch: it counts into no batch
         oom = is_oom_error(failure)
         retry = oom and retries_left > 0
         if oom:
@@ -229,7 +251,9 @@ class _CleanupCadence:
 
     def finish_call(self, batch: ActiveBatch | None, *, failed: bool) -> None:
         """Count one finished call; clean up if this function owns the cadence and it is due
-        (always after a failure)."""
+        (always after a failure). A call that outlived its batch counts into no batch."""
+        if batch is not None and not batch.active:
+            batch = None
         with self._lock:
             self.stats.calls += 1
             self.stats.errors += int(failed)
@@ -242,10 +266,23 @@ class _CleanupCadence:
             self._clean_up(batch)
 
     def _batch_owns_cleanup(self, batch: ActiveBatch) -> bool:
-        """Whether ``batch`` cleans this function's device (see ``context.manager_for``)."""
-        return self.manager is None and (
-            self.torch_device is None or self.torch_device == batch.manager.device
-        )
+        """Whether ``batch`` cleans this function's device: the device its manager (given,
+        or made for ``device``) resolves to is the batch's, by type and index."""
+        if self.manager is None and self.torch_device is None:
+            return True
+        known = self._owner
+        if known is not None and known[0]() is batch:
+            return known[1]
+        try:
+            if self.manager is not None:
+                owns = self.manager.resolved_device == batch.manager.resolved_device
+            else:
+                assert self.torch_device is not None
+                owns = context.same_device(self.torch_device, batch.manager)
+        except Exception:
+            owns = False  # a device that cannot be resolved is not the batch's
+        self._owner = (weakref.ref(batch), owns)
+        return owns
 
     def _clean_up(self, batch: ActiveBatch | None) -> None:
         manager = self._cleanup_manager(batch)
@@ -262,10 +299,11 @@ class _CleanupCadence:
 
     def _count(self, outcome: CleanupOutcome | None) -> None:
         with self._lock:
-            if outcome is None:
+            if outcome is None or outcome.failed:
                 self.stats.cleanup_failures += 1
             else:
                 self.stats.cleanups += 1
+            if outcome is not None:
                 self.stats.gc_runs += outcome.gc_runs
 
     def _cleanup_manager(self, batch: ActiveBatch | None) -> MemoryManager | None:
@@ -416,6 +454,13 @@ def auto_clear(
     exception come back unchanged; a failing cleanup is logged and never replaces them.
     Statistics are on the decorated function as ``cleanup_stats``.
     """
+    if wrapped is not None and not (
+        callable(wrapped) or isinstance(wrapped, (classmethod, staticmethod))
+    ):
+        raise InvalidArgumentTypeError(
+            f"auto_clear decorates a function, got {wrapped!r} of type {type(wrapped).__name__}; "
+            "options are keywords: @auto_clear(every=5)"
+        )
     every = check_int(every, "every", minimum=1)
     oom_retries = check_int(oom_retries, "oom_retries", minimum=0)
     memory_threshold = check_fraction(memory_threshold, "memory_threshold")

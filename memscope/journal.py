@@ -234,18 +234,38 @@ class _Lock:
 
 
 class Journal:
-    """The writer behind ``managed_batch(journal=...)``; one per batch, opened on entry."""
+    """A batch's journal: ``managed_batch(journal=Journal("run.jsonl", ...))``.
+
+    Args:
+        path: the file (JSON lines); created on first use.
+        job: a name for the job, kept in the header; a journal written under another name
+            is refused rather than mixed.
+        sync_every: ``os.fsync`` every this many items (1: every item, the safest).
+        retry_failed: on a rerun, process again the items the journal records as failed
+            (by default they are skipped like finished ones, their failures carried into
+            the report).
+
+    One batch at a time uses a journal; it is opened when the batch starts.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, job: str | None = None, sync_every: int = 1
+        self,
+        path: str | os.PathLike[str],
+        *,
+        job: str | None = None,
+        sync_every: int = 1,
+        retry_failed: bool = False,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidArgumentTypeError(f"journal must be a str or a path, got {path!r}")
         if job is not None and not isinstance(job, str):
-            raise InvalidArgumentTypeError(f"journal_job must be a str or None, got {job!r}")
+            raise InvalidArgumentTypeError(f"job must be a str or None, got {job!r}")
+        if not isinstance(retry_failed, bool):
+            raise InvalidArgumentTypeError(f"retry_failed must be a bool, got {retry_failed!r}")
         self.path = Path(path)
         self.job = job
-        self.sync_every = check_int(sync_every, "journal_sync_every", minimum=1)
+        self.sync_every = check_int(sync_every, "sync_every", minimum=1)
+        self.retry_failed = retry_failed
         self._lock = _Lock(self.path)
         self._file: TextIO | None = None
         # Items finish in many threads; each record must reach the file as one whole line.

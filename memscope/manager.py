@@ -10,23 +10,25 @@ import gc
 import logging
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import torch
 
 from memscope._devices import resolve_device
+from memscope._outcome import CleanupOutcome
 from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
-from memscope.estimation import CalibratedImageMemoryModel, ImageMemoryModel
+from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemoryFiguresUnavailableError,
 )
 from memscope.host import HostMemoryMonitor
-from memscope.policies import GCBackoff
+from memscope.policies import ClearAlways, GCBackoff
 from memscope.snapshot import MemorySnapshot
-from memscope.typing import DeviceLike
+from memscope.typing import CachePolicy, DeviceLike, MemoryModel
 from memscope.units import format_bytes, parse_bytes
 
 __all__ = ["DEFAULT_MEMORY_THRESHOLD", "ManagerStats", "MemoryManager"]
@@ -36,6 +38,23 @@ DEFAULT_MEMORY_THRESHOLD = 0.8
 API of the Cobra batch-processing system uses 0.8."""
 
 logger = logging.getLogger("memscope")
+
+CLEAR_ALWAYS = ClearAlways()
+
+
+class _Step:
+    """The reading one cleanup step shares between its cache policy and its threshold GC."""
+
+    __slots__ = ("reading",)
+
+    def __init__(self, reading: MemorySnapshot | None) -> None:
+        self.reading = reading
+
+
+# Set while MemoryManager.clean_up runs: the default trigger_gc_if_needed then uses the step's
+# reading instead of reading the device again. A subclass's own trigger_gc_if_needed (the
+# Cobra API's hook) ignores it and does what it does.
+_current_step: ContextVar[_Step | None] = ContextVar("memscope_cleanup_step", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +109,7 @@ class MemoryManager:
         device: DeviceLike = None,
         memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
         *,
-        memory_model: ImageMemoryModel | CalibratedImageMemoryModel | None = None,
+        memory_model: MemoryModel | None = None,
         gc_backoff: GCBackoff | None = None,
         host: bool = False,
         budget: int | str | None = None,
@@ -107,7 +126,14 @@ class MemoryManager:
             )
         self._budget = None if budget is None else _check_budget(budget)
         self._device, self._backend = resolve_device(device)
-        self.memory_model = ImageMemoryModel() if memory_model is None else memory_model
+        if memory_model is not None and not isinstance(memory_model, MemoryModel):
+            raise InvalidArgumentTypeError(
+                "memory_model must be a memory model with an estimate((width, height)) method, "
+                f"such as ImageMemoryModel(), got {memory_model!r}"
+            )
+        self.memory_model: MemoryModel = (
+            ImageMemoryModel() if memory_model is None else memory_model
+        )
         self._stats = ManagerStats()
         self._stats_lock = threading.Lock()
         self._failing_queries: set[str] = set()
@@ -183,9 +209,48 @@ class MemoryManager:
         this process has initialised), ``torch.mps.empty_cache()`` on MPS, the
         ``torch.accelerator`` equivalent elsewhere, nothing on the CPU.
         """
+        self.clear_cache_counted()
+
+    def clear_cache_counted(self) -> bool:
+        """:meth:`clear_cache`, returning whether it cleared a cache (the CPU has none, and a
+        call there is nothing, counted nowhere)."""
         self._backend.empty_cache()
+        if not self._backend.caches_memory:
+            return False
         with self._stats_lock:
             self._stats = replace(self._stats, cache_clears=self._stats.cache_clears + 1)
+        return True
+
+    def clean_up(self, cache_policy: CachePolicy = CLEAR_ALWAYS) -> CleanupOutcome:
+        """One cleanup step: ``clear_cache()`` if ``cache_policy`` says so, then
+        ``trigger_gc_if_needed()``; returns what it did, counted exactly.
+
+        This is the template every memscope cleanup goes through. One reading of the device
+        serves the policy and the default threshold check; it is taken again only after a
+        cache clear changed the figures. A subclass that overrides :meth:`clear_cache` or
+        :meth:`trigger_gc_if_needed` (the Cobra MemoryManager API) has its methods called.
+        """
+        snapshot = self.snapshot() if cache_policy.needs_snapshot else None
+        cleared = cache_policy(snapshot, self._memory_threshold)
+        if cleared:
+            self.clear_cache()
+        # A device without a cache (the CPU) frees nothing by a clear: no second reading, and
+        # no clear counted.
+        has_cache = self._backend.caches_memory
+        step = _Step(None if cleared and has_cache else snapshot)
+        token = _current_step.set(step)
+        started = time.perf_counter()
+        try:
+            collected = bool(self.trigger_gc_if_needed())
+        finally:
+            _current_step.reset(token)
+        elapsed = time.perf_counter() - started
+        return CleanupOutcome(
+            cache_clears=(int(cleared) + int(collected)) * has_cache,
+            gc_runs=int(collected),
+            gc_seconds=elapsed if collected else 0.0,
+            figures_after=None if collected else step.reading,
+        )
 
     def check_memory_usage(self) -> float:
         """Memory pressure on the device: the fraction its next allocation cannot have.
@@ -206,7 +271,12 @@ class MemoryManager:
         With a :class:`GCBackoff`, a collection that would most likely free nothing is
         skipped. Returns whether it collected.
         """
-        return self._collect_if_above_threshold(self.check_memory_usage())
+        step = _current_step.get()
+        if step is None:
+            return self._collect_if_above_threshold(self.check_memory_usage())
+        if step.reading is None:
+            step.reading = self.snapshot()
+        return self._collect_if_above_threshold(step.reading.usage)
 
     def _collect_if_above_threshold(self, usage: float) -> bool:
         """:meth:`trigger_gc_if_needed` for a ``usage`` already measured (a cleanup step

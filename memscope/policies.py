@@ -126,34 +126,39 @@ class ClearAlways:
 class ClearWhenUseful:
     """Empty the cache only when it can help: the toolkit's default.
 
-    That is when usage is at or above the threshold, or when the cache holds memory that no
-    tensor uses (``reserved - allocated``, the *reclaimable* cache) of at least
-    ``min_reclaimable`` of the device's total memory (10 % by default), or at least
-    ``min_cached_bytes`` when that is given. Otherwise the cached blocks stay for the next
-    item to reuse, which spares the allocator a trip to the driver per item. A device that
-    does not report the figures needed to judge (the CPU, whose "cache" is a no-op) is
-    cleared, as there is nothing to lose.
+    That is when the cache holds memory that no tensor uses (``reserved - allocated``, the
+    *reclaimable* cache) of at least ``min_reclaimable`` of the device's total memory (10 %
+    by default), or at least ``min_cached_bytes`` when that is given; and, while usage is at
+    or above the threshold, when the reclaimable cache is at least ``under_pressure`` of the
+    device (1 %). Under sustained pressure with nothing reclaimable, clearing would only send
+    the allocator back to the driver for nothing, so it does not happen; new reclaimable
+    cache is cleared at the next step. Otherwise the cached blocks stay for the next item to
+    reuse. A device that reports no cache figures (the CPU) is "cleared": nothing is lost,
+    and memscope counts no clear on a device without a cache.
     """
 
     needs_snapshot: ClassVar[bool] = True
     min_reclaimable: float = 0.1
     min_cached_bytes: int | None = None
+    under_pressure: float = 0.01
 
     def __post_init__(self) -> None:
         check_fraction(self.min_reclaimable, "min_reclaimable")
+        check_fraction(self.under_pressure, "under_pressure")
         if self.min_cached_bytes is not None:
             check_positive_number(self.min_cached_bytes, "min_cached_bytes", allow_zero=True)
 
     def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
-        if snapshot is None or snapshot.reserved is None or snapshot.allocated is None:
+        if snapshot is None or snapshot.reserved is None:
+            return True  # nothing to judge by, and nothing to lose
+        reclaimable = snapshot.reserved - (snapshot.allocated or 0)
+        under_pressure = snapshot.usage >= memory_threshold and bool(snapshot.total)
+        if under_pressure and reclaimable >= self.under_pressure * (snapshot.total or 0):
             return True
-        if snapshot.usage >= memory_threshold:
-            return True
-        reclaimable = snapshot.reserved - snapshot.allocated
         if self.min_cached_bytes is not None:
             return reclaimable >= self.min_cached_bytes
         if not snapshot.total:
-            return True
+            return reclaimable > 0
         return reclaimable >= self.min_reclaimable * snapshot.total
 
 

@@ -4,19 +4,21 @@
 - :class:`CachePolicy`: the protocol a cache policy follows (``ClearWhenUseful`` and
   ``ClearAlways`` are two).
 - :data:`Combine`: how ``process_in_chunks`` combines per-chunk results.
+- :class:`MemoryModel`: what ``MemoryManager(memory_model=...)`` accepts (``ImageMemoryModel``
+  and a calibrated model are two).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
 if TYPE_CHECKING:
     from memscope.snapshot import MemorySnapshot
 
-__all__ = ["CachePolicy", "Combine", "DeviceLike"]
+__all__ = ["CachePolicy", "Combine", "DeviceLike", "MemoryModel"]
 
 DeviceLike = torch.device | str | int | None
 """What memscope accepts as a device: a ``torch.device``, ``"cuda:1"``, a CUDA index, or
@@ -35,4 +37,13 @@ class CachePolicy(Protocol):
 
     def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
         """Whether to call ``clear_cache()`` now."""
+        ...
+
+
+@runtime_checkable
+class MemoryModel(Protocol):
+    """Estimates the bytes one image of a size needs."""
+
+    def estimate(self, image_size: tuple[int, int]) -> int:
+        """Bytes needed for one image of ``(width, height)`` pixels."""
         ...

@@ -32,8 +32,11 @@ def format_bytes(count: float | None) -> str:
     """``1536`` -> ``"1.5 KiB"``: binary units, one decimal; ``None`` -> ``"n/a"``."""
     if count is None:
         return "n/a"
-    size = abs(float(count))
     sign = "-" if count < 0 else ""
+    try:
+        size = abs(float(count))
+    except OverflowError:  # an int beyond any float: no unit makes it readable
+        return f"{sign}a {len(str(abs(int(count))))}-digit number of bytes"
     exponent = 0
     while size >= 1024 and exponent < len(_UNITS) - 1:
         size /= 1024

@@ -25,6 +25,7 @@ from memscope.cli._command import (
     main,
 )
 from memscope.cli.demo import IMAGES_AND_PLOT_SKIPPED, WITH_CLEANUP, WITHOUT_CLEANUP
+from memscope.journal import Journal
 from memscope.testing import FakeDevice, FakeHost, GiB, MiB
 
 # The command in a child process sees a CPU-only machine, as the tests here do.
@@ -573,7 +574,7 @@ def _journal(path: Path) -> Path:
             raise ValueError("corrupt image")
         return name
 
-    with managed_batch("cpu", journal=path, journal_job="colorize-v1") as batch:
+    with managed_batch("cpu", journal=Journal(path, job="colorize-v1")) as batch:
         list(batch.map(colorize, ["a.png", "b.png", "c.png"], on_error="skip"))
     return path
 

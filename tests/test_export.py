@@ -37,7 +37,7 @@ def _cuda_report(usages: list[float], *, threshold: float = 0.5) -> BatchReport:
     """A batch on a fake 8 GiB CUDA device whose usage is ``usages[i]`` during item i+1."""
     with (
         FakeDevice("cuda", total=8 * GiB) as fake,
-        managed_batch("cuda", memory_threshold=threshold, timeline=True) as batch,
+        managed_batch("cuda", memory_threshold=threshold, every=1, timeline=True) as batch,
     ):
         for usage in batch.track(usages):
             fake.set_usage(usage)
@@ -81,7 +81,7 @@ def test_timeline_is_off_by_default() -> None:
 
 def test_timeline_must_be_a_bool() -> None:
     """timeline= is checked when the batch is made."""
-    with pytest.raises(InvalidArgumentTypeError, match="timeline must be a bool"):
+    with pytest.raises(InvalidArgumentTypeError, match="timeline must be True or False"):
         managed_batch(timeline=1)  # type: ignore[arg-type]
 
 

@@ -121,10 +121,12 @@ def test_failure_while_entering_releases_what_was_acquired(
         def __init__(self, *args: object, **kwargs: object) -> None:
             raise OSError("history folder is read-only")
 
-    monkeypatch.setattr(memscope.batch, "MemoryHistoryRecorder", BrokenRecorder)
+    import memscope._watch_history
+
+    monkeypatch.setattr(memscope._watch_history, "MemoryHistoryRecorder", BrokenRecorder)
     with (
         pytest.raises(OSError, match="read-only"),
-        managed_batch(manager=RecordingManager(), record_history=True),
+        managed_batch(manager=RecordingManager(), history=True),
     ):
         pass
     assert_heap_released()
@@ -422,8 +424,8 @@ def test_fake_device_failure_is_a_fresh_exception_each_time() -> None:
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is new in Python 3.11")
 def test_oom_inside_an_exception_group_is_an_oom() -> None:
-    """An asyncio TaskGroup that failed with an OOM among its errors is an out-of-memory error;
-    a group of other errors is not."""
+    """An asyncio TaskGroup whose tasks all ran out of memory is an out-of-memory error; one
+    with another error among them is that error too, and not an OOM."""
     from memscope import is_oom_error
 
     async def fails(error: BaseException) -> None:
@@ -435,8 +437,11 @@ def test_oom_inside_an_exception_group_is_an_oom() -> None:
                 tasks.create_task(fails(error))
 
     with pytest.raises(BaseExceptionGroup) as with_oom:  # noqa: F821 (3.11 builtin)
-        asyncio.run(group(ValueError("bad"), oom_error("cuda")))
+        asyncio.run(group(oom_error("cuda"), oom_error("cuda")))
     assert is_oom_error(with_oom.value)
+    with pytest.raises(BaseExceptionGroup) as mixed:  # noqa: F821
+        asyncio.run(group(ValueError("bad"), oom_error("cuda")))
+    assert not is_oom_error(mixed.value)
     with pytest.raises(BaseExceptionGroup) as without_oom:  # noqa: F821
         asyncio.run(group(ValueError("bad"), KeyError("x")))
     assert not is_oom_error(without_oom.value)

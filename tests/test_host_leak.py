@@ -124,7 +124,7 @@ def test_manager_with_host_budget_keeps_resident_memory_bounded(frozen_heap: Non
 
 
 def test_managed_batch_with_host_budget_keeps_resident_memory_bounded() -> None:
-    """Inside managed_batch("cpu", host=True, budget=...), the issue's loop of 100 leaky
+    """Inside managed_batch("cpu", budget=...), the issue's loop of 100 leaky
     items peaks under budget plus one item, and the report carries the host figures."""
     from memscope import managed_batch
 
@@ -132,7 +132,7 @@ def test_managed_batch_with_host_budget_keeps_resident_memory_bounded() -> None:
     start = measure_resident()
     budget = start + BUDGET_HEADROOM
     peak = start
-    with managed_batch("cpu", host=True, budget=budget) as batch:
+    with managed_batch("cpu", budget=budget) as batch:
         for _ in batch.track(range(ITEMS)):
             process_one_item()
             peak = max(peak, measure_resident())

@@ -17,14 +17,20 @@ from hypothesis import strategies as st
 
 from memscope import InvalidArgumentError, InvalidArgumentTypeError, auto_clear, managed_batch
 from memscope.exceptions import JournalError
-from memscope.journal import read_journal
+from memscope.journal import Journal, read_journal
 from memscope.testing import RecordingManager, oom_error
 
 
 def run_batch(journal: Path, items: list[str], **options: object) -> tuple[list[str], object]:
-    """Run a journaled batch over ``items``; return the items whose body ran, and the batch."""
+    """Run a journaled batch over ``items`` (``options`` are the Journal's); return the items
+    whose body ran, and the batch."""
     processed: list[str] = []
-    with managed_batch(manager=RecordingManager(), journal=journal, **options) as batch:  # type: ignore[arg-type]
+    timeline = bool(options.pop("timeline", False))
+    with managed_batch(
+        manager=RecordingManager(),
+        journal=Journal(journal, **options),  # type: ignore[arg-type]
+        timeline=timeline,
+    ) as batch:
         for item in batch.track(items):
             processed.append(item)
     return processed, batch
@@ -62,22 +68,25 @@ def test_keys_come_from_a_key_function_and_paths(tmp_path: Path) -> None:
     assert read_journal(keyed_journal).done == {7, 8}
 
 
-def test_an_item_without_a_key_fails_before_any_work(tmp_path: Path) -> None:
-    """With a journal, an item that cannot be keyed is a clear error before the first item."""
+def test_an_item_without_a_key_fails_before_its_own_work(tmp_path: Path) -> None:
+    """With a journal, an item that cannot be keyed is a clear error before its body runs;
+    keys are made as items are reached, so the items before it ran."""
+    ran: list[object] = []
     with (
         managed_batch(manager=RecordingManager(), journal=tmp_path / "run.jsonl") as batch,
         pytest.raises(InvalidArgumentTypeError, match="key="),
     ):
-        batch.track(["fine.png", object()])
-    assert batch.report.items == 0
+        ran.extend(batch.track(["fine.png", object()]))
+    assert ran == ["fine.png"]
+    assert batch.report.items == 1
 
 
 def test_journal_of_another_job_is_refused(tmp_path: Path) -> None:
     """A journal written under another job name is refused, not mixed."""
     journal = tmp_path / "run.jsonl"
-    run_batch(journal, ["a"], journal_job="colorize-v1")
+    run_batch(journal, ["a"], job="colorize-v1")
     with pytest.raises(JournalError, match="colorize-v1"):
-        run_batch(journal, ["a"], journal_job="colorize-v2")
+        run_batch(journal, ["a"], job="colorize-v2")
 
 
 def test_a_file_that_is_no_journal_is_refused(tmp_path: Path) -> None:
@@ -117,7 +126,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
 def test_fsync_cadence_follows_journal_sync_every(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """journal_sync_every=5 over 20 items syncs after items 5, 10, 15, 20, plus the run's start
+    """sync_every=5 over 20 items syncs after items 5, 10, 15, 20, plus the run's start
     and end records and the new journal's header."""
     syncs: list[int] = []
     real_fsync = os.fsync
@@ -127,7 +136,7 @@ def test_fsync_cadence_follows_journal_sync_every(
         real_fsync(descriptor)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
-    run_batch(tmp_path / "run.jsonl", [str(n) for n in range(20)], journal_sync_every=5)
+    run_batch(tmp_path / "run.jsonl", [str(n) for n in range(20)], sync_every=5)
     assert len(syncs) == 20 // 5 + 3
     syncs.clear()
     run_batch(tmp_path / "every.jsonl", [str(n) for n in range(20)])
@@ -225,7 +234,9 @@ def test_rerun_with_retry_failed_retries_only_the_failures(tmp_path: Path) -> No
     assert [failure.key for failure in second.report.failed_items] == ["b"]
     broken.clear()
     calls.clear()
-    with managed_batch(manager=RecordingManager(), journal=journal, retry_failed=True) as third:
+    with managed_batch(
+        manager=RecordingManager(), journal=Journal(journal, retry_failed=True)
+    ) as third:
         assert list(third.map(colorize, ["a", "b", "c"], on_error="skip")) == ["b"]
     assert calls == ["b"]
     assert third.report.failed_items == ()

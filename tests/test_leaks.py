@@ -698,7 +698,7 @@ def test_managed_batch_names_a_leak_in_its_report(memscope_log: pytest.LogCaptur
     once with the device filling at item 1,472, and logs one WARNING."""
     with (
         FakeDevice("cuda", total=CAPACITY) as fake,
-        managed_batch("cuda") as batch,
+        managed_batch("cuda", every=1) as batch,
     ):
         for item in batch.track(range(1, 41)):
             fake.set_memory(allocated=BASELINE + LEAK * item)
@@ -739,7 +739,7 @@ def test_managed_batch_on_a_steady_loop_reports_no_growth_and_no_leak() -> None:
     """A batch whose allocated memory stays put reports a growth of 0 and no leak."""
     with (
         FakeDevice("cuda", total=CAPACITY) as fake,
-        managed_batch("cuda") as batch,
+        managed_batch("cuda", every=1) as batch,
     ):
         for _ in batch.track(range(100)):
             fake.set_memory(allocated=BASELINE)
@@ -764,7 +764,7 @@ def test_managed_batch_finds_the_list_that_holds_the_leak() -> None:
     try:
         with (
             FakeDevice("cuda", total=CAPACITY) as fake,
-            managed_batch("cuda") as batch,
+            managed_batch("cuda", every=1) as batch,
         ):
             for item in batch.track(range(1, 61)):
                 keep_an_output()

@@ -133,7 +133,8 @@ def test_default_batch_clears_a_cache_holding_a_share_of_the_device() -> None:
         (6 * GiB, 6 * GiB, 0.8, False),  # nothing reclaimable
         (6 * GiB, 8 * GiB, 0.8, False),  # 2 GiB of 24: under 10 %
         (6 * GiB, 9 * GiB, 0.8, True),  # 3 GiB of 24: above 10 %
-        (20 * GiB, 20 * GiB, 0.8, True),  # usage at the threshold
+        (20 * GiB, 20 * GiB, 0.8, False),  # at the threshold, nothing reclaimable: no storm
+        (20 * GiB, 21 * GiB, 0.8, True),  # at the threshold, 1 GiB (over 1 %) reclaimable
     ],
 )
 def test_clear_when_useful_decides_by_reclaimable_share(
@@ -249,14 +250,14 @@ def test_cpu_batch_without_host_figures_says_once_how_to_get_them(
     monkeypatch: pytest.MonkeyPatch, memscope_log: pytest.LogCaptureFixture
 ) -> None:
     """Where resident memory cannot be read, the first CPU batch says how to get figures."""
-    import memscope.batch
+    import memscope._watch_host
     from memscope.exceptions import HostMemoryUnavailableError
 
     def unavailable() -> None:
         raise HostMemoryUnavailableError("no psutil, no /proc")
 
-    monkeypatch.setattr(memscope.batch, "HostMemoryMonitor", unavailable)
-    monkeypatch.setattr(memscope.batch, "_host_figures_missing_said", False)
+    monkeypatch.setattr(memscope._watch_host, "HostMemoryMonitor", unavailable)
+    monkeypatch.setattr(memscope._watch_host, "_host_figures_missing_said", False)
     for _ in range(3):
         with managed_batch("cpu") as batch:
             batch.step()

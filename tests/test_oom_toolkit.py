@@ -21,6 +21,7 @@ from memscope import (
     managed_batch,
     process_in_chunks,
 )
+from memscope.oom import MemoryHistory
 from memscope.testing import FakeDevice, GiB, RecordingManager, oom_error
 
 
@@ -252,12 +253,12 @@ def test_exhausted_adaptive_batch_leaves_the_batch_with_one_note() -> None:
 
 
 def test_record_history_writes_a_snapshot_on_oom(tmp_path: Path) -> None:
-    """With record_history=True on CUDA, an OOM leaving the batch writes a snapshot file,
+    """With history=MemoryHistory(folder) on CUDA, an OOM leaving the batch writes a snapshot file,
     names it in the note and in the report, and recording stops at the end."""
     with FakeDevice("cuda", total=8 * GiB) as fake:
 
         def run() -> None:
-            with managed_batch("cuda", record_history=True, history_folder=tmp_path) as batch:
+            with managed_batch("cuda", history=MemoryHistory(tmp_path)) as batch:
                 batches.append(batch)
                 raise oom_error("cuda")
 
@@ -277,7 +278,7 @@ def test_record_history_writes_a_snapshot_on_oom(tmp_path: Path) -> None:
 def test_record_history_without_oom_writes_nothing(tmp_path: Path) -> None:
     """A batch that ends normally starts and stops recording but writes no file."""
     with FakeDevice("cuda", total=8 * GiB) as fake:
-        with managed_batch("cuda", record_history=True, history_folder=tmp_path) as batch:
+        with managed_batch("cuda", history=MemoryHistory(tmp_path)) as batch:
             assert fake.memory_history is not None
         assert fake.memory_history is None
     assert batch.report.memory_snapshots == ()
@@ -286,15 +287,15 @@ def test_record_history_without_oom_writes_nothing(tmp_path: Path) -> None:
 
 def test_record_history_on_cpu_is_harmless(tmp_path: Path) -> None:
     """On a device without allocation history, record_history does nothing and says so."""
-    with managed_batch("cpu", record_history=True, history_folder=tmp_path) as batch:
+    with managed_batch("cpu", history=MemoryHistory(tmp_path)) as batch:
         batch.step()
     assert batch.report.items == 1
     assert list(tmp_path.iterdir()) == []
 
 
-def test_record_history_arguments_are_checked() -> None:
-    """Bad record_history or history_folder values fail at construction."""
-    with pytest.raises(TypeError, match="record_history"):
-        managed_batch(record_history="yes")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="history_folder"):
-        managed_batch(history_folder=3)  # type: ignore[arg-type]
+def test_history_arguments_are_checked() -> None:
+    """Bad history values or folders fail at construction."""
+    with pytest.raises(TypeError, match="history"):
+        managed_batch(history="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="folder"):
+        MemoryHistory(3)  # type: ignore[arg-type]

@@ -66,6 +66,7 @@ PUBLIC_NAMESPACES = [
     "memscope.testing",
     "memscope.typing",
     "memscope.units",
+    "memscope.watch",
 ]
 
 

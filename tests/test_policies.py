@@ -130,14 +130,15 @@ def _snapshot(*, usage: float, allocated: int, reserved: int) -> MemorySnapshot:
         (0.5, 2 * GiB, 2 * GiB + 100 * MiB, False),  # little cached: keep it for reuse
         (0.5, 2 * GiB, 3 * GiB, False),  # 1 GiB of 16: under the 10 % share
         (0.5, 2 * GiB, 4 * GiB, True),  # 2 GiB of 16 cached but unused: give it back
-        (0.85, 2 * GiB, 2 * GiB, True),  # at the threshold: clear whatever is cached
+        (0.85, 2 * GiB, 2 * GiB, False),  # at the threshold, nothing reclaimable: no storm
+        (0.85, 2 * GiB, 2 * GiB + 200 * MiB, True),  # at the threshold: 1 % reclaimable is
     ],
 )
 def test_clear_when_useful_decisions(
     usage: float, allocated: int, reserved: int, clears: bool
 ) -> None:
-    """ClearWhenUseful clears at or above the threshold or with >= 10 % of the device cached
-    but unused."""
+    """ClearWhenUseful clears with >= 10 % of the device cached but unused, or at or above the
+    threshold with >= 1 % of it reclaimable."""
     policy = ClearWhenUseful()
     assert policy(_snapshot(usage=usage, allocated=allocated, reserved=reserved), 0.8) is clears
 

@@ -95,6 +95,10 @@ class DeviceBackend(abc.ABC):
     device (its driver and libraries included) says it ran out of memory.
     :func:`memscope.is_oom_error` matches them against errors whose type does not say so."""
 
+    caches_memory: ClassVar[bool] = True
+    """Whether torch keeps a cache of freed memory on this device for ``empty_cache`` to
+    return (the CPU's allocator keeps none, so a clear there is nothing and counts as none)."""
+
     def __init__(self, index: int | None) -> None:
         self.index = index
 

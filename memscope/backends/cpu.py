@@ -12,6 +12,7 @@ class CpuBackend(DeviceBackend):
     device_type = "cpu"
     detection_priority = 1000
     oom_messages = (r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",)
+    caches_memory = False
 
     @classmethod
     def is_available(cls) -> bool:

@@ -44,7 +44,7 @@ from memscope.oom._detection import (
     release_exception_frames,
 )
 from memscope.oom._diagnosis import add_oom_note
-from memscope.oom._history import MemoryHistoryRecorder
+from memscope.oom._history import MemoryHistory, MemoryHistoryRecorder
 from memscope.oom._state import AdaptiveBatchSnapshot, AdaptiveBatchState
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "AdaptiveBatchSnapshot",
     "AdaptiveBatchState",
     "CaughtOom",
+    "MemoryHistory",
     "MemoryHistoryRecorder",
     "adaptive_batch",
     "add_oom_note",

@@ -116,26 +116,32 @@ def is_oom_error(error: BaseException) -> bool:
     An error that wraps an out-of-memory error counts too: the ``__cause__`` chain is
     followed, and so is the ``__context__`` chain unless it was suppressed with
     ``raise ... from None``. An ``ExceptionGroup`` (from an asyncio ``TaskGroup``, say) is
-    out of memory when one of the errors it groups is. Errors that are not
+    out of memory when every error it groups is: a group that also holds another error is
+    that other failure too, and retrying it as an OOM would lose it. Errors that are not
     ``Exception``\\ s, such as ``KeyboardInterrupt``, ``SystemExit`` or
     ``asyncio.CancelledError``, are never out of memory, whatever they were raised from.
     """
+    return _is_oom(error, set())
+
+
+def _is_oom(error: BaseException, seen: set[int]) -> bool:
     if not isinstance(error, Exception):
         return False
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending and len(seen) < _MAX_CHAIN_LENGTH:
-        current = pending.pop()
+    chain: list[BaseException] = [error]
+    while chain and len(seen) < _MAX_CHAIN_LENGTH:
+        current = chain.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         if _is_oom_itself(current):
             return True
-        pending.extend(_grouped(current))
+        members = _grouped(current)
+        if members:
+            return all(_is_oom(member, seen) for member in members)
         if current.__cause__ is not None:
-            pending.append(current.__cause__)
+            chain.append(current.__cause__)
         if current.__context__ is not None and not current.__suppress_context__:
-            pending.append(current.__context__)
+            chain.append(current.__context__)
     return False
 
 
@@ -176,7 +182,8 @@ def reclaim_memory(manager: MemoryManager) -> bool:
     Never raises: a failure is logged as a warning, because it must not replace the error
     being handled.
     """
-    return reclaim(manager) is not None
+    outcome = reclaim(manager)
+    return outcome is not None and not outcome.failed
 
 
 def recover_from_oom(

@@ -34,7 +34,7 @@ from memscope.oom._detection import is_oom_error
 from memscope.oom._diagnosis import MEMORY_VIEWER_URL, add_oom_note
 from memscope.typing import DeviceLike
 
-__all__ = ["MemoryHistoryRecorder"]
+__all__ = ["MemoryHistory", "MemoryHistoryRecorder"]
 
 logger = logging.getLogger("memscope")
 
@@ -47,6 +47,37 @@ takes a few KB in the snapshot file, so this bounds a snapshot to some hundreds 
 _recording_lock = threading.Lock()
 _active_recorders = 0
 _file_numbers = itertools.count(1)
+
+
+DEFAULT_HISTORY_FOLDER = "memscope-memory-history"
+
+
+class MemoryHistory:
+    """How ``managed_batch(history=...)`` records CUDA's allocation history.
+
+    While the batch runs, torch keeps the newest ``max_entries`` allocation events; an
+    out-of-memory error that ends the batch gets a snapshot file in ``folder`` (created when
+    the first one is written), named in the error's note and in ``report.memory_snapshots``.
+    On other devices nothing is recorded (said once in an INFO record).
+    """
+
+    __slots__ = ("folder", "max_entries")
+
+    def __init__(
+        self,
+        folder: str | PathLike[str] = DEFAULT_HISTORY_FOLDER,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
+        if not isinstance(folder, (str, PathLike)):
+            raise InvalidArgumentTypeError(
+                f"folder must be a str or a path, got {folder!r} of type {type(folder).__name__}"
+            )
+        self.folder = Path(folder)
+        self.max_entries = check_int(max_entries, "max_entries", minimum=1)
+
+    def __repr__(self) -> str:
+        return f"MemoryHistory({str(self.folder)!r}, max_entries={self.max_entries})"
 
 
 def _safe_label(label: str) -> str:

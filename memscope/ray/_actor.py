@@ -272,7 +272,7 @@ class ActorMemory:
             started = time.perf_counter()
             try:
                 if not self.batch.active:
-                    self.batch.__enter__()
+                    self.batch.open()
                     # Busy time starts with the batch's own clock, so it never exceeds it.
                     started = time.perf_counter()
                 # Ray may run each call in a thread or context of its own: the batch is made
@@ -298,7 +298,7 @@ class ActorMemory:
             self._closed = True
             if self.batch.active:
                 try:
-                    self.batch.__exit__(None, None, None)
+                    self.batch.close()
                     self._report = self._actor_report(self.batch.report)
                 except Exception:
                     logger.warning("memscope.ray: could not end the actor's batch", exc_info=True)
@@ -323,7 +323,7 @@ class ActorMemory:
             if self.batch.active:
                 if failure is not None and self.settings.every is not None:
                     # What the failed batch left behind is worth freeing before the next.
-                    self.batch._clean_up(f"the failed Ray batch {number}")
+                    self.batch.clean_up(f"the failed Ray batch {number}")
                 self._report = self._actor_report(self.batch.report_so_far())
         except Exception:
             # Bookkeeping must never fail the data path.

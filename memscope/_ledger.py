@@ -1,0 +1,132 @@
+"""The one record of what happened in a batch: every count, kept where it happens.
+
+A batch's figures (items, decorated calls, cleanups, cache clears, collections, OOMs) are
+written here once, by whichever layer did the thing, and the report reads them from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+from memscope._outcome import CleanupOutcome
+
+__all__: list[str] = []
+
+
+def _larger(current: int | None, candidate: int | None) -> int | None:
+    if candidate is None:
+        return current
+    return candidate if current is None else max(current, candidate)
+
+
+class Ledger:
+    """A batch's counts, under one lock (items finish in many threads)."""
+
+    __slots__ = (
+        "batch_size_reductions",
+        "cache_clears",
+        "calls",
+        "cleanup_failures",
+        "cleanups",
+        "failures",
+        "gc_runs",
+        "gc_seconds",
+        "items",
+        "lock",
+        "oom_retries",
+        "ooms",
+        "peak_allocated",
+        "peak_reserved",
+        "skipped",
+    )
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items = 0
+        self.calls = 0
+        self.failures = 0
+        self.cleanups = 0
+        self.cleanup_failures = 0
+        self.cache_clears = 0
+        self.gc_runs = 0
+        self.gc_seconds = 0.0
+        self.ooms = 0
+        self.oom_retries = 0
+        self.batch_size_reductions = 0
+        self.skipped = 0
+        self.peak_allocated: int | None = None
+        self.peak_reserved: int | None = None
+
+    def cleanup(self, outcome: CleanupOutcome | None) -> None:
+        """A cleanup memscope made; ``None`` means it failed."""
+        with self.lock:
+            if outcome is None:
+                self.cleanup_failures += 1
+                return
+            if outcome.failed:
+                self.cleanup_failures += 1
+            else:
+                self.cleanups += 1
+            self.cache_clears += outcome.cache_clears
+            self.gc_runs += outcome.gc_runs
+            self.gc_seconds += outcome.gc_seconds
+
+    def oom(self, error: BaseException, serial: int, *, retried: bool, reduced: bool) -> bool:
+        """An out-of-memory error met by the batch numbered ``serial``; returns whether it is
+        new to that batch (one failure seen by several layers counts once)."""
+        with self.lock:
+            new = _first_sighting(error, serial)
+            self.ooms += int(new)
+            self.oom_retries += int(retried)
+            self.batch_size_reductions += int(reduced)
+        return new
+
+    def peaks(self, allocated: int | None, reserved: int | None) -> None:
+        """Fold peak figures seen elsewhere (a nested batch, a reset) into the batch's."""
+        with self.lock:
+            self.peak_allocated = _larger(self.peak_allocated, allocated)
+            self.peak_reserved = _larger(self.peak_reserved, reserved)
+
+    def figures(self) -> dict[str, Any]:
+        """The counts, as the report's fields."""
+        with self.lock:
+            return {
+                "items": self.items,
+                "calls": self.calls,
+                "failures": self.failures,
+                "cleanups": self.cleanups,
+                "cleanup_failures": self.cleanup_failures,
+                "cache_clears": self.cache_clears,
+                "gc_runs": self.gc_runs,
+                "gc_seconds": self.gc_seconds,
+                "ooms": self.ooms,
+                "oom_retries": self.oom_retries,
+                "batch_size_reductions": self.batch_size_reductions,
+                "skipped": self.skipped,
+                "peak_allocated": self.peak_allocated,
+                "peak_reserved": self.peak_reserved,
+            }
+
+
+def _first_sighting(error: BaseException, batch_serial: int) -> bool:
+    """Whether the batch numbered ``batch_serial`` meets ``error`` for the first time.
+
+    An error can pass through several memscope layers (a decorator's retries, an adaptive
+    function that gives up and raises ``BatchSizeExhaustedError`` from it, then the batch's
+    exit); it is counted once. An error whose cause or context chain holds one already seen
+    is the same failure. Exceptions take no weak references, and keeping a strong one would
+    keep the failed call's memory alive, so the mark goes on the errors themselves.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 64 and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    seen_before = any(batch_serial in getattr(link, "_memscope_counted_by", ()) for link in chain)
+    marks: frozenset[int] = getattr(error, "_memscope_counted_by", frozenset())
+    # An exception type without a __dict__ cannot be marked; it may then count twice.
+    with contextlib.suppress(AttributeError):
+        error._memscope_counted_by = marks | {batch_serial}  # type: ignore[attr-defined]
+    return not seen_before

@@ -1,0 +1,156 @@
+"""The loops of a batch: ``track()`` and ``map()``, as generators over keyed items.
+
+Each item's key (for the journal, or for a failure's record) is made and checked as the item
+is reached, before its work; the batch decides what a finished, failed or skipped item
+means.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from memscope import _context as context
+from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
+from memscope.journal import item_key
+from memscope.reports._item_failure import Key
+
+if TYPE_CHECKING:
+    from memscope.batch import ManagedBatch
+
+__all__: list[str] = []
+
+logger = logging.getLogger("memscope")
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Raised:
+    """A ``StopIteration`` the mapped function raised, carried out of the generator whole
+    (a generator may not raise one itself)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: StopIteration) -> None:
+        self.error = error
+
+
+class Loop(Iterator[Item]):
+    """What ``track()`` and ``map()`` return: the loop's generator, and an error once the
+    batch ended.
+
+    Leaving the batch closes every loop (so the iterable's own clean-up runs even after a
+    ``break``); a loop still running then, in a worker thread say, must not stop early in
+    silence, so its next step raises.
+    """
+
+    def __init__(self, generator: Generator[Any, None, None]) -> None:
+        self._generator = generator
+        self._ended = False
+
+    def __iter__(self) -> Loop[Item]:
+        return self
+
+    def __next__(self) -> Item:
+        if self._ended:
+            raise BatchStateError(
+                "batch.track(): the batch ended while this loop was still running (in another "
+                "thread?); finish the loops before leaving the batch"
+            )
+        value = next(self._generator)
+        if type(value) is _Raised:
+            raise value.error
+        return value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the loop, as ``generator.close()`` would."""
+        self._generator.close()
+
+    def end(self) -> None:
+        """The batch ended: close the loop; a later step raises ``BatchStateError``."""
+        self._ended = True
+        try:
+            self._generator.close()
+        except ValueError:
+            # Running in another thread at this moment; its next step raises.
+            logger.debug("a track() loop was running while its batch ended", exc_info=True)
+
+
+def keyed(
+    batch: ManagedBatch, items: Iterable[Item], key: Callable[[Item], object] | None
+) -> Iterable[tuple[Item, Key | None]]:
+    """The items with their keys (``None`` where nothing needs one)."""
+    if key is not None and not callable(key):
+        raise InvalidArgumentTypeError(f"key must be a function or None, got {key!r}")
+    batch._iterating(len(items) if isinstance(items, Sized) else None)
+    if not batch._needs_keys and key is None:
+        return zip(items, itertools.repeat(None))
+    # Each key is made and checked as its item is reached, before the item's work.
+    return ((item, item_key(item, key)) for item in items)
+
+
+def tracked(
+    batch: ManagedBatch, keyed_items: Iterable[tuple[Item, Key | None]]
+) -> Generator[Item, None, None]:
+    """``track()``'s generator: each loop body is one tracked item."""
+    tracked_item = context.tracked_item
+    for item, key in keyed_items:
+        if key is not None and batch._skips(key):
+            continue
+        # Generators share their caller's context, so this marks the loop body.
+        outer = tracked_item.get()
+        tracked_item.set(batch)
+        try:
+            yield item
+        finally:
+            tracked_item.set(outer)
+        # Reached only when the loop asks for the next item: the body is done.
+        batch._item_done(key)
+
+
+def check_map(function: object, on_error: object) -> bool:
+    """Whether ``map()`` skips failures; an error for a bad function or ``on_error``."""
+    if not callable(function):
+        raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
+    if on_error not in ("raise", "skip"):
+        raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    return on_error == "skip"
+
+
+def mapped(
+    batch: ManagedBatch,
+    function: Callable[[Item], Result],
+    keyed_items: Iterable[tuple[Item, Key | None]],
+    *,
+    skip_errors: bool,
+) -> Generator[Result | _Raised, None, None]:
+    """``map()``'s generator: each call is one tracked item."""
+    tracked_item = context.tracked_item
+    for position, (item, key) in enumerate(keyed_items):
+        if key is not None and batch._skips(key):
+            continue
+        failure: Exception | None = None
+        outer = tracked_item.get()
+        tracked_item.set(batch)
+        try:
+            result = function(item)
+        except StopIteration as error:
+            if not skip_errors:
+                yield _Raised(error)
+                return
+            failure = error
+        except Exception as error:
+            if not skip_errors:
+                raise
+            failure = error
+        finally:
+            tracked_item.set(outer)
+        if failure is not None:
+            batch._item_failed(position if key is None else key, failure)
+            del failure
+            continue
+        batch._item_done(key)
+        yield result

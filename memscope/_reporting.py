@@ -1,0 +1,97 @@
+"""A batch's report, assembled: the core's figures, then each watcher's part.
+
+The core knows only its own figures (the ledger's counts, time, usage, the device); every
+other field of :class:`~memscope.reports.BatchReport` comes from the watcher that knows it,
+so a feature adds its fields without an edit here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from memscope.exceptions import MemscopeError
+from memscope.reports import BatchReport, ItemFailure, with_process_rank
+from memscope.watch import defined_hooks
+
+if TYPE_CHECKING:
+    from memscope._ledger import Ledger
+    from memscope.batch import ManagedBatch
+
+__all__: list[str] = []
+
+logger = logging.getLogger("memscope")
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)``, also on Python 3.10, which has no ``add_note``."""
+    notes = getattr(error, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        error.__notes__ = notes  # type: ignore[attr-defined]
+    notes.append(note)
+
+
+_REPORT_FIELDS = frozenset(BatchReport.__dataclass_fields__)
+
+
+def assemble_report(
+    batch: ManagedBatch,
+    ledger: Ledger,
+    failed_items: tuple[ItemFailure, ...],
+    ended_by: str | None,
+) -> BatchReport:
+    """The batch's report now: one reading of the device, the ledger, the watchers' parts."""
+    manager = batch.manager
+    end = manager.snapshot()
+    ledger.peaks(end.peak_allocated, end.peak_reserved)
+    figures: dict[str, Any] = {
+        "device": str(manager.resolved_device),
+        **ledger.figures(),
+        "elapsed_seconds": time.perf_counter() - batch.started_at,
+        "usage_start": batch.start_figures.usage,
+        "usage_end": end.usage,
+        "every": batch.every,
+        "ended_by": ended_by,
+        "budget": end.budget,
+        "memory_threshold": manager.memory_threshold,
+        "failed_items": failed_items,
+    }
+    for watcher in batch.watchers:
+        if "report_part" not in defined_hooks(watcher):
+            continue
+        part = watcher.report_part(batch, figures)
+        unknown = set(part) - _REPORT_FIELDS
+        if unknown:
+            raise MemscopeError(
+                f"the watcher {watcher!r} contributes {sorted(unknown)} to the report, which "
+                f"has no such fields"
+            )
+        figures.update(part)
+    return with_process_rank(BatchReport(**figures))
+
+
+def finish_watchers(batch: ManagedBatch, error: BaseException | None) -> None:
+    """Let every watcher release what it holds, in reverse order of starting.
+
+    A watcher that fails here never replaces the user's exception: the failure is logged
+    and attached to ``error`` as a note. Without a user exception the first failure is
+    raised once every watcher has finished.
+    """
+    first_failure: Exception | None = None
+    for watcher in reversed(batch.watchers):
+        if "finished" not in defined_hooks(watcher):
+            continue
+        try:
+            watcher.finished(batch, error)
+        except Exception as failure:
+            if error is None:
+                first_failure = first_failure or failure
+                continue
+            logger.warning("%r failed while the batch ended", watcher, exc_info=True)
+            with contextlib.suppress(Exception):
+                add_note(error, f"memscope: {watcher!r} failed while the batch ended: {failure!r}")
+    if first_failure is not None:
+        raise first_failure

@@ -1,0 +1,92 @@
+"""The process's resident memory across a batch: at its start, at each cleanup, at its end.
+
+Sampled where the batch already pays for a cleanup, so the report's host peak costs nothing
+on the per-item path. On the CPU, which reports no memory figures of its own, this is the
+batch's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from memscope.exceptions import HostMemoryUnavailableError
+from memscope.host import HostMemoryMonitor
+from memscope.manager import MemoryManager
+from memscope.watch import CleanupStep, Watcher
+
+if TYPE_CHECKING:
+    from memscope.batch import ManagedBatch
+
+__all__: list[str] = []
+
+logger = logging.getLogger("memscope")
+
+_host_figures_missing_said = False
+
+
+def host_monitor_for(manager: MemoryManager) -> HostMemoryMonitor | None:
+    """The manager's host monitor; on the CPU without one, a monitor of this process's
+    memory (so a CPU batch's report has figures); otherwise none."""
+    global _host_figures_missing_said
+    if manager.host_monitor is not None:
+        return manager.host_monitor
+    if manager.resolved_device.type != "cpu":
+        return None
+    try:
+        return HostMemoryMonitor()
+    except HostMemoryUnavailableError:
+        if not _host_figures_missing_said:
+            _host_figures_missing_said = True
+            logger.warning(
+                "the CPU reports no memory figures and this process's resident memory cannot "
+                "be read here; pip install 'memscope[host]' (psutil) for host memory figures"
+            )
+        return None
+
+
+class HostWatch(Watcher):
+    """Samples the process's resident memory; other watchers read its latest sample."""
+
+    def __init__(self) -> None:
+        self.monitor: HostMemoryMonitor | None = None
+        self.start: int | None = None
+        self.peak: int | None = None
+        self.last: int | None = None
+
+    def __repr__(self) -> str:
+        return "HostWatch()"
+
+    def started(self, batch: ManagedBatch) -> None:
+        self.monitor = host_monitor_for(batch.manager)
+        self.start = self.sample()
+
+    def sample(self) -> int | None:
+        """The process's resident memory now, folded into the peak; ``None`` if unknown."""
+        monitor = self.monitor
+        if monitor is None:
+            return None
+        try:
+            resident = monitor.resident_bytes()
+        except Exception:
+            logger.debug("could not read the process's resident memory", exc_info=True)
+            return None
+        peak = self.peak
+        self.peak = resident if peak is None or resident > peak else peak
+        self.last = resident
+        return resident
+
+    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+        self.sample()
+
+    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self.monitor is None:
+            return {}
+        end = self.sample()
+        return {
+            "host_resident_start": self.start,
+            "host_resident_end": end,
+            "host_resident_peak": self.peak,
+            "host_limit": self.monitor.limit.size,
+        }

@@ -1,0 +1,81 @@
+"""The batch's journal: durable records of finished and failed items, and resuming.
+
+On entry it takes the journal's lock and reads what earlier runs recorded; the batch then
+skips the items they finished (and, unless ``retry_failed``, those they failed), and its
+report carries their figures, so a resumed run reports the whole job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from memscope.journal import Journal
+from memscope.reports import ItemFailure, TimelineEntry
+from memscope.reports._item_failure import Key
+from memscope.watch import Watcher
+
+if TYPE_CHECKING:
+    from memscope.batch import ManagedBatch
+
+__all__: list[str] = []
+
+logger = logging.getLogger("memscope")
+
+
+class JournalWatch(Watcher):
+    """Journals a batch's items through ``journal`` and skips what earlier runs did."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.items_before = 0
+        """Items earlier runs of the job finished."""
+        self.seconds_before = 0.0
+        """Seconds earlier runs of the job took."""
+        self._finished: set[Key] = set()
+        self._carried_failures: dict[Key, ItemFailure] = {}
+
+    def __repr__(self) -> str:
+        return f"JournalWatch({str(self.journal.path)!r})"
+
+    def started(self, batch: ManagedBatch) -> None:
+        previous = self.journal.open()
+        self._finished = set(previous.done)
+        if not self.journal.retry_failed:
+            self._carried_failures = dict(previous.failed)
+        self.items_before = len(previous.done)
+        self.seconds_before = previous.elapsed_seconds
+        if previous.runs:
+            logger.info(
+                "resuming from %s: %d items done, %d failed in %d earlier run(s)",
+                previous.path,
+                len(previous.done),
+                len(previous.failed),
+                previous.runs,
+            )
+
+    def skips(self, batch: ManagedBatch, key: Key) -> bool:
+        return key in self._finished or key in self._carried_failures
+
+    def item_finished(self, batch: ManagedBatch, key: Key) -> None:
+        self.journal.done(key)
+
+    def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:
+        self.journal.failed(failure)
+
+    def timeline(self, entry: TimelineEntry) -> None:
+        """Stream one timeline row into the journal."""
+        self.journal.timeline(entry)
+
+    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+        return {
+            "items": self.items_before + figures["items"],
+            "elapsed_seconds": self.seconds_before + figures["elapsed_seconds"],
+            "failed_items": (*self._carried_failures.values(), *figures["failed_items"]),
+        }
+
+    def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
+        started = batch.started_at
+        self.journal.close(time.perf_counter() - started if started else 0.0)

@@ -1,0 +1,101 @@
+"""The batch's leak watch: the memory that stays after each cleanup, judged for a trend.
+
+It samples the device's tensors (allocated bytes) where the device reports them, else the
+process's resident memory; in count-only mode, which cleans nothing, it takes the timeline's
+reading when there is one and reads nothing of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from memscope._watch_host import HostWatch
+from memscope.leaks import LeakWatch
+from memscope.watch import CleanupStep, Watcher
+
+if TYPE_CHECKING:
+    from memscope._watch_journal import JournalWatch
+    from memscope.batch import ManagedBatch
+
+__all__: list[str] = []
+
+logger = logging.getLogger("memscope")
+
+
+class LeakWatcher(Watcher):
+    """Feeds a :class:`~memscope.leaks.LeakWatch` from the batch's cleanup steps."""
+
+    def __init__(
+        self,
+        host: HostWatch,
+        *,
+        after_cleanup: bool,
+        history_recorded: bool,
+        offset: JournalWatch | None,
+    ) -> None:
+        self._host = host
+        self._after_cleanup = after_cleanup
+        self._history_recorded = history_recorded
+        self._offset = offset
+        self._watch: LeakWatch | None = None
+        self._device_figures = False
+
+    def __repr__(self) -> str:
+        return "LeakWatcher()"
+
+    def started(self, batch: ManagedBatch) -> None:
+        start = batch.start_figures
+        device = batch.manager.resolved_device
+        self._device_figures = start.total is not None or start.allocated is not None
+        if self._device_figures:
+            self._watch = LeakWatch(
+                device,
+                capacity=start.total,
+                sampled="allocated",
+                history_recorded=self._history_recorded,
+                after_cleanup=self._after_cleanup,
+            )
+        elif self._host.monitor is not None:
+            self._watch = LeakWatch(
+                device,
+                capacity=self._host.monitor.limit.size,
+                sampled="resident",
+                after_cleanup=self._after_cleanup,
+            )
+
+    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+        if self._watch is None:
+            return
+        retained = step.figures().allocated if self._device_figures else self._host.last
+        self._observe(step.item, retained)
+
+    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
+        # Count-only mode: the reading another watcher took for this item, if any.
+        if self._after_cleanup or self._watch is None:
+            return
+        if self._device_figures:
+            reading = batch.memory_if_read()
+            retained = None if reading is None else reading.allocated
+        else:
+            retained = self._host.last
+        if retained is not None:
+            self._observe(item, retained)
+
+    def _observe(self, item: int, retained: int | None) -> None:
+        assert self._watch is not None
+        offset = 0 if self._offset is None else self._offset.items_before
+        try:
+            self._watch.observe(offset + item, retained)
+        except Exception:
+            # Watching is a diagnosis: it never stops the batch.
+            logger.debug("the leak watch failed", exc_info=True)
+
+    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self._watch is None:
+            return {}
+        return {
+            "memory_growth_per_item": self._watch.growth_per_item,
+            "leak": self._watch.finding,
+        }

@@ -1,0 +1,162 @@
+"""Watchers: what plugs into a ``managed_batch`` to see what it does.
+
+The batch itself only enters and leaves, counts, and runs its cleanup cadence. Everything
+else it can do (the journal, the timeline, the leak watch, the progress bar, host memory,
+CUDA's memory history) is a :class:`Watcher` in a module of its own, and a watcher of yours
+plugs in the same way, through ``managed_batch(watchers=[...])``::
+
+    from memscope import managed_batch
+    from memscope.watch import CleanupStep, Watcher
+
+
+    class CountCollections(Watcher):
+        def __init__(self) -> None:
+            self.collections = 0
+
+        def cleaned(self, batch, step: CleanupStep) -> None:
+            self.collections += step.gc_runs
+
+
+    watcher = CountCollections()
+    with managed_batch("cpu", every=2, watchers=[watcher]) as batch:
+        for _ in batch.track(range(6)):
+            pass
+    print(watcher.collections)
+
+A watcher overrides only the hooks it needs; the batch calls a hook only on the watchers
+whose class defines it, so a watcher with nothing to do on an item costs nothing there.
+Hooks run in the batch's threads; one that raises during the batch propagates like the
+user's own code would (a journal that cannot write must stop the run), except in
+:meth:`Watcher.finished`, where a failure never replaces the user's exception: it is logged
+and attached to that exception as a note, and raised only when the batch ends cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from memscope.batch import ManagedBatch
+    from memscope.reports import ItemFailure
+    from memscope.reports._item_failure import Key
+    from memscope.snapshot import MemorySnapshot
+
+__all__ = ["HOOKS", "CleanupStep", "Watcher", "defined_hooks"]
+
+HOOKS = (
+    "started",
+    "items_done",
+    "item_finished",
+    "item_failed",
+    "item_skipped",
+    "skips",
+    "iterating",
+    "cleaned",
+    "oom_seen",
+    "report_part",
+    "finished",
+)
+"""The hooks a watcher may define, in the order a batch's life reaches them."""
+
+
+class CleanupStep:
+    """One cleanup step of a batch, as its watchers see it.
+
+    ``figures()`` are the device's figures after the step: the reading the step itself
+    took when nothing was freed after it, otherwise read once, on first demand, and shared
+    by every watcher of the step.
+    """
+
+    __slots__ = ("_batch", "_figures", "cache_clears", "gc_runs", "item")
+
+    def __init__(
+        self,
+        batch: ManagedBatch,
+        item: int,
+        cache_clears: int,
+        gc_runs: int,
+        figures: MemorySnapshot | None,
+    ) -> None:
+        self._batch = batch
+        self.item = item
+        """The batch's item count at the step (0 before the first item)."""
+        self.cache_clears = cache_clears
+        """``clear_cache()`` calls the step made."""
+        self.gc_runs = gc_runs
+        """``gc.collect()`` calls the step made (0 or 1)."""
+        self._figures = figures
+
+    @property
+    def collected(self) -> bool:
+        """Whether the step collected garbage."""
+        return self.gc_runs > 0
+
+    def figures(self) -> MemorySnapshot:
+        """The device's figures after the step, read at most once per step."""
+        if self._figures is None:
+            self._figures = self._batch.memory_now()
+        return self._figures
+
+
+class Watcher:
+    """The base of every watcher: each hook does nothing until a subclass defines it."""
+
+    defined_hooks: ClassVar[frozenset[str]] = frozenset()
+    """The hooks this class defines; the batch calls only these."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defined_hooks = frozenset(
+            name for name in HOOKS if getattr(cls, name) is not getattr(Watcher, name)
+        )
+
+    def started(self, batch: ManagedBatch) -> None:
+        """The batch was entered; ``batch.manager`` is set."""
+
+    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
+        """``count`` items finished; ``item`` is the batch's count now. After any cleanup."""
+
+    def item_finished(self, batch: ManagedBatch, key: Key) -> None:
+        """A keyed item (``track`` or ``map`` with a journal or ``key=``) finished."""
+
+    def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:
+        """An item of ``map(on_error="skip")`` failed and was recorded."""
+
+    def item_skipped(self, batch: ManagedBatch, key: Key) -> None:
+        """An item was skipped because a watcher's :meth:`skips` said so."""
+
+    def skips(self, batch: ManagedBatch, key: Key) -> bool:
+        """Whether the item with ``key`` should be skipped (an earlier run did it)."""
+        return False
+
+    def iterating(self, batch: ManagedBatch, total: int | None) -> None:
+        """``track`` or ``map`` started on ``total`` items (``None``: not known)."""
+
+    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+        """The batch ran a cleanup step."""
+
+    def oom_seen(self, batch: ManagedBatch, error: BaseException, *, leaving: bool) -> None:
+        """An out-of-memory error met the batch; ``leaving``: it is ending the batch (and
+        runs before the batch's final cleanup, so the device still shows the failure)."""
+
+    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+        """This watcher's fields of the batch's report (``figures``: the fields so far).
+
+        Asked when the batch ends and by ``batch.report_so_far()``; it must not release
+        anything, :meth:`finished` does that.
+        """
+        return {}
+
+    def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
+        """The batch is ending (``error``: the exception ending it, if any): release what
+        :meth:`started` acquired. A failure here never replaces the user's exception."""
+
+
+def defined_hooks(watcher: object) -> frozenset[str]:
+    """The hooks ``watcher`` defines: its class's own for a :class:`Watcher`, every hook
+    method it has for any other object (a watcher need not derive from the base)."""
+    hooks = getattr(type(watcher), "defined_hooks", None)
+    if isinstance(hooks, frozenset):
+        return hooks
+    return frozenset(name for name in HOOKS if callable(getattr(watcher, name, None)))
