@@ -103,7 +103,9 @@ def _check_device(device: object) -> DeviceLike:
     try:
         torch.device(device)
     except (RuntimeError, ValueError) as error:
-        raise InvalidArgumentError(f"device {device!r} is not a device torch knows ({error})")
+        raise InvalidArgumentError(
+            f"device {device!r} is not a device torch knows ({error})"
+        ) from None
     return device
 
 
@@ -254,9 +256,7 @@ def memory_failure(limit: MemoryLimit, measured: Measurement) -> str | None:
     if measured.peak is None or measured.peak <= limit.limit:
         return None
     if measured.device == "cpu":
-        what = (
-            f"the process's peak resident memory (host memory) rose by {exact(measured.peak)}"
-        )
+        what = f"the process's peak resident memory (host memory) rose by {exact(measured.peak)}"
     else:
         bound = "at least " if measured.peak_is_lower_bound else ""
         what = f"peak device memory {bound}{exact(measured.peak)} allocated on {measured.device}"

@@ -120,9 +120,7 @@ def _read_checks(item: pytest.Item) -> ItemChecks:
             continue
         read[name] = read_marker(name, tuple(mark.args), dict(mark.kwargs))
         if name != FAKE_TOTAL_MARKER:
-            devices[marker_text(name, tuple(mark.args), dict(mark.kwargs))] = str(
-                read[name].device
-            )
+            devices[marker_text(name, tuple(mark.args), dict(mark.kwargs))] = str(read[name].device)
     if len(set(devices.values())) > 1:
         raise MarkerError(
             f"{' and '.join(devices)} measure different devices; one test measures one device"
@@ -306,13 +304,14 @@ class _MemscopeTable:
 # Fixtures -------------------------------------------------------------------------------
 
 
-def _fake_total(request: pytest.FixtureRequest) -> dict[str, int]:
-    """``total=`` for a fake device, from the test's ``fake_device_total`` marker if any."""
+_DEFAULT_FAKE_TOTAL: int = inspect.signature(FakeDevice).parameters["total"].default
+
+
+def _fake_total(request: pytest.FixtureRequest) -> int:
+    """A fake device's total: the test's ``fake_device_total`` marker's, else FakeDevice's."""
     node = request.node
-    if not isinstance(node, pytest.Item):
-        return {}
-    total = _checks(node).fake_total
-    return {} if total is None else {"total": total}
+    total = _checks(node).fake_total if isinstance(node, pytest.Item) else None
+    return _DEFAULT_FAKE_TOTAL if total is None else total
 
 
 @pytest.fixture
@@ -322,7 +321,7 @@ def fake_cuda(request: pytest.FixtureRequest) -> Iterator[FakeDevice]:
     Its total memory is 16 GiB, or what ``@pytest.mark.fake_device_total("8 GiB")`` says.
     The markers' own queries are recorded among its calls too.
     """
-    with FakeDevice("cuda", **_fake_total(request)) as fake:
+    with FakeDevice("cuda", total=_fake_total(request)) as fake:
         yield fake
 
 
@@ -333,7 +332,7 @@ def fake_mps(request: pytest.FixtureRequest) -> Iterator[FakeDevice]:
     Its total memory (Metal's recommended working set) is 16 GiB, or what
     ``@pytest.mark.fake_device_total("8 GiB")`` says.
     """
-    with FakeDevice("mps", **_fake_total(request)) as fake:
+    with FakeDevice("mps", total=_fake_total(request)) as fake:
         yield fake
 
 
@@ -351,8 +350,8 @@ def fake_device_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
         def make(
             device_type: str = "cuda", *, total: int | str | None = None, device_count: int = 1
         ) -> FakeDevice:
-            size = default if total is None else {"total": parse_bytes(total, "total")}
-            fake = FakeDevice(device_type, device_count=device_count, **size)
+            size = default if total is None else parse_bytes(total, "total")
+            fake = FakeDevice(device_type, device_count=device_count, total=size)
             return stack.enter_context(fake)
 
         yield make
