@@ -401,6 +401,17 @@ def test_leak_on_a_factory_device(xpu):
     xpu.set_memory(allocated=xpu.memory[0].allocated + MiB)
 
 
+@pytest.mark.limit_device_leaks("0 B")
+def test_a_failing_cache_clear_does_not_fail_the_test(fake_cuda):
+    fake_cuda.fail("torch.cuda.empty_cache", RuntimeError("driver says no"))
+
+
+@pytest.mark.limit_device_leaks("0 B")
+def test_its_own_failure_is_what_is_reported(fake_cuda):
+    fake_cuda.set_memory(allocated=5 * MiB)
+    raise ValueError("the test's own failure")
+
+
 def test_no_accelerator(no_accelerator):
     assert MemoryManager().resolved_device.type == "cpu"
 
@@ -413,12 +424,18 @@ def test_fakes_are_gone_after_their_tests():
 
 def test_fixtures_give_fake_devices_and_leave_nothing_behind(pytester: pytest.Pytester) -> None:
     """fake_device_factory makes sized fakes a marker can measure; no_accelerator hides all;
-    torch is as it was once their tests end."""
+    torch is as it was once their tests end; a failing cache clear or the test's own error is
+    never turned into a memscope failure."""
     pytester.makepyfile(test_fixtures=FIXTURES)
     result = _run(pytester)
-    result.assert_outcomes(passed=3, failed=1)
-    assert _failed_names(result) == ["test_leak_on_a_factory_device"]
+    result.assert_outcomes(passed=4, failed=2)
+    assert _failed_names(result) == [
+        "test_leak_on_a_factory_device",
+        "test_its_own_failure_is_what_is_reported",
+    ]
     result.stdout.fnmatch_lines(["*1.0 MiB (1,048,576 bytes) of xpu:0 memory still held*"])
+    result.stdout.fnmatch_lines(["E*ValueError: the test's own failure"])
+    assert result.stdout.str().count("limit_device_leaks:") == 1
 
 
 DOCS_PAGE = Path(__file__).parent.parent / "docs" / "pytest.md"
