@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import memscope.pytest_plugin
 from memscope.estimation import host_peak
@@ -508,3 +510,62 @@ def test_the_markers_on_a_real_card(pytester: pytest.Pytester, accelerator: str)
     result.stdout.fnmatch_lines(["*limit_device_leaks: 4.0 MiB (4,194,304 bytes) of *"])
     result.stdout.fnmatch_lines(["*list `HELD` in module test_real holds 1 tensor of 4194304 *"])
     result.stdout.fnmatch_lines(["*limit_device_memory: peak device memory 64.0 MiB*"])
+
+
+class _Report:
+    """What the table reads of a test report."""
+
+    def __init__(self, when: str, row: dict[str, object]) -> None:
+        self.when = when
+        self.user_properties = [("other", 1), ("memscope", row)]
+
+
+class _Terminal:
+    """Records what the table writes."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write_sep(self, sep: str, title: str) -> None:
+        self.lines.append(title)
+
+    def write_line(self, line: str) -> None:
+        self.lines.append(line)
+
+
+@given(
+    st.lists(
+        st.tuples(st.none() | st.integers(0, 2**40), st.none() | st.integers(-(2**30), 2**30)),
+        max_size=30,
+    ),
+    st.integers(0, 40),
+)
+def test_the_table_lists_each_measured_test_once_largest_first(
+    figures: list[tuple[int | None, int | None]], top: int
+) -> None:
+    """Every call-phase row is listed once (setup and teardown reports add none), sorted by
+    peak then what was left behind, unknown peaks last, ties in run order; top cuts it."""
+    table = memscope.pytest_plugin._MemscopeTable(top)
+    rows = []
+    for index, (peak, left) in enumerate(figures):
+        row = {
+            "nodeid": f"t.py::test_{index}",
+            "device": "cuda:0",
+            "peak": peak,
+            "left_behind": left,
+        }
+        rows.append(row)
+        table.pytest_runtest_logreport(_Report("setup", row))  # type: ignore[arg-type]
+        table.pytest_runtest_logreport(_Report("call", row))  # type: ignore[arg-type]
+    terminal = _Terminal()
+    table.pytest_terminal_summary(terminal)  # type: ignore[arg-type]
+    if not rows:
+        assert terminal.lines[1] == "no test was measured"
+        return
+    listed = [line.split()[-1] for line in terminal.lines[2:-1]]
+    expected = sorted(
+        rows, key=lambda row: (row["peak"] is None, -(row["peak"] or 0), -(row["left_behind"] or 0))
+    )
+    wanted = [row["nodeid"] for row in expected]
+    assert listed == (wanted if top == 0 else wanted[:top])
+    assert len(set(listed)) == len(listed)
