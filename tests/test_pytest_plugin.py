@@ -99,7 +99,7 @@ def test_a_leaking_test_fails_with_the_bytes_and_what_holds_them(
 ) -> None:
     """3 MiB left on the fake card fails a 1 MiB tolerance, naming the list holding a tensor;
     a clean test and one at exactly the tolerance pass."""
-    pytester.makepyfile(test_leaks=LEAKS)
+    pytester.makepyfile(test_plugin_leaks=LEAKS)
     result = _run(pytester)
     result.assert_outcomes(passed=2, failed=1)
     assert _failed_names(result) == ["test_leaks"]
@@ -109,7 +109,8 @@ def test_a_leaking_test_fails_with_the_bytes_and_what_holds_them(
             "the test (after gc.collect() and emptying the cache), over the tolerance of "
             "1.0 MiB (1,048,576 bytes)",
             "*tensors the test made that are still alive:",
-            "*list `HELD` in module test_leaks holds 1 tensor of 256 float32 on cpu, 1.0 KiB",
+            "*list `HELD` in module test_plugin_leaks holds 1 tensor of 256 float32 on cpu, "
+            "1.0 KiB",
         ]
     )
 
@@ -157,7 +158,7 @@ def test_runs():
 
 def test_a_cache_made_during_the_warm_ups_does_not_count(pytester: pytest.Pytester) -> None:
     """With warmups=2 the body runs 3 times and a first-call cache passes; without, it fails."""
-    pytester.makepyfile(test_warmups=WARMUPS)
+    pytester.makepyfile(test_plugin_warmups=WARMUPS)
     result = _run(pytester)
     result.assert_outcomes(passed=2, failed=1)
     assert _failed_names(result) == ["test_cold"]
@@ -204,7 +205,7 @@ def test_a_peak_over_the_limit_fails_with_peak_limit_and_device(
 ) -> None:
     """A 7 GiB peak fails a 6 GiB limit on cuda:0; a peak before the test does not count; MPS
     is checked against what is allocated at the end, said to be a lower bound."""
-    pytester.makepyfile(test_peaks=PEAKS)
+    pytester.makepyfile(test_plugin_peaks=PEAKS)
     result = _run(pytester)
     result.assert_outcomes(passed=1, failed=2)
     assert _failed_names(result) == ["test_over", "test_mps_lower_bound"]
@@ -248,26 +249,32 @@ def test_on_the_cpu_the_limit_is_on_host_memory(pytester: pytest.Pytester) -> No
 
 
 BAD_MARKERS = {
-    "test_unit": ("@pytest.mark.limit_device_memory('6 GX')", "limit '6 GX' has an unknown unit"),
-    "test_missing": ("@pytest.mark.limit_device_memory()", "missing a required argument"),
-    "test_keyword": (
+    "test_plugin_unit": (
+        "@pytest.mark.limit_device_memory('6 GX')",
+        "limit '6 GX' has an unknown unit",
+    ),
+    "test_plugin_missing": ("@pytest.mark.limit_device_memory()", "missing a required argument"),
+    "test_plugin_keyword": (
         "@pytest.mark.limit_device_memory('6 GiB', devise='cuda')",
         "got an unexpected keyword argument 'devise'",
     ),
-    "test_float": ("@pytest.mark.limit_device_leaks(1.5)", "tolerance must be a byte count"),
-    "test_warmups": (
+    "test_plugin_float": ("@pytest.mark.limit_device_leaks(1.5)", "tolerance must be a byte count"),
+    "test_plugin_warmups": (
         "@pytest.mark.limit_device_leaks('1 MiB', warmups=-1)",
         "warmups must be an int >= 0, got -1",
     ),
-    "test_warmups_bool": (
+    "test_plugin_warmups_bool": (
         "@pytest.mark.limit_device_leaks('1 MiB', warmups=True)",
         "warmups must be an int, got True",
     ),
-    "test_device": (
+    "test_plugin_device": (
         "@pytest.mark.limit_device_memory('1 GiB', device='gpu0')",
         "device 'gpu0' is not a device torch knows",
     ),
-    "test_total": ("@pytest.mark.fake_device_total('0 B')", "total must be more than 0 bytes"),
+    "test_plugin_total": (
+        "@pytest.mark.fake_device_total('0 B')",
+        "total must be more than 0 bytes",
+    ),
 }
 
 
@@ -276,7 +283,7 @@ def test_bad_marker_arguments_are_collection_errors(pytester: pytest.Pytester) -
     for module, (marker, _) in BAD_MARKERS.items():
         pytester.makepyfile(**{module: f"import pytest\n\n{marker}\ndef test_it():\n    pass\n"})
     pytester.makepyfile(
-        test_two_devices="""
+        test_plugin_two_devices="""
         import pytest
 
         @pytest.mark.limit_device_memory("1 GiB", device="cuda")
@@ -329,28 +336,35 @@ def _table(result: pytest.RunResult) -> list[str]:
 
 def test_the_memscope_table_lists_tests_largest_peak_first(pytester: pytest.Pytester) -> None:
     """--memscope lists each test's peak and what it left behind, largest peak first."""
-    pytester.makepyfile(test_table=TABLE)
+    pytester.makepyfile(test_plugin_table=TABLE)
     result = _run(pytester, "--memscope")
     result.assert_outcomes(passed=3)
     table = _table(result)
     assert "memscope: peak device memory, largest first" in table[0]
     assert table[1].split() == ["peak", "left", "behind", "device", "test"]
-    assert table[2].split() == ["3.0", "GiB", "5.0", "MiB", "cuda:0", "test_table.py::test_three"]
-    assert table[3].split() == ["2.0", "GiB", "0", "B", "cuda:0", "test_table.py::test_two"]
-    assert table[4].split() == ["1.0", "GiB", "0", "B", "cuda:0", "test_table.py::test_one"]
+    assert table[2].split() == [
+        "3.0",
+        "GiB",
+        "5.0",
+        "MiB",
+        "cuda:0",
+        "test_plugin_table.py::test_three",
+    ]
+    assert table[3].split() == ["2.0", "GiB", "0", "B", "cuda:0", "test_plugin_table.py::test_two"]
+    assert table[4].split() == ["1.0", "GiB", "0", "B", "cuda:0", "test_plugin_table.py::test_one"]
 
 
 def test_memscope_top_cuts_the_table(pytester: pytest.Pytester) -> None:
     """--memscope-top 2 keeps the two largest and says how many there were."""
-    pytester.makepyfile(test_table=TABLE)
+    pytester.makepyfile(test_plugin_table=TABLE)
     result = _run(pytester, "--memscope", "--memscope-top", "2")
     table = _table(result)
     assert "(top 2 of 3; --memscope-top 0 lists all)" in table[0]
     assert [line.split()[-1] for line in table[2:4]] == [
-        "test_table.py::test_three",
-        "test_table.py::test_two",
+        "test_plugin_table.py::test_three",
+        "test_plugin_table.py::test_two",
     ]
-    assert "test_table.py::test_one" not in result.stdout.str()
+    assert "test_plugin_table.py::test_one" not in result.stdout.str()
 
 
 def test_a_negative_memscope_top_is_a_usage_error(pytester: pytest.Pytester) -> None:
@@ -363,13 +377,13 @@ def test_a_negative_memscope_top_is_a_usage_error(pytester: pytest.Pytester) -> 
 def test_the_table_works_under_xdist(pytester: pytest.Pytester) -> None:
     """Under -n 2 each worker measures its tests and the controller lists them all, in order."""
     pytest.importorskip("xdist", reason="pytest-xdist is not installed (pip install pytest-xdist)")
-    pytester.makepyfile(test_table=TABLE)
+    pytester.makepyfile(test_plugin_table=TABLE)
     result = pytester.runpytest_subprocess(*STRICT, "-n", "2", "--memscope")
     result.assert_outcomes(passed=3)
     assert [line.split()[-1] for line in _table(result)[2:]] == [
-        "test_table.py::test_three",
-        "test_table.py::test_two",
-        "test_table.py::test_one",
+        "test_plugin_table.py::test_three",
+        "test_plugin_table.py::test_two",
+        "test_plugin_table.py::test_one",
     ]
 
 
@@ -428,7 +442,7 @@ def test_fixtures_give_fake_devices_and_leave_nothing_behind(pytester: pytest.Py
     """fake_device_factory makes sized fakes a marker can measure; no_accelerator hides all;
     torch is as it was once their tests end; a failing cache clear or the test's own error is
     never turned into a memscope failure."""
-    pytester.makepyfile(test_fixtures=FIXTURES)
+    pytester.makepyfile(test_plugin_fixtures=FIXTURES)
     result = _run(pytester)
     result.assert_outcomes(passed=4, failed=2)
     assert _failed_names(result) == [
@@ -451,10 +465,10 @@ def test_the_documented_example_runs_as_the_page_says(pytester: pytest.Pytester)
         flags=re.DOTALL | re.MULTILINE,
     )
     assert example is not None
-    pytester.makepyfile(test_inference=example.group(1))
+    pytester.makepyfile(test_plugin_inference=example.group(1))
     result = _run(pytester, "-rx")
     result.assert_outcomes(passed=2, xfailed=1)
-    pytester.makepyfile(test_inference=example.group(1).replace("@pytest.mark.xfail", "# "))
+    pytester.makepyfile(test_plugin_inference=example.group(1).replace("@pytest.mark.xfail", "# "))
     result = _run(pytester)
     result.assert_outcomes(passed=2, failed=1)
     shown = re.search(
@@ -469,7 +483,7 @@ def test_the_markers_on_a_real_card(pytester: pytest.Pytester, accelerator: str)
     """On a real card: a leaking test fails with its bytes, a clean one passes, a warm-up cache
     does not count, and a peak over the limit fails."""
     pytester.makepyfile(
-        test_real=textwrap.dedent(
+        test_plugin_real=textwrap.dedent(
             f"""
             import pytest
             import torch
@@ -508,7 +522,9 @@ def test_the_markers_on_a_real_card(pytester: pytest.Pytester, accelerator: str)
     result.assert_outcomes(passed=2, failed=2)
     assert _failed_names(result) == ["test_leaks", "test_peak"]
     result.stdout.fnmatch_lines(["*limit_device_leaks: 4.0 MiB (4,194,304 bytes) of *"])
-    result.stdout.fnmatch_lines(["*list `HELD` in module test_real holds 1 tensor of 4194304 *"])
+    result.stdout.fnmatch_lines(
+        ["*list `HELD` in module test_plugin_real holds 1 tensor of 4194304 *"]
+    )
     result.stdout.fnmatch_lines(["*limit_device_memory: peak device memory 64.0 MiB*"])
 
 
