@@ -16,11 +16,15 @@ and on a fake CUDA device (:class:`memscope.testing.FakeDevice`), with a realist
   runs, in one batch after a warm-up (so the leak watch's window is full), a short and a long
   loop; per item = (long total - short total) / (long length - short length), so what every
   loop pays once (the client requests, the generator of ``batch.track``, the first item's
-  lazy work) cancels. Client requests were chosen over ``callgrind_control -i on`` because
-  that needs vgdb's pipes, which containers often lack, and over ``--toggle-collect=`` on a
-  marker function because that needs instrumentation from the start (minutes for torch's
-  import under callgrind). Without valgrind, a C compiler or ``callgrind.h`` the table says so
-  and is left out.
+  lazy work) cancels. Both lengths are multiples of 80 items: the leak watch judges its
+  window every 16 samples, so each loop holds whole judging periods (16 items at
+  ``every=1``, 80 at ``every=5``) and the difference is the steady state's average, not
+  wherever a judgement happened to fall. Before each loop ``gc.collect()`` sets the
+  collector's counters to zero, so its automatic collections fall alike. Client requests
+  were chosen over ``callgrind_control -i on`` because that needs vgdb's pipes, which
+  containers often lack, and over ``--toggle-collect=`` on a marker function because that
+  needs instrumentation from the start (minutes for torch's import under callgrind).
+  Without valgrind, a C compiler or ``callgrind.h`` the table says so and is left out.
 - **Wall time**: ns per item and the ratio of the bare loop's time to each mode's, from runs
   taken in turns in this process (one round runs every mode once), so the machine's drift
   hits every mode alike; the median ratio of the rounds. ``--item-us`` turns the trivial
@@ -144,8 +148,26 @@ def _decorated(item: Callable[[], None], device: str) -> Callable[[], AbstractCo
     return opened
 
 
+def _timeline_appends(item: Callable[[], None]) -> Callable[[], AbstractContextManager[Loop]]:
+    @contextlib.contextmanager
+    def opened() -> Iterator[Loop]:
+        timeline = Timeline()
+        append = timeline.append
+
+        def run(items: int) -> None:
+            first = len(timeline) + 1
+            for number in range(first, first + items):
+                item()
+                append(number, 1.5, 0.3, 1_000_000_000, 2_000_000_000, False, None)
+
+        yield run
+
+    return opened
+
+
 def modes(item: Callable[[], None] = trivial_item) -> list[Mode]:
-    """Every mode of issue 23's table, on the CPU and then on the fake CUDA device."""
+    """Every mode of issue 23's table, on the CPU and then on the fake CUDA device; last, the
+    bare loop keeping a compact timeline row per item (what ``timeline=True`` will pay)."""
     found = [Mode("bare loop", "cpu", _bare(item))]
     for device in ("cpu", "cuda"):
         shown = '"cpu"' if device == "cpu" else '"cuda" (fake)'
@@ -165,6 +187,8 @@ def modes(item: Callable[[], None] = trivial_item) -> list[Mode]:
                 _decorated(item, device),
             ),
         ]
+    # What a batch's timeline=True will pay for keeping a row, once it keeps a Timeline.
+    found.append(Mode("bare loop + Timeline.append per item", "cpu", _timeline_appends(item)))
     return found
 
 
@@ -188,8 +212,9 @@ def on_device(device: str) -> Iterator[FakeDevice | None]:
 def build_heap(objects: int) -> list[object]:
     """Enough small containers that the collector tracks about ``objects`` objects."""
     missing = max(0, objects - len(gc.get_objects()))
-    # Each entry is a tracked list holding a tracked dict: two objects.
-    return [[{"index": index}] for index in range(missing // 2)]
+    # Each entry is a list holding a list: two objects the collector tracks. (A dict of
+    # atomic values would not do: CPython stops tracking it.)
+    return [[[index]] for index in range(missing // 2)]
 
 
 # Instructions per item, under callgrind ----------------------------------------------------
@@ -249,6 +274,9 @@ def run_worker(
             loop(warmup)
             for items in lengths:
                 label = _label(mode, items)
+                # Both loops start with the collector's counters at zero, so its automatic
+                # collections fall alike in both and their cost per item stays in.
+                gc.collect()
                 requests.measure(label, loop, items)
                 measured.append(label)
     del heap
@@ -487,9 +515,12 @@ def main(argv: list[str] | None = None) -> int:
         "--lengths",
         type=int,
         nargs=2,
-        default=(20, 60),
+        default=(80, 160),
         metavar=("SHORT", "LONG"),
-        help="the two measured loop lengths under callgrind (default 20 60; multiples of 5)",
+        help=(
+            "the two measured loop lengths under callgrind (default 80 160: multiples of 80, "
+            "the leak watch's judging period at every=5)"
+        ),
     )
     parser.add_argument(
         "--warmup", type=int, default=400, help="items before each measured loop (400)"
@@ -520,12 +551,14 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.worker is not None:
         run_worker(arguments.worker, (short, long), arguments.warmup, arguments.heap_objects)
         return 0
+    started = time.perf_counter()
     if arguments.no_callgrind:
         counts: dict[str, float] | str = "instruction counts skipped (--no-callgrind)"
     else:
         counts = instructions_per_item(
             (short, long), arguments.warmup, arguments.heap_objects, arguments.callgrind_timeout
         )
+    counted_in = time.perf_counter() - started
     heap = build_heap(arguments.heap_objects)
     tracked = len(gc.get_objects())
     item = trivial_item if arguments.item_us == 0 else spinning_item(arguments.item_us)
@@ -536,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     timeline_bytes = timeline_bytes_per_row(rows) if rows > 0 else {}
     _print_tables(
         counts, (short, long), wall, arguments.item_us, calls, rows, timeline_bytes, tracked
+    )
+    sys.stdout.write(
+        f"\nThis run took {time.perf_counter() - started:.0f} s, the callgrind worker "
+        f"{counted_in:.0f} s of them.\n"
     )
     return 0
 
