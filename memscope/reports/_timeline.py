@@ -10,11 +10,12 @@ instances they took 185-200 bytes each; :class:`Timeline` keeps each figure in a
   does not watch it); a ``None`` after the first figure is a sentinel in the column;
 - ``item``: nothing while the numbers step evenly (1, 2, 3 ... or a chunk's size at a time),
   8 bytes each once they do not;
-- ``gc_ran``: one bit.
+- ``gc_ran``: one byte.
 
-So a CPU batch (host watched) keeps about 24 bytes per row and a CUDA batch about 32
-(`tests/test_timeline.py` measures a million rows with tracemalloc); all columns at once,
-with irregular item numbers, about 48.
+So a CPU batch (host watched) keeps about 25 bytes per row and a CUDA batch about 33, plus
+the few per cent arrays hold in reserve as they grow (``python -m benchmarks overhead``
+measures a million rows with tracemalloc); all columns at once, with irregular item
+numbers, about 49.
 """
 
 from __future__ import annotations
@@ -173,13 +174,11 @@ class Timeline(Sequence[TimelineEntry]):
                 self._host_resident = _integer_column(row, host_resident)
             if _MISSING in (allocated, reserved, host_resident):
                 raise OverflowError("the integer stands for None")
-        except (TypeError, OverflowError) as error:
+            self._gc_ran.append(gc_ran)
+        except (TypeError, ValueError, OverflowError) as error:
             self._truncate(row)
-            raise _bad_row(item, seconds, usage, allocated, reserved, host_resident) from error
-        if not row & 7:
-            self._gc_ran.append(0)
-        if gc_ran:
-            self._gc_ran[row >> 3] |= 1 << (row & 7)
+            figures = (item, seconds, usage, allocated, reserved, gc_ran, host_resident)
+            raise _bad_row(*figures) from error
         self._length = row + 1
 
     def _list_items(self) -> array[int]:
@@ -198,6 +197,7 @@ class Timeline(Sequence[TimelineEntry]):
             self._allocated,
             self._reserved,
             self._host_resident,
+            self._gc_ran,
         ):
             if column is not None:
                 del column[length:]
@@ -237,7 +237,7 @@ class Timeline(Sequence[TimelineEntry]):
             self._usage[row],
             _figure(self._allocated, row),
             _figure(self._reserved, row),
-            bool(self._gc_ran[row >> 3] >> (row & 7) & 1),
+            bool(self._gc_ran[row]),
             _figure(self._host_resident, row),
         )
 
@@ -249,8 +249,7 @@ class Timeline(Sequence[TimelineEntry]):
             items = range(first, first + step * length, step) if step else repeat(first, length)
         else:
             items = self._items
-        gc_ran = self._gc_ran
-        flags = (bool(gc_ran[row >> 3] >> (row & 7) & 1) for row in range(length))
+        flags = map(bool, self._gc_ran)
         # Not strict: a row appended (by the batch's thread) while this iterates is left out,
         # as the columns not yet bounded by ``length`` may already hold it.
         for item, seconds, usage, allocated, reserved, ran, host in zip(
@@ -279,11 +278,7 @@ class Timeline(Sequence[TimelineEntry]):
         part._allocated = None if self._allocated is None else self._allocated[index]
         part._reserved = None if self._reserved is None else self._reserved[index]
         part._host_resident = None if self._host_resident is None else self._host_resident[index]
-        gc_ran = self._gc_ran
-        part._gc_ran = bits = bytearray((len(rows) + 7) // 8)
-        for new, row in enumerate(rows):
-            if gc_ran[row >> 3] >> (row & 7) & 1:
-                bits[new >> 3] |= 1 << (new & 7)
+        part._gc_ran = self._gc_ran[index]
         return part
 
     def copy(self) -> Timeline:
@@ -347,6 +342,7 @@ def _bad_row(
     usage: object,
     allocated: object,
     reserved: object,
+    gc_ran: object,
     host_resident: object,
 ) -> InvalidArgumentError | InvalidArgumentTypeError:
     """The error naming the figure of a row that no column takes."""
@@ -374,4 +370,8 @@ def _bad_row(
             return InvalidArgumentError(
                 f"{name} must be an integer within 64 bits (above -2**63), got {value!r}"
             )
+    if not isinstance(gc_ran, int):
+        return InvalidArgumentTypeError(f"gc_ran must be a bool, got {gc_ran!r:.80}")
+    if not 0 <= gc_ran <= 1:
+        return InvalidArgumentError(f"gc_ran must be a bool, got {gc_ran!r:.80}")
     return InvalidArgumentError(f"the timeline cannot keep the row {figures!r:.200}")
