@@ -3,6 +3,9 @@
 Run ``python -m benchmarks`` (CPU, the fake device simulating GPU pressure) or
 ``python -m benchmarks --device cuda`` on a GPU. Results are printed as Markdown tables, ready
 for docs/performance.md. This is a benchmark, not a test: nothing here asserts a time.
+``python -m benchmarks sizing`` (batch sizes on a simulated card) and
+``python -m benchmarks overhead`` (memscope's own cost per item, in instructions) are the
+other suites.
 """
 
 from __future__ import annotations
