@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return sizing.main(given[1:])
     if given[:1] == ["overhead"]:
         # python -m benchmarks overhead: memscope's own cost per item (benchmarks/overhead.py).
-        from benchmarks import overhead
+        from benchmarks import overhead as overhead_suite
 
-        return overhead.main(given[1:])
+        return overhead_suite.main(given[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--items", type=int, default=40, help="images per run (default 40)")

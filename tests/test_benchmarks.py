@@ -114,7 +114,7 @@ def test_overhead_without_valgrind_says_so(monkeypatch: pytest.MonkeyPatch) -> N
     """Where valgrind is missing the counts are replaced by a sentence saying so."""
     from benchmarks import overhead
 
-    monkeypatch.setattr(overhead.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     found = overhead.instructions_per_item((5, 10), 5, 100, 60)
     assert found == "valgrind is not installed: no instruction counts, wall-time ratios only"
 
