@@ -3,6 +3,9 @@
 Run ``python -m benchmarks`` (CPU, the fake device simulating GPU pressure) or
 ``python -m benchmarks --device cuda`` on a GPU. Results are printed as Markdown tables, ready
 for docs/performance.md. This is a benchmark, not a test: nothing here asserts a time.
+``python -m benchmarks sizing`` (batch sizes on a simulated card) and
+``python -m benchmarks overhead`` (memscope's own cost per item, in instructions) are the
+other suites.
 """
 
 from __future__ import annotations
@@ -184,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import sizing
 
         return sizing.main(given[1:])
+    if given[:1] == ["overhead"]:
+        # python -m benchmarks overhead: memscope's own cost per item (benchmarks/overhead.py).
+        from benchmarks import overhead as overhead_suite
+
+        return overhead_suite.main(given[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--items", type=int, default=40, help="images per run (default 40)")
