@@ -9,6 +9,15 @@ actor id but runs in a new process, so it is a new record, the actor's next inca
 the old one stays, marked as dead. A record also knows whether a batch was in flight when
 the worker last spoke, so an actor that died in the middle of a batch is shown as such.
 
+Rows are counted once per block, by block identity. Ray Data runs each block (bundle of
+blocks) as one Ray task, and a task that Ray runs again, because the actor running it died,
+keeps its task id. Each batch's start names the task it runs in (and the task's attempt), so
+the collector knows, per worker, how many rows each attempt of each task processed. When
+the same task ran more than once, only its last attempt (by attempt number, then by when it
+began) counts; the rows of the earlier ones are moved from ``items`` to ``redone_rows`` in
+the worker's row. Ray Data keeps the output of that last attempt only, so ``totals["items"]``
+is the number of rows the dataset holds, whichever batch of a block an actor died in.
+
 :class:`CollectorState` is the collector's state and :func:`job_report` turns its records
 into a :class:`~memscope.ray.RayJobReport`; neither needs Ray. :class:`ReportCollector`
 starts the actor on the driver and reads the report; :class:`RayReporter` is a worker's end.
@@ -21,7 +30,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -72,6 +81,11 @@ class CollectorState:
                 "report": None,
                 "last_failure": None,
                 "construction_error": None,
+                # The attempt of the task (block) the batch in flight runs in, and how many
+                # rows each attempt of each task processed here, from the reports' items.
+                "attempt": None,
+                "attempts": {},
+                "counted_items": 0,
             }
         if kind == REGISTER:
             entry["identity"] = {**data, "worker_id": worker_id}
@@ -84,26 +98,89 @@ class CollectorState:
         elif kind == STARTED:
             entry["phase"] = "busy"
             entry["batch"] = data["batch"]
+            entry["attempt"] = self._attempt(entry, data.get("task"), data.get("attempt"))
         elif kind == FINISHED:
             entry["phase"] = "ready"
-            entry["batch"] = None
             if data["report"] is not None:
+                self._count_rows(entry, data["report"])
                 entry["report"] = data["report"]
+            entry["batch"] = entry["attempt"] = None
             if data["failure"] is not None:
                 entry["last_failure"] = data["failure"]
         elif kind == CLOSED:
             if isinstance(data, dict) and data.get("report") is not None:
+                # Rows the final figures add belong to no block attempt: they always count.
+                entry["counted_items"] = _items(data["report"])
                 entry["report"] = data["report"]
             if entry["phase"] != "busy":
                 entry["phase"] = "closed"
+
+    def _attempt(self, entry: Record, task: object, attempt: object) -> str | None:
+        """The key of the task attempt a batch runs in; its record is made on first sight."""
+        if not isinstance(task, str) or not task:
+            return None
+        number = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
+        key = f"{task}/{number}"
+        if key not in entry["attempts"]:
+            entry["attempts"][key] = {
+                "task": task,
+                "attempt": number,
+                "since": self._messages,
+                "items": 0,
+            }
+        return key
+
+    @staticmethod
+    def _count_rows(entry: Record, report: Any) -> None:
+        """Add the rows the batch that just finished processed to its task attempt."""
+        items = _items(report)
+        done = max(items - entry["counted_items"], 0)
+        entry["counted_items"] = items
+        if entry["attempt"] is not None:
+            entry["attempts"][entry["attempt"]]["items"] += done
 
     def records(self) -> tuple[int, list[Record]]:
         """How many messages arrived so far, and the records in the order workers started."""
         return self._messages, list(self._records.values())
 
 
+def _items(report: Any) -> int:
+    items = getattr(report, "items", 0)
+    return items if isinstance(items, int) else 0
+
+
+def redone_rows(records: list[Record]) -> list[int]:
+    """Per record, the rows it processed in task attempts that a later attempt superseded.
+
+    A task (a Ray Data block) that ran more than once counts from its last attempt: the one
+    with the highest attempt number, or, where Ray gave none, the one that began last.
+    """
+    attempts: dict[str, list[tuple[tuple[int, int], int, int]]] = {}
+    for index, entry in enumerate(records):
+        for attempt in entry.get("attempts", {}).values():
+            number = -1 if attempt["attempt"] is None else attempt["attempt"]
+            order = (number, attempt["since"])
+            attempts.setdefault(attempt["task"], []).append((order, index, attempt["items"]))
+    redone = [0 for _ in records]
+    for runs in attempts.values():
+        last = max(runs)
+        for run in runs:
+            if run is not last:
+                redone[run[1]] += run[2]
+    return redone
+
+
+def _counted_once(report: Any, redone: int) -> Any:
+    """The worker's figures with the rows of its superseded attempts moved to redone_rows."""
+    if redone <= 0 or not isinstance(report, ActorBatchReport):
+        return report
+    moved = min(redone, report.items)
+    return replace(report, items=report.items - moved, redone_rows=report.redone_rows + moved)
+
+
 def job_report(records: list[Record]) -> RayJobReport:
     """The report of the job whose collector holds ``records`` (in the order they started)."""
+    redone = redone_rows(records)
     incarnations: dict[str, list[Record]] = {}
     for entry in records:
         actor_id = entry["identity"].get("actor_id")
@@ -116,7 +193,7 @@ def job_report(records: list[Record]) -> RayJobReport:
         siblings = incarnations.get(actor_id, [entry]) if actor_id is not None else [entry]
         incarnation = next(index for index, other in enumerate(siblings) if other is entry)
         successor = incarnation + 1 if incarnation + 1 < len(siblings) else None
-        report = entry["report"]
+        report = _counted_once(entry["report"], redone[rank])
         rows.append(
             ActorReport(
                 rank=rank,
@@ -303,6 +380,30 @@ def worker_identity(function: str, device: str, *, constructing: bool) -> dict[s
     }
 
 
+def current_task() -> tuple[str | None, int | None]:
+    """The id of the Ray task this call runs in, and which attempt of it; ``None`` for what
+    Ray cannot tell.
+
+    Ray Data processes a block in one task, and a task Ray runs again (its actor died) keeps
+    its id, with the next attempt number: the pair is the block attempt a batch belongs to.
+    """
+    ray = require_ray()
+    try:
+        task = ray.get_runtime_context().get_task_id()
+    except Exception:
+        logger.debug("memscope.ray: could not read the Ray task id", exc_info=True)
+        return None, None
+    attempt: int | None = None
+    try:
+        # Ray has no public call for the attempt; without it, the latest attempt to begin wins.
+        core_worker = ray._private.worker.global_worker.core_worker
+        number = core_worker.get_current_task_attempt_number()
+        attempt = number if isinstance(number, int) else None
+    except Exception:
+        logger.debug("memscope.ray: could not read the Ray task's attempt", exc_info=True)
+    return (task if isinstance(task, str) and task else None), attempt
+
+
 class RayReporter:
     """A worker's end of the collector: each message is one ``.remote()`` call, not waited on.
 
@@ -338,8 +439,9 @@ class RayReporter:
                 logger.warning("memscope.ray: could not report to the collector", exc_info=True)
 
     def started(self, batch: int, rows: int) -> None:
-        """The worker began a batch."""
-        self.send(STARTED, {"batch": batch, "rows": rows})
+        """The worker began a batch, in the Ray task (block) and attempt it runs in."""
+        task, attempt = current_task()
+        self.send(STARTED, {"batch": batch, "rows": rows, "task": task, "attempt": attempt})
 
     def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:
         """The worker ended a batch."""
