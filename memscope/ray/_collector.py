@@ -9,18 +9,17 @@ actor id but runs in a new process, so it is a new record, the actor's next inca
 the old one stays, marked as dead. A record also knows whether a batch was in flight when
 the worker last spoke, so an actor that died in the middle of a batch is shown as such.
 
-Rows are counted once per block, by block identity. Ray Data runs each block (bundle of
-blocks) as one Ray task, and a task that Ray runs again, because the actor running it died,
-keeps its task id. Each batch's start names the task it runs in (and the task's attempt), so
-the collector knows, per worker, how many rows each attempt of each task processed. When
-the same task ran more than once, only its last attempt (by attempt number, then by when it
-began) counts; the rows of the earlier ones are moved from ``items`` to ``redone_rows`` in
-the worker's row. Ray Data keeps the output of that last attempt only, so ``totals["items"]``
-is the number of rows the dataset holds, whichever batch of a block an actor died in.
-
-:class:`CollectorState` is the collector's state and :func:`job_report` turns its records
-into a :class:`~memscope.ray.RayJobReport`; neither needs Ray. :class:`ReportCollector`
-starts the actor on the driver and reads the report; :class:`RayReporter` is a worker's end.
+Rows are counted once per block, by block identity. A block that was running on an actor
+when it died is run again by Ray on the actor's next incarnation, first (Ray retries the
+dead actor's tasks in order on its restart), and a block is cut into the same batches every
+time. So each batch's start names the batch by its content (its length and a hash of its
+first and last rows, :func:`~memscope.ray._rows.batch_fingerprint`), and the job report
+finds, for each incarnation that died, the longest run of its last finished batches that a
+later incarnation of the same actor began with: those rows were done again, and Ray Data
+kept the later attempt's output, not the dead one's. They move from ``items`` to
+``redone_rows`` in the dead incarnation's row, so ``totals["items"]`` counts each row the
+dataset holds once. For a function run in Ray tasks (no actor), Ray retries a dead worker's
+task on any worker: the run is looked for anywhere in the other workers' batches.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from memscope._validation import check_positive_number
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, ReportGatherError
 from memscope.ray._import import require_ray
 from memscope.ray._report import ActorBatchReport, ActorReport, RayJobReport
+from memscope.ray._rows import last_batch_rows
 
 __all__: list[str] = []
 
@@ -81,10 +81,10 @@ class CollectorState:
                 "report": None,
                 "last_failure": None,
                 "construction_error": None,
-                # The attempt of the task (block) the batch in flight runs in, and how many
-                # rows each attempt of each task processed here, from the reports' items.
-                "attempt": None,
-                "attempts": {},
+                # The content names of the batch in flight and of each batch that finished,
+                # with the rows it added to the reports' items.
+                "current": None,
+                "done": [],
                 "counted_items": 0,
             }
         if kind == REGISTER:
@@ -98,13 +98,14 @@ class CollectorState:
         elif kind == STARTED:
             entry["phase"] = "busy"
             entry["batch"] = data["batch"]
-            entry["attempt"] = self._attempt(entry, data.get("task"), data.get("attempt"))
+            block = data.get("block")
+            entry["current"] = block if isinstance(block, str) else None
         elif kind == FINISHED:
             entry["phase"] = "ready"
             if data["report"] is not None:
                 self._count_rows(entry, data["report"])
                 entry["report"] = data["report"]
-            entry["batch"] = entry["attempt"] = None
+            entry["batch"] = entry["current"] = None
             if data["failure"] is not None:
                 entry["last_failure"] = data["failure"]
         elif kind == CLOSED:
@@ -115,29 +116,14 @@ class CollectorState:
             if entry["phase"] != "busy":
                 entry["phase"] = "closed"
 
-    def _attempt(self, entry: Record, task: object, attempt: object) -> str | None:
-        """The key of the task attempt a batch runs in; its record is made on first sight."""
-        if not isinstance(task, str) or not task:
-            return None
-        number = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
-        key = f"{task}/{number}"
-        if key not in entry["attempts"]:
-            entry["attempts"][key] = {
-                "task": task,
-                "attempt": number,
-                "since": self._messages,
-                "items": 0,
-            }
-        return key
-
     @staticmethod
     def _count_rows(entry: Record, report: Any) -> None:
-        """Add the rows the batch that just finished processed to its task attempt."""
+        """Record the batch that just finished, with the rows it added."""
         items = _items(report)
-        done = max(items - entry["counted_items"], 0)
+        added = max(items - entry["counted_items"], 0)
         entry["counted_items"] = items
-        if entry["attempt"] is not None:
-            entry["attempts"][entry["attempt"]]["items"] += done
+        if entry["current"] is not None:
+            entry["done"].append((entry["current"], added))
 
     def records(self) -> tuple[int, list[Record]]:
         """How many messages arrived so far, and the records in the order workers started."""
@@ -149,24 +135,59 @@ def _items(report: Any) -> int:
     return items if isinstance(items, int) else 0
 
 
-def redone_rows(records: list[Record]) -> list[int]:
-    """Per record, the rows it processed in task attempts that a later attempt superseded.
+_LONGEST_REDONE_RUN = 4096
+"""The most batches of a dead incarnation's block looked for in the next ones."""
 
-    A task (a Ray Data block) that ran more than once counts from its last attempt: the one
-    with the highest attempt number, or, where Ray gave none, the one that began last.
+
+def _died(entry: Record, has_successor: bool) -> bool:
+    if entry["construction_error"] is not None:
+        return False
+    return entry["phase"] == "busy" or (has_successor and entry["phase"] != "closed")
+
+
+def _names(entry: Record) -> list[str]:
+    return [name for name, _ in entry.get("done", ())]
+
+
+def _begins_with(names: list[str], run: list[str]) -> bool:
+    return names[: len(run)] == run
+
+
+def _holds(names: list[str], run: list[str]) -> bool:
+    width = len(run)
+    return any(names[start : start + width] == run for start in range(len(names) - width + 1))
+
+
+def redone_rows(records: list[Record]) -> list[int]:
+    """Per record, the rows it processed in batches that a later attempt ran again.
+
+    For a record that died: the longest run of its last finished batches that a later
+    incarnation of its actor began with (a function's task worker: that another worker ran
+    anywhere), summed over those batches' rows.
     """
-    attempts: dict[str, list[tuple[tuple[int, int], int, int]]] = {}
-    for index, entry in enumerate(records):
-        for attempt in entry.get("attempts", {}).values():
-            number = -1 if attempt["attempt"] is None else attempt["attempt"]
-            order = (number, attempt["since"])
-            attempts.setdefault(attempt["task"], []).append((order, index, attempt["items"]))
     redone = [0 for _ in records]
-    for runs in attempts.values():
-        last = max(runs)
-        for run in runs:
-            if run is not last:
-                redone[run[1]] += run[2]
+    for index, entry in enumerate(records):
+        actor_id = entry["identity"].get("actor_id")
+        if actor_id is None:
+            others = [other for other in records if other is not entry]
+            matches = _holds
+        else:
+            others = [
+                other
+                for other in records[index + 1 :]
+                if other["identity"].get("actor_id") == actor_id
+            ]
+            matches = _begins_with
+        done = entry.get("done", [])
+        if not done or not _died(entry, has_successor=bool(others) and actor_id is not None):
+            continue
+        names = _names(entry)
+        candidates = [_names(other) for other in others]
+        for width in range(min(len(names), _LONGEST_REDONE_RUN), 0, -1):
+            run = names[-width:]
+            if any(matches(candidate, run) for candidate in candidates):
+                redone[index] = sum(added for _, added in done[-width:])
+                break
     return redone
 
 
@@ -380,30 +401,6 @@ def worker_identity(function: str, device: str, *, constructing: bool) -> dict[s
     }
 
 
-def current_task() -> tuple[str | None, int | None]:
-    """The id of the Ray task this call runs in, and which attempt of it; ``None`` for what
-    Ray cannot tell.
-
-    Ray Data processes a block in one task, and a task Ray runs again (its actor died) keeps
-    its id, with the next attempt number: the pair is the block attempt a batch belongs to.
-    """
-    ray = require_ray()
-    try:
-        task = ray.get_runtime_context().get_task_id()
-    except Exception:
-        logger.debug("memscope.ray: could not read the Ray task id", exc_info=True)
-        return None, None
-    attempt: int | None = None
-    try:
-        # Ray has no public call for the attempt; without it, the latest attempt to begin wins.
-        core_worker = ray._private.worker.global_worker.core_worker
-        number = core_worker.get_current_task_attempt_number()
-        attempt = number if isinstance(number, int) else None
-    except Exception:
-        logger.debug("memscope.ray: could not read the Ray task's attempt", exc_info=True)
-    return (task if isinstance(task, str) and task else None), attempt
-
-
 class RayReporter:
     """A worker's end of the collector: each message is one ``.remote()`` call, not waited on.
 
@@ -438,10 +435,18 @@ class RayReporter:
                 self._warned = True
                 logger.warning("memscope.ray: could not report to the collector", exc_info=True)
 
-    def started(self, batch: int, rows: int) -> None:
-        """The worker began a batch, in the Ray task (block) and attempt it runs in."""
-        task, attempt = current_task()
-        self.send(STARTED, {"batch": batch, "rows": rows, "task": task, "attempt": attempt})
+    def started(self, batch: int, rows: int, block: str | None = None) -> None:
+        """The worker began a batch; ``block`` names its content
+        (:func:`~memscope.ray._rows.batch_fingerprint`), by default that of the rows the
+        actor made last in this thread."""
+        if block is None:
+            try:
+                made = last_batch_rows()
+                block = None if made is None or len(made) != rows else made.fingerprint
+            except Exception:
+                # Unnamed, the batch still counts; it just cannot be matched to a retry.
+                logger.debug("memscope.ray: could not name batch %d", batch, exc_info=True)
+        self.send(STARTED, {"batch": batch, "rows": rows, "block": block})
 
     def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:
         """The worker ended a batch."""
