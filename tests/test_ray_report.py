@@ -569,17 +569,19 @@ def test_redone_rows_show_in_the_table_only_when_there_are_some(tmp_path: Path) 
 
 @st.composite
 def retried_jobs(draw: st.DrawFn) -> tuple[list[tuple[str, str, Any]], int, int]:
-    """A job's messages: blocks of 1-5 batches of distinct content handed to 1-3 actors, each
-    block run in 1-3 attempts; every attempt but the last dies after 0 or more of its batches
-    and Ray restarts the actor, whose next incarnation begins with the block again. With the
-    rows the dataset holds and the rows processed in all."""
+    """A job's messages: blocks of 1-5 batches of distinct content handed to 1-3 actors (or
+    task workers), each block run in 1-3 attempts; every attempt but the last dies after 0 or
+    more of its batches and Ray restarts the actor, whose next incarnation begins with the
+    block again. With the rows the dataset holds and the rows processed in all."""
     messages: list[tuple[str, str, Any]] = []
+    # A function in Ray tasks has no actor id: its retries are looked for in every worker.
+    tasks = draw(st.booleans())
     actors = draw(st.integers(1, 3))
     worker_of = {actor: f"a{actor}-0" for actor in range(actors)}
     done_by_worker: dict[str, int] = {}
     dataset_rows = processed_rows = 0
     for actor, worker in worker_of.items():
-        messages.append((worker, REGISTER, identity(f"a{actor}", worker)))
+        messages.append((worker, REGISTER, identity(None if tasks else f"a{actor}", worker)))
     for block in range(draw(st.integers(1, 5))):
         batches = draw(st.integers(1, 5))
         attempts = draw(st.integers(1, 3))
@@ -597,7 +599,9 @@ def retried_jobs(draw: st.DrawFn) -> tuple[list[tuple[str, str, Any]], int, int]
                 # The incarnation dies in its block's next batch; Ray restarts the actor.
                 messages.append((worker, STARTED, started(before + ran + 1, f"block{block}")))
                 worker = worker_of[actor] = f"a{actor}-{len(done_by_worker)}-{attempt + 1}"
-                messages.append((worker, REGISTER, identity(f"a{actor}", worker)))
+                messages.append(
+                    (worker, REGISTER, identity(None if tasks else f"a{actor}", worker))
+                )
     return messages, dataset_rows, processed_rows
 
 

@@ -149,8 +149,26 @@ def _names(entry: Record) -> list[str]:
     return [name for name, _ in entry.get("done", ())]
 
 
-def _begins_with(names: list[str], run: list[str]) -> bool:
-    return names[: len(run)] == run
+def _longest_begun_with(names: list[str], candidates: list[list[str]]) -> int:
+    """The most last ``names`` that one of ``candidates`` begins with."""
+    longest = 0
+    for candidate in candidates:
+        for width in range(min(len(names), len(candidate), _LONGEST_REDONE_RUN), longest, -1):
+            if candidate[:width] == names[-width:]:
+                longest = width
+                break
+    return longest
+
+
+def _longest_held(names: list[str], candidates: list[list[str]]) -> int:
+    """The most last ``names`` that one of ``candidates`` holds as a run, anywhere."""
+    # A run of the last w + 1 names holds the last w too: grow the run until none holds it.
+    longest = 0
+    for candidate in candidates:
+        width = longest + 1
+        while width <= min(len(names), _LONGEST_REDONE_RUN) and _holds(candidate, names[-width:]):
+            longest, width = width, width + 1
+    return longest
 
 
 def _holds(names: list[str], run: list[str]) -> bool:
@@ -170,24 +188,23 @@ def redone_rows(records: list[Record]) -> list[int]:
         actor_id = entry["identity"].get("actor_id")
         if actor_id is None:
             others = [other for other in records if other is not entry]
-            matches = _holds
         else:
             others = [
                 other
                 for other in records[index + 1 :]
                 if other["identity"].get("actor_id") == actor_id
             ]
-            matches = _begins_with
         done = entry.get("done", [])
         if not done or not _died(entry, has_successor=bool(others) and actor_id is not None):
             continue
         names = _names(entry)
         candidates = [_names(other) for other in others]
-        for width in range(min(len(names), _LONGEST_REDONE_RUN), 0, -1):
-            run = names[-width:]
-            if any(matches(candidate, run) for candidate in candidates):
-                redone[index] = sum(added for _, added in done[-width:])
-                break
+        if actor_id is None:
+            width = _longest_held(names, candidates)
+        else:
+            width = _longest_begun_with(names, candidates)
+        if width:
+            redone[index] = sum(added for _, added in done[-width:])
     return redone
 
 
