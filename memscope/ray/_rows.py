@@ -62,44 +62,57 @@ def slice_rows(batch: Any, start: int, stop: int) -> Any:
     return batch.slice(start, stop - start)
 
 
+_SAMPLED_VALUES = 256
+"""How many values of a large NumPy row name it: its first, its last and a spread between."""
+
+
 def _row_bytes(value: Any) -> bytes:
-    """One cell's content as bytes: exact for NumPy rows of plain types, else its repr
-    (which NumPy and pandas keep short for large values)."""
+    """One cell's content as bytes: for a NumPy row of plain values, its shape and (for a
+    large one, a spread of) its values; else its repr (which NumPy and pandas keep short)."""
     dtype = getattr(value, "dtype", None)
-    if dtype is not None and getattr(dtype, "hasobject", True) is False:
-        to_bytes = getattr(value, "tobytes", None)
-        if to_bytes is not None:
-            return bytes(to_bytes())
+    ravel = getattr(value, "ravel", None)
+    if dtype is not None and ravel is not None and getattr(dtype, "hasobject", True) is False:
+        flat = ravel()
+        if flat.size > 3 * _SAMPLED_VALUES:
+            step = max(flat.size // _SAMPLED_VALUES, 1)
+            parts = (flat[:_SAMPLED_VALUES], flat[::step], flat[-_SAMPLED_VALUES:])
+            flat_bytes = b"".join(part.tobytes() for part in parts)
+        else:
+            flat_bytes = flat.tobytes()
+        return f"{dtype.str}{getattr(value, 'shape', ())}".encode() + flat_bytes
     return repr(value).encode("utf-8", "backslashreplace")
+
+
+def _cells(batch: Any, position: int) -> Any:
+    """The cells of one row of a pandas or pyarrow batch, by column."""
+    if _library(batch) == "pandas":
+        return [(name, batch[name].iat[position]) for name in batch.columns]
+    return [(name, batch.column(name)[position].as_py()) for name in batch.column_names]
 
 
 def batch_fingerprint(batch: Any) -> str:
     """A short name for a batch's content: its row count, its columns, and its first and
     last rows, hashed. The same rows in the same format give the same name in any process.
 
-    It costs a few rows' worth of work, whatever the batch's size; two batches whose first
-    and last rows and lengths agree share a name.
+    It costs a few rows' worth of work, whatever the batch's size (a large NumPy row is
+    sampled); two batches whose lengths and first and last rows agree share a name.
     """
     digest = hashlib.blake2b(digest_size=8)
     length = row_count(batch)
     digest.update(str(length).encode())
     if length:
         if isinstance(batch, Mapping):
-            for name, column in batch.items():
-                digest.update(repr(name).encode("utf-8", "backslashreplace"))
-                digest.update(_row_bytes(column[0]))
-                digest.update(_row_bytes(column[length - 1]))
+            cells = [
+                (name, cell)
+                for name, column in batch.items()
+                for cell in (column[0], column[length - 1])
+            ]
         else:
-            for position in (0, length - 1):
-                row = slice_rows(batch, position, position + 1)
-                digest.update(repr(_plain_rows(row)).encode("utf-8", "backslashreplace"))
+            cells = [*_cells(batch, 0), *_cells(batch, length - 1)]
+        for name, cell in cells:
+            digest.update(repr(name).encode("utf-8", "backslashreplace"))
+            digest.update(_row_bytes(cell))
     return digest.hexdigest()
-
-
-def _plain_rows(rows: Any) -> Any:
-    if _library(rows) == "pandas":
-        return rows.to_dict("list")
-    return rows.to_pylist()
 
 
 _last_made = threading.local()
