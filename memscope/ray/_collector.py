@@ -209,7 +209,8 @@ def redone_rows(records: list[Record]) -> list[int]:
 
 
 def _counted_once(report: Any, redone: int) -> Any:
-    """The worker's figures with the rows of its superseded attempts moved to redone_rows."""
+    """The worker's figures with the rows of its batches that were run again moved to
+    redone_rows."""
     if redone <= 0 or not isinstance(report, ActorBatchReport):
         return report
     moved = min(redone, report.items)
