@@ -31,12 +31,8 @@ from memscope import (
     MemscopeError,
     managed_batch,
 )
-from memscope.distributed import (
-    _check_timeout,
-    _how_it_failed,
-    gather_reports,
-    gathered_reports,
-)
+from memscope.distributed import gather_reports, gathered_reports
+from memscope.distributed._checks import check_timeout, how_it_failed
 from memscope.exceptions import ReportGatherError
 from memscope.reports import CombinedReport, RankReport, process_rank
 from memscope.testing import FakeDevice, GiB, RecordingManager
@@ -287,7 +283,7 @@ def test_timeout_outside_one_millisecond_to_one_day_is_refused(timeout: object) 
 def test_refused_timeout_says_why(timeout: object, why: str) -> None:
     """The refusal ends with the reason that fits the value, and a huge value is shortened."""
     with pytest.raises(InvalidArgumentError) as raised:
-        _check_timeout(timeout)
+        check_timeout(timeout)
     message = str(raised.value)
     assert message.endswith(f": {why}")
     assert len(message) < 250
@@ -307,7 +303,7 @@ def test_refused_timeout_says_why(timeout: object, why: str) -> None:
 )
 def test_timeout_at_and_inside_the_bounds_is_taken(timeout: object, expected: timedelta) -> None:
     """The bounds themselves and any real number of seconds between them are accepted."""
-    assert _check_timeout(timeout) == expected
+    assert check_timeout(timeout) == expected
 
 
 @settings(deadline=None)
@@ -317,10 +313,10 @@ def test_any_float_timeout_is_taken_exactly_when_it_is_in_range(seconds: float) 
     InvalidArgumentError; it never raises anything else (OverflowError included)."""
     in_range = math.isfinite(seconds) and 0.001 <= seconds <= 86_400
     if in_range:
-        assert _check_timeout(seconds) == timedelta(seconds=seconds)
+        assert check_timeout(seconds) == timedelta(seconds=seconds)
     else:
         with pytest.raises(InvalidArgumentError, match="timeout"):
-            _check_timeout(seconds)
+            check_timeout(seconds)
 
 
 @pytest.mark.parametrize(
@@ -468,7 +464,7 @@ GLOO_MESSAGES = {
 def test_gloo_errors_tell_a_rank_that_left_from_a_late_one(message: str, kind: str) -> None:
     """A closed or reset connection reads as "left", a wait that ran out (or a connection
     gloo closed after one) as "late", anything else as "broken"."""
-    assert _how_it_failed(RuntimeError(message)) == kind
+    assert how_it_failed(RuntimeError(message)) == kind
 
 
 @pytest.mark.usefixtures("one_rank_job")

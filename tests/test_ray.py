@@ -279,6 +279,58 @@ def test_report_exports_after_the_dataset_is_consumed(actor_job: Job, tmp_path: 
     assert str(report).splitlines()[0].startswith(f"memscope report of {len(report.actors)}")
 
 
+BLOCK_ROWS = 100
+"""The block retry job: 200 rows in 2 blocks, each of 5 batches of 20 rows."""
+DYING_CALL = 3
+"""The first actor to reach its third call exits in it, in the middle of its block."""
+
+
+class DoubleUntilThirdCall:
+    """A map_batches class that doubles the ids; the first actor to reach its third call
+    exits in it, once, so Ray runs that actor's block again."""
+
+    def __init__(self, died_marker: Path) -> None:
+        self.died_marker = died_marker
+        self.calls = 0
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == DYING_CALL and not self.died_marker.exists():
+            self.died_marker.touch()
+            os._exit(1)  # mid-block: 2 batches of this block are done, 3 are not
+        return {"id": batch["id"], "doubled": batch["id"] * 2}
+
+
+def test_a_block_ray_runs_again_after_its_actor_died_counts_each_row_once(
+    cluster: None, tmp_path: Path
+) -> None:
+    """200 rows in 2 blocks of 5 batches, an actor exiting on its third call: the dataset
+    holds 200 distinct rows and the report counts 200 rows, the 40 redone ones apart."""
+    died_marker = tmp_path / "died"
+    with ReportCollector() as collector:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dataset = ray_data.range(ROWS, override_num_blocks=ROWS // BLOCK_ROWS).map_batches(
+                managed(DoubleUntilThirdCall, collector=collector),
+                fn_constructor_args=(died_marker,),
+                compute=ray_data.ActorPoolStrategy(size=2, max_tasks_in_flight_per_actor=1),
+                batch_size=BATCH_ROWS,
+                num_cpus=0.5,
+                max_restarts=2,
+            )
+        rows = consume(dataset)
+        report = collector.report()
+    assert died_marker.exists()
+    assert sorted(row["id"] for row in rows) == list(range(ROWS))
+    assert [row["doubled"] for row in rows] == [2 * row["id"] for row in rows]
+    assert report.totals["items"] == ROWS
+    assert report.totals["redone_rows"] == (DYING_CALL - 1) * BATCH_ROWS
+    [dead] = report.died
+    assert dead.batch_report is not None
+    assert dead.batch_report.redone_rows == (DYING_CALL - 1) * BATCH_ROWS
+    assert dead.batch_report.batches == DYING_CALL - 1
+
+
 def halve_on_device(frame: Any) -> Any:
     """A map_batches function on pandas batches that runs out of memory above 8 rows."""
     if len(frame) > OOM_ABOVE:

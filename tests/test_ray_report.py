@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memscope import BatchReport, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.ray import ActorBatchReport, ActorReport, RayJobReport
@@ -353,3 +355,264 @@ def test_actor_row_round_trips_through_a_dict() -> None:
     """An actor's row keeps its identity through to_dict and from_dict."""
     row = sample_report().actors[0]
     assert ActorReport.from_dict(json.loads(json.dumps(row.to_dict()))) == row
+
+
+# Rows counted once across block retries ---------------------------------------------------
+
+
+def started(batch: int, block: str | None = None) -> Any:
+    """What a worker sends when a batch of 20 rows whose content is named ``block`` starts."""
+    return {"batch": batch, "rows": 20, "block": block}
+
+
+def rows_so_far(batches: int) -> ActorBatchReport:
+    """An actor's figures after ``batches`` Ray batches of 20 rows."""
+    return actor_report(batches, items=20 * batches)
+
+
+def block_messages(
+    worker: str, block: str, batches: int, *, done_before: int = 0, first: int = 0
+) -> list[tuple[str, str, Any]]:
+    """``worker`` running batches ``first``... of ``block`` (20 rows each), after
+    ``done_before`` batches of its own."""
+    messages: list[tuple[str, str, Any]] = []
+    for offset in range(batches):
+        number = done_before + offset + 1
+        messages.append((worker, STARTED, started(number, f"{block}-{first + offset}")))
+        messages.append((worker, FINISHED, finished(number, rows_so_far(number))))
+    return messages
+
+
+def test_a_block_retried_after_its_actor_died_counts_its_rows_once() -> None:
+    """200 rows in 2 blocks of 5 batches; the actor running block A dies on its third batch,
+    and Ray runs block A again on the restarted actor: 200 rows, 40 of them redone."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            ("w2", REGISTER, identity("a2", "w2")),
+            *block_messages("w1", "A", 2),
+            ("w1", STARTED, started(3, "A-2")),
+            *block_messages("w2", "B", 5),
+            ("w9", REGISTER, identity("a1", "w9")),
+            *block_messages("w9", "A", 5),
+        ]
+    )
+    dead, other, restarted = report.actors
+    assert report.totals["items"] == 200
+    assert report.totals["redone_rows"] == 40
+    assert dead.batch_report is not None
+    assert (dead.batch_report.items, dead.batch_report.redone_rows) == (0, 40)
+    assert other.batch_report is not None
+    assert (other.batch_report.items, other.batch_report.redone_rows) == (100, 0)
+    assert restarted.batch_report is not None
+    assert (restarted.batch_report.items, restarted.batch_report.redone_rows) == (100, 0)
+    # The work is still shown: the dead incarnation ran its 2 batches.
+    assert dead.batch_report.batches == 2
+    assert dead.error == "died during batch 3; Ray restarted it as incarnation 1"
+
+
+def test_only_the_block_that_ran_again_moves_the_dead_actor_s_rows() -> None:
+    """The blocks an actor finished before the one it died in keep their rows."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            *block_messages("w1", "A", 2),
+            *block_messages("w1", "B", 1, done_before=2),
+            ("w1", STARTED, started(4, "B-1")),
+            ("w2", REGISTER, identity("a1", "w2")),
+            *block_messages("w2", "B", 3),
+            *block_messages("w2", "C", 2, done_before=3),
+        ]
+    )
+    dead, restarted = report.actors
+    assert dead.batch_report is not None
+    assert (dead.batch_report.items, dead.batch_report.redone_rows) == (40, 20)
+    assert restarted.batch_report is not None
+    assert restarted.batch_report.items == 100
+    assert report.totals["items"] == 140
+
+
+def test_a_block_that_died_twice_counts_from_the_incarnation_that_finished_it() -> None:
+    """Block A dies after 2 batches, then after 1 on the restart; the third run finishes it."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            *block_messages("w1", "A", 2),
+            ("w2", REGISTER, identity("a1", "w2")),
+            *block_messages("w2", "A", 1),
+            ("w3", REGISTER, identity("a1", "w3")),
+            *block_messages("w3", "A", 5),
+        ]
+    )
+    first, second, third = (row.batch_report for row in report.actors)
+    assert first is not None
+    assert second is not None
+    assert third is not None
+    assert [(row.items, row.redone_rows) for row in (first, second, third)] == [
+        (0, 40),
+        (0, 20),
+        (100, 0),
+    ]
+    assert report.totals["items"] == 100
+
+
+def test_an_actor_that_lived_keeps_every_row_however_its_batches_look() -> None:
+    """Only incarnations that died give rows up: equal batches of a live actor all count."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            ("w1", STARTED, started(1, "same")),
+            ("w1", FINISHED, finished(1, rows_so_far(1))),
+            ("w1", STARTED, started(2, "same")),
+            ("w1", FINISHED, finished(2, rows_so_far(2))),
+            ("w1", CLOSED, None),
+            ("w2", REGISTER, identity("a2", "w2")),
+            ("w2", STARTED, started(1, "same")),
+            ("w2", FINISHED, finished(1, rows_so_far(1))),
+        ]
+    )
+    assert report.totals["items"] == 60
+    assert report.totals["redone_rows"] == 0
+
+
+def test_a_restart_that_began_with_other_batches_moves_nothing() -> None:
+    """A dead incarnation whose last batches the next one did not begin with keeps its rows."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            *block_messages("w1", "A", 2),
+            ("w2", REGISTER, identity("a1", "w2")),
+            *block_messages("w2", "B", 5),
+        ]
+    )
+    assert report.totals["items"] == 140
+    assert report.totals["redone_rows"] == 0
+
+
+def test_a_task_worker_lost_mid_block_gives_up_the_batches_another_worker_ran() -> None:
+    """For a function in Ray tasks, the block a lost worker was in may run anywhere."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity(None, "w1")),
+            *block_messages("w1", "A", 2),
+            ("w1", STARTED, started(3, "A-2")),
+            ("w2", REGISTER, identity(None, "w2")),
+            *block_messages("w2", "B", 2),
+            *block_messages("w2", "A", 5, done_before=2),
+        ]
+    )
+    lost, other = report.actors
+    assert lost.batch_report is not None
+    assert (lost.batch_report.items, lost.batch_report.redone_rows) == (0, 40)
+    assert other.batch_report is not None
+    assert other.batch_report.items == 140
+    assert report.totals["items"] == 140
+
+
+def test_unnamed_batches_always_count() -> None:
+    """Batches sent without a name cannot be matched to a retry: each counts."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            ("w1", STARTED, {"batch": 1, "rows": 20}),
+            ("w1", FINISHED, finished(1, rows_so_far(1))),
+            ("w2", REGISTER, identity("a1", "w2")),
+            ("w2", STARTED, {"batch": 1, "rows": 20}),
+            ("w2", FINISHED, finished(1, rows_so_far(1))),
+        ]
+    )
+    assert report.totals["items"] == 40
+    assert report.totals["redone_rows"] == 0
+
+
+def test_a_failed_batch_s_partial_rows_go_with_its_block() -> None:
+    """A batch that raised after some chunks counts the rows of those chunks as its own."""
+    partial = actor_report(1, items=12)
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            ("w1", STARTED, started(1, "A-0")),
+            ("w1", FINISHED, finished(1, partial, "ValueError: bad row")),
+            ("w2", REGISTER, identity("a1", "w2")),
+            *block_messages("w2", "A", 1),
+        ]
+    )
+    first, _ = report.actors
+    assert first.batch_report is not None
+    assert (first.batch_report.items, first.batch_report.redone_rows) == (0, 12)
+    assert report.totals["items"] == 20
+
+
+def test_redone_rows_show_in_the_table_only_when_there_are_some(tmp_path: Path) -> None:
+    """The table gains a redone column for a job with a retried block; CSV and JSON keep it."""
+    plain = str(sample_report()).splitlines()
+    assert "redone" not in plain[1]
+    retried = collect(
+        [
+            ("w1", REGISTER, identity("a1", "w1")),
+            *block_messages("w1", "A", 2),
+            ("w2", REGISTER, identity("a1", "w2")),
+            *block_messages("w2", "A", 5),
+        ]
+    )
+    header, first, _, totals = str(retried).splitlines()[1:]
+    assert header.split()[-2:] == ["redone", "status"]
+    assert first.endswith("  40  died; Ray restarted it as incarnation 1")
+    assert totals.split()[1:3] == ["7", "100"]  # batches, rows
+    assert totals.split()[-5] == "40"
+    with retried.to_csv(tmp_path / "job.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["redone_rows"] for row in rows] == ["40", "0", "40"]
+    assert [row["items"] for row in rows] == ["0", "100", "100"]
+    assert RayJobReport.from_json(retried.to_json(tmp_path / "job.json")) == retried
+
+
+@st.composite
+def retried_jobs(draw: st.DrawFn) -> tuple[list[tuple[str, str, Any]], int, int]:
+    """A job's messages: blocks of 1-5 batches of distinct content handed to 1-3 actors (or
+    task workers), each block run in 1-3 attempts; every attempt but the last dies after 0 or
+    more of its batches and Ray restarts the actor, whose next incarnation begins with the
+    block again. With the rows the dataset holds and the rows processed in all."""
+    messages: list[tuple[str, str, Any]] = []
+    # A function in Ray tasks has no actor id: its retries are looked for in every worker.
+    tasks = draw(st.booleans())
+    actors = draw(st.integers(1, 3))
+    worker_of = {actor: f"a{actor}-0" for actor in range(actors)}
+    done_by_worker: dict[str, int] = {}
+    dataset_rows = processed_rows = 0
+    for actor, worker in worker_of.items():
+        messages.append((worker, REGISTER, identity(None if tasks else f"a{actor}", worker)))
+    for block in range(draw(st.integers(1, 5))):
+        batches = draw(st.integers(1, 5))
+        attempts = draw(st.integers(1, 3))
+        actor = draw(st.integers(0, actors - 1))
+        dataset_rows += 20 * batches
+        for attempt in range(attempts):
+            worker = worker_of[actor]
+            last = attempt == attempts - 1
+            ran = batches if last else draw(st.integers(0, batches - 1))
+            before = done_by_worker.get(worker, 0)
+            messages += block_messages(worker, f"block{block}", ran, done_before=before)
+            done_by_worker[worker] = before + ran
+            processed_rows += 20 * ran
+            if not last:
+                # The incarnation dies in its block's next batch; Ray restarts the actor.
+                messages.append((worker, STARTED, started(before + ran + 1, f"block{block}")))
+                worker = worker_of[actor] = f"a{actor}-{len(done_by_worker)}-{attempt + 1}"
+                messages.append(
+                    (worker, REGISTER, identity(None if tasks else f"a{actor}", worker))
+                )
+    return messages, dataset_rows, processed_rows
+
+
+@given(retried_jobs())
+@settings(max_examples=200, deadline=None)
+def test_every_row_counts_once_however_blocks_are_retried(
+    job: tuple[list[tuple[str, str, Any]], int, int],
+) -> None:
+    """Nothing lost, nothing twice: the totals hold each block's rows once, and the rows of
+    the attempts Ray ran again are all in redone_rows."""
+    messages, dataset_rows, processed_rows = job
+    totals = collect(messages).totals
+    assert totals["items"] == dataset_rows
+    assert totals["items"] + totals["redone_rows"] == processed_rows

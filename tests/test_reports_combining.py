@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import memscope.reports
-from memscope import BatchReport, InvalidArgumentError
+from memscope import BatchReport, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.reports import CombinedReport, RankReport, TimelineEntry
 from memscope.testing import GiB, MiB
 
@@ -210,3 +213,72 @@ def test_timeline_is_kept_per_rank_not_combined() -> None:
     assert "timeline" not in combined.totals
     assert combined.ranks[0].report is not None
     assert combined.ranks[0].report.timeline == (entry,)
+
+
+# The one job report's files ---------------------------------------------------------------
+
+
+def test_combined_report_round_trips_through_json(tmp_path: Path) -> None:
+    """to_json writes the rows with kind torch.distributed; from_json rebuilds an equal report."""
+    combined = combine(make_report(cleanups=3), None)
+    path = combined.to_json(tmp_path / "job.json")
+    data = json.loads(path.read_text())
+    assert data["kind"] == "torch.distributed"
+    assert data["failed_ranks"] == [1]
+    assert CombinedReport.from_json(path) == combined
+    assert CombinedReport.from_dict(combined.to_dict()) == combined
+
+
+def test_combined_report_csv_has_a_line_per_rank_and_the_totals(tmp_path: Path) -> None:
+    """to_csv writes rank, host, status and error, then the device and the figures, and a
+    totals line whose rank is all."""
+    path = combine(make_report(items=10), make_report(items=6), None).to_csv(tmp_path / "j.csv")
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0])[:5] == ["rank", "host", "status", "error", "device"]
+    assert [row["rank"] for row in rows] == ["0", "1", "2", "all"]
+    assert [row["items"] for row in rows] == ["10", "6", "", "16"]
+    assert rows[0]["items_per_second"] == "5"
+    assert rows[2]["status"] == "failed: RuntimeError: x"
+    assert rows[3]["status"] == "1 failed"
+    assert rows[3]["peak_allocated"] == str(3 * GiB)
+
+
+def test_a_ray_job_report_is_not_read_as_a_rank_report() -> None:
+    """from_dict refuses a report of another kind and names the class that reads it."""
+    data = combine(make_report()).to_dict()
+    data["kind"] = "ray"
+    with pytest.raises(InvalidArgumentError, match=r"'ray'.*RayJobReport"):
+        CombinedReport.from_dict(data)
+
+
+def test_from_dict_refuses_what_is_not_a_job_report() -> None:
+    """A dict without a list of rows is a type error naming what was expected."""
+    with pytest.raises(InvalidArgumentTypeError, match="ranks"):
+        CombinedReport.from_dict({"world_size": 2})
+
+
+def test_from_json_names_a_file_that_is_not_json(tmp_path: Path) -> None:
+    """A file that is not JSON is named in the error."""
+    path = tmp_path / "job.json"
+    path.write_text("{not json")
+    with pytest.raises(InvalidArgumentError, match=r"job\.json"):
+        CombinedReport.from_json(path)
+
+
+def test_a_subclass_declares_its_own_column() -> None:
+    """A column made with CombinedReport.column shows each row's figure and its total."""
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class ImageJobReport(CombinedReport):
+        columns = (
+            *CombinedReport.columns,
+            CombinedReport.column("skipped", lambda report: report.skipped, total="skipped"),
+        )
+
+    table = ImageJobReport(combine(make_report(skipped=2), make_report(skipped=5)).ranks).table()
+    header, first, second, totals = table.splitlines()[1:]
+    assert header.split()[-2:] == ["skipped", "status"]
+    assert first.split()[-2:] == ["2", "ok"]
+    assert second.split()[-2:] == ["5", "ok"]
+    assert totals.split()[-2:] == ["7", "ok"]

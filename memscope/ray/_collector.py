@@ -9,9 +9,17 @@ actor id but runs in a new process, so it is a new record, the actor's next inca
 the old one stays, marked as dead. A record also knows whether a batch was in flight when
 the worker last spoke, so an actor that died in the middle of a batch is shown as such.
 
-:class:`CollectorState` is the collector's state and :func:`job_report` turns its records
-into a :class:`~memscope.ray.RayJobReport`; neither needs Ray. :class:`ReportCollector`
-starts the actor on the driver and reads the report; :class:`RayReporter` is a worker's end.
+Rows are counted once per block, by block identity. A block that was running on an actor
+when it died is run again by Ray on the actor's next incarnation, first (Ray retries the
+dead actor's tasks in order on its restart), and a block is cut into the same batches every
+time. So each batch's start names the batch by its content (its length and a hash of its
+first and last rows, :func:`~memscope.ray._rows.batch_fingerprint`), and the job report
+finds, for each incarnation that died, the longest run of its last finished batches that a
+later incarnation of the same actor began with: those rows were done again, and Ray Data
+kept the later attempt's output, not the dead one's. They move from ``items`` to
+``redone_rows`` in the dead incarnation's row, so ``totals["items"]`` counts each row the
+dataset holds once. For a function run in Ray tasks (no actor), Ray retries a dead worker's
+task on any worker: the run is looked for anywhere in the other workers' batches.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +37,7 @@ from memscope._validation import check_positive_number
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, ReportGatherError
 from memscope.ray._import import require_ray
 from memscope.ray._report import ActorBatchReport, ActorReport, RayJobReport
+from memscope.ray._rows import last_batch_rows
 
 __all__: list[str] = []
 
@@ -72,6 +81,11 @@ class CollectorState:
                 "report": None,
                 "last_failure": None,
                 "construction_error": None,
+                # The content names of the batch in flight and of each batch that finished,
+                # with the rows it added to the reports' items.
+                "current": None,
+                "done": [],
+                "counted_items": 0,
             }
         if kind == REGISTER:
             entry["identity"] = {**data, "worker_id": worker_id}
@@ -84,26 +98,128 @@ class CollectorState:
         elif kind == STARTED:
             entry["phase"] = "busy"
             entry["batch"] = data["batch"]
+            block = data.get("block")
+            entry["current"] = block if isinstance(block, str) else None
         elif kind == FINISHED:
             entry["phase"] = "ready"
-            entry["batch"] = None
             if data["report"] is not None:
+                self._count_rows(entry, data["report"])
                 entry["report"] = data["report"]
+            entry["batch"] = entry["current"] = None
             if data["failure"] is not None:
                 entry["last_failure"] = data["failure"]
         elif kind == CLOSED:
             if isinstance(data, dict) and data.get("report") is not None:
+                # Rows the final figures add belong to no block attempt: they always count.
+                entry["counted_items"] = _items(data["report"])
                 entry["report"] = data["report"]
             if entry["phase"] != "busy":
                 entry["phase"] = "closed"
+
+    @staticmethod
+    def _count_rows(entry: Record, report: Any) -> None:
+        """Record the batch that just finished, with the rows it added."""
+        items = _items(report)
+        added = max(items - entry["counted_items"], 0)
+        entry["counted_items"] = items
+        if entry["current"] is not None:
+            entry["done"].append((entry["current"], added))
 
     def records(self) -> tuple[int, list[Record]]:
         """How many messages arrived so far, and the records in the order workers started."""
         return self._messages, list(self._records.values())
 
 
+def _items(report: Any) -> int:
+    items = getattr(report, "items", 0)
+    return items if isinstance(items, int) else 0
+
+
+_LONGEST_REDONE_RUN = 4096
+"""The most batches of a dead incarnation's block looked for in the next ones."""
+
+
+def _died(entry: Record, has_successor: bool) -> bool:
+    if entry["construction_error"] is not None:
+        return False
+    return entry["phase"] == "busy" or (has_successor and entry["phase"] != "closed")
+
+
+def _names(entry: Record) -> list[str]:
+    return [name for name, _ in entry.get("done", ())]
+
+
+def _longest_begun_with(names: list[str], candidates: list[list[str]]) -> int:
+    """The most last ``names`` that one of ``candidates`` begins with."""
+    longest = 0
+    for candidate in candidates:
+        for width in range(min(len(names), len(candidate), _LONGEST_REDONE_RUN), longest, -1):
+            if candidate[:width] == names[-width:]:
+                longest = width
+                break
+    return longest
+
+
+def _longest_held(names: list[str], candidates: list[list[str]]) -> int:
+    """The most last ``names`` that one of ``candidates`` holds as a run, anywhere."""
+    # A run of the last w + 1 names holds the last w too: grow the run until none holds it.
+    longest = 0
+    for candidate in candidates:
+        width = longest + 1
+        while width <= min(len(names), _LONGEST_REDONE_RUN) and _holds(candidate, names[-width:]):
+            longest, width = width, width + 1
+    return longest
+
+
+def _holds(names: list[str], run: list[str]) -> bool:
+    width = len(run)
+    return any(names[start : start + width] == run for start in range(len(names) - width + 1))
+
+
+def redone_rows(records: list[Record]) -> list[int]:
+    """Per record, the rows it processed in batches that a later attempt ran again.
+
+    For a record that died: the longest run of its last finished batches that a later
+    incarnation of its actor began with (a function's task worker: that another worker ran
+    anywhere), summed over those batches' rows.
+    """
+    redone = [0 for _ in records]
+    for index, entry in enumerate(records):
+        actor_id = entry["identity"].get("actor_id")
+        if actor_id is None:
+            others = [other for other in records if other is not entry]
+        else:
+            others = [
+                other
+                for other in records[index + 1 :]
+                if other["identity"].get("actor_id") == actor_id
+            ]
+        done = entry.get("done", [])
+        if not done or not _died(entry, has_successor=bool(others) and actor_id is not None):
+            continue
+        names = _names(entry)
+        candidates = [_names(other) for other in others]
+        if actor_id is None:
+            width = _longest_held(names, candidates)
+        else:
+            width = _longest_begun_with(names, candidates)
+        if width:
+            redone[index] = sum(added for _, added in done[-width:])
+    return redone
+
+
+def _counted_once(report: Any, redone: int) -> Any:
+    """The worker's figures with the rows of its batches that were run again moved to
+    redone_rows."""
+    if redone <= 0 or not isinstance(report, ActorBatchReport):
+        return report
+    moved = min(redone, report.items)
+    return replace(report, items=report.items - moved, redone_rows=report.redone_rows + moved)
+
+
 def job_report(records: list[Record]) -> RayJobReport:
     """The report of the job whose collector holds ``records`` (in the order they started)."""
+    redone = redone_rows(records)
     incarnations: dict[str, list[Record]] = {}
     for entry in records:
         actor_id = entry["identity"].get("actor_id")
@@ -116,7 +232,7 @@ def job_report(records: list[Record]) -> RayJobReport:
         siblings = incarnations.get(actor_id, [entry]) if actor_id is not None else [entry]
         incarnation = next(index for index, other in enumerate(siblings) if other is entry)
         successor = incarnation + 1 if incarnation + 1 < len(siblings) else None
-        report = entry["report"]
+        report = _counted_once(entry["report"], redone[rank])
         rows.append(
             ActorReport(
                 rank=rank,
@@ -337,9 +453,18 @@ class RayReporter:
                 self._warned = True
                 logger.warning("memscope.ray: could not report to the collector", exc_info=True)
 
-    def started(self, batch: int, rows: int) -> None:
-        """The worker began a batch."""
-        self.send(STARTED, {"batch": batch, "rows": rows})
+    def started(self, batch: int, rows: int, block: str | None = None) -> None:
+        """The worker began a batch; ``block`` names its content
+        (:func:`~memscope.ray._rows.batch_fingerprint`), by default that of the rows the
+        actor made last in this thread."""
+        if block is None:
+            try:
+                made = last_batch_rows()
+                block = None if made is None or len(made) != rows else made.fingerprint
+            except Exception:
+                # Unnamed, the batch still counts; it just cannot be matched to a retry.
+                logger.debug("memscope.ray: could not name batch %d", batch, exc_info=True)
+        self.send(STARTED, {"batch": batch, "rows": rows, "block": block})
 
     def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:
         """The worker ended a batch."""

@@ -9,8 +9,10 @@ code that reads a :class:`~memscope.reports.CombinedReport` reads these too:
 * :class:`ActorReport` is a :class:`~memscope.reports.RankReport` row with the actor's
   identity: Ray's actor id, which incarnation of it (Ray restarts an actor that died under
   the same id), its worker process, node and GPUs.
-* :class:`RayJobReport` is a :class:`~memscope.reports.CombinedReport` of those rows, with a
-  table that names actors instead of ranks, and JSON and CSV export.
+* :class:`RayJobReport` is memscope's one job report, :class:`~memscope.reports.CombinedReport`,
+  filled with those rows: the same table, JSON and CSV, with actors named instead of ranks
+  and the actors' own columns. It declares only what differs; the collector is the
+  transport that fills it.
 
 A row's ``rank`` is its position in the report (Ray actors have no rank); ``error`` says how
 an actor that died, or went silent in the middle of a batch, ended, so such an actor is
@@ -19,15 +21,9 @@ shown, not hidden.
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, cast
 
-from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.reports import BatchReport, CombinedReport, RankReport
 from memscope.units import format_bytes
 
@@ -59,6 +55,10 @@ class ActorBatchReport(BatchReport):
     memory has run out."""
     busy_seconds: float = field(default=0.0, metadata=_SUM)
     """Time spent inside Ray batches: ``elapsed_seconds`` less the waits between them."""
+    redone_rows: int = field(default=0, metadata=_SUM)
+    """Rows this worker processed in blocks that Ray Data then ran again (it retries the
+    block a dead actor was running): the block's last attempt counts them, so they are left
+    out of ``items`` here. Set by the job report, 0 as the actor sends it."""
 
     @property
     def rows_per_busy_second(self) -> float:
@@ -135,6 +135,42 @@ class ActorReport(RankReport):
             return f"task worker {self.worker_id[:8]}"
         return f"{self.actor_id[:8]}#{self.incarnation}"
 
+    @property
+    def device_text(self) -> str:
+        """The device, with the GPUs Ray assigned, as the table shows it."""
+        device = "" if self.report is None else self.report.device
+        if self.gpu_ids:
+            device += f" (GPU {','.join(self.gpu_ids)})"
+        return device
+
+    @property
+    def status(self) -> str:
+        """``error`` for an actor that did not end well; else ``"ok"``, with the latest
+        failed batch if any."""
+        if self.error is not None:
+            return self.error
+        if self.last_failure is not None:
+            return f"ok (last failed batch: {self.last_failure})"
+        return "ok"
+
+    def csv_identity(self) -> dict[str, Any]:
+        """The row's identity cells in the CSV, by column."""
+        return {
+            "rank": self.rank,
+            "actor_id": self.actor_id,
+            "incarnation": self.incarnation,
+            "worker_id": self.worker_id,
+            "node_id": self.node_id,
+            "node_ip": self.node_ip,
+            "host": self.host,
+            "pid": self.pid,
+            "gpu_ids": ";".join(self.gpu_ids),
+            "function": self.function,
+            "status": self.status,
+            "error": self.error,
+            "last_failure": self.last_failure,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The row as a JSON-serialisable dict."""
         data = RankReport.to_dict(self)
@@ -174,60 +210,46 @@ class ActorReport(RankReport):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Column:
-    header: str
-    value: Callable[[ActorBatchReport], Any]
-    text: Callable[[Any], str]
-    total: str | None = None
-    """The ``totals`` key the total row shows; ``None``: no total."""
-
-
-def _count(value: Any) -> str:
-    return "n/a" if value is None else str(value)
-
-
-def _peak(report: ActorBatchReport) -> int | None:
+def _peak(report: BatchReport) -> int | None:
     # The device's peak where it keeps one; on the CPU, the process's resident memory.
     if report.peak_allocated is not None:
         return report.peak_allocated
     return report.host_resident_peak
 
 
-_TABLE_COLUMNS = (
-    _Column("batches", lambda report: report.batches, _count, "batches"),
-    _Column("rows", lambda report: report.items, _count, "items"),
-    _Column("rows/s", lambda report: report.rows_per_busy_second, lambda value: f"{value:.1f}"),
-    _Column("OOMs", lambda report: report.ooms, _count, "ooms"),
-    _Column("split", lambda report: report.split_batches, _count, "split_batches"),
-    _Column(
+def _actor_figure(name: str) -> Any:
+    """A reader of the actor figure ``name`` (a plain BatchReport row has none)."""
+    return lambda report: getattr(report, name, None)
+
+
+_column = CombinedReport.column
+
+_ACTOR_COLUMNS = (
+    _column("batches", _actor_figure("batches"), total="batches"),
+    _column("rows", lambda report: report.items, total="items"),
+    _column(
+        "rows/s",
+        _actor_figure("rows_per_busy_second"),
+        lambda value: "n/a" if value is None else f"{value:.1f}",
+    ),
+    _column("OOMs", lambda report: report.ooms, total="ooms"),
+    _column("split", _actor_figure("split_batches"), total="split_batches"),
+    _column(
         "chunk",
-        lambda report: report.chunk_size,
+        _actor_figure("chunk_size"),
         lambda value: "whole" if value is None else str(value),
     ),
-    _Column("peak", _peak, format_bytes),
-    _Column("cleanups", lambda report: report.cleanups, _count, "cleanups"),
-    _Column(
-        "GC ms", lambda report: report.gc_seconds * 1000, lambda value: f"{value:.0f}", "gc_seconds"
+    _column("peak", _peak, format_bytes),
+    _column("cleanups", lambda report: report.cleanups, total="cleanups"),
+    _column(
+        "GC ms",
+        lambda report: report.gc_seconds,
+        lambda seconds: "n/a" if seconds is None else f"{seconds * 1000:.0f}",
+        total="gc_seconds",
     ),
-    _Column("failed", lambda report: report.failed_batches, _count, "failed_batches"),
-)
-
-# The figures one CSV row holds: the scalar ones, those a table would total first.
-_CSV_IDENTITY = (
-    "rank",
-    "actor_id",
-    "incarnation",
-    "worker_id",
-    "node_id",
-    "node_ip",
-    "host",
-    "pid",
-    "gpu_ids",
-    "function",
-    "status",
-    "error",
-    "last_failure",
+    _column("failed", _actor_figure("failed_batches"), total="failed_batches"),
+    # Shown only for a job where Ray Data ran a block again after an actor died.
+    _column("redone", _actor_figure("redone_rows"), total="redone_rows", shown_if=bool),
 )
 
 
@@ -235,10 +257,38 @@ _CSV_IDENTITY = (
 class RayJobReport(CombinedReport):
     """Every actor's row (:class:`ActorReport`) of a Ray Data job, and the job's totals.
 
-    It is a :class:`~memscope.reports.CombinedReport`: ``ranks`` holds the rows (in the
-    order the actors started), ``totals`` the job's figures, ``failed_ranks`` the rows of
-    actors that died. ``str()`` gives a table with one row per actor.
+    It is memscope's one job report, :class:`~memscope.reports.CombinedReport`: ``ranks``
+    holds the rows (in the order the actors started), ``totals`` the job's figures,
+    ``failed_ranks`` the rows of actors that died; ``str()``, JSON and CSV are the combined
+    report's, with the actors' identity and columns. Each row is counted once: rows a dead
+    actor processed in a block that Ray Data ran again are in ``redone_rows``, not ``items``.
     """
+
+    kind = "ray"
+    row_type = ActorReport
+    label_header = "actor"
+    columns = _ACTOR_COLUMNS
+    csv_identity_columns = (
+        "rank",
+        "actor_id",
+        "incarnation",
+        "worker_id",
+        "node_id",
+        "node_ip",
+        "host",
+        "pid",
+        "gpu_ids",
+        "function",
+        "status",
+        "error",
+        "last_failure",
+    )
+    csv_extra_figures = (
+        "items_per_second",
+        "rows_per_busy_second",
+        "chunk_size",
+    )
+    failed_word = "died"
 
     @property
     def actors(self) -> tuple[ActorReport, ...]:
@@ -250,142 +300,7 @@ class RayJobReport(CombinedReport):
         """The rows of actors that died or went silent in the middle of a batch."""
         return tuple(actor for actor in self.actors if actor.failed)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report as a JSON-serialisable dict: the combined report's, with ``kind``."""
-        data = CombinedReport.to_dict(self)
-        data["kind"] = "ray"
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RayJobReport:
-        """The inverse of :meth:`to_dict`."""
-        if not isinstance(data, dict) or not isinstance(data.get("ranks"), list):
-            raise InvalidArgumentTypeError(
-                f"data must be a dict with a 'ranks' list (a Ray job report), got {data!r:.80}"
-            )
-        return cls(ranks=tuple(ActorReport.from_dict(row) for row in data["ranks"]))
-
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_dict` to ``path`` as JSON; returns the path."""
-        target = Path(path)
-        target.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return target
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike[str]) -> RayJobReport:
-        """Read a report that :meth:`to_json` wrote."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise InvalidArgumentError(f"{str(path)!r} is not JSON: {error}") from None
-        return cls.from_dict(data)
-
-    def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write one row per actor, then the totals, to ``path`` as CSV; returns the path.
-
-        The columns are the actor's identity (``rank, actor_id, incarnation, worker_id,
-        node_id, node_ip, host, pid, gpu_ids, function, status, error, last_failure``) and
-        then its figures: ``device``, every figure the totals add up or take the largest of,
-        ``items_per_second``, ``rows_per_busy_second`` and ``chunk_size``. ``gpu_ids`` are
-        joined with ``;``; an
-        empty cell is a figure nobody could tell.
-        """
-        figures = ["device", *self.totals, "items_per_second", "rows_per_busy_second", "chunk_size"]
-        target = Path(path)
-        with target.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow([*_CSV_IDENTITY, *figures])
-            for actor in self.actors:
-                identity = {
-                    "rank": actor.rank,
-                    "actor_id": actor.actor_id,
-                    "incarnation": actor.incarnation,
-                    "worker_id": actor.worker_id,
-                    "node_id": actor.node_id,
-                    "node_ip": actor.node_ip,
-                    "host": actor.host,
-                    "pid": actor.pid,
-                    "gpu_ids": ";".join(actor.gpu_ids),
-                    "function": actor.function,
-                    "status": _status(actor),
-                    "error": actor.error,
-                    "last_failure": actor.last_failure,
-                }
-                report = actor.report
-                writer.writerow(
-                    [
-                        *(_cell(identity[name]) for name in _CSV_IDENTITY),
-                        *(
-                            _cell(None if report is None else getattr(report, name, None))
-                            for name in figures
-                        ),
-                    ]
-                )
-            totals = self.totals
-            failed = len(self.failed_ranks)
-            summary = {"rank": "all", "status": f"{failed} died" if failed else "ok"}
-            writer.writerow(
-                [
-                    *(_cell(summary.get(name)) for name in _CSV_IDENTITY),
-                    *(_cell(totals.get(name)) for name in figures),
-                ]
-            )
-        return target
-
-    def table(self) -> str:
-        """A plain-text table: one row per actor, then the totals."""
-        headers = ["actor", "host", "device", *(column.header for column in _TABLE_COLUMNS)]
-        headers.append("status")
-        rows: list[list[str]] = []
-        for actor in self.actors:
-            report = actor.batch_report
-            device = "" if report is None else report.device
-            if actor.gpu_ids:
-                device += f" (GPU {','.join(actor.gpu_ids)})"
-            figures = [
-                "" if report is None else column.text(column.value(report))
-                for column in _TABLE_COLUMNS
-            ]
-            rows.append([actor.label, actor.host, device, *figures, _status(actor)])
-        totals = self.totals
-        total_figures = []
-        for column in _TABLE_COLUMNS:
-            value = None if column.total is None else totals.get(column.total)
-            if column.total == "gc_seconds" and value is not None:
-                value *= 1000
-            total_figures.append("" if column.total is None else column.text(value))
-        died = len(self.failed_ranks)
-        rows.append(
-            ["all", "", "", *total_figures, f"{died} of {self.world_size} died" if died else "ok"]
-        )
-        # Numbers read best right-aligned; the actor, host, device and status are text.
-        right_aligned = range(3, 3 + len(_TABLE_COLUMNS))
-        widths = [max(len(row[index]) for row in [headers, *rows]) for index in range(len(headers))]
-        hosts = len({actor.node_id or actor.host for actor in self.actors})
-        lines = [f"memscope report of {self.world_size} Ray actor(s) on {hosts} node(s)"]
-        for row in [headers, *rows]:
-            cells = [
-                cell.rjust(width) if index in right_aligned else cell.ljust(width)
-                for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-            ]
-            lines.append("  ".join(cells).rstrip())
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def _status(actor: ActorReport) -> str:
-    if actor.error is not None:
-        return actor.error
-    if actor.last_failure is not None:
-        return f"ok (last failed batch: {actor.last_failure})"
-    return "ok"
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
+    def title(self) -> str:
+        """The table's first line: how many actors, on how many nodes."""
+        nodes = len({actor.node_id or actor.host for actor in self.actors})
+        return f"memscope report of {self.world_size} Ray actor(s) on {nodes} node(s)"

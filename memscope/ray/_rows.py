@@ -6,12 +6,18 @@ arrays, with ``batch_format="numpy"``, the default), a pandas ``DataFrame`` or a
 and :func:`concatenate_batches` joins what the function returned for consecutive slices
 back into one batch, in order. NumPy, pandas and pyarrow are imported only when a batch of
 theirs is joined: Ray Data brings them.
+
+:func:`batch_fingerprint` names a batch by its content, so that the job report can tell a
+block Ray Data ran again from new work (see :mod:`memscope.ray._collector`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import itertools
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,6 +62,72 @@ def slice_rows(batch: Any, start: int, stop: int) -> Any:
     return batch.slice(start, stop - start)
 
 
+_SAMPLED_VALUES = 256
+"""How many values of a large NumPy row name it: its first, its last and a spread between."""
+
+
+def _row_bytes(value: Any) -> bytes:
+    """One cell's content as bytes: for a NumPy row of plain values, its shape and (for a
+    large one, a spread of) its values; else its repr (which NumPy and pandas keep short)."""
+    dtype = getattr(value, "dtype", None)
+    ravel = getattr(value, "ravel", None)
+    if dtype is not None and ravel is not None and getattr(dtype, "hasobject", True) is False:
+        flat = ravel()
+        if flat.size > 3 * _SAMPLED_VALUES:
+            step = max(flat.size // _SAMPLED_VALUES, 1)
+            parts = (flat[:_SAMPLED_VALUES], flat[::step], flat[-_SAMPLED_VALUES:])
+            flat_bytes = b"".join(part.tobytes() for part in parts)
+        else:
+            flat_bytes = flat.tobytes()
+        return f"{dtype.str}{getattr(value, 'shape', ())}".encode() + flat_bytes
+    return repr(value).encode("utf-8", "backslashreplace")
+
+
+def _cells(batch: Any, position: int) -> Any:
+    """The cells of one row of a pandas or pyarrow batch, by column."""
+    if _library(batch) == "pandas":
+        return [(name, batch[name].iat[position]) for name in batch.columns]
+    return [(name, batch.column(name)[position].as_py()) for name in batch.column_names]
+
+
+def batch_fingerprint(batch: Any) -> str:
+    """A short name for a batch's content: its row count, its columns, and its first and
+    last rows, hashed. The same rows in the same format give the same name in any process.
+
+    It costs a few rows' worth of work, whatever the batch's size (a large NumPy row is
+    sampled); two batches whose lengths and first and last rows agree share a name.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    length = row_count(batch)
+    digest.update(str(length).encode())
+    if length:
+        if isinstance(batch, Mapping):
+            cells = [
+                (name, cell)
+                for name, column in batch.items()
+                for cell in (column[0], column[length - 1])
+            ]
+        else:
+            cells = [*_cells(batch, 0), *_cells(batch, length - 1)]
+        for name, cell in cells:
+            digest.update(repr(name).encode("utf-8", "backslashreplace"))
+            digest.update(_row_bytes(cell))
+    return digest.hexdigest()
+
+
+_last_made = threading.local()
+
+
+def last_batch_rows() -> BatchRows | None:
+    """The :class:`BatchRows` most recently made in this thread, if it is still in use.
+
+    The reporter names the batch an actor starts from it: the actor makes the rows and
+    reports the start in the same thread, one right after the other.
+    """
+    reference = getattr(_last_made, "rows", None)
+    return None if reference is None else reference()
+
+
 class BatchRows(Sequence[Any]):
     """A batch as a sequence of rows whose slices are batches of the same format.
 
@@ -66,6 +138,16 @@ class BatchRows(Sequence[Any]):
     def __init__(self, batch: Any) -> None:
         self.batch = batch
         self._length = row_count(batch)
+        self._fingerprint: str | None = None
+        # Weakly: the batch is freed when the actor is done with it, not one batch later.
+        _last_made.rows = weakref.ref(self)
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`batch_fingerprint` of the batch, worked out on first use."""
+        if self._fingerprint is None:
+            self._fingerprint = batch_fingerprint(self.batch)
+        return self._fingerprint
 
     def __len__(self) -> int:
         return self._length

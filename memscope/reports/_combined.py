@@ -1,23 +1,36 @@
-"""Reports across processes: this process's rank, and every rank's report combined.
+"""Reports across processes: this process's rank, and the one job report of every worker.
 
-:class:`CombinedReport` is the shape memscope gives a job that ran on several processes (the
-ranks of a torch.distributed job): a row per rank and totals for the whole job. How each
-:class:`~memscope.BatchReport` figure combines is declared once, on the report's own fields,
-as ``metadata={"combine": "sum"}`` or ``{"combine": "max"}``; the totals follow it.
+:class:`CombinedReport` is memscope's one job report, for a job that ran on several processes:
+a row per worker and totals for the whole job, shown as a table and written as JSON and CSV.
+torch.distributed's gathering fills it with one :class:`RankReport` row per rank; Ray's
+collector fills its subclass, :class:`memscope.ray.RayJobReport`, with one row per actor
+(incarnation). How each :class:`~memscope.BatchReport` figure combines is declared once, on
+the report's own fields, as ``metadata={"combine": "sum"}`` or ``{"combine": "max"}``; the
+totals follow it. A subclass names its rows' type, its label column and its extra columns.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch.distributed as dist
 
-from memscope.exceptions import InvalidArgumentError
+from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.reports._batch import COMBINE_KEY, COMBINE_RULES, BatchReport, CombineRule
+from memscope.reports._job_table import (
+    Column,
+    count_text,
+    decimal_text,
+    known,
+    render_table,
+    write_csv,
+)
 from memscope.units import format_bytes
 
 __all__ = [
@@ -28,6 +41,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("memscope")
+
+JobReport = TypeVar("JobReport", bound="CombinedReport")
 
 
 def combine_rules(report_type: type[BatchReport]) -> dict[str, CombineRule]:
@@ -106,7 +121,7 @@ def with_process_rank(report: BatchReport) -> BatchReport:
     return replace(report, rank=rank, world_size=world_size)
 
 
-# The combined report ----------------------------------------------------------------------
+# The job report ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +141,25 @@ class RankReport:
     def failed(self) -> bool:
         """Whether the rank's work raised."""
         return self.error is not None
+
+    @property
+    def label(self) -> str:
+        """The row's name in the table: its rank."""
+        return str(self.rank)
+
+    @property
+    def device_text(self) -> str:
+        """The row's device, as the table shows it; empty without a report."""
+        return "" if self.report is None else self.report.device
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, or ``"failed: "`` and the error."""
+        return "ok" if self.error is None else f"failed: {self.error}"
+
+    def csv_identity(self) -> dict[str, Any]:
+        """The row's identity cells in the CSV, by column."""
+        return {"rank": self.rank, "host": self.host, "status": self.status, "error": self.error}
 
     def to_dict(self) -> dict[str, Any]:
         """The rank's part as a JSON-serialisable dict."""
@@ -148,36 +182,100 @@ class RankReport:
         )
 
 
+_RANK_COLUMNS = (
+    Column("items", lambda report: report.items, count_text, "items", known),
+    Column("items/s", lambda report: report.items_per_second, decimal_text(2), None, known),
+    Column(
+        "peak allocated",
+        lambda report: report.peak_allocated,
+        format_bytes,
+        "peak_allocated",
+        known,
+    ),
+    Column(
+        "peak resident",
+        lambda report: report.host_resident_peak,
+        format_bytes,
+        "host_resident_peak",
+        known,
+    ),
+    Column("GC runs", lambda report: report.gc_runs, count_text, "gc_runs", known),
+    Column("OOMs", lambda report: report.ooms, count_text, "ooms", known),
+    Column(
+        "seconds", lambda report: report.elapsed_seconds, decimal_text(1), "elapsed_seconds", known
+    ),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CombinedReport:
-    """Every rank's batch report, in rank order, and totals for the whole job.
+    """The job report: every worker's row, in order, and totals for the whole job.
 
-    ``str()`` gives a table with one row per rank and a row of totals.
+    torch.distributed's gathering fills it with one :class:`RankReport` per rank, in rank
+    order; :class:`memscope.ray.RayJobReport` is the same report with one row per Ray actor.
+    ``str()`` gives a table with one row per worker and a row of totals; :meth:`to_json`,
+    :meth:`from_json`, :meth:`to_csv` and :meth:`from_dict` write and read it.
     """
 
     ranks: tuple[RankReport, ...]
 
+    kind: ClassVar[str] = "torch.distributed"
+    """What filled the report; ``to_dict()`` writes it, ``from_dict()`` checks it."""
+    row_type: ClassVar[type[RankReport]] = RankReport
+    """The type of the rows, which :meth:`from_dict` rebuilds."""
+    label_header: ClassVar[str] = "rank"
+    """The header of the table's first column, the row's label."""
+    columns: ClassVar[tuple[Column, ...]] = _RANK_COLUMNS
+    """The table's figure columns, after the label, the host and the device."""
+    csv_identity_columns: ClassVar[tuple[str, ...]] = ("rank", "host", "status", "error")
+    """The CSV's first columns: who each row is."""
+    csv_extra_figures: ClassVar[tuple[str, ...]] = ("items_per_second",)
+    """The CSV's figures after the device and those the totals combine."""
+    failed_word: ClassVar[str] = "failed"
+    """How the totals row says that rows failed ("1 of 3 failed")."""
+
+    @staticmethod
+    def column(
+        header: str,
+        value: Callable[[BatchReport], Any],
+        text: Callable[[Any], str] = count_text,
+        *,
+        total: str | None = None,
+        shown_if: Callable[[Any], bool] | None = None,
+    ) -> Column:
+        """A figure column for a subclass's :attr:`columns`.
+
+        Args:
+            header: the column's header.
+            value: the row's figure, from its report.
+            text: how a figure is written (default: the number, n/a for ``None``).
+            total: the ``totals`` key whose value the totals row shows; ``None``: none.
+            shown_if: the column is left out unless some row's figure passes this test;
+                ``None``: always shown.
+        """
+        return Column(header, value, text, total, shown_if)
+
     @property
     def world_size(self) -> int:
-        """How many ranks took part."""
+        """How many rows (ranks, actor incarnations) took part."""
         return len(self.ranks)
 
     @property
     def failed_ranks(self) -> tuple[int, ...]:
-        """The ranks whose work raised."""
+        """The ranks (row positions) of the rows whose work raised, or that died."""
         return tuple(entry.rank for entry in self.ranks if entry.failed)
 
     @property
     def reports(self) -> tuple[BatchReport, ...]:
-        """The batch reports of the ranks that have one."""
+        """The batch reports of the rows that have one."""
         return tuple(entry.report for entry in self.ranks if entry.report is not None)
 
     @property
     def totals(self) -> dict[str, Any]:
         """Job-wide figures, combined as each report field's ``combine`` metadata says.
 
-        ``"sum"`` fields add up over the ranks' reports, ``"max"`` fields take the largest
-        rank's figure; a figure no rank's report has is ``None`` (a sum over no reports at
+        ``"sum"`` fields add up over the rows' reports, ``"max"`` fields take the largest
+        row's figure; a figure no row's report has is ``None`` (a sum over no reports at
         all is 0). Fields without the metadata are not totalled.
         """
         reports = self.reports
@@ -193,94 +291,89 @@ class CombinedReport:
         return totals
 
     def to_dict(self) -> dict[str, Any]:
-        """The combined report as a JSON-serialisable dict."""
+        """The report as a JSON-serialisable dict: ``kind``, the size, failures, totals, rows."""
         return {
+            "kind": self.kind,
             "world_size": self.world_size,
             "failed_ranks": list(self.failed_ranks),
             "totals": self.totals,
             "ranks": [entry.to_dict() for entry in self.ranks],
         }
 
-    def table(self) -> str:
-        """A plain-text table: one row per rank, then the totals."""
-        # A column no rank has a figure for (a peak the CPU cannot tell, a figure older
-        # reports lack) is left out rather than filled with n/a.
-        reports = self.reports
-        columns = [
-            column
-            for column in _COLUMNS
-            if any(getattr(report, column.field, None) is not None for report in reports)
-        ]
-        headers = ["rank", "host", "device", *(column.header for column in columns), "status"]
-        rows = [_rank_row(entry, columns) for entry in self.ranks]
+    @classmethod
+    def from_dict(cls: type[JobReport], data: dict[str, Any]) -> JobReport:
+        """The inverse of :meth:`to_dict` (``totals`` are worked out again from the rows).
+
+        Raises:
+            InvalidArgumentTypeError: ``data`` is not a dict with a ``ranks`` list.
+            InvalidArgumentError: ``data`` is the report of another kind of job (its
+                ``kind`` says which class reads it).
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("ranks"), list):
+            raise InvalidArgumentTypeError(
+                f"data must be a dict with a 'ranks' list (a {cls.kind} job report), "
+                f"got {data!r:.80}"
+            )
+        kind = data.get("kind", cls.kind)
+        if kind != cls.kind:
+            raise InvalidArgumentError(
+                f"data is a {kind!r} job report, not a {cls.kind!r} one: read it with the "
+                f"report class of its kind (memscope.ray.RayJobReport for 'ray', "
+                f"memscope.reports.CombinedReport for 'torch.distributed')"
+            )
+        return cls(ranks=tuple(cls.row_type.from_dict(row) for row in data["ranks"]))
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_dict` to ``path`` as JSON; returns the path."""
+        target = Path(path)
+        target.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return target
+
+    @classmethod
+    def from_json(cls: type[JobReport], path: str | os.PathLike[str]) -> JobReport:
+        """Read a report that :meth:`to_json` wrote.
+
+        Raises:
+            InvalidArgumentError: the file is not JSON (its path is named), or holds
+                another kind of job's report.
+        """
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise InvalidArgumentError(f"{str(path)!r} is not JSON: {error}") from None
+        return cls.from_dict(data)
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write one line per row, then the totals, to ``path`` as CSV; returns the path.
+
+        The columns are the row's identity (:attr:`csv_identity_columns`; for ranks: ``rank,
+        host, status, error``), then its figures: ``device``, every figure the totals add up
+        or take the largest of, then :attr:`csv_extra_figures` (for ranks:
+        ``items_per_second``). The totals line has ``rank`` ``all``; an empty cell is a
+        figure nobody could tell.
+        """
         totals = self.totals
         failed = len(self.failed_ranks)
-        rows.append(
-            [
-                "all",
-                "",
-                "",
-                *(column.format_total(totals) for column in columns),
-                f"{failed} of {self.world_size} failed" if failed else "ok",
-            ]
+        return write_csv(
+            path,
+            self.csv_identity_columns,
+            ["device", *totals, *self.csv_extra_figures],
+            self.ranks,
+            totals,
+            {"rank": "all", "status": f"{failed} {self.failed_word}" if failed else "ok"},
         )
-        # Numbers read best right-aligned; the rank, host, device and status are text.
-        right_aligned = {index + 3 for index in range(len(columns))}
-        widths = [max(len(row[index]) for row in [headers, *rows]) for index in range(len(headers))]
-        lines = [f"memscope report of {self.world_size} rank(s)"]
-        for row in [headers, *rows]:
-            cells = [
-                cell.rjust(width) if index in right_aligned else cell.ljust(width)
-                for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-            ]
-            lines.append("  ".join(cells).rstrip())
-        return "\n".join(lines)
+
+    def title(self) -> str:
+        """The table's first line."""
+        return f"memscope report of {self.world_size} rank(s)"
+
+    def table(self) -> str:
+        """A plain-text table: one row per worker, then the totals."""
+        failed = len(self.failed_ranks)
+        status = f"{failed} of {self.world_size} {self.failed_word}" if failed else "ok"
+        return render_table(
+            self.title(), self.label_header, self.ranks, self.columns, self.totals, status
+        )
 
     def __str__(self) -> str:
         return self.table()
-
-
-@dataclass(frozen=True, slots=True)
-class _Column:
-    header: str
-    field: str
-    format_value: Callable[[Any], str]
-
-    def format_total(self, totals: dict[str, Any]) -> str:
-        # Only figures with a combine rule have a total (items/s, say, has none).
-        if self.field not in totals:
-            return ""
-        return self.format_value(totals[self.field])
-
-
-def _count(value: Any) -> str:
-    return "n/a" if value is None else str(value)
-
-
-def _decimal(places: int) -> Callable[[Any], str]:
-    def format_decimal(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.{places}f}"
-
-    return format_decimal
-
-
-_COLUMNS = (
-    _Column("items", "items", _count),
-    _Column("items/s", "items_per_second", _decimal(2)),
-    _Column("peak allocated", "peak_allocated", format_bytes),
-    _Column("peak resident", "host_resident_peak", format_bytes),
-    _Column("GC runs", "gc_runs", _count),
-    _Column("OOMs", "ooms", _count),
-    _Column("seconds", "elapsed_seconds", _decimal(1)),
-)
-
-
-def _rank_row(entry: RankReport, columns: list[_Column]) -> list[str]:
-    report = entry.report
-    device = "" if report is None else report.device
-    if report is None:
-        values = ["" for _ in columns]
-    else:
-        values = [column.format_value(getattr(report, column.field, None)) for column in columns]
-    status = "ok" if entry.error is None else f"failed: {entry.error}"
-    return [str(entry.rank), entry.host, device, *values, status]
