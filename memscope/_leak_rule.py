@@ -13,9 +13,9 @@ judged on the differences between successive blocks, the *steps*:
 * One large item that leaves memory behind is one large step among flat ones: the t statistic
   of such steps is 1 whatever the size.
 
-Everything here costs O(1) per sample and O(:data:`MAX_BLOCKS` squared) per completed block
-(a Theil-Sen fit of at most 16 block medians), so a sample costs a few hundred operations at
-most, amortised, whatever the window.
+Everything here costs O(1) per sample and O(:data:`MAX_BLOCKS`) per completed block
+(a median of at most 16 slopes between block medians), so a sample costs a few dozen
+operations, amortised, whatever the window.
 """
 
 from __future__ import annotations
@@ -161,17 +161,25 @@ def _step_test(blocks: list[tuple[float, float]]) -> tuple[float, int]:
         (later_value - value) / (later_item - item)
         for (item, value), (later_item, later_value) in itertools.pairwise(blocks)
     ]
-    mean = statistics.fmean(rates)
-    spread = statistics.stdev(rates) if len(rates) >= 2 else 0.0
+    count = len(rates)
+    mean = sum(rates) / count
+    # Plain floats: statistics.stdev works in exact fractions, ten times slower.
+    spread = (
+        math.sqrt(sum((rate - mean) ** 2 for rate in rates) / (count - 1)) if count >= 2 else 0.0
+    )
     if spread > 0:
-        return mean / (spread / math.sqrt(len(rates))), len(rates)
-    return (math.inf if mean > 0 else 0.0), len(rates)
+        return mean / (spread / math.sqrt(count)), count
+    return (math.inf if mean > 0 else 0.0), count
 
 
 def _theil_sen(points: list[tuple[float, float]]) -> float:
-    """The median of the slopes between every two points (items increasing)."""
+    """The median slope between points half the points apart (items increasing).
+
+    Theil-Sen's estimator on the pairs that carry most of the information: as robust (one odd
+    block moves one slope of many) for a tenth of the pairs at 32 blocks.
+    """
+    lag = (len(points) + 1) // 2
     return statistics.median(
         (later_value - value) / (later_item - item)
-        for index, (item, value) in enumerate(points)
-        for later_item, later_value in points[index + 1 :]
+        for (item, value), (later_item, later_value) in zip(points, points[lag:], strict=False)
     )
