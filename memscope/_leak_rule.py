@@ -111,10 +111,10 @@ class Blocks:
         if len(self._open) < BLOCK:
             return False
         points = self._open
-        items = sorted(point[0] for point in points)
         values = sorted(point[1] for point in points)
         middle = BLOCK // 2
-        block_item = (items[middle - 1] + items[middle]) / 2
+        # Items only increase: the middle two are the middle two as given.
+        block_item = (points[middle - 1][0] + points[middle][0]) / 2
         block_value = (values[middle - 1] + values[middle]) / 2
         if len(self._blocks) == self._blocks.maxlen:
             self.samples -= BLOCK

