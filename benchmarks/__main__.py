@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import overhead as overhead_suite
 
         return overhead_suite.main(given[1:])
+    if given[:1] == ["leaks"]:
+        # python -m benchmarks leaks: the leak watch's false alarms and sensitivity.
+        from benchmarks import leaks
+
+        return leaks.main(given[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--items", type=int, default=40, help="images per run (default 40)")

@@ -132,7 +132,7 @@ def test_the_finding_follows_the_leak_but_keeps_the_item_it_was_named_at() -> No
     assert later is not None
     assert later.detected_at_item == first.detected_at_item
     assert later.last_item > first.last_item
-    assert later.samples == 64
+    assert later.samples == memscope.leaks.DEFAULT_WINDOW == 128
 
 
 def test_items_between_cleanups_count_in_the_rate() -> None:
@@ -330,8 +330,8 @@ def test_the_window_is_bounded() -> None:
         ({"capacity": 0}, InvalidArgumentError, "capacity must be positive"),
         ({"capacity": 1.5}, InvalidArgumentTypeError, "capacity must be a byte count"),
         ({"sampled": "reserved"}, InvalidArgumentError, "sampled must be one of"),
-        ({"window": 2}, InvalidArgumentError, "window must be an int >= 4"),
-        ({"min_samples": 100}, InvalidArgumentError, "min_samples must not exceed window"),
+        ({"window": 2}, InvalidArgumentError, "window must be an int >= 8"),
+        ({"min_samples": 200}, InvalidArgumentError, "min_samples must not exceed window"),
         ({"min_share": 0}, InvalidArgumentError, "min_share must be between 0 and 1"),
         ({"min_growth_per_item": "fast"}, InvalidArgumentError, "min_growth_per_item 'fast'"),
         ({"history_recorded": 1}, InvalidArgumentTypeError, "history_recorded must be a bool"),
@@ -685,7 +685,14 @@ def test_the_leak_module_imports_only_what_it_may() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("memscope")
     }
-    allowed = ("memscope.reports", "memscope.units", "memscope.exceptions", "memscope._validation")
+    allowed = (
+        "memscope.reports",
+        "memscope.units",
+        "memscope.exceptions",
+        "memscope._validation",
+        "memscope._leak_rule",
+        "memscope._suspects",
+    )
     assert imported
     assert all(module.startswith(allowed) for module in imported), imported
 

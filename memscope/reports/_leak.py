@@ -92,11 +92,11 @@ class LeakFinding:
     """Memory that stays after cleanup grows steadily: how fast, until when, and why.
 
     Memory is sampled after each cleanup (the device's allocated bytes, or the process's
-    resident bytes on the CPU) and ``growth_per_item`` is the robust slope of the latest
-    samples. ``exhausted_at_item`` is the item at which, at that rate, ``capacity`` would be
-    reached. ``suspects`` lists the tensors created while memory grew that stayed alive,
-    largest first, once the search that follows a finding is done (``search_seconds`` says
-    what it cost; ``None`` while it has not finished).
+    resident bytes on the CPU), in blocks of four, and ``growth_per_item`` is the robust slope
+    of the latest blocks' medians. ``exhausted_at_item`` is the item at which, at that rate,
+    ``capacity`` would be reached. ``suspects`` lists the tensors created while memory grew
+    that stayed alive, largest first, once the search that follows a finding is done
+    (``search_seconds`` says what it cost; ``None`` while it has not finished).
 
     A finding whose growth stopped later (a cache that filled once) has ``cleared_at_item``
     set and ``active`` false; it stays in the report as a record of what was seen.
@@ -108,7 +108,8 @@ class LeakFinding:
     """What was sampled: ``"allocated"`` (the device's tensors) or ``"resident"`` (the
     process's resident memory, on the CPU)."""
     growth_per_item: float
-    """The growth, in bytes per item: the robust (Theil-Sen) slope of the evidence."""
+    """The growth, in bytes per item: the robust slope of the evidence (the median of the
+    slopes between its blocks half the evidence apart)."""
     detected_at_item: int
     """The item at which the growth was first judged a leak."""
     first_item: int
@@ -124,8 +125,8 @@ class LeakFinding:
     retained_lowest: int
     """The lowest memory sampled in the batch, in bytes: the growth is counted from it."""
     noise: float
-    """How far the samples stray from the fitted line, in bytes (a robust standard
-    deviation): the jitter the growth stood out from."""
+    """The samples' jitter, in bytes (a robust standard deviation, from their second
+    differences, so the growth itself is not counted)."""
     capacity: int | None
     """The memory that runs out, in bytes: the device's total, or the host's limit."""
     exhausted_at_item: int | None

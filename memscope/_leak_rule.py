@@ -1,0 +1,185 @@
+"""The statistics behind :class:`memscope.leaks.LeakWatch`: blocks of samples, and the test.
+
+Samples are grouped in blocks of :data:`BLOCK` and each block is summed up by its median item
+and its median bytes, so one odd sample (a large item) moves a block by little. The growth is
+judged on the differences between successive blocks, the *steps*:
+
+* A leak adds the same bytes per item to every step, give or take the jitter.
+* Memory that wanders (an autocorrelated level, a random walk) has steps that go both ways and
+  are, at the scale of a block, close to independent: the mean step divided by its standard
+  error is then Student-t distributed. That is what makes the test hold where a fit through
+  raw samples does not: a slow wander is a trend to a least-squares or Theil-Sen fit, whose
+  error assumes independent samples, but not to the mean of its own steps.
+* One large item that leaves memory behind is one large step among flat ones: the t statistic
+  of such steps is 1 whatever the size.
+
+Everything here costs O(1) per sample and O(:data:`MAX_BLOCKS`) per completed block
+(a median of at most 16 slopes between block medians), so a sample costs a few dozen
+operations, amortised, whatever the window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+BLOCK: Final = 4
+"""Samples per block: each block is its median item and median bytes."""
+MAX_BLOCKS: Final = 32
+"""Blocks the test looks at by default (128 samples)."""
+MIN_STEPS: Final = 4
+"""Steps between blocks (5 blocks, 20 samples) before anything is judged."""
+RECENT_BLOCKS: Final = 8
+"""Blocks the recent rate is measured over: the latest half of the window."""
+
+# One-sided 99.95 % quantiles of Student's t, by degrees of freedom (1 to 31): the step test's
+# critical values for a false-alarm probability of 0.05 % per judgement on a random walk.
+_T_CRITICAL: Final = (
+    636.619, 31.599, 12.924, 8.610, 6.869, 5.959, 5.408, 5.041, 4.781, 4.587, 4.437,
+    4.318, 4.221, 4.140, 4.073, 4.015, 3.965, 3.922, 3.883, 3.850, 3.819, 3.792,
+    3.768, 3.745, 3.725, 3.707, 3.690, 3.674, 3.659, 3.646, 3.633,
+)  # fmt: skip
+_BEND_TO_SD: Final = math.sqrt(6) * math.sqrt(2 / math.pi)
+SIGNIFICANCE: Final = 0.0005
+"""The step test's false-alarm probability per judgement on memory that wanders at random."""
+
+
+def critical_t(degrees: int) -> float:
+    """The one-sided critical value of the step test for ``degrees`` degrees of freedom."""
+    return _T_CRITICAL[min(max(degrees, 1), len(_T_CRITICAL)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Trend:
+    """What the latest blocks say: the robust line through them and the steps' t statistic."""
+
+    slope: float
+    """Bytes per item: the Theil-Sen slope of the block medians."""
+    intercept: float
+    """Bytes at item 0 on that line (the median of the blocks' offsets from the slope)."""
+    noise: float
+    """How far the samples of the blocks stray from the line (a robust standard deviation)."""
+    t: float
+    """The mean step over its standard error (``inf`` when every step is the same rise)."""
+    steps: int
+    """How many steps the t statistic is of."""
+    recent_slope: float
+    """The Theil-Sen slope of the latest :data:`RECENT_BLOCKS` blocks."""
+    first_item: int
+    last_item: int
+    samples: int
+
+    def at(self, item: float) -> float:
+        return self.intercept + self.slope * item
+
+    def significant(self, min_steps: int = MIN_STEPS) -> bool:
+        """Whether the steps rise more than wandering memory's would, at :data:`SIGNIFICANCE`."""
+        return self.steps >= min_steps and self.t >= critical_t(self.steps - 1)
+
+
+class Blocks:
+    """Samples grouped in blocks of :data:`BLOCK`, the latest :data:`MAX_BLOCKS` kept."""
+
+    __slots__ = ("_blocks", "_open", "_spread", "first_item", "last_item", "samples")
+
+    def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
+        self._open: list[tuple[int, int]] = []
+        self._blocks: deque[tuple[float, float]] = deque(maxlen=max_blocks)
+        # Each block's mean absolute second difference: the jitter, without the trend.
+        self._spread: deque[float] = deque(maxlen=max_blocks)
+        self.first_item = 0
+        self.last_item = 0
+        self.samples = 0
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def clear(self) -> None:
+        self._open.clear()
+        self._blocks.clear()
+        self._spread.clear()
+        self.samples = 0
+
+    def add(self, item: int, retained: int) -> bool:
+        """Add a sample; ``True`` when it completed a block (the moment to judge)."""
+        self._open.append((item, retained))
+        self.last_item = item
+        if len(self._open) < BLOCK:
+            return False
+        points = self._open
+        values = sorted(point[1] for point in points)
+        middle = BLOCK // 2
+        # Items only increase: the middle two are the middle two as given.
+        block_item = (points[middle - 1][0] + points[middle][0]) / 2
+        block_value = (values[middle - 1] + values[middle]) / 2
+        if len(self._blocks) == self._blocks.maxlen:
+            self.samples -= BLOCK
+        self._blocks.append((block_item, block_value))
+        # Second differences hold the jitter without the trend (6 jitters' variance each).
+        bends = [
+            abs(after[1] - 2 * middle_point[1] + before[1])
+            for before, middle_point, after in zip(points, points[1:], points[2:], strict=False)
+        ]
+        self._spread.append(sum(bends) / len(bends))
+        self.samples += BLOCK
+        self.first_item = round(self._blocks[0][0] - (BLOCK - 1) / 2)
+        self._open = []
+        return True
+
+    def trend(self) -> Trend | None:
+        """The line and the step test over the kept blocks; ``None`` before two blocks."""
+        blocks = list(self._blocks)
+        if len(blocks) < 2:
+            return None
+        slope = _theil_sen(blocks)
+        intercept = statistics.median(value - slope * item for item, value in blocks)
+        t, steps = _step_test(blocks)
+        recent = blocks[-RECENT_BLOCKS:]
+        # A second difference of normal jitter has a mean absolute value of
+        # sqrt(6) * sqrt(2 / pi) jitters.
+        noise = statistics.median(self._spread) / _BEND_TO_SD
+        return Trend(
+            slope=slope,
+            intercept=intercept,
+            noise=noise,
+            t=t,
+            steps=steps,
+            recent_slope=_theil_sen(recent) if len(recent) >= 2 else slope,
+            first_item=self.first_item,
+            last_item=self.last_item,
+            samples=self.samples,
+        )
+
+
+def _step_test(blocks: list[tuple[float, float]]) -> tuple[float, int]:
+    """The mean rate between successive blocks over its standard error, and how many."""
+    rates = [
+        (later_value - value) / (later_item - item)
+        for (item, value), (later_item, later_value) in itertools.pairwise(blocks)
+    ]
+    count = len(rates)
+    mean = sum(rates) / count
+    # Plain floats: statistics.stdev works in exact fractions, ten times slower.
+    spread = (
+        math.sqrt(sum((rate - mean) ** 2 for rate in rates) / (count - 1)) if count >= 2 else 0.0
+    )
+    if spread > 0:
+        return mean / (spread / math.sqrt(count)), count
+    return (math.inf if mean > 0 else 0.0), count
+
+
+def _theil_sen(points: list[tuple[float, float]]) -> float:
+    """The median slope between points half the points apart (items increasing).
+
+    Theil-Sen's estimator on the pairs that carry most of the information: as robust (one odd
+    block moves one slope of many) for a tenth of the pairs at 32 blocks.
+    """
+    lag = (len(points) + 1) // 2
+    return statistics.median(
+        (later_value - value) / (later_item - item)
+        for (item, value), (later_item, later_value) in zip(points, points[lag:], strict=False)
+    )
