@@ -35,9 +35,11 @@ import os
 import pickle
 import shutil
 import tempfile
+import threading
 import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +48,10 @@ import torch
 
 import memscope.host
 from memscope._context import forget_shared_managers
+from memscope.backends import DeviceBackend, registered_in_context
+from memscope.backends.accelerator import AcceleratorBackend
+from memscope.backends.cuda import CudaBackend
+from memscope.backends.mps import MpsBackend
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.typing import DeviceLike
 from memscope.units import format_bytes
@@ -67,33 +73,15 @@ GiB = 1024**3
 
 _MISSING = object()
 
-_Patch = tuple[types.ModuleType, str, object]
-
-# The accelerator families a fake can stand for: CUDA, MPS, and the rest (torch.accelerator).
-_CUDA, _MPS, _OTHER = "cuda", "mps", "other"
-
-# The families active fakes make present; a fake entered inside another keeps the outer
-# one's family visible instead of hiding it.
-_present_families: list[str] = []
+_Patch = tuple[Any, str, object]
 
 
-def _family(device_type: str) -> str:
-    return device_type if device_type in (_CUDA, _MPS) else _OTHER
-
-
-def _hiding_patches(shown: str | None) -> Iterator[_Patch]:
-    """Make every accelerator family except ``shown`` and those active fakes show look absent.
-
-    The stand-ins are not recorded: what a test asserts is the faked device's calls.
-    """
-    visible = {*_present_families, shown}
-    if _CUDA not in visible:
-        yield torch.cuda, "is_available", lambda: False
-        yield torch.cuda, "device_count", lambda: 0
-    if _MPS not in visible:
-        yield torch.backends.mps, "is_available", lambda: False
-    if _OTHER not in visible:
-        yield torch.accelerator, "is_available", lambda: False
+def _family_backend(device_type: str) -> type[DeviceBackend]:
+    if device_type == "cuda":
+        return CudaBackend
+    if device_type == "mps":
+        return MpsBackend
+    return AcceleratorBackend
 
 
 class _Patches:
@@ -122,24 +110,31 @@ class _Patches:
 
 
 class NoAccelerator:
-    """While active, torch reports no CUDA, MPS or other accelerator: the machine looks CPU-only.
+    """While active, memscope sees no CUDA, MPS or other accelerator: the machine looks
+    CPU-only.
 
     Tests of what memscope does without a GPU (auto-detection picking the CPU, errors naming
     the devices there are) then pass on a GPU workstation too. A :class:`FakeDevice` entered
-    inside it adds its own device. Like the fakes, it patches ``torch`` for the whole process.
+    inside it adds its own device. It plugs in through memscope's backend registry
+    (:func:`memscope.backends.registered_in_context`), not by patching torch, so it applies
+    to the thread or task that entered it (and to threads with no fake of their own), and
+    torch itself still reports the real devices.
     """
 
     def __init__(self) -> None:
-        self._patches = _Patches()
+        self._registry: AbstractContextManager[None] | None = None
 
     def __enter__(self) -> NoAccelerator:
         forget_shared_managers()
-        self._patches.apply(_hiding_patches(None))
+        self._registry = registered_in_context({}, hide_unreplaced=True)
+        self._registry.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         forget_shared_managers()
-        self._patches.restore()
+        if self._registry is not None:
+            self._registry.__exit__(None, None, None)
+            self._registry = None
 
 
 def _fresh(failure: BaseException | Callable[[], BaseException]) -> BaseException:
@@ -177,6 +172,8 @@ class FakeMemory:
 
     ``reserved`` is what torch's caching allocator holds (live tensors plus cache),
     ``other_processes`` what other processes hold; the driver's free memory is what is left.
+    A neighbour never holds what this process holds: ``reserved + other_processes`` never
+    exceeds ``total``, so ``free`` is what the card has, never below zero.
     """
 
     total: int
@@ -185,11 +182,14 @@ class FakeMemory:
     other_processes: int = 0
     peak_allocated: int = 0
     peak_reserved: int = 0
+    inactive_split: int = 0
+    alloc_retries: int = 0
+    allocator_ooms: int = 0
     scripted_usage: deque[float] = field(default_factory=deque)
 
     @property
     def free(self) -> int:
-        return max(self.total - self.reserved - self.other_processes, 0)
+        return self.total - self.reserved - self.other_processes
 
     def update_peaks(self) -> None:
         self.peak_allocated = max(self.peak_allocated, self.allocated)
@@ -203,6 +203,32 @@ class FakeMemory:
             self.other_processes = 0
             self.update_peaks()
 
+    def nested_stats(self) -> dict[str, Any]:
+        """The allocator's statistics as ``torch.cuda.memory_stats_as_nested_dict`` gives
+        them (the figures memscope reads; the pools are left out)."""
+
+        def stat(current: int, peak: int) -> dict[str, dict[str, int]]:
+            return {"all": {"current": current, "peak": peak, "allocated": peak, "freed": 0}}
+
+        return {
+            "allocated_bytes": stat(self.allocated, self.peak_allocated),
+            "reserved_bytes": stat(self.reserved, self.peak_reserved),
+            "inactive_split_bytes": stat(self.inactive_split, self.inactive_split),
+            "num_alloc_retries": self.alloc_retries,
+            "num_ooms": self.allocator_ooms,
+        }
+
+    def flat_stats(self) -> dict[str, int]:
+        """The same figures flattened, as ``torch.cuda.memory_stats`` gives them."""
+        flat: dict[str, int] = {}
+        for name, value in self.nested_stats().items():
+            if isinstance(value, dict):
+                for which, figure in value["all"].items():
+                    flat[f"{name}.all.{which}"] = figure
+            else:
+                flat[name] = value
+        return dict(sorted(flat.items()))
+
 
 class FakeDevice:
     """A scripted fake device whose torch functions record every call.
@@ -215,6 +241,21 @@ class FakeDevice:
         current_device: the index torch reports as the current device.
         recommended_max_memory: MPS only; ``False`` fakes a torch without
             ``torch.mps.recommended_max_memory`` to exercise the fallback.
+        without: names of torch functions the fake leaves out, as an older torch lacks them
+            (``("memory_stats_as_nested_dict",)``), to exercise memscope's fallbacks.
+        allocator_backend: what ``torch.cuda.get_allocator_backend()`` answers.
+        patch_torch: ``False`` (the default) plugs the fake in through memscope's backend
+            registry: memscope's backend of the type is served by a subclass whose torch
+            calls go to the recording fakes, and torch itself is untouched. The fake then
+            applies to the thread or task that entered it and to threads without a fake of
+            their own, and two threads with a fake each see their own. ``True`` instead
+            replaces the functions on the ``torch`` modules for the whole process (not safe
+            for parallel threads), to test memscope's real backends, or code of your own
+            that calls ``torch.cuda`` directly.
+
+    In both modes the calls are recorded under torch's names (``"torch.cuda.empty_cache"``)
+    with the arguments memscope's backend passed, because the backend code that makes them
+    is the same; only where the call goes differs.
 
     For CUDA, the recorder of allocation history is faked too:
     ``torch.cuda.memory._record_memory_history`` sets ``memory_history`` (``"all"`` while
@@ -230,6 +271,9 @@ class FakeDevice:
         total: int = 16 * GiB,
         current_device: int = 0,
         recommended_max_memory: bool = True,
+        without: Iterable[str] = (),
+        allocator_backend: str = "native",
+        patch_torch: bool = False,
     ) -> None:
         if device_type == "cpu":
             raise ValueError("device_type 'cpu' needs no fake: the CPU is always there")
@@ -237,12 +281,20 @@ class FakeDevice:
         self.device_count = 1 if device_type == "mps" else device_count
         self.current_device = current_device
         self.recommended_max_memory = recommended_max_memory
+        self.without = frozenset(without)
+        if not recommended_max_memory:
+            self.without |= {"recommended_max_memory"}
+        self.allocator_backend = allocator_backend
+        self.patch_torch = patch_torch
         self.memory = [FakeMemory(total=total) for _ in range(self.device_count)]
         self.calls: list[FakeCall] = []
         self.memory_history: str | None = None
         self.snapshot_files: list[str] = []
         self._failures: dict[str, BaseException | Callable[[], BaseException]] = {}
         self._patches = _Patches()
+        self._registry: AbstractContextManager[None] | None = None
+        # Many threads may use one fake: recording and the figures change under one lock.
+        self._lock = threading.RLock()
 
     # Setting figures -------------------------------------------------------------------
 
@@ -254,25 +306,53 @@ class FakeDevice:
         reserved: int | None = None,
         other_processes: int | None = None,
         total: int | None = None,
+        inactive_split: int | None = None,
+        alloc_retries: int | None = None,
+        allocator_ooms: int | None = None,
     ) -> None:
-        """Set one device's figures; ``reserved`` defaults to at least ``allocated``."""
-        memory = self.memory[index]
-        if total is not None:
-            memory.total = total
-        if allocated is not None:
-            memory.allocated = allocated
-            memory.reserved = max(memory.reserved, allocated)
-        if reserved is not None:
-            memory.reserved = reserved
-        if other_processes is not None:
-            memory.other_processes = other_processes
-        memory.update_peaks()
+        """Set one device's figures; ``reserved`` defaults to at least ``allocated``.
+
+        A neighbour gets what the card has left: ``other_processes`` is cut to ``total -
+        reserved``. The process cannot reserve what a neighbour holds: ``reserved`` above
+        ``total - other_processes`` is a ``ValueError`` (on a real card that allocation
+        raises an out-of-memory error; raise :func:`oom_error` in the simulation instead).
+        """
+        with self._lock:
+            memory = self.memory[index]
+            if total is not None:
+                memory.total = total
+            new_reserved = memory.reserved
+            if allocated is not None:
+                new_reserved = max(new_reserved, allocated)
+            if reserved is not None:
+                new_reserved = reserved
+            neighbour = memory.other_processes if other_processes is None else other_processes
+            if other_processes is None and new_reserved + neighbour > memory.total:
+                raise ValueError(
+                    f"reserved={new_reserved} with other_processes={neighbour} exceeds "
+                    f"total={memory.total}: the process cannot reserve what another process "
+                    "holds; raise memscope.testing.oom_error() in the simulation instead"
+                )
+            if allocated is not None:
+                memory.allocated = allocated
+            memory.reserved = new_reserved
+            memory.other_processes = max(min(neighbour, memory.total - memory.reserved), 0)
+            for name, value in (
+                ("inactive_split", inactive_split),
+                ("alloc_retries", alloc_retries),
+                ("allocator_ooms", allocator_ooms),
+            ):
+                if value is not None:
+                    setattr(memory, name, value)
+            memory.update_peaks()
 
     def set_usage(self, usage: float, index: int = 0) -> None:
         """Make the device report ``usage`` (a fraction), held by live tensors."""
-        self.set_memory(index, allocated=round(usage * self.memory[index].total))
-        self.memory[index].reserved = self.memory[index].allocated
-        self.memory[index].other_processes = 0
+        with self._lock:
+            memory = self.memory[index]
+            memory.other_processes = 0
+            self.set_memory(index, allocated=round(usage * memory.total))
+            memory.reserved = memory.allocated
 
     def script_usage(self, usages: Iterable[float], index: int = 0) -> None:
         """Queue usages that successive memory readings report, one per reading.
@@ -281,7 +361,8 @@ class FakeDevice:
         (``mem_get_info`` for CUDA and accelerators, ``driver_allocated_memory`` for MPS).
         When the queue runs out, the last figures stay.
         """
-        self.memory[index].scripted_usage.extend(usages)
+        with self._lock:
+            self.memory[index].scripted_usage.extend(usages)
 
     def fail(self, function: str, error: BaseException | Callable[[], BaseException]) -> None:
         """Make the faked ``function`` (a full name, ``"torch.cuda.mem_get_info"``) raise.
@@ -301,11 +382,22 @@ class FakeDevice:
 
     def count(self, function: str) -> int:
         """How often the faked ``function`` (full name) was called."""
-        return sum(1 for call in self.calls if call.function == function)
+        with self._lock:
+            return sum(1 for call in self.calls if call.function == function)
 
     def calls_to(self, function: str) -> list[FakeCall]:
         """The calls of the faked ``function`` (full name), in order."""
-        return [call for call in self.calls if call.function == function]
+        with self._lock:
+            return [call for call in self.calls if call.function == function]
+
+    def function(self, name: str) -> Callable[..., Any]:
+        """The recording fake of torch's ``name`` (``"torch.cuda.mem_get_info"``), to call
+        directly; a ``KeyError`` for a function this fake does not have."""
+        for module_name, namespace in self._namespaces().items():
+            prefix = module_name + "."
+            if name.startswith(prefix) and "." not in name[len(prefix) :]:
+                return getattr(namespace, name[len(prefix) :])  # type: ignore[no-any-return]
+        raise KeyError(f"{type(self).__name__}({self.device_type!r}) has no fake of {name!r}")
 
     # Activation -------------------------------------------------------------------------
 
@@ -313,26 +405,92 @@ class FakeDevice:
         # Shared default managers (those @auto_clear makes) hold backends bound to whatever
         # device was there when they were made: start and end with none.
         forget_shared_managers()
-        family = _family(self.device_type)
-        self._patches.apply(_hiding_patches(family))
-        self._patches.apply(self._fakes())
-        _present_families.append(family)
+        real = _family_backend(self.device_type)
+        if self.patch_torch:
+            self._patches.apply(self._torch_patches())
+            stand_in: type[DeviceBackend] = real
+        else:
+            stand_in = self._stand_in(real)
+        self._registry = registered_in_context({real: stand_in}, hide_unreplaced=True)
+        self._registry.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         forget_shared_managers()
-        _present_families.remove(_family(self.device_type))
+        if self._registry is not None:
+            self._registry.__exit__(None, None, None)
+            self._registry = None
         self._patches.restore()
+
+    def _stand_in(self, real: type[DeviceBackend]) -> type[DeviceBackend]:
+        namespaces = self._namespaces()
+        attributes: dict[str, Any]
+        if real is CudaBackend:
+            attributes = {"cuda": namespaces["torch.cuda"]}
+        elif real is MpsBackend:
+            attributes = {
+                "mps": namespaces["torch.mps"],
+                "mps_backend": namespaces["torch.backends.mps"],
+            }
+        else:
+            attributes = {
+                "accelerator": namespaces["torch.accelerator"],
+                "device_module": classmethod(lambda cls, device_type: None),
+            }
+        return type(f"Fake{real.__name__}", (real,), attributes)
+
+    def _torch_patches(self) -> Iterator[_Patch]:
+        modules: dict[str, Any] = {
+            "torch.cuda": torch.cuda,
+            "torch.cuda.memory": torch.cuda.memory,
+            "torch.mps": getattr(torch, "mps", None),
+            "torch.backends.mps": torch.backends.mps,
+            "torch.accelerator": getattr(torch, "accelerator", None),
+        }
+        for module_name, namespace in self._namespaces().items():
+            module = modules[module_name]
+            if module is None:
+                continue
+            for name, function in vars(namespace).items():
+                if not isinstance(function, types.SimpleNamespace):
+                    yield module, name, function
+            for name in self.without:
+                yield module, name, _MISSING
 
     # The fakes --------------------------------------------------------------------------
 
+    def _namespaces(self) -> dict[str, types.SimpleNamespace]:
+        """The recording fakes by torch module, built once per fake."""
+        built: dict[str, types.SimpleNamespace] | None = getattr(self, "_built", None)
+        if built is None:
+            if self.device_type == "cuda":
+                built = self._cuda_fakes()
+            elif self.device_type == "mps":
+                built = self._mps_fakes()
+            else:
+                built = self._accelerator_fakes()
+            self._built = built
+        return built
+
+    def _namespace(
+        self, module_name: str, implementations: dict[str, Callable[..., Any]]
+    ) -> types.SimpleNamespace:
+        return types.SimpleNamespace(
+            **{
+                name: self._recorded(f"{module_name}.{name}", implementation)
+                for name, implementation in implementations.items()
+                if name not in self.without
+            }
+        )
+
     def _recorded(self, function: str, implementation: Callable[..., Any]) -> Callable[..., Any]:
         def fake(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(FakeCall(function, args, tuple(sorted(kwargs.items()))))
-            failure = self._failures.get(function)
-            if failure is not None:
-                raise _fresh(failure)
-            return implementation(*args, **kwargs)
+            with self._lock:
+                self.calls.append(FakeCall(function, args, tuple(sorted(kwargs.items()))))
+                failure = self._failures.get(function)
+                if failure is not None:
+                    raise _fresh(failure)
+                return implementation(*args, **kwargs)
 
         fake.__name__ = function.rsplit(".", 1)[-1]
         return fake
@@ -362,23 +520,14 @@ class FakeDevice:
         memory.peak_allocated = memory.allocated
         memory.peak_reserved = memory.reserved
 
-    def _fakes(self) -> Iterator[_Patch]:
-        if self.device_type == "cuda":
-            yield from self._cuda_fakes()
-        elif self.device_type == "mps":
-            yield from self._mps_fakes()
-        else:
-            yield from self._accelerator_fakes()
-
-    def _caching_allocator_fakes(
-        self, module: types.ModuleType, prefix: str, mem_get_info_name: str
-    ) -> Iterator[_Patch]:
+    def _caching_allocator_fakes(self, mem_get_info_name: str) -> dict[str, Callable[..., Any]]:
         def mem_get_info(device: object = None) -> tuple[int, int]:
             memory = self._reading(device)
             return memory.free, memory.total
 
-        implementations: dict[str, Callable[..., Any]] = {
+        return {
             mem_get_info_name: mem_get_info,
+            "memory_stats": lambda device=None: self.memory[self._index(device)].flat_stats(),
             "memory_allocated": lambda device=None: self.memory[self._index(device)].allocated,
             "memory_reserved": lambda device=None: self.memory[self._index(device)].reserved,
             "max_memory_allocated": lambda device=None: (
@@ -391,32 +540,26 @@ class FakeDevice:
             "empty_cache": self._empty_cache,
             "device_count": lambda: self.device_count,
         }
-        for name, implementation in implementations.items():
-            yield module, name, self._recorded(f"{prefix}.{name}", implementation)
 
-    def _cuda_fakes(self) -> Iterator[_Patch]:
-        cuda = torch.cuda
-        yield cuda, "is_available", self._recorded("torch.cuda.is_available", lambda: True)
-        yield (
-            cuda,
-            "current_device",
-            self._recorded("torch.cuda.current_device", lambda: self.current_device),
+    def _cuda_fakes(self) -> dict[str, types.SimpleNamespace]:
+        implementations = self._caching_allocator_fakes("mem_get_info")
+        implementations.update(
+            {
+                "is_available": lambda: True,
+                "is_initialized": lambda: True,
+                "current_device": lambda: self.current_device,
+                "memory_stats_as_nested_dict": lambda device=None: self.memory[
+                    self._index(device)
+                ].nested_stats(),
+                "get_allocator_backend": lambda: self.allocator_backend,
+            }
         )
-        yield from self._caching_allocator_fakes(cuda, "torch.cuda", "mem_get_info")
-        yield cuda, "memory_stats", self._recorded("torch.cuda.memory_stats", self._memory_stats)
-        yield from self._memory_history_fakes()
+        memory = self._memory_history_namespace()
+        cuda = self._namespace("torch.cuda", implementations)
+        cuda.memory = memory
+        return {"torch.cuda": cuda, "torch.cuda.memory": memory}
 
-    def _memory_stats(self, device: object = None) -> dict[str, int]:
-        # The four figures of torch's flattened allocator statistics that memscope reads.
-        memory = self.memory[self._index(device)]
-        return {
-            "allocated_bytes.all.current": memory.allocated,
-            "allocated_bytes.all.peak": memory.peak_allocated,
-            "reserved_bytes.all.current": memory.reserved,
-            "reserved_bytes.all.peak": memory.peak_reserved,
-        }
-
-    def _memory_history_fakes(self) -> Iterator[_Patch]:
+    def _memory_history_namespace(self) -> types.SimpleNamespace:
         # The recorder of CUDA allocation history: the fake keeps only whether it is on,
         # and its snapshot files hold an empty history in the shape torch writes.
         def record_memory_history(enabled: str | None = "all", *args: Any, **options: Any) -> None:
@@ -431,52 +574,35 @@ class FakeDevice:
                 pickle.dump(snapshot, file)
             self.snapshot_files.append(str(filename))
 
-        prefix = "torch.cuda.memory"
-        yield (
-            torch.cuda.memory,
-            "_record_memory_history",
-            self._recorded(f"{prefix}._record_memory_history", record_memory_history),
-        )
-        yield (
-            torch.cuda.memory,
-            "_dump_snapshot",
-            self._recorded(f"{prefix}._dump_snapshot", dump_snapshot),
+        return self._namespace(
+            "torch.cuda.memory",
+            {"_record_memory_history": record_memory_history, "_dump_snapshot": dump_snapshot},
         )
 
-    def _mps_fakes(self) -> Iterator[_Patch]:
+    def _mps_fakes(self) -> dict[str, types.SimpleNamespace]:
         memory = self.memory[0]
-        yield (
-            torch.backends.mps,
-            "is_available",
-            self._recorded("torch.backends.mps.is_available", lambda: True),
+        mps = self._namespace(
+            "torch.mps",
+            {
+                "current_allocated_memory": lambda: memory.allocated,
+                "driver_allocated_memory": lambda: self._reading().reserved,
+                "empty_cache": self._empty_cache,
+                "recommended_max_memory": lambda: memory.total,
+            },
         )
-        implementations: dict[str, Callable[..., Any]] = {
-            "current_allocated_memory": lambda: memory.allocated,
-            "driver_allocated_memory": lambda: self._reading().reserved,
-            "empty_cache": self._empty_cache,
-        }
-        for name, implementation in implementations.items():
-            yield torch.mps, name, self._recorded(f"torch.mps.{name}", implementation)
-        recommended: object = _MISSING
-        if self.recommended_max_memory:
-            recommended = self._recorded("torch.mps.recommended_max_memory", lambda: memory.total)
-        yield torch.mps, "recommended_max_memory", recommended
+        backend = self._namespace("torch.backends.mps", {"is_available": lambda: True})
+        return {"torch.mps": mps, "torch.backends.mps": backend}
 
-    def _accelerator_fakes(self) -> Iterator[_Patch]:
-        accelerator = torch.accelerator
-        prefix = "torch.accelerator"
-        yield accelerator, "is_available", self._recorded(f"{prefix}.is_available", lambda: True)
-        yield (
-            accelerator,
-            "current_accelerator",
-            self._recorded(f"{prefix}.current_accelerator", lambda: torch.device(self.device_type)),
+    def _accelerator_fakes(self) -> dict[str, types.SimpleNamespace]:
+        implementations = self._caching_allocator_fakes("get_memory_info")
+        implementations.update(
+            {
+                "is_available": lambda: True,
+                "current_accelerator": lambda: torch.device(self.device_type),
+                "current_device_index": lambda: self.current_device,
+            }
         )
-        yield (
-            accelerator,
-            "current_device_index",
-            self._recorded(f"{prefix}.current_device_index", lambda: self.current_device),
-        )
-        yield from self._caching_allocator_fakes(accelerator, prefix, "get_memory_info")
+        return {"torch.accelerator": self._namespace("torch.accelerator", implementations)}
 
 
 # What each backend's allocator says when it runs out; the CUDA and MPS texts follow torch's own.
