@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,8 +243,9 @@ class HostMemoryMonitor:
 
     The limit is worked out once, when the monitor is made: reading the cgroup files on
     every check would make the hot path slow, and limits rarely change while a job runs (a
-    job whose limit changes needs a new monitor). Each :meth:`resident_bytes` call reads
-    one small file, or asks psutil, which does the same.
+    job whose limit changes needs a new monitor). Each :meth:`resident_bytes` call is one
+    ``os.pread`` of ``/proc/self/statm``, kept open (Linux, and wherever that file exists),
+    or asks psutil elsewhere. A forked child reopens the file, so it reads its own figures.
 
     Args:
         use_psutil: read through psutil when it is installed; ``False`` reads ``/proc``.
@@ -271,13 +274,23 @@ class HostMemoryMonitor:
         getrlimit = _default_getrlimit if getrlimit is None else getrlimit
         psutil = _import_psutil() if use_psutil else None
         self._read_resident: Callable[[], int]
-        if psutil is not None:
+        # On Linux a kept-open /proc/self/statm read with one pread is several times cheaper
+        # than psutil, which opens the file on every call; psutil serves everywhere else.
+        kept_open = _kept_open_statm_reader(proc_root) if _ON_LINUX or psutil is None else None
+        if kept_open is not None:
+            self._read_resident, self.reader = kept_open, str(kept_open.path)
+        elif psutil is not None:
             self._read_resident = _PsutilResidentReader(psutil)
-            physical_memory: int | None = int(psutil.virtual_memory().total)
             self.reader = "psutil"
         else:
-            self._read_resident, self.reader = _proc_resident_reader(proc_root)
+            self._read_resident, self.reader = _proc_status_reader(proc_root)
+        physical_memory: int | None = None
+        if psutil is not None and self.reader == "psutil":
+            physical_memory = int(psutil.virtual_memory().total)
+        else:
             physical_memory = physical_memory_from_meminfo(proc_root / "meminfo")
+            if physical_memory is None and psutil is not None:
+                physical_memory = int(psutil.virtual_memory().total)
             if physical_memory is None:
                 physical_memory = physical_memory_from_sysconf()
         limit = effective_memory_limit(
@@ -332,16 +345,86 @@ class _PsutilResidentReader:
         return int(self._process.memory_info().rss)
 
 
-def _proc_resident_reader(proc_root: Path) -> tuple[Callable[[], int], str]:
+_ON_LINUX = sys.platform.startswith("linux")
+
+# Every kept-open reader, so that a forked child reopens its own file: an inherited
+# descriptor on /proc/self/statm still reads the parent (/proc/self resolved at open).
+_KEPT_OPEN: weakref.WeakSet[_KeptOpenStatm] = weakref.WeakSet()
+
+
+def _reopen_all_after_fork() -> None:
+    for reader in list(_KEPT_OPEN):
+        reader.forget_descriptor()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reopen_all_after_fork)
+
+
+class _KeptOpenStatm:
+    """Resident memory from a ``statm`` file kept open and read with one ``os.pread``.
+
+    Opening the file is most of what reading it costs; a descriptor kept open reads the
+    current figures at offset 0 each time. The descriptor is opened lazily, per process.
+    """
+
+    _READ_SIZE = 256  # statm is seven numbers on one line
+
+    def __init__(self, path: Path, page_size: int) -> None:
+        self.path = path
+        self.page_size = page_size
+        self._descriptor: int | None = None
+        _KEPT_OPEN.add(self)
+
+    def _open(self) -> int:
+        descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._descriptor = descriptor
+        return descriptor
+
+    def forget_descriptor(self) -> None:
+        """Drop the descriptor (in a forked child: the parent's file); the next read reopens."""
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
+
+    def __call__(self) -> int:
+        descriptor = self._descriptor
+        if descriptor is None:
+            descriptor = self._open()
+        try:
+            data = os.pread(descriptor, self._READ_SIZE, 0)
+        except OSError:
+            # The file went away (a test's copy removed, a descriptor closed under us):
+            # reopen once, and let a second failure propagate.
+            self.forget_descriptor()
+            data = os.pread(self._open(), self._READ_SIZE, 0)
+        fields = data.split()
+        if len(fields) < 2:
+            raise ValueError(f"{self.path} is not a statm file: {data[:40]!r}")
+        return int(fields[1]) * self.page_size
+
+    def __del__(self) -> None:
+        self.forget_descriptor()
+
+
+def _kept_open_statm_reader(proc_root: Path) -> _KeptOpenStatm | None:
+    statm = proc_root / "self" / "statm"
+    if not hasattr(os, "pread"):
+        return None
+    try:
+        reader = _KeptOpenStatm(statm, os.sysconf("SC_PAGE_SIZE"))
+        reader()
+    except (AttributeError, OSError, ValueError, IndexError):
+        return None
+    return reader
+
+
+def _proc_status_reader(proc_root: Path) -> tuple[Callable[[], int], str]:
     statm = proc_root / "self" / "statm"
     status = proc_root / "self" / "status"
-    try:
-        page_size = os.sysconf("SC_PAGE_SIZE")
-        resident_bytes_from_statm(statm, page_size)
-    except (AttributeError, OSError, ValueError, IndexError):
-        pass
-    else:
-        return (lambda: resident_bytes_from_statm(statm, page_size)), str(statm)
     try:
         resident_bytes_from_status(status)
     except (OSError, ValueError):
