@@ -10,6 +10,7 @@ from a copy of its files; :class:`HostMemoryMonitor` puts them together.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -385,10 +386,8 @@ class _KeptOpenStatm:
         """Drop the descriptor (in a forked child: the parent's file); the next read reopens."""
         descriptor, self._descriptor = self._descriptor, None
         if descriptor is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(descriptor)
-            except OSError:
-                pass
 
     def __call__(self) -> int:
         descriptor = self._descriptor
