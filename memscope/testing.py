@@ -395,8 +395,9 @@ class FakeDevice:
         directly; a ``KeyError`` for a function this fake does not have."""
         for module_name, namespace in self._namespaces().items():
             prefix = module_name + "."
-            if name.startswith(prefix) and "." not in name[len(prefix) :]:
-                return getattr(namespace, name[len(prefix) :])  # type: ignore[no-any-return]
+            short = name[len(prefix) :]
+            if name.startswith(prefix) and "." not in short and hasattr(namespace, short):
+                return getattr(namespace, short)  # type: ignore[no-any-return]
         raise KeyError(f"{type(self).__name__}({self.device_type!r}) has no fake of {name!r}")
 
     # Activation -------------------------------------------------------------------------

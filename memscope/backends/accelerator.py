@@ -41,6 +41,15 @@ class AcceleratorBackend(DeviceBackend):
     accelerator: ClassVar[Any] = getattr(torch, "accelerator", None)
     """Where this backend's torch calls go: ``torch.accelerator``, or a test's stand-in."""
 
+    def __init__(self, index: int | None) -> None:
+        super().__init__(index)
+        # Which accelerator this is, asked now, when the backend is made (detection asked the
+        # same a moment ago), so that readings ask torch nothing about it.
+        device_type = self.detected_type()
+        self._device = (
+            torch.device(device_type) if index is None else torch.device(device_type, index)
+        )
+
     @classmethod
     def device_module(cls, device_type: str) -> Any:
         """The torch module of ``device_type`` (``torch.xpu``), ``None`` where there is none."""
@@ -70,13 +79,20 @@ class AcceleratorBackend(DeviceBackend):
         return accelerator_type is not None and accelerator_type not in cls.dedicated_types
 
     @classmethod
-    def _call(cls, name: str, module_name: str | None = None) -> Callable[..., Any] | None:
+    def _call(
+        cls, name: str, module_name: str | None = None, device_type: str | None = None
+    ) -> Callable[..., Any] | None:
         # torch.accelerator's call, else the device module's (module_name, default name).
         found = getattr(cls.accelerator, name, None)
         if found is not None:
             return found  # type: ignore[no-any-return]
-        module = cls.device_module(cls.detected_type())
+        module = cls.device_module(device_type or cls.detected_type())
         return getattr(module, module_name or name, None)
+
+    def _device_call(self, name: str, module_name: str | None = None) -> Callable[..., Any] | None:
+        # The device's type is fixed once the backend is made (self.device is cached), so a
+        # reading asks torch nothing about which accelerator this is.
+        return self._call(name, module_name, self.device.type)
 
     @classmethod
     def device_count(cls) -> int:
@@ -95,14 +111,14 @@ class AcceleratorBackend(DeviceBackend):
         return cls._current_type() or cls.device_type
 
     def empty_cache(self) -> None:
-        empty_cache = self._call("empty_cache")
+        empty_cache = self._device_call("empty_cache")
         if empty_cache is not None:
             empty_cache()
 
     def read_memory(self) -> MemoryReading:
         index = self.index
-        mem_get_info = self._call("get_memory_info", "mem_get_info")
-        memory_stats = self._call("memory_stats")
+        mem_get_info = self._device_call("get_memory_info", "mem_get_info")
+        memory_stats = self._device_call("memory_stats")
         if mem_get_info is None or memory_stats is None:
             # A torch too old for this device's memory figures: usage stays unknown.
             return MemoryReading()
@@ -120,6 +136,6 @@ class AcceleratorBackend(DeviceBackend):
         )
 
     def reset_peak_memory_stats(self) -> None:
-        reset = self._call("reset_peak_memory_stats")
+        reset = self._device_call("reset_peak_memory_stats")
         if reset is not None:
             reset(self.index)

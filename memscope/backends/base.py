@@ -241,8 +241,9 @@ def registered_in_context(
     subclass). Detection, the list of available devices and new backends see the stand-ins
     in the calling thread or task, in tasks copied from it, and in threads that have no
     stand-ins of their own; another thread that entered its own sees its own. Blocks nest
-    (an inner block's stand-ins add to the outer's), and the registry is as it was when the
-    block ends. Backends already made keep talking to what they were made for.
+    (an inner block's stand-ins add to those the same context entered), and the registry
+    is as it was when the block ends. Backends already made keep talking to what they were
+    made for.
 
     With ``hide_unreplaced``, every other registered backend except the CPU's (that neither
     this block nor an outer one replaces) reports no device, as on a machine without it.
@@ -253,7 +254,9 @@ def registered_in_context(
                 f"replacements must map backend classes to backend classes, got "
                 f"{original!r}: {stand_in!r}"
             )
-    outer = _current_replacements() or {}
+    # Only this context's own stand-ins nest: a thread that merely sees another thread's
+    # (having none of its own) starts afresh, so two threads' fakes never mix.
+    outer = _context_replacements.get() or {}
     entry: _Replacements = {}
     if hide_unreplaced:
         entry.update(
