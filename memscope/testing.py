@@ -1,9 +1,9 @@
 """Test memory-managed code without a GPU.
 
 :class:`FakeDevice` stands in for a CUDA, MPS or other accelerator device: while it is
-active, the torch functions memscope's backends call are replaced by recording fakes that
-answer from figures you set, so a test can assert both what memscope asked torch and what
-it made of the answers::
+active, memscope's backend of that type is served, through memscope's backend registry, by a
+subclass whose torch calls go to recording fakes that answer from figures you set, so a test
+can assert both what memscope asked torch and what it made of the answers::
 
     from memscope import MemoryManager
     from memscope.testing import FakeDevice, GiB
@@ -15,14 +15,15 @@ it made of the answers::
             assert manager.trigger_gc_if_needed() is True
             assert fake.count("torch.cuda.empty_cache") == 1
 
-While a fake is active, the faked type is the only accelerator torch reports: a real CUDA,
+While a fake is active, the faked type is the only accelerator memscope sees: a real CUDA,
 MPS or other device of another type looks absent, so a test gives the same answers on a GPU
 workstation as on a laptop. :class:`NoAccelerator` hides every real accelerator, for tests of
 what happens on a CPU-only machine.
 
-The fakes patch module attributes of ``torch`` for the whole process, so they are not safe to
-use from tests that run in parallel threads. Entering and leaving one also drops the default
-managers ``@auto_clear`` shares, so none of them outlives the fake device it was made for.
+The fakes patch nothing in torch (unless ``FakeDevice(..., patch_torch=True)`` asks for it, to
+test memscope's real backends): they apply to the thread or task that entered them and to
+threads without a fake of their own. Entering and leaving one also drops the default managers
+``@auto_clear`` shares, so none of them outlives the fake device it was made for.
 
 :class:`FakeHost` does the same for the host's memory figures, so that host monitoring and
 CPU budgets can be tested without filling the machine's RAM.
