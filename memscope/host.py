@@ -10,17 +10,16 @@ from a copy of its files; :class:`HostMemoryMonitor` puts them together.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
 import sys
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from memscope._kept_open import KeptOpenFile, pread_available
 from memscope.exceptions import HostMemoryUnavailableError
 from memscope.units import format_bytes
 
@@ -348,70 +347,26 @@ class _PsutilResidentReader:
 
 _ON_LINUX = sys.platform.startswith("linux")
 
-# Every kept-open reader, so that a forked child reopens its own file: an inherited
-# descriptor on /proc/self/statm still reads the parent (/proc/self resolved at open).
-_KEPT_OPEN: weakref.WeakSet[_KeptOpenStatm] = weakref.WeakSet()
-
-
-def _reopen_all_after_fork() -> None:
-    for reader in list(_KEPT_OPEN):
-        reader.forget_descriptor()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reopen_all_after_fork)
-
-
 class _KeptOpenStatm:
-    """Resident memory from a ``statm`` file kept open and read with one ``os.pread``.
-
-    Opening the file is most of what reading it costs; a descriptor kept open reads the
-    current figures at offset 0 each time. The descriptor is opened lazily, per process.
-    """
-
-    _READ_SIZE = 256  # statm is seven numbers on one line
+    """Resident memory from a ``statm`` file kept open and read with one ``os.pread``
+    (reopened in a forked child, which must not read its parent's file)."""
 
     def __init__(self, path: Path, page_size: int) -> None:
         self.path = path
         self.page_size = page_size
-        self._descriptor: int | None = None
-        _KEPT_OPEN.add(self)
-
-    def _open(self) -> int:
-        descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self._descriptor = descriptor
-        return descriptor
-
-    def forget_descriptor(self) -> None:
-        """Drop the descriptor (in a forked child: the parent's file); the next read reopens."""
-        descriptor, self._descriptor = self._descriptor, None
-        if descriptor is not None:
-            with contextlib.suppress(OSError):
-                os.close(descriptor)
+        self._file = KeptOpenFile(path, 256)  # statm is seven numbers on one line
 
     def __call__(self) -> int:
-        descriptor = self._descriptor
-        if descriptor is None:
-            descriptor = self._open()
-        try:
-            data = os.pread(descriptor, self._READ_SIZE, 0)
-        except OSError:
-            # The file went away (a test's copy removed, a descriptor closed under us):
-            # reopen once, and let a second failure propagate.
-            self.forget_descriptor()
-            data = os.pread(self._open(), self._READ_SIZE, 0)
+        data = self._file.read()
         fields = data.split()
         if len(fields) < 2:
             raise ValueError(f"{self.path} is not a statm file: {data[:40]!r}")
         return int(fields[1]) * self.page_size
 
-    def __del__(self) -> None:
-        self.forget_descriptor()
-
 
 def _kept_open_statm_reader(proc_root: Path) -> _KeptOpenStatm | None:
     statm = proc_root / "self" / "statm"
-    if not hasattr(os, "pread"):
+    if not pread_available():
         return None
     try:
         reader = _KeptOpenStatm(statm, os.sysconf("SC_PAGE_SIZE"))
