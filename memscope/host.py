@@ -115,7 +115,7 @@ def cgroup_memory_limit(
     container's own group is mounted at the root; the root is always read. ``max`` and
     sentinels of ``NO_LIMIT_FROM`` bytes or more mean no limit.
     """
-    v2_group, v1_group = _cgroup_membership(membership)
+    v2_group, v1_group = cgroup_membership(membership)
     limits = [
         *_limits_along(cgroup_root, v2_group, "memory.max"),
         *_limits_along(cgroup_root / "memory", v1_group, "memory.limit_in_bytes"),
@@ -125,7 +125,8 @@ def cgroup_memory_limit(
     return min(limits, key=lambda limit: limit.size)
 
 
-def _cgroup_membership(membership: Path) -> tuple[str, str]:
+def cgroup_membership(membership: Path) -> tuple[str, str]:
+    """The process's cgroup v2 group and cgroup v1 memory group ("/" where none is named)."""
     v2_group = v1_group = "/"
     try:
         lines = membership.read_text().splitlines()
@@ -145,14 +146,15 @@ def _cgroup_membership(membership: Path) -> tuple[str, str]:
 
 
 def _limits_along(base: Path, group: str, file_name: str) -> Iterator[HostMemoryLimit]:
-    for directory in _group_and_ancestors(base, group):
+    for directory in group_and_ancestors(base, group):
         limit_file = directory / file_name
         size = _read_limit_file(limit_file)
         if size is not None:
             yield HostMemoryLimit(size, f"cgroup {file_name} in {limit_file.parent}")
 
 
-def _group_and_ancestors(base: Path, group: str) -> Iterator[Path]:
+def group_and_ancestors(base: Path, group: str) -> Iterator[Path]:
+    """The directories of ``group`` under ``base`` and of every group above it, nearest first."""
     relative = os.path.normpath(group.strip("/") or ".")
     if relative.startswith(".."):
         # A group outside this cgroup namespace's view: only the root is visible.
@@ -252,7 +254,6 @@ class HostMemoryMonitor:
         proc_root: where ``/proc`` is; ``PROC_ROOT`` of this module by default.
         cgroup_root: where the cgroup file systems are mounted; ``CGROUP_ROOT`` by default.
         getrlimit: reads resource limits; :func:`resource.getrlimit` by default.
-
     The defaults are looked up when a monitor is made, which is how
     :class:`memscope.testing.FakeHost` points the monitors a test makes at fake figures.
 
@@ -293,18 +294,26 @@ class HostMemoryMonitor:
                 physical_memory = int(psutil.virtual_memory().total)
             if physical_memory is None:
                 physical_memory = physical_memory_from_sysconf()
+        rlimit = rlimit_memory_limit(getrlimit)
         limit = effective_memory_limit(
             physical_memory,
             cgroup_memory_limit(cgroup_root, proc_root / "self" / "cgroup"),
-            rlimit_memory_limit(getrlimit),
+            rlimit,
         )
         if limit is None:
             raise HostMemoryUnavailableError(
                 "host memory monitoring cannot tell this machine's memory size; "
                 "install psutil: pip install 'memscope[host]'"
             )
-        self.limit = limit
-        logger.debug("host memory limit: %s, resident memory read by %s", limit, self.reader)
+        self._limit = limit
+        # What a subclass that re-reads cgroup limits keeps fixed: the RAM and rlimits.
+        self._limits_besides_cgroup = effective_memory_limit(physical_memory, None, rlimit) or limit
+        logger.debug("host memory limit: %s, memory read by %s", self._limit, self.reader)
+
+    @property
+    def limit(self) -> HostMemoryLimit:
+        """The limit the process is held to."""
+        return self._limit
 
     def __repr__(self) -> str:
         return f"HostMemoryMonitor(limit={self.limit!s}, reader={self.reader!r})"
@@ -346,6 +355,7 @@ class _PsutilResidentReader:
 
 
 _ON_LINUX = sys.platform.startswith("linux")
+
 
 class _KeptOpenStatm:
     """Resident memory from a ``statm`` file kept open and read with one ``os.pread``
