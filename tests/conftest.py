@@ -19,6 +19,13 @@ def _real_accelerator() -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "real_devices: runs without NoAccelerator, so memscope sees the machine's own devices",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _real_accelerator() is not None:
         return
@@ -32,7 +39,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _cpu_only_machine(request: pytest.FixtureRequest) -> Iterator[None]:
     """Tests not marked ``gpu`` see a CPU-only machine, so a GPU workstation runs them as CI
     does; the fakes of memscope.testing add the devices a test needs."""
-    if request.node.get_closest_marker("gpu") is not None:
+    marked = request.node.get_closest_marker
+    if marked("gpu") is not None or marked("real_devices") is not None:
         yield
         return
     with NoAccelerator():

@@ -54,6 +54,7 @@ def test_a_fake_device_hides_a_real_accelerator_of_another_type() -> None:
     assert torch.cuda.is_available()
 
 
+@pytest.mark.real_devices
 def test_a_fake_device_hides_a_real_accelerator_of_the_other_kind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

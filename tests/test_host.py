@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import memscope.host
 import memscope.manager
 from memscope import MemoryManager, MemscopeError
 from memscope.exceptions import HostMemoryUnavailableError, MemoryFiguresUnavailableError
@@ -306,12 +307,15 @@ def test_manager_without_host_figures_fails_at_construction(
 
 @pytest.mark.skipif(not LINUX_PROC, reason="needs Linux")
 def test_proc_fallback_when_psutil_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without psutil the real /proc serves, and agrees with psutil where it is installed."""
+    """Without psutil the real /proc serves, and agrees with psutil where it is installed
+    (which serves only off Linux: on Linux the kept-open statm file does)."""
     monkeypatch.setitem(sys.modules, "psutil", None)
     from_proc = HostMemoryMonitor()
     assert from_proc.reader == "/proc/self/statm"
     monkeypatch.delitem(sys.modules, "psutil")
     pytest.importorskip("psutil")
+    assert HostMemoryMonitor().reader == "/proc/self/statm"
+    monkeypatch.setattr(memscope.host, "_ON_LINUX", False)
     from_psutil = HostMemoryMonitor()
     assert from_psutil.reader == "psutil"
     assert abs(from_proc.resident_bytes() - from_psutil.resident_bytes()) < 16 * MiB
@@ -471,7 +475,7 @@ def test_failing_host_read_warns_once_and_never_raises(
     """Resident memory that can no longer be read: one warning, usage from the rest."""
     with FakeHost(resident=9 * GiB, physical_memory=10 * GiB) as host:
         manager = MemoryManager("cpu", host=True)
-        (host.proc_root / "self" / "statm").unlink()
+        (host.proc_root / "self" / "statm").write_text("garbage\n")
         assert manager.check_memory_usage() == 0.0
         assert manager.trigger_gc_if_needed() is False
         assert manager.snapshot().host_resident is None
@@ -495,3 +499,70 @@ def test_real_host_monitoring_on_this_machine() -> None:
     assert snapshot.host_limit is not None
     assert 0 < snapshot.host_resident < snapshot.host_limit
     assert 0.0 < snapshot.usage <= 1.0
+
+
+# Kept-open reads ------------------------------------------------------------------------------
+
+
+def test_resident_reads_keep_one_descriptor_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statm file is opened once; later reads see new figures through the same
+    descriptor."""
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: object, *args: int) -> int:
+        opened.append(str(path))
+        return real_open(path, *args)  # type: ignore[arg-type]
+
+    with FakeHost(resident=GiB) as host:
+        monitor = HostMemoryMonitor(use_psutil=False)
+        monkeypatch.setattr(os, "open", counting_open)
+        first = monitor.resident_bytes()
+        host.set_resident(2 * GiB)
+        second = monitor.resident_bytes()
+        third = monitor.resident_bytes()
+    assert (first, second, third) == (GiB, 2 * GiB, 2 * GiB)
+    assert opened == []
+
+
+def test_statm_reader_is_used_even_with_psutil_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux the kept-open statm file serves although psutil is installed; off Linux psutil
+    does."""
+    psutil = pytest.importorskip("psutil")
+    if not LINUX_PROC:
+        pytest.skip("needs Linux")
+    assert HostMemoryMonitor().reader == "/proc/self/statm"
+    monkeypatch.setattr(memscope.host, "_ON_LINUX", False)
+    monitor = HostMemoryMonitor()
+    assert monitor.reader == "psutil"
+    assert monitor.limit.size <= psutil.virtual_memory().total
+
+
+@pytest.mark.skipif(not LINUX_PROC or not hasattr(os, "fork"), reason="needs Linux and fork")
+def test_a_forked_child_reads_its_own_resident_memory() -> None:
+    """A child process reopens /proc/self/statm: it reads its own resident memory, not its
+    parent's through the inherited descriptor."""
+    monitor = HostMemoryMonitor(use_psutil=False)
+    parent_before = monitor.resident_bytes()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        status = 1
+        try:
+            os.close(read_end)
+            child_before = monitor.resident_bytes()
+            ballast = b"\x01" * (128 * MiB)  # every page touched
+            child_after = monitor.resident_bytes()
+            del ballast
+            os.write(write_end, f"{child_before} {child_after}".encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_before, child_after = (int(field) for field in pipe.read().split())
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    # Through the parent's descriptor the child would read the parent, which did not grow.
+    assert child_after - child_before >= 100 * MiB
+    assert monitor.resident_bytes() < parent_before + 64 * MiB

@@ -11,7 +11,7 @@ from memscope.testing import FakeCall, FakeDevice, GiB
 
 INDEXED_CUDA_FUNCTIONS = (
     "torch.cuda.mem_get_info",
-    "torch.cuda.memory_stats",
+    "torch.cuda.memory_stats_as_nested_dict",
     "torch.cuda.reset_peak_memory_stats",
 )
 """Every torch.cuda function memscope calls that takes a device index."""
@@ -48,7 +48,7 @@ def test_every_query_and_reset_of_a_cuda_1_manager_targets_cuda_1() -> None:
         manager.clear_cache()
     assert fake.calls == [
         FakeCall("torch.cuda.mem_get_info", (1,)),
-        FakeCall("torch.cuda.memory_stats", (1,)),
+        FakeCall("torch.cuda.memory_stats_as_nested_dict", (1,)),
         FakeCall("torch.cuda.reset_peak_memory_stats", (1,)),
         FakeCall("torch.cuda.empty_cache"),
     ]

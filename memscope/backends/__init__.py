@@ -17,6 +17,7 @@ from memscope.backends.base import (
     detect_device,
     register_backend,
     registered_backends,
+    registered_in_context,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "detect_device",
     "register_backend",
     "registered_backends",
+    "registered_in_context",
 ]
 
 for _module in pkgutil.iter_modules(__path__):

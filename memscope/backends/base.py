@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import abc
 import os
-from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 import torch
 
-from memscope.exceptions import DeviceUnavailableError
+from memscope.exceptions import DeviceUnavailableError, InvalidArgumentTypeError
 
 __all__ = [
     "DeviceBackend",
@@ -24,6 +26,7 @@ __all__ = [
     "detect_device",
     "register_backend",
     "registered_backends",
+    "registered_in_context",
 ]
 
 LOCAL_RANK_VARIABLE = "LOCAL_RANK"
@@ -31,12 +34,19 @@ LOCAL_RANK_VARIABLE = "LOCAL_RANK"
 index of the device it owns on its machine."""
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryReading:
+class MemoryReading(NamedTuple):
     """Raw memory figures of one device, in bytes; ``None`` where the device cannot tell.
 
     ``used`` is what the device cannot give this process's next allocation, and ``total`` is
     the capacity that usage is measured against. The other figures are for reports.
+
+    The last four come from the caching allocator's statistics where it keeps them (CUDA):
+    ``inactive_split`` is memory in blocks the allocator split and cannot hand out whole
+    (fragmentation), ``alloc_retries`` how often an allocation failed and succeeded after
+    the allocator freed its cache, and ``allocator_ooms`` how many allocations it refused.
+    Under the ``cudaMallocAsync`` allocator torch reports the last three as zeros.
+
+    A reading is taken on every cleanup step, so it is a tuple: cheap to build.
     """
 
     allocated: int | None = None
@@ -46,6 +56,16 @@ class MemoryReading:
     used: int | None = None
     peak_allocated: int | None = None
     peak_reserved: int | None = None
+    inactive_split: int | None = None
+    alloc_retries: int | None = None
+    allocator_ooms: int | None = None
+
+    @property
+    def cached_but_free(self) -> int | None:
+        """What the allocator reserves but no tensor uses: the cache ``empty_cache`` frees."""
+        if self.reserved is None or self.allocated is None:
+            return None
+        return max(self.reserved - self.allocated, 0)
 
     @classmethod
     def from_caching_allocator(
@@ -57,6 +77,9 @@ class MemoryReading:
         reserved: int,
         peak_allocated: int | None = None,
         peak_reserved: int | None = None,
+        inactive_split: int | None = None,
+        alloc_retries: int | None = None,
+        allocator_ooms: int | None = None,
     ) -> MemoryReading:
         """Build a reading for a device whose memory torch manages with a caching allocator.
 
@@ -64,15 +87,18 @@ class MemoryReading:
         yet the next allocation will reuse them, so they count as available. Memory held by
         other processes counts as used, because this process cannot have it.
         """
-        cached_but_free = max(reserved - allocated, 0)
+        cached_but_free = reserved - allocated if reserved > allocated else 0
         return cls(
-            allocated=allocated,
-            reserved=reserved,
-            free=free,
-            total=total,
-            used=total - free - cached_but_free,
-            peak_allocated=peak_allocated,
-            peak_reserved=peak_reserved,
+            allocated,
+            reserved,
+            free,
+            total,
+            total - free - cached_but_free,
+            peak_allocated,
+            peak_reserved,
+            inactive_split,
+            alloc_retries,
+            allocator_ooms,
         )
 
 
@@ -101,13 +127,18 @@ class DeviceBackend(abc.ABC):
 
     def __init__(self, index: int | None) -> None:
         self.index = index
+        self._device: torch.device | None = None
 
     @property
     def device(self) -> torch.device:
         """The concrete device this backend queries."""
-        if self.index is None:
-            return torch.device(self.detected_type())
-        return torch.device(self.detected_type(), self.index)
+        # Made once: building a torch.device (and its str) on every reading is measurable.
+        if self._device is None:
+            if self.index is None:
+                self._device = torch.device(self.detected_type())
+            else:
+                self._device = torch.device(self.detected_type(), self.index)
+        return self._device
 
     @classmethod
     def detected_type(cls) -> str:
@@ -182,21 +213,128 @@ BackendClass = TypeVar("BackendClass", bound=type[DeviceBackend])
 
 _BACKENDS: list[type[DeviceBackend]] = []
 
+_Replacements = dict[type[DeviceBackend], type[DeviceBackend]]
+
+# Stand-ins for registered backends in one context (memscope.testing's fakes): what the
+# context that entered them, and tasks copied from it, see.
+_context_replacements: ContextVar[_Replacements | None] = ContextVar(
+    "memscope_backend_replacements", default=None
+)
+# The same, most recent last, for threads that have no stand-ins of their own: a plain
+# threading.Thread starts with an empty context, yet a test's worker threads should see the
+# test's fake device.
+_shared_replacements: list[_Replacements] = []
+
 
 def register_backend(backend: BackendClass) -> BackendClass:
-    """Class decorator that makes a backend known to memscope."""
+    """Class decorator that makes a backend known to memscope, in every context."""
     _BACKENDS.append(backend)
     _BACKENDS.sort(key=lambda registered: registered.detection_priority)
     return backend
 
 
+@contextmanager
+def registered_in_context(
+    replacements: Mapping[type[DeviceBackend], type[DeviceBackend]],
+    *,
+    hide_unreplaced: bool = False,
+) -> Iterator[None]:
+    """Serve each registered backend in ``replacements`` by its stand-in while the block runs.
+
+    The hook :mod:`memscope.testing`'s fakes plug in through (a stand-in is usually a
+    subclass). Detection, the list of available devices and new backends see the stand-ins
+    in the calling thread or task, in tasks copied from it, and in threads that have no
+    stand-ins of their own; another thread that entered its own sees its own. Blocks nest
+    (an inner block's stand-ins add to those the same context entered), and the registry
+    is as it was when the block ends. Backends already made keep talking to what they were
+    made for.
+
+    With ``hide_unreplaced``, every other registered backend except the CPU's (that neither
+    this block nor an outer one replaces) reports no device, as on a machine without it.
+    """
+    for original, stand_in in replacements.items():
+        if not (isinstance(stand_in, type) and issubclass(stand_in, DeviceBackend)):
+            raise InvalidArgumentTypeError(
+                f"replacements must map backend classes to backend classes, got "
+                f"{original!r}: {stand_in!r}"
+            )
+    # Only this context's own stand-ins nest: a thread that merely sees another thread's
+    # (having none of its own) starts afresh, so two threads' fakes never mix.
+    outer = _context_replacements.get() or {}
+    entry: _Replacements = {}
+    if hide_unreplaced:
+        entry.update(
+            (backend, _hidden(backend))
+            for backend in _BACKENDS
+            if backend.device_type != "cpu" and backend not in outer
+        )
+    entry.update(outer)
+    entry.update(replacements)
+    token = _context_replacements.set(entry)
+    _shared_replacements.append(entry)
+    try:
+        yield
+    finally:
+        _context_replacements.reset(token)
+        # Remove this entry, not the last: threads may leave their blocks in any order.
+        for position in range(len(_shared_replacements) - 1, -1, -1):
+            if _shared_replacements[position] is entry:
+                del _shared_replacements[position]
+                break
+
+
+_HIDDEN: dict[type[DeviceBackend], type[DeviceBackend]] = {}
+
+
+def _hidden(backend: type[DeviceBackend]) -> type[DeviceBackend]:
+    """A stand-in for ``backend`` that reports no device (made once per backend)."""
+    hidden = _HIDDEN.get(backend)
+    if hidden is None:
+
+        def is_available(cls: type[DeviceBackend]) -> bool:
+            return False
+
+        def device_count(cls: type[DeviceBackend]) -> int:
+            return 0
+
+        def handles(cls: type[DeviceBackend], device_type: str) -> bool:
+            # Asking a hidden backend what it handles must not ask the real device.
+            return device_type == backend.device_type
+
+        hidden = type(
+            f"Hidden{backend.__name__}",
+            (backend,),
+            {
+                "is_available": classmethod(is_available),
+                "device_count": classmethod(device_count),
+                "handles": classmethod(handles),
+            },
+        )
+        _HIDDEN[backend] = hidden
+    return hidden
+
+
+def _current_replacements() -> _Replacements | None:
+    in_context = _context_replacements.get()
+    if in_context is not None:
+        return in_context
+    try:
+        return _shared_replacements[-1] if _shared_replacements else None
+    except IndexError:  # emptied by another thread since the check
+        return None
+
+
 def registered_backends() -> tuple[type[DeviceBackend], ...]:
-    """The registered backends, in auto-detection order."""
-    return tuple(_BACKENDS)
+    """The registered backends in auto-detection order, stand-ins in place (see
+    :func:`registered_in_context`)."""
+    replacements = _current_replacements()
+    if not replacements:
+        return tuple(_BACKENDS)
+    return tuple(replacements.get(backend, backend) for backend in _BACKENDS)
 
 
 def _backend_class_for(device_type: str) -> type[DeviceBackend] | None:
-    for backend in _BACKENDS:
+    for backend in registered_backends():
         if backend.handles(device_type):
             return backend
     return None
@@ -205,7 +343,7 @@ def _backend_class_for(device_type: str) -> type[DeviceBackend] | None:
 def available_devices() -> list[str]:
     """Every device this process can use, as strings such as ``"cuda:0"`` or ``"cpu"``."""
     names: list[str] = []
-    for backend in _BACKENDS:
+    for backend in registered_backends():
         if not backend.is_available():
             continue
         if backend.indexed():
@@ -246,7 +384,7 @@ def detect_device() -> torch.device:
     (``cuda:3`` for ``LOCAL_RANK=3``); otherwise it is index-free, and the backend's default
     index (for CUDA the current device) applies.
     """
-    for backend in _BACKENDS:
+    for backend in registered_backends():
         if backend.is_available():
             index = backend.detected_index()
             if index is None:

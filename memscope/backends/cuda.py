@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import torch
 
 from memscope.backends.base import DeviceBackend, MemoryReading, register_backend
 
 
+def _nested_figure(stats: Mapping[str, Any], name: str, which: str) -> int:
+    # The allocator's statistics nest as {"allocated_bytes": {"all": {"current": n, ...}}}.
+    pool = stats.get(name)
+    if pool is None:
+        return 0
+    return int(pool.get("all", {}).get(which, 0))
+
+
+def _flat_figure(stats: Mapping[str, Any], name: str, which: str) -> int:
+    return int(stats.get(f"{name}.all.{which}", 0))
+
+
 @register_backend
 class CudaBackend(DeviceBackend):
-    """Queries go to this backend's own device index, never to "the current device"."""
+    """Queries go to this backend's own device index, never to "the current device".
+
+    Every torch call goes through the ``cuda`` class attribute (``torch.cuda`` itself), so
+    :class:`memscope.testing.FakeDevice` serves a subclass whose ``cuda`` records the calls,
+    without patching torch. Calls newer than memscope's floor (torch 2.1) are looked up on
+    it and have a fallback.
+    """
 
     device_type = "cuda"
     detection_priority = 10
@@ -24,58 +45,93 @@ class CudaBackend(DeviceBackend):
         r"CUFFT_ALLOC_FAILED",
     )
 
+    cuda: ClassVar[Any] = torch.cuda
+    """Where this backend's torch calls go: ``torch.cuda``, or a test's stand-in."""
+
     @classmethod
     def is_available(cls) -> bool:
-        return torch.cuda.is_available()
+        return bool(cls.cuda.is_available())
 
     @classmethod
     def device_count(cls) -> int:
-        return torch.cuda.device_count()
+        return int(cls.cuda.device_count())
 
     @classmethod
     def default_index(cls) -> int:
-        return torch.cuda.current_device()
+        return int(cls.cuda.current_device())
 
     def empty_cache(self) -> None:
         # The caching allocator has no per-device form: this releases the cached blocks of
-        # every device this process has initialised.
-        torch.cuda.empty_cache()
+        # every device this process has initialised. torch.cuda.empty_cache() itself does
+        # nothing in a process that has not initialised CUDA (torch.cuda.is_initialized()),
+        # so clearing never creates a context; asking here as well would be a third torch
+        # call per step.
+        self.cuda.empty_cache()
 
     def read_memory(self) -> MemoryReading:
-        free, total = torch.cuda.mem_get_info(self.index)
-        # One call for the four allocator figures: torch.cuda.memory_allocated() and its
-        # siblings each flatten and sort the allocator's whole statistics in Python.
-        stats = torch.cuda.memory_stats(self.index)
+        cuda = self.cuda
+        index = self.index
+        free, total = cuda.mem_get_info(index)
+        # One statistics call, without torch.cuda.memory_stats()'s flatten and sort of every
+        # figure in Python (most of a cleanup step's cost); memory_stats is the fallback.
+        nested = getattr(cuda, "memory_stats_as_nested_dict", None)
+        if nested is not None:
+            stats, figure = nested(index), _nested_figure
+        else:
+            stats, figure = cuda.memory_stats(index), _flat_figure
+        retries = stats.get("num_alloc_retries")
+        ooms = stats.get("num_ooms")
         return MemoryReading.from_caching_allocator(
             free=free,
             total=total,
-            allocated=stats.get("allocated_bytes.all.current", 0),
-            reserved=stats.get("reserved_bytes.all.current", 0),
-            peak_allocated=stats.get("allocated_bytes.all.peak", 0),
-            peak_reserved=stats.get("reserved_bytes.all.peak", 0),
+            allocated=figure(stats, "allocated_bytes", "current"),
+            reserved=figure(stats, "reserved_bytes", "current"),
+            peak_allocated=figure(stats, "allocated_bytes", "peak"),
+            peak_reserved=figure(stats, "reserved_bytes", "peak"),
+            inactive_split=figure(stats, "inactive_split_bytes", "current"),
+            alloc_retries=None if retries is None else int(retries),
+            allocator_ooms=None if ooms is None else int(ooms),
         )
 
+    _allocator_backend: str | None = None
+
+    def allocator_backend(self) -> str | None:
+        """``"native"`` or ``"cudaMallocAsync"`` (``PYTORCH_CUDA_ALLOC_CONF=backend:...``);
+        ``None`` where torch cannot say (before 2.0).
+
+        Not part of each reading (that would be a third torch call per step): fixed once the
+        allocator starts, so asked once per backend. Under ``cudaMallocAsync`` torch reports
+        some statistics as zeros and records no allocation history.
+        """
+        if self._allocator_backend is None:
+            get_allocator_backend = getattr(self.cuda, "get_allocator_backend", None)
+            if get_allocator_backend is None:
+                return None
+            self._allocator_backend = str(get_allocator_backend())
+        return self._allocator_backend
+
     def reset_peak_memory_stats(self) -> None:
-        torch.cuda.reset_peak_memory_stats(self.index)
+        self.cuda.reset_peak_memory_stats(self.index)
 
     # Allocation history is process-wide in torch (every CUDA device at once), and private
     # API: looked up at each use, so a torch without it records nothing instead of failing.
+    # Under cudaMallocAsync torch records no history either.
 
     def start_memory_history(self, max_entries: int) -> bool:
-        record = getattr(torch.cuda.memory, "_record_memory_history", None)
-        if record is None:
+        record = getattr(self.cuda.memory, "_record_memory_history", None)
+        if record is None or self.allocator_backend() == "cudaMallocAsync":
             return False
         record(enabled="all", max_entries=max_entries)
         return True
 
     def stop_memory_history(self) -> None:
-        record = getattr(torch.cuda.memory, "_record_memory_history", None)
-        if record is not None:
+        record = getattr(self.cuda.memory, "_record_memory_history", None)
+        if record is not None and self.allocator_backend() != "cudaMallocAsync":
             record(enabled=None)
 
     def dump_memory_history(self, path: str) -> bool:
-        dump_snapshot = getattr(torch.cuda.memory, "_dump_snapshot", None)
-        if dump_snapshot is None:
+        dump_snapshot = getattr(self.cuda.memory, "_dump_snapshot", None)
+        if dump_snapshot is None or self.allocator_backend() == "cudaMallocAsync":
             return False
         dump_snapshot(path)
         return True
