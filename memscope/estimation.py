@@ -75,6 +75,9 @@ def check_headroom(value: object, name: str = "headroom") -> float:
             f"{name} must be a real number with 0 <= {name} < 1, got {value!r} "
             f"of type {type(value).__name__}"
         )
+    # Compared before converting: float(10**400) would raise OverflowError.
+    if not 0 <= value < 1:  # type: ignore[operator]
+        raise InvalidArgumentError(f"{name} must be >= 0 and < 1, got {value!r}")
     share = float(value)
     if math.isnan(share) or not 0.0 <= share < 1.0:
         raise InvalidArgumentError(f"{name} must be >= 0 and < 1, got {value!r}")

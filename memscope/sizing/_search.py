@@ -17,7 +17,7 @@ A driver asks the search what to do, does it, and hands back the outcome:
 
 Every decision, and the recovery between attempts, happens in :meth:`SizeSearch.decide`,
 which a driver calls outside any ``except`` block: there the failed attempt's memory can
-really be freed. So does the measuring (:mod:`memscope.oom._measure`): the figures are read
+really be freed. So does the measuring (:mod:`memscope.sizing._measure`): the figures are read
 and the peak reset as the step that makes an attempt ends, and the peak is read as the next
 step begins, so nothing but the attempt runs in between.
 """
@@ -33,15 +33,12 @@ from typing import Any, Generic, NoReturn, TypeVar
 from memscope import _context as context
 from memscope.exceptions import BatchSizeExhaustedError
 from memscope.manager import MemoryManager
-from memscope.oom._detection import (
-    CaughtOom,
-    call_catching_oom,
-    call_catching_oom_async,
-    recover_from_oom,
-)
-from memscope.oom._diagnosis import add_oom_note
-from memscope.oom._measure import AttemptMeter
-from memscope.oom._state import AdaptiveBatchState, Attempt, CountedWork, Work
+from memscope.oom import CaughtOom, add_oom_note, call_catching_oom, call_catching_oom_async
+
+# The one recovery entry point is the recovery layer's; it has no public name yet.
+from memscope.oom._detection import recover_from_oom
+from memscope.sizing._measure import AttemptMeter
+from memscope.sizing._state import AdaptiveBatchState, Attempt, CountedWork, Work
 
 __all__: list[str] = []
 

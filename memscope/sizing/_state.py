@@ -34,10 +34,14 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, fields, replace
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 from memscope.estimation import DEFAULT_HEADROOM
-from memscope.oom._options import SizingSettings
+from memscope.sizing._fit import fit_memory, with_point
+from memscope.sizing._options import Sizing, SizingKeywords, resolve_sizing
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AdaptiveBatchSnapshot", "AdaptiveBatchState"]
 
@@ -50,6 +54,23 @@ WRONG_PREDICTION_STEP = 0.1
 is known, doubling with each one in a row: 10 %, 30 %, 70 %, 150 %, ... more. A small miss
 costs little, and a large one is closed in a few steps. The first prediction that works ends
 the run."""
+
+
+EXTRAPOLATION = 3.0
+"""Predictions from a fit go at most about this many times past the largest size measured in
+one step (further ones step to the geometric mean): a curve known over a short range may
+bend beyond it. Work with a memory model has its shape from the model and steps at once."""
+
+FREED_UP = 0.05
+"""The device has freed up when this share more memory is available than when the smallest
+failed size failed: that failure no longer bounds the predictions."""
+
+PROBE_WORST = 0.08
+"""A fit that misses one of its points by more than this cannot follow the curve (steps,
+padding): the search then probes between the largest success and the smallest failure."""
+
+KEPT_MEASUREMENTS = 12
+"""Sizes whose measurements are kept for the fit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +129,35 @@ class AdaptiveBatchSnapshot:
     each, over its size); predictions never assume less. ``None``: no wrong prediction."""
     smallest_failed_size: int | None = None
     """The smallest size that ran out of memory; predictions stay below it (with
-    ``regrow_after``, a regrowth may try past it, and lifts it when it works)."""
+    ``regrow_after``, a regrowth may try past it, and lifts it when it works), until the
+    device has clearly more memory available than when it failed."""
+    failed_available: int | None = None
+    """Bytes the device had available when ``smallest_failed_size`` failed (``None``:
+    unknown, and the failure bounds predictions for good)."""
+    measured: tuple[tuple[int, int], ...] = ()
+    """The measurements the predictions fit: ``(units, bytes its peak rose)`` per size
+    measured, the larger peak where a size was measured again, the latest sizes only."""
+    largest_success: int | None = None
+    """The most units an attempt completed since memory last ran out at or below it:
+    predictions never fall below it without an out-of-memory error."""
+    probes: int = 0
+    """Attempts made between ``largest_success`` and ``smallest_failed_size`` because the
+    fit cannot follow the curve there (a staircase of blocks, padded batches)."""
+    failed_probes: int = 0
+    """Such probes that ran out of memory; each doubles the wait before the next."""
 
     @classmethod
-    def initial(cls, settings: SizingSettings) -> AdaptiveBatchSnapshot:
+    def initial(cls, sizing: Sizing) -> AdaptiveBatchSnapshot:
         """Nothing learned yet: the next call starts at ``start``."""
+        start = sizing.first_size
         return cls(
-            start=settings.start,
-            factor=settings.factor,
-            min_size=settings.min_size,
-            regrow_after=settings.regrow_after,
-            current_size=settings.start,
-            headroom=settings.headroom,
-            measure=settings.measure,
+            start=start,
+            factor=sizing.factor,
+            min_size=sizing.min_size,
+            regrow_after=sizing.regrow_after,
+            current_size=start,
+            headroom=sizing.headroom,
+            measure=sizing.measure,
         )
 
 
@@ -181,6 +218,9 @@ class Attempt:
     """Bytes the device had available just before it; ``None``: unknown."""
     measurable: bool = False
     """Whether its peak memory is measured."""
+    probing_from: int | None = None
+    """For a probe above the largest success (the fit cannot say whether it fits): the
+    size that worked, to go back to if it does not."""
 
     @property
     def work_units(self) -> int:
@@ -238,25 +278,93 @@ def _memory_per_unit(snapshot: AdaptiveBatchSnapshot, work: Work) -> float | Non
     return max(known) * (1.0 + WRONG_PREDICTION_STEP * ((1 << in_a_row) - 1))
 
 
+def _ceiling(snapshot: AdaptiveBatchSnapshot, available: int | None) -> int | None:
+    """The smallest failed units, while they bound what fits: until the device has clearly
+    more memory available than when they failed."""
+    ceiling = snapshot.smallest_failed_size
+    if ceiling is None or snapshot.failed_available is None or available is None:
+        return ceiling
+    if available > snapshot.failed_available * (1.0 + FREED_UP):
+        return None
+    return ceiling
+
+
+def _fitted_units(
+    snapshot: AdaptiveBatchSnapshot, work: Work, available: int, ceiling: int | None
+) -> float | None:
+    """The units the fit over every measurement says fit in ``available`` (less headroom,
+    less the fit's own spread), never below the largest success; ``None`` when nothing was
+    measured."""
+    fit = fit_memory(snapshot.measured)
+    if fit is None:
+        return None
+    budget = available * (1.0 - snapshot.headroom)
+    units = fit.largest_within(budget, margin=fit.spread)
+    floor = snapshot.largest_success
+    if ceiling is not None and units >= ceiling:
+        # The fit says a size that ran out of memory fits: it is wrong up there. Bisect
+        # between what worked and what did not.
+        if floor is not None:
+            units = (floor + ceiling) / 2
+        else:
+            units = math.sqrt(max(work.units_of(snapshot.min_size), 1) * ceiling)
+    if work.prior_memory_per_unit is None and units > fit.top * EXTRAPOLATION:
+        # Far past what was measured the curve may bend: a step to the geometric mean
+        # measures on the way (and a quadratic term shows up before it costs an error).
+        units = math.sqrt(fit.top * units)
+    if floor is not None:
+        units = max(units, floor)
+    return units
+
+
 def _prediction(
     snapshot: AdaptiveBatchSnapshot, work: Work, available: int | None, *, below_failure: bool
 ) -> tuple[Attempt, int] | None:
     """The predicted attempt and its size before the items left capped it; ``None`` when
     nothing can be predicted. With ``below_failure``, it stays below the smallest size that
-    failed."""
+    failed (while that still bounds what fits)."""
     if available is None:
         return None
-    per_unit = _memory_per_unit(snapshot, work)
-    if per_unit is None:
-        return None
-    units = available * (1.0 - snapshot.headroom) / per_unit
-    ceiling = snapshot.smallest_failed_size
+    ceiling = _ceiling(snapshot, available)
+    units = _fitted_units(snapshot, work, available, ceiling)
+    if units is None:
+        per_unit = _memory_per_unit(snapshot, work)
+        if per_unit is None:
+            return None
+        units = available * (1.0 - snapshot.headroom) / per_unit
     if below_failure and ceiling is not None:
         units = min(units, ceiling - 1)
     size = max(snapshot.min_size, min(work.largest_within(units), snapshot.start))
     capped = size if work.limit is None else max(min(size, work.limit), 1)
     attempt = Attempt(capped, units=work.units_of(capped), predicted=True, available=available)
     return attempt, size
+
+
+def _probe_above(
+    snapshot: AdaptiveBatchSnapshot, work: Work, available: int, attempt: Attempt
+) -> Attempt | None:
+    """A probe between the largest success and the smallest failure, when the fit cannot
+    follow the curve and would stay put; ``None`` when no probe is due."""
+    floor, ceiling = snapshot.largest_success, _ceiling(snapshot, available)
+    if floor is None or ceiling is None or ceiling - floor < 2 or attempt.work_units > floor:
+        return None
+    fit = fit_memory(snapshot.measured)
+    if fit is None or fit.worst <= PROBE_WORST:
+        return None
+    # Each probe that ran out of memory doubles the wait before the next one.
+    if snapshot.successes_in_a_row < 1 << min(snapshot.failed_probes, 32):
+        return None
+    size = work.largest_within((floor + ceiling) // 2)
+    if work.limit is not None:
+        size = min(size, work.limit)
+    if work.units_of(size) <= floor or size <= attempt.size:
+        return None
+    return replace(
+        attempt,
+        size=size,
+        units=work.units_of(size),
+        probing_from=attempt.size,
+    )
 
 
 def choose_attempt(
@@ -284,12 +392,16 @@ def choose_attempt(
             assert beyond is not None
             if beyond[0].work_units >= ceiling and beyond[0].size > attempt.size:
                 attempt = replace(beyond[0], regrowing_from=attempt.size)
+        if attempt.regrowing_from is None:
+            assert available is not None
+            attempt = _probe_above(snapshot, work, available, attempt) or attempt
         attempt = replace(attempt, measurable=measurable)
         chosen = replace(
             snapshot,
             current_size=size,
             predicted_size=attempt.size,
             predictions=snapshot.predictions + 1,
+            probes=snapshot.probes + (attempt.probing_from is not None),
         )
         return attempt, _with_tried(chosen, attempt.size)
     current = snapshot.current_size
@@ -316,11 +428,15 @@ def after_success(
 ) -> AdaptiveBatchSnapshot:
     """What ``attempt`` completing teaches; ``used`` is how far its peak rose above the memory
     in use before it (``None``: not measured)."""
-    learned = snapshot
     units = attempt.work_units
+    floor = snapshot.largest_success
+    learned = replace(snapshot, largest_success=units if floor is None else max(floor, units))
     if used is not None and used > 0 and units > 0:
         learned = replace(
-            snapshot, memory_per_item=used / units, measurements=snapshot.measurements + 1
+            learned,
+            memory_per_item=used / units,
+            measurements=snapshot.measurements + 1,
+            measured=with_point(snapshot.measured, units, used, keep=KEPT_MEASUREMENTS),
         )
     successes = snapshot.successes + 1
     if attempt.predicted:
@@ -389,13 +505,31 @@ def after_oom(
     size is allowed), and the snapshot that records the error. ``work`` is what is left
     (the failed attempt's work, for the same chunk retried)."""
     failed_units = attempt.work_units
-    ceiling = snapshot.smallest_failed_size
+    ceiling = _ceiling(snapshot, attempt.available)
+    floor = snapshot.largest_success
+    lowered = ceiling is None or failed_units <= ceiling
     failed = replace(
         snapshot,
         oom_count=snapshot.oom_count + 1,
         successes_in_a_row=0,
-        smallest_failed_size=failed_units if ceiling is None else min(ceiling, failed_units),
+        smallest_failed_size=failed_units if lowered else ceiling,
+        failed_available=attempt.available if lowered else snapshot.failed_available,
     )
+    if floor is not None and failed_units <= floor:
+        # What fitted no longer does: the work needs more memory now, or the device has
+        # less. Neither the floor nor the curve measured before can be trusted.
+        failed = replace(failed, largest_success=None, measured=())
+    if attempt.probing_from is not None:
+        failed = replace(failed, failed_probes=failed.failed_probes + 1)
+        floor_attempt = _capped(
+            Attempt(
+                attempt.probing_from,
+                units=work.units_of(attempt.probing_from),
+                predicted=True,
+            ),
+            work,
+        )
+        return floor_attempt, _with_tried(failed, floor_attempt.size)
     if attempt.regrowing_from is not None:
         failed = replace(
             failed,
@@ -414,9 +548,17 @@ def after_oom(
     retry: Attempt | None = None
     if attempt.predicted:
         failed = _corrected(failed, attempt)
-        predicted = _prediction(failed, work, attempt.available, below_failure=True)
-        if predicted is not None and predicted[0].size < attempt.size:
-            retry = predicted[0]
+        floor = failed.largest_success
+        if floor is not None and floor < failed_units:
+            # What worked is the retry that surely works (unless the work changed, which
+            # its measurement then shows); the bisection waits for the next prediction.
+            size = work.largest_within(floor)
+            if 0 < size < attempt.size:
+                retry = Attempt(size, units=work.units_of(size), predicted=True)
+        if retry is None:
+            predicted = _prediction(failed, work, attempt.available, below_failure=True)
+            if predicted is not None and predicted[0].size < attempt.size:
+                retry = predicted[0]
     elif attempt.measurable and _memory_per_unit(failed, work) is None:
         probe = _probe_size(failed, attempt.size)
         retry = Attempt(probe, units=work.units_of(probe), probe=True)
@@ -478,7 +620,7 @@ class AdaptiveBatchState:
     replaces whole; :meth:`snapshot` gives all of them at one moment.
     """
 
-    __slots__ = ("__weakref__", "_initial", "_lock", "_snapshot")
+    __slots__ = ("__weakref__", "_initial", "_lock", "_sizing", "_snapshot")
 
     start = _Learned[int]()
     """The first size tried, and the largest ever used."""
@@ -521,39 +663,18 @@ class AdaptiveBatchState:
     smallest_failed_size = _Learned[int | None]()
     """The smallest size that ran out of memory; predictions stay below it."""
 
-    def __init__(
-        self,
-        *,
-        start: int,
-        factor: float = 0.5,
-        min_size: int = 1,
-        regrow_after: int | None = None,
-        headroom: float = DEFAULT_HEADROOM,
-        measure: bool = True,
-    ) -> None:
-        settings = SizingSettings.checked(
-            start=start,
-            factor=factor,
-            min_size=min_size,
-            regrow_after=regrow_after,
-            headroom=headroom,
-            measure=measure,
-        )
-        self._initial = AdaptiveBatchSnapshot.initial(settings)
+    def __init__(self, sizing: Sizing | None = None, /, **options: Unpack[SizingKeywords]) -> None:
+        """``AdaptiveBatchState(Sizing(start=64))``, or ``AdaptiveBatchState(start=64)``."""
+        checked = resolve_sizing("AdaptiveBatchState", sizing, options)
+        self._sizing = checked
+        self._initial = AdaptiveBatchSnapshot.initial(checked)
         self._snapshot = self._initial
         self._lock = threading.Lock()
 
-    @classmethod
-    def _from_settings(cls, settings: SizingSettings) -> AdaptiveBatchState:
-        """A fresh state for settings already checked."""
-        return cls(
-            start=settings.start,
-            factor=settings.factor,
-            min_size=settings.min_size,
-            regrow_after=settings.regrow_after,
-            headroom=settings.headroom,
-            measure=settings.measure,
-        )
+    @property
+    def sizing(self) -> Sizing:
+        """The sizing options the state was made with."""
+        return self._sizing
 
     def __repr__(self) -> str:
         snapshot = self._snapshot

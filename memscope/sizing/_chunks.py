@@ -1,6 +1,6 @@
 """``process_in_chunks``: a function over consecutive chunks of items, shorter where memory fails.
 
-The size search is :mod:`memscope.oom._search`'s; this module says what an attempt is (the
+The size search is :mod:`memscope.sizing._search`'s; this module says what an attempt is (the
 function on the next ``size`` items) and when the work is done (no items left), and checks
 and combines what the chunks return. Chunks are counted in items, or, with a memory model,
 sized by memory: the unit of work is then one byte the model estimates, so a chunk of large
@@ -18,24 +18,25 @@ from collections.abc import (
     Generator,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
-from dataclasses import replace
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from memscope import _context as context
-from memscope._validation import check_image_size, check_int
-from memscope.estimation import DEFAULT_HEADROOM, ChunkMemoryModel
+from memscope._validation import check_image_size
+from memscope.estimation import ChunkMemoryModel
 from memscope.exceptions import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemoryFiguresUnavailableError,
 )
 from memscope.manager import MemoryManager
-from memscope.oom._options import SizingOptions
-from memscope.oom._search import (
+from memscope.sizing._options import Sizing, SizingKeywords, SizingOptions, resolve_sizing
+from memscope.sizing._search import (
     Call,
     SizeSearch,
     iterate_search,
@@ -43,8 +44,11 @@ from memscope.oom._search import (
     run_search,
     run_search_async,
 )
-from memscope.oom._state import AdaptiveBatchState, Attempt, CountedWork, Work
+from memscope.sizing._state import AdaptiveBatchState, Attempt, CountedWork, Work
 from memscope.typing import Combine, DeviceLike
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 ImageSize = Callable[[Any], tuple[int, int]]
 
@@ -297,7 +301,7 @@ class _ChunkSearch(SizeSearch[Any]):
             name=name,
             # Without a state passed in, what is learned lasts for this call: the next call
             # may get other items.
-            state=AdaptiveBatchState._from_settings(options.settings) if state is None else state,
+            state=AdaptiveBatchState(options.sizing) if state is None else state,
             manager=options.manager_for(batch),
             batch=batch,
             figures=sizing is not None,
@@ -398,117 +402,76 @@ def _tensor_image_size(item: torch.Tensor) -> tuple[int, int]:
     return int(item.shape[-1]), int(item.shape[-2])
 
 
-_SIZING_DEFAULTS: dict[str, object] = {
-    "factor": 0.5,
-    "min_size": 1,
-    "regrow_after": None,
-    "headroom": DEFAULT_HEADROOM,
-    "measure": True,
-}
+@dataclass(frozen=True, slots=True)
+class _ChunkCall:
+    """What one call of a chunk entry point was told, before anything is checked."""
 
+    sizing: Sizing | None
+    options: Mapping[str, object]
+    memory_model: object
+    image_size: object
+    combine: object
+    manager: object
+    device: DeviceLike
+    state: object
 
-def _check_no_sizing_with_state(state: AdaptiveBatchState, given: dict[str, object]) -> None:
-    """With ``state=``, the sizing options are the state's: refuse any passed as well."""
-    for name, value in given.items():
-        default = _SIZING_DEFAULTS.get(name)
-        if value is not default and value != default:
-            raise InvalidArgumentError(
-                f"pass {name} to the AdaptiveBatchState, not with state=: the state's "
-                f"settings are used (got {name}={value!r} and state={state!r})"
-            )
+    def search(self, where: str, function: object, items: Any, *, awaited: bool) -> _ChunkSearch:
+        """Every argument checked, then the search; nothing is called yet (no item is read).
 
-
-def _chunk_search(
-    function: Callable[[Any], Any],
-    items: Any,
-    *,
-    awaited: bool,
-    start: object,
-    factor: object,
-    min_size: object,
-    regrow_after: object,
-    headroom: object,
-    measure: object,
-    memory_model: object,
-    image_size: object,
-    combine: object,
-    manager: object,
-    device: DeviceLike,
-    state: object,
-) -> _ChunkSearch:
-    """Every argument checked, then the search; nothing is called yet (no item is read).
-
-    With ``awaited``, the search's attempts return awaitables, for the async driver.
-    """
-    kept = _check_state(state)
-    if kept is not None:
-        if start is not None:
-            raise InvalidArgumentError(
-                "pass start to the AdaptiveBatchState, not with state=: the state's settings "
-                f"are used (got start={start!r} and state={kept!r})"
-            )
-        _check_no_sizing_with_state(
-            kept,
-            {
-                "factor": factor,
-                "min_size": min_size,
-                "regrow_after": regrow_after,
-                "headroom": headroom,
-                "measure": measure,
-            },
-        )
-        start, factor, min_size = kept.start, kept.factor, kept.min_size
-        regrow_after, headroom, measure = kept.regrow_after, kept.headroom, kept.measure
-    if start is None:
-        if memory_model is None:
+        With ``awaited``, the search's attempts return awaitables, for the async driver.
+        """
+        kept = _check_state(self.state)
+        if kept is not None:
+            if self.sizing is not None or self.options:
+                given = ", ".join(
+                    [f"{name}={value!r}" for name, value in self.options.items()]
+                    + ([] if self.sizing is None else [f"sizing={self.sizing!r}"])
+                )
+                raise InvalidArgumentError(
+                    f"{where}(): with state=, the state's sizing is used: pass the sizing to "
+                    f"the AdaptiveBatchState, not here (got {given} and state={kept!r})"
+                )
+            sizing = kept.sizing
+        else:
+            sizing = resolve_sizing(where, self.sizing, self.options)
+        if sizing.start is None:
+            if self.memory_model is None:
+                raise InvalidArgumentTypeError(
+                    f"{where} needs start= (the first chunk's length in items) or "
+                    "memory_model= (to size chunks by memory), or state= (an AdaptiveBatchState)"
+                )
+            # Sized by memory without a cap, a chunk may hold every item.
+            sizing = replace(sizing, start=max(_check_items(items), sizing.min_size))
+        options = SizingOptions(sizing, cast("MemoryManager | None", self.manager), self.device)
+        checked_combine = _check_combine(self.combine)
+        if not callable(function):
+            raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
+        source = _item_source(items)
+        if self.memory_model is not None and isinstance(source, _StreamedItems):
             raise InvalidArgumentTypeError(
-                "process_in_chunks needs start= (the first chunk's length in items) or "
-                "memory_model= (to size chunks by memory), or state= (an AdaptiveBatchState)"
+                "memory_model needs items that can be sliced (a sequence or a tensor), to "
+                f"read the image sizes of the next items; got {type(items).__name__}: pass "
+                "list(items)"
             )
-        # Sized by memory without a cap, a chunk may hold every item.
-        start = max(_check_items(items), check_int(min_size, "min_size", minimum=1))
-    options = SizingOptions.checked(
-        start=start,
-        factor=factor,
-        min_size=min_size,
-        regrow_after=regrow_after,
-        headroom=headroom,
-        measure=measure,
-        manager=manager,
-        device=device,
-    )
-    checked_combine = _check_combine(combine)
-    if not callable(function):
-        raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
-    source = _item_source(items)
-    if memory_model is not None and isinstance(source, _StreamedItems):
-        raise InvalidArgumentTypeError(
-            "memory_model needs items that can be sliced (a sequence or a tensor), to read "
-            f"the image sizes of the next items; got {type(items).__name__}: pass list(items)"
-        )
-    memory = _check_memory_sizing(memory_model, image_size, items)
-    sizing = None if memory is None else _MemorySizing(memory[0], items, memory[1])
-    name = getattr(function, "__qualname__", repr(function))
-    attempt = _awaiting(function) if awaited else function
-    return _ChunkSearch(name, attempt, source, checked_combine, options, sizing, kept)
+        memory = _check_memory_sizing(self.memory_model, self.image_size, items)
+        by_memory = None if memory is None else _MemorySizing(memory[0], items, memory[1])
+        name = getattr(function, "__qualname__", repr(function))
+        attempt = _awaiting(function) if awaited else function
+        return _ChunkSearch(name, attempt, source, checked_combine, options, by_memory, kept)
 
 
 def process_in_chunks(
     function: Callable[[Any], Any],
     items: Any,
     *,
-    start: int | None = None,
-    factor: float = 0.5,
-    min_size: int = 1,
-    regrow_after: int | None = None,
-    headroom: float = DEFAULT_HEADROOM,
-    measure: bool = True,
+    sizing: Sizing | None = None,
     memory_model: ChunkMemoryModel | None = None,
     image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
     state: AdaptiveBatchState | None = None,
+    **options: Unpack[SizingKeywords],
 ) -> Any:
     """Call ``function(chunk)`` on consecutive chunks of ``items``; shrink them on OOM.
 
@@ -583,23 +546,8 @@ def process_in_chunks(
         raise InvalidArgumentTypeError(
             f"{function!r} is a coroutine function: use process_in_chunks_async for it"
         )
-    search = _chunk_search(
-        function,
-        items,
-        awaited=False,
-        start=start,
-        factor=factor,
-        min_size=min_size,
-        regrow_after=regrow_after,
-        headroom=headroom,
-        measure=measure,
-        memory_model=memory_model,
-        image_size=image_size,
-        combine=combine,
-        manager=manager,
-        device=device,
-        state=state,
-    )
+    call = _ChunkCall(sizing, options, memory_model, image_size, combine, manager, device, state)
+    search = call.search('process_in_chunks', function, items, awaited=False)
     return run_search(search)
 
 
@@ -622,41 +570,22 @@ def process_in_chunks_async(
     function: Callable[[Any], Awaitable[Any]],
     items: Any,
     *,
-    start: int | None = None,
-    factor: float = 0.5,
-    min_size: int = 1,
-    regrow_after: int | None = None,
-    headroom: float = DEFAULT_HEADROOM,
-    measure: bool = True,
+    sizing: Sizing | None = None,
     memory_model: ChunkMemoryModel | None = None,
     image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
     state: AdaptiveBatchState | None = None,
+    **options: Unpack[SizingKeywords],
 ) -> Coroutine[Any, Any, Any]:
     """:func:`process_in_chunks` for a function that returns an awaitable; awaits each chunk.
 
     Await what it returns. The arguments are checked when it is called, before there is
     anything to await: a bad one raises at once.
     """
-    search = _chunk_search(
-        function,
-        items,
-        awaited=True,
-        start=start,
-        factor=factor,
-        min_size=min_size,
-        regrow_after=regrow_after,
-        headroom=headroom,
-        measure=measure,
-        memory_model=memory_model,
-        image_size=image_size,
-        combine=combine,
-        manager=manager,
-        device=device,
-        state=state,
-    )
+    call = _ChunkCall(sizing, options, memory_model, image_size, combine, manager, device, state)
+    search = call.search('process_in_chunks_async', function, items, awaited=True)
     return run_search_async(search)
 
 
@@ -664,17 +593,13 @@ def iter_chunks(
     function: Callable[[Any], Any],
     items: Any,
     *,
-    start: int | None = None,
-    factor: float = 0.5,
-    min_size: int = 1,
-    regrow_after: int | None = None,
-    headroom: float = DEFAULT_HEADROOM,
-    measure: bool = True,
+    sizing: Sizing | None = None,
     memory_model: ChunkMemoryModel | None = None,
     image_size: Callable[[Any], tuple[int, int]] | None = None,
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
     state: AdaptiveBatchState | None = None,
+    **options: Unpack[SizingKeywords],
 ) -> Generator[Any, None, None]:
     """:func:`process_in_chunks`, yielding each chunk's result as the chunk completes.
 
@@ -690,23 +615,8 @@ def iter_chunks(
         raise InvalidArgumentTypeError(
             f"{function!r} is a coroutine function: use iter_chunks_async for it"
         )
-    search = _chunk_search(
-        function,
-        items,
-        awaited=False,
-        start=start,
-        factor=factor,
-        min_size=min_size,
-        regrow_after=regrow_after,
-        headroom=headroom,
-        measure=measure,
-        memory_model=memory_model,
-        image_size=image_size,
-        combine=None,
-        manager=manager,
-        device=device,
-        state=state,
-    )
+    call = _ChunkCall(sizing, options, memory_model, image_size, None, manager, device, state)
+    search = call.search('iter_chunks', function, items, awaited=False)
     return iterate_search(search)
 
 
@@ -714,38 +624,19 @@ def iter_chunks_async(
     function: Callable[[Any], Awaitable[Any]],
     items: Any,
     *,
-    start: int | None = None,
-    factor: float = 0.5,
-    min_size: int = 1,
-    regrow_after: int | None = None,
-    headroom: float = DEFAULT_HEADROOM,
-    measure: bool = True,
+    sizing: Sizing | None = None,
     memory_model: ChunkMemoryModel | None = None,
     image_size: Callable[[Any], tuple[int, int]] | None = None,
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
     state: AdaptiveBatchState | None = None,
+    **options: Unpack[SizingKeywords],
 ) -> AsyncGenerator[Any, None]:
     """:func:`iter_chunks` for a function that returns an awaitable: ``async for`` over it.
 
     ``items`` is read synchronously (a sequence, a tensor or an ordinary iterable). The
     arguments are checked when it is called: a bad one raises at once.
     """
-    search = _chunk_search(
-        function,
-        items,
-        awaited=True,
-        start=start,
-        factor=factor,
-        min_size=min_size,
-        regrow_after=regrow_after,
-        headroom=headroom,
-        measure=measure,
-        memory_model=memory_model,
-        image_size=image_size,
-        combine=None,
-        manager=manager,
-        device=device,
-        state=state,
-    )
+    call = _ChunkCall(sizing, options, memory_model, image_size, None, manager, device, state)
+    search = call.search('iter_chunks_async', function, items, awaited=True)
     return iterate_search_async(search)
