@@ -40,6 +40,9 @@ class MemoryFit:
     """The largest relative miss on a point fitted."""
     sizes: int
     """How many different sizes were fitted."""
+    flat: bool
+    """Whether two different sizes needed the same memory: a staircase (allocator blocks,
+    padded batches), which no smooth curve follows."""
     top: int
     """The largest units measured."""
 
@@ -48,10 +51,11 @@ class MemoryFit:
         return self.linear * units + self.quadratic * units * units
 
     def largest_within(self, budget: float, *, margin: float) -> float:
-        """The most units whose prediction, raised by ``margin``, fits in ``budget`` bytes."""
+        """The most units whose prediction, raised by ``margin`` (lowered, if negative),
+        fits in ``budget`` bytes."""
         if budget <= 0:
             return 0.0
-        allowed = budget / (1.0 + margin)
+        allowed = budget / max(1.0 + margin, 0.5)
         if self.quadratic <= 0:
             return allowed / self.linear if self.linear > 0 else math.inf
         a, b = self.linear, self.quadratic
@@ -116,6 +120,19 @@ def fit_memory(points: Sequence[tuple[int, int]]) -> MemoryFit | None:
         worst=max(abs(miss) for miss in misses),
         sizes=len(near_top),
         top=top,
+        flat=_has_a_step(usable),
+    )
+
+
+FLAT = 0.002
+"""Two sizes whose peaks differ by less than this share needed the same memory."""
+
+
+def _has_a_step(points: Sequence[tuple[int, int]]) -> bool:
+    ordered = sorted(points)
+    return any(
+        larger_units > units and abs(larger - used) <= FLAT * used
+        for (units, used), (larger_units, larger) in zip(ordered, ordered[1:], strict=False)
     )
 
 

@@ -349,12 +349,15 @@ def _probe_above(
     if floor is None or ceiling is None or ceiling - floor < 2 or attempt.work_units > floor:
         return None
     fit = fit_memory(snapshot.measured)
-    if fit is None or fit.worst <= PROBE_WORST:
+    if fit is None or not (fit.flat or fit.worst > PROBE_WORST):
         return None
     # Each probe that ran out of memory doubles the wait before the next one.
     if snapshot.successes_in_a_row < 1 << min(snapshot.failed_probes, 32):
         return None
-    size = work.largest_within((floor + ceiling) // 2)
+    # Bisection, guided by the fit: no further than the curve could go if every miss of the
+    # fit were in our favour.
+    hopeful = fit.largest_within(available, margin=-fit.worst)
+    size = work.largest_within(min((floor + ceiling) // 2, math.floor(hopeful)))
     if work.limit is not None:
         size = min(size, work.limit)
     if work.units_of(size) <= floor or size <= attempt.size:
@@ -446,6 +449,15 @@ def after_success(
             successes_in_a_row=snapshot.successes_in_a_row + 1,
             wrong_predictions_in_a_row=0,
         )
+        ceiling = snapshot.smallest_failed_size
+        if attempt.regrowing_from is None and ceiling is not None and units >= ceiling:
+            # Past the smallest size that failed (the device freed up), and it worked.
+            return replace(
+                learned,
+                smallest_failed_size=None,
+                failed_available=None,
+                regrowths=snapshot.regrowths + 1,
+            )
         if attempt.regrowing_from is None:
             return learned
         # Past the smallest size that failed, and it worked: memory was freed meanwhile.
