@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from memscope import InvalidArgumentError, InvalidArgumentTypeError, adaptive_batch
 from memscope.oom import AdaptiveBatchSnapshot, AdaptiveBatchState
 from memscope.sizing import Sizing
-from memscope.sizing._state import Attempt, CountedWork, after_oom, after_success, choose_attempt
+from memscope.sizing._rules import after_oom, after_success, choose_attempt
+from memscope.sizing._snapshot import Attempt, CountedWork
 from memscope.testing import MiB, RecordingManager, oom_error
 
 PUBLIC_ATTRIBUTES = (
@@ -180,9 +181,7 @@ def sizing_settings(draw: st.DrawFn) -> Sizing:
     rules=sizing_settings(),
     capacities=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=30),
 )
-def test_every_call_ends_and_sizes_stay_in_bounds(
-    rules: Sizing, capacities: list[int]
-) -> None:
+def test_every_call_ends_and_sizes_stay_in_bounds(rules: Sizing, capacities: list[int]) -> None:
     """Whatever memory does, each call ends (success or exhausted) within ``start``
     attempts; sizes stay within [min_size, start]; a size that failed is never the size kept;
     and the counters add up to the attempts made."""
@@ -215,9 +214,7 @@ def test_every_call_ends_and_sizes_stay_in_bounds(
 
 @settings(max_examples=200, deadline=None)
 @given(rules=sizing_settings(), successes=st.integers(0, 10), limit=st.integers(1, 300))
-def test_an_attempt_never_exceeds_the_items_left(
-    rules: Sizing, successes: int, limit: int
-) -> None:
+def test_an_attempt_never_exceeds_the_items_left(rules: Sizing, successes: int, limit: int) -> None:
     """For chunks, an attempt is never longer than the items left, and a capped attempt is
     never a regrowth (a short tail proves nothing about a larger size)."""
     snapshot = dataclasses.replace(

@@ -31,7 +31,8 @@ from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
 from memscope.sizing._options import Sizing, SizingKeywords, SizingOptions, resolve_sizing
 from memscope.sizing._search import Call, SizeSearch, run_search, run_search_async
-from memscope.sizing._state import AdaptiveBatchState, Attempt
+from memscope.sizing._snapshot import Attempt
+from memscope.sizing._state import AdaptiveBatchState
 from memscope.typing import DeviceLike
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ allocator blocks or padded batches is not: there the search probes instead).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,10 +63,10 @@ class MemoryFit:
         return (-a + math.sqrt(a * a + 4.0 * b * allowed)) / (2.0 * b)
 
 
-def _relative_misses(points: Sequence[tuple[int, int]], linear: float, quadratic: float) -> list[float]:
-    return [
-        (linear * units + quadratic * units * units - used) / used for units, used in points
-    ]
+def _relative_misses(
+    points: Sequence[tuple[int, int]], linear: float, quadratic: float
+) -> list[float]:
+    return [(linear * units + quadratic * units * units - used) / used for units, used in points]
 
 
 def _straight(points: Sequence[tuple[int, int]]) -> tuple[float, float]:
@@ -132,7 +133,7 @@ def _has_a_step(points: Sequence[tuple[int, int]]) -> bool:
     ordered = sorted(points)
     return any(
         larger_units > units and abs(larger - used) <= FLAT * used
-        for (units, used), (larger_units, larger) in zip(ordered, ordered[1:], strict=False)
+        for (units, used), (larger_units, larger) in itertools.pairwise(ordered)
     )
 
 

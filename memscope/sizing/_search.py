@@ -38,7 +38,8 @@ from memscope.oom import CaughtOom, add_oom_note, call_catching_oom, call_catchi
 # The one recovery entry point is the recovery layer's; it has no public name yet.
 from memscope.oom._detection import recover_from_oom
 from memscope.sizing._measure import AttemptMeter
-from memscope.sizing._state import AdaptiveBatchState, Attempt, CountedWork, Work
+from memscope.sizing._snapshot import Attempt, CountedWork, Work
+from memscope.sizing._state import AdaptiveBatchState
 
 __all__: list[str] = []
 
