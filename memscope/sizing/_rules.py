@@ -188,8 +188,9 @@ def _probe_above(
     fit = fit_memory(snapshot.measured)
     if fit is None or not (fit.flat or fit.worst > PROBE_WORST):
         return None
-    # Each probe that ran out of memory doubles the wait before the next one.
-    if snapshot.successes_in_a_row < 1 << min(snapshot.failed_probes, 32):
+    # Each probe that ran out of memory adds one success to the wait before the next: the
+    # bisection closes in a few probes, and a curve that keeps failing them waits longer.
+    if snapshot.successes_in_a_row < 1 + snapshot.failed_probes:
         return None
     # Bisection, guided by the fit: no further than the curve could go if every miss of the
     # fit were in our favour.

@@ -87,7 +87,7 @@ class AdaptiveBatchSnapshot:
     """Attempts made between ``largest_success`` and ``smallest_failed_size`` because the
     fit cannot follow the curve there (a staircase of blocks, padded batches)."""
     failed_probes: int = 0
-    """Such probes that ran out of memory; each doubles the wait before the next."""
+    """Such probes that ran out of memory; each makes the next wait one success longer."""
 
     @classmethod
     def initial(cls, sizing: Sizing) -> AdaptiveBatchSnapshot:
