@@ -18,7 +18,6 @@ import torch
 from typing_extensions import assert_type
 
 from memscope import adaptive_batch
-from memscope.sizing import Sizing, iter_chunks, iter_chunks_async, process_in_chunks
 from memscope.oom import (
     AdaptiveBatchDecorator,
     AdaptiveBatchFunction,
@@ -26,6 +25,7 @@ from memscope.oom import (
     AdaptiveBatchSnapshot,
     AdaptiveBatchState,
 )
+from memscope.sizing import Sizing, iter_chunks, iter_chunks_async, process_in_chunks
 
 # A function: memscope supplies the batch size, callers pass the rest. -------------------
 
