@@ -214,6 +214,7 @@ def strategies() -> list[Strategy]:
     return [
         Strategy("memscope `@adaptive_batch`, headroom 3 % (default)", memscope_strategy()),
         Strategy("memscope, headroom 0 %", memscope_strategy(headroom=0.0)),
+        Strategy("memscope, headroom 10 %", memscope_strategy(headroom=0.1)),
         Strategy("memscope, `measure=False` (halving)", memscope_strategy(measure=False)),
         Strategy("accelerate `find_executable_batch_size` (x0.9)", accelerate, accelerate_missing),
         Strategy("toma `toma.batch` (halving)", toma_decorate, toma_missing),
@@ -332,7 +333,7 @@ def run_mixed(seed: int) -> list[MixedOutcome]:
         card = MixedCard(fake, outcome)
         process_in_chunks(card.run, items, sizing=Sizing(start=START), device="cuda")
         results.append(outcome)
-        for strategy in strategies()[3:]:
+        for strategy in strategies()[4:]:
             outcome = MixedOutcome(strategy.name, strategy.missing)
             results.append(outcome)
             if strategy.decorate is None:

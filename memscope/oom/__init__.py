@@ -70,23 +70,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AdaptiveBatchClassMethod",
-    "AdaptiveBatchDecorator",
-    "AdaptiveBatchFunction",
-    "AdaptiveBatchMethod",
-    "AdaptiveBatchSnapshot",
-    "AdaptiveBatchState",
     "CaughtOom",
     "MemoryHistoryRecorder",
-    "adaptive_batch",
     "add_oom_note",
     "call_catching_oom",
     "call_catching_oom_async",
     "is_oom_error",
-    "iter_chunks",
-    "iter_chunks_async",
-    "process_in_chunks",
-    "process_in_chunks_async",
     "reclaim_memory",
     "release_exception_frames",
 ]

@@ -11,11 +11,11 @@
 This layer sits beside recovery (:mod:`memscope.oom`: recognising out-of-memory errors and
 freeing what a failed call held), which it uses. Its private modules, one per job:
 ``_options`` (:class:`Sizing`), ``_fit`` (the memory curve fitted to the measurements),
-``_state`` (what a search learned, and the sizing rules), ``_measure`` (the device's figures
-before an attempt, its peak after), ``_peaks`` (reading peaks: the allocator's, the
-process's), ``_search`` (the one decision step and its sync and async drivers),
-``_decoration`` (``@adaptive_batch``), ``_chunks`` (``process_in_chunks``) and
-``_calibration`` (:func:`calibrate`).
+``_snapshot`` and ``_rules`` (what a search learned, and the sizing rules), ``_state`` (the
+learned state under a lock), ``_measure`` (the device's figures before an attempt, its peak
+after), ``_search`` (the one decision step and its sync and async drivers), ``_decoration``
+(``@adaptive_batch``), ``_items`` and ``_chunks`` (``process_in_chunks``). Peak reading and
+calibration are still in :mod:`memscope.estimation`.
 """
 
 from memscope.sizing._chunks import (
