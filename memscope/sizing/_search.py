@@ -33,10 +33,16 @@ from typing import Any, Generic, NoReturn, TypeVar
 from memscope import _context as context
 from memscope.exceptions import BatchSizeExhaustedError
 from memscope.manager import MemoryManager
-from memscope.oom import CaughtOom, add_oom_note, call_catching_oom, call_catching_oom_async
 
-# The one recovery entry point is the recovery layer's; it has no public name yet.
-from memscope.oom._detection import recover_from_oom
+# The recovery layer's modules, not its namespace: memscope.oom's namespace reads the sizing
+# names it used to have from this layer, and a layer never imports the one above it back.
+from memscope.oom._detection import (
+    CaughtOom,
+    call_catching_oom,
+    call_catching_oom_async,
+    recover_from_oom,
+)
+from memscope.oom._diagnosis import add_oom_note
 from memscope.sizing._measure import AttemptMeter
 from memscope.sizing._snapshot import Attempt, CountedWork, Work
 from memscope.sizing._state import AdaptiveBatchState
