@@ -44,7 +44,27 @@ from memscope.snapshot import MemorySnapshot
 from memscope.units import format_bytes
 
 if TYPE_CHECKING:
-    from memscope.manager import MemoryManager
+    import torch
+
+
+class MemoryManager(Protocol):
+    """What measuring and calibrating need of a :class:`memscope.MemoryManager`: its device,
+    its figures and its peak statistics. A protocol, so that this module of models never
+    imports the manager (which imports the models)."""
+
+    @property
+    def resolved_device(self) -> torch.device:
+        """The concrete device measured."""
+        ...
+
+    def snapshot(self) -> MemorySnapshot:
+        """The device's memory figures now."""
+        ...
+
+    def reset_peak_memory_stats(self) -> None:
+        """Start the device's peak figures afresh."""
+        ...
+
 
 __all__ = [
     "DEFAULT_HEADROOM",
@@ -75,6 +95,9 @@ def check_headroom(value: object, name: str = "headroom") -> float:
             f"{name} must be a real number with 0 <= {name} < 1, got {value!r} "
             f"of type {type(value).__name__}"
         )
+    # Compared before converting: float(10**400) would raise OverflowError.
+    if not 0 <= value < 1:  # type: ignore[operator]
+        raise InvalidArgumentError(f"{name} must be >= 0 and < 1, got {value!r}")
     share = float(value)
     if math.isnan(share) or not 0.0 <= share < 1.0:
         raise InvalidArgumentError(f"{name} must be >= 0 and < 1, got {value!r}")

@@ -156,6 +156,33 @@ def test_measured_sizing_runs_at_a_predicted_size_without_oom(cuda: torch.device
     _settle()
 
 
+def test_measured_sizing_follows_memory_that_is_not_linear(cuda: torch.device) -> None:
+    """A function whose memory is half linear, half quadratic in the batch size at the
+    largest size that fits (attention-like): the fit over every measured size finds a size
+    within 10 % of the largest that fits, never above it, in at most three errors."""
+    _settle()
+    free = int(torch.cuda.mem_get_info(cuda)[0])
+    fits = 40
+    # need(n) = n * linear + n**2 * quadratic; at n = 40 each half is half of what is free.
+    linear = free // (2 * fits)
+    quadratic = free // (2 * fits * fits)
+
+    @adaptive_batch(start=1024, device=cuda)
+    def step(batch_size: int) -> int:
+        blocks = [torch.empty(linear, dtype=torch.uint8, device=cuda) for _ in range(batch_size)]
+        pairs = torch.empty(batch_size * batch_size * quadratic, dtype=torch.uint8, device=cuda)
+        return len(blocks) + int(pairs.numel() > 0) - 1
+
+    sizes = [step() for _ in range(12)]
+    state = step.adaptive_state  # type: ignore[attr-defined]
+    largest = max(n for n in range(1, 2 * fits) if n * linear + n * n * quadratic <= free * 0.999)
+    assert state.oom_count <= 3
+    assert max(sizes) <= largest
+    assert sizes[-1] >= 0.9 * largest
+    assert state.snapshot().measured  # the fit's points
+    _settle()
+
+
 def test_memory_history_snapshot_of_a_genuine_oom(cuda: torch.device, tmp_path: Path) -> None:
     """A real OOM inside the recorder writes a snapshot torch's viewer can read."""
     total = _total_bytes(cuda)

@@ -102,14 +102,16 @@ def test_a_success_teaches_the_memory_per_item() -> None:
 
 def test_the_next_call_runs_at_the_predicted_size() -> None:
     """After a success is measured, calls run at the largest size that fits in the available
-    memory less the headroom, below start; and that size never exceeds the margin."""
+    memory less the headroom, below start (stepping to the geometric mean on the way where
+    that is more than 3x past the largest size measured); that size never exceeds the margin."""
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=300 * MiB)
         step = adaptive_batch(start=200, device="cuda")(card.run)
-        step()  # 200 fails; probes, and learns
+        step()  # 200 fails; probes at 14, and learns
         sizes = [step() for _ in range(5)]
     expected = predicted_for(card)
-    assert sizes == [expected] * 5
+    # 76 fit; 76 is more than 3 x 14 past the probe: first sqrt(14 * 76.xx) = 32.
+    assert sizes == [32] + [expected] * 4
     state = step.adaptive_state
     assert state.predicted_size == expected
     assert expected * card.per_item <= (card.total - card.weights) * (1 - DEFAULT_HEADROOM)
@@ -128,13 +130,15 @@ def test_predictions_never_exceed_start() -> None:
 
 def test_after_an_oom_with_nothing_learned_a_small_size_is_probed() -> None:
     """The first OOM is followed by a probe halfway to min_size on a log scale (11 for 128),
-    not by halving; the probe's measurement gives the next call its size: one OOM in all."""
+    not by halving; the probe's measurement, then the next one's, give the next calls their
+    sizes: one OOM in all."""
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=(23 * GiB) / 40.5)
         step = adaptive_batch(start=128, device="cuda")(card.run)
-        step()
-        step()
-    assert card.sizes == [128, 11, predicted_for(card)]
+        for _ in range(3):
+            step()
+    # 39 fits after the headroom, more than 3 x 11: a step to sqrt(11 * 39.28) = 20 first.
+    assert card.sizes == [128, 11, 20, predicted_for(card)]
     assert card.ooms == 1
     assert step.adaptive_state.oom_count == 1
 
@@ -154,8 +158,8 @@ def test_the_headroom_is_configurable() -> None:
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=100 * MiB)
         step = adaptive_batch(start=1000, headroom=0.2, device="cuda")(card.run)
-        step()
-        assert step() == predicted_for(card, headroom=0.2)
+        sizes = [step() for _ in range(4)]
+    assert sizes[-1] == predicted_for(card, headroom=0.2)
     assert step.adaptive_state.headroom == 0.2
 
 
@@ -190,7 +194,8 @@ def test_a_wrong_prediction_shrinks_the_prediction_and_is_counted() -> None:
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=200 * MiB)
         step = adaptive_batch(start=1000, device="cuda")(card.run)
-        step()
+        for _ in range(3):
+            step()
         learned = step()
         card.per_item = 230 * MiB  # larger inputs from now on
         after = [step() for _ in range(4)]
@@ -202,7 +207,8 @@ def test_a_wrong_prediction_shrinks_the_prediction_and_is_counted() -> None:
     # The failure proved more than the learned figure; the new measurement is more still.
     assert state.memory_per_item_floor is not None
     assert 200 * MiB < state.memory_per_item_floor < state.memory_per_item == 230 * MiB
-    assert after[1:] == [predicted_for(card)] * 3
+    # The floor that failed is forgotten with the curve; the size kept is measured anew.
+    assert all(predicted_for(card) <= size <= card.largest_fit for size in after)
     assert state.smallest_failed_size == learned
     assert card.ooms == 2  # the first call's, and the one wrong prediction
 
@@ -224,18 +230,24 @@ def test_repeated_wrong_predictions_close_in_fast() -> None:
     assert tried == sorted(tried, reverse=True)
 
 
-def test_sizes_stay_below_a_size_that_failed() -> None:
-    """Once a size ran out of memory, no later attempt reaches it, even when memory frees up
-    and the prediction would (without regrow_after)."""
+def test_when_the_device_frees_up_sizes_grow_past_a_size_that_failed() -> None:
+    """A size that ran out of memory bounds the predictions while the device has no more
+    memory available than then; once it has clearly more, they grow past it (up to start),
+    without regrow_after, and the size that failed is forgotten when it works."""
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=100 * MiB, other_processes=20 * GiB)
         step = adaptive_batch(start=40, device="cuda")(card.run)
         step()
         assert step.adaptive_state.smallest_failed_size == 40
+        squeezed = [step() for _ in range(3)]
         card.free_up(0)
         sizes = [step() for _ in range(3)]
+    assert max(squeezed) < 40
     assert predicted_for(card) > 40
-    assert sizes == [39, 39, 39]
+    # One size measured: a step to the geometric mean of it and the prediction first.
+    assert sizes[-2:] == [40, 40]
+    assert step.adaptive_state.smallest_failed_size is None
+    assert card.ooms == 1
 
 
 def test_with_regrow_after_a_size_past_the_failure_is_tried_and_kept() -> None:
@@ -245,12 +257,12 @@ def test_with_regrow_after_a_size_past_the_failure_is_tried_and_kept() -> None:
         card = LinearCard(fake, per_item=500 * MiB, other_processes=12 * GiB)
         step = adaptive_batch(start=40, regrow_after=2, device="cuda")(card.run)
         step()  # 40 fails, probes
-        squeezed = [step() for _ in range(2)]
+        squeezed = [step() for _ in range(3)]
         expected = predicted_for(card)
         card.free_up(0)
         grown = [step() for _ in range(2)]
     state = step.adaptive_state
-    assert squeezed == [expected, expected]
+    assert squeezed[1:] == [expected, expected]
     assert grown == [40, 40]
     assert state.regrowths == 1
     assert state.smallest_failed_size is None
@@ -482,8 +494,8 @@ def test_the_state_shows_what_was_learned() -> None:
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=64 * MiB)
         step = adaptive_batch(start=1000, device="cuda")(card.run)
-        step()
-        step()
+        for _ in range(4):
+            step()
     snapshot = step.adaptive_state.snapshot()
     assert snapshot.memory_per_item == 64 * MiB
     assert snapshot.predicted_size == predicted_for(card)
@@ -522,8 +534,10 @@ def test_on_a_linear_card_predictions_never_run_out_of_memory(
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=(23 * GiB) / (fits + fraction))
         step = adaptive_batch(start=start, headroom=headroom, device="cuda")(card.run)
-        sizes = [step() for _ in range(4)]
+        sizes = [step() for _ in range(6)]
     state = step.adaptive_state
     assert state.wrong_predictions == 0
     assert max(sizes) <= min(start, fits)
-    assert sizes[-1] == max(1, min(start, predicted_for(card, headroom)))
+    # The largest success is a floor: a size that fitted stays, even inside the headroom.
+    floor = state.snapshot().largest_success or 0
+    assert sizes[-1] == min(start, max(1, predicted_for(card, headroom), floor))

@@ -1,40 +1,22 @@
-"""Out-of-memory errors: recognise them, recover from them, and size batches around them.
+"""Out-of-memory errors: recognise them and recover from them (the recovery layer).
 
 - :func:`is_oom_error` recognises an out-of-memory error on every backend;
   :func:`call_catching_oom`, :func:`release_exception_frames` and :func:`reclaim_memory` are
   the pieces of a recovery that really frees the failed call's memory.
-- :func:`adaptive_batch` and :func:`process_in_chunks` (also at the top level), and
-  :func:`iter_chunks` (which yields each chunk's result as it completes), run a
-  function at a batch size predicted from the memory measured per item (by factor where
-  nothing can be measured), smaller when memory runs out; chunks can also be sized by a
-  memory model. :class:`AdaptiveBatchState` is what an adaptive function learned, and
-  :class:`AdaptiveBatchSnapshot` all of it at one moment. :class:`AdaptiveBatchFunction`,
-  :class:`AdaptiveBatchMethod` and :class:`AdaptiveBatchClassMethod` are what a decorated
-  function is to a type checker.
 - :func:`add_oom_note` adds the device's figures to an error; :class:`MemoryHistoryRecorder`
   records CUDA's allocation history and writes a snapshot when an error leaves it.
 
+Batch sizing (``adaptive_batch``, ``process_in_chunks``, ``iter_chunks``, their async forms,
+``AdaptiveBatchState``...) lives in :mod:`memscope.sizing`, beside this layer; the names
+it had here still import from here (docs/changelog.md lists them), read from
+:mod:`memscope.sizing` when first asked for, so that recovery never imports sizing.
+
 The code lives in private modules, one per job: ``_detection`` (recognising and recovering),
-``_options`` (checking the sizing options), ``_state`` (what a search learned, and the sizing
-rules), ``_measure`` (the device's figures before an attempt, its peak after), ``_search``
-(the one decision step of the size search, and its sync and async drivers),
-``_decoration`` (``@adaptive_batch``), ``_chunks`` (``process_in_chunks``), ``_diagnosis``
-and ``_history``.
+``_diagnosis`` and ``_history``.
 """
 
-from memscope.oom._chunks import (
-    iter_chunks,
-    iter_chunks_async,
-    process_in_chunks,
-    process_in_chunks_async,
-)
-from memscope.oom._decoration import (
-    AdaptiveBatchClassMethod,
-    AdaptiveBatchDecorator,
-    AdaptiveBatchFunction,
-    AdaptiveBatchMethod,
-    adaptive_batch,
-)
+from typing import TYPE_CHECKING, Any
+
 from memscope.oom._detection import (
     CaughtOom,
     call_catching_oom,
@@ -45,27 +27,54 @@ from memscope.oom._detection import (
 )
 from memscope.oom._diagnosis import add_oom_note
 from memscope.oom._history import MemoryHistory, MemoryHistoryRecorder
-from memscope.oom._state import AdaptiveBatchSnapshot, AdaptiveBatchState
+
+if TYPE_CHECKING:
+    # Explicit re-exports (``as``), for type checkers: the sizing names memscope.oom had.
+    from memscope.sizing import AdaptiveBatchClassMethod as AdaptiveBatchClassMethod
+    from memscope.sizing import AdaptiveBatchDecorator as AdaptiveBatchDecorator
+    from memscope.sizing import AdaptiveBatchFunction as AdaptiveBatchFunction
+    from memscope.sizing import AdaptiveBatchMethod as AdaptiveBatchMethod
+    from memscope.sizing import AdaptiveBatchSnapshot as AdaptiveBatchSnapshot
+    from memscope.sizing import AdaptiveBatchState as AdaptiveBatchState
+    from memscope.sizing import adaptive_batch as adaptive_batch
+    from memscope.sizing import iter_chunks as iter_chunks
+    from memscope.sizing import iter_chunks_async as iter_chunks_async
+    from memscope.sizing import process_in_chunks as process_in_chunks
+    from memscope.sizing import process_in_chunks_async as process_in_chunks_async
+
+_MOVED_TO_SIZING = frozenset(
+    {
+        "AdaptiveBatchClassMethod",
+        "AdaptiveBatchDecorator",
+        "AdaptiveBatchFunction",
+        "AdaptiveBatchMethod",
+        "AdaptiveBatchSnapshot",
+        "AdaptiveBatchState",
+        "adaptive_batch",
+        "iter_chunks",
+        "iter_chunks_async",
+        "process_in_chunks",
+        "process_in_chunks_async",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Sizing imports this layer; read lazily, its old names here make no import cycle.
+    if name in _MOVED_TO_SIZING:
+        import memscope.sizing
+
+        return getattr(memscope.sizing, name)
+    raise AttributeError(f"module 'memscope.oom' has no attribute {name!r}")
 
 __all__ = [
-    "AdaptiveBatchClassMethod",
-    "AdaptiveBatchDecorator",
-    "AdaptiveBatchFunction",
-    "AdaptiveBatchMethod",
-    "AdaptiveBatchSnapshot",
-    "AdaptiveBatchState",
     "CaughtOom",
     "MemoryHistory",
     "MemoryHistoryRecorder",
-    "adaptive_batch",
     "add_oom_note",
     "call_catching_oom",
     "call_catching_oom_async",
     "is_oom_error",
-    "iter_chunks",
-    "iter_chunks_async",
-    "process_in_chunks",
-    "process_in_chunks_async",
     "reclaim_memory",
     "release_exception_frames",
 ]

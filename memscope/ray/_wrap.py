@@ -34,6 +34,7 @@ from memscope.ray._collector import (
     worker_identity,
 )
 from memscope.ray._import import require_ray
+from memscope.sizing import Sizing
 from memscope.typing import CachePolicy, DeviceLike
 
 __all__ = ["actor_device", "managed"]
@@ -118,6 +119,7 @@ def managed(
     factor: float = 0.5,
     min_size: int = 1,
     regrow_after: int | None = None,
+    sizing: Sizing | None = None,
 ) -> Function:
     """``udf``, a ``map_batches`` callable class or function, run under memscope in each worker.
 
@@ -160,6 +162,10 @@ def managed(
             :class:`~memscope.BatchSizeExhaustedError` (Ray Data may retry it).
         regrow_after: try a larger chunk after this many chunks in a row succeed, as for
             ``process_in_chunks``; ``None``: only predictions from measured memory grow it.
+        sizing: the chunks' :class:`~memscope.sizing.Sizing` in one value (``start`` is the
+            largest chunk; ``None``: the whole batch), instead of ``chunk_size``,
+            ``factor``, ``min_size`` and ``regrow_after``. Its ``headroom`` and ``measure``
+            must be the defaults for now: the actor's sizing takes neither yet.
 
     Returns:
         What to pass to ``map_batches`` in place of ``udf``: a subclass of the class (same
@@ -188,6 +194,10 @@ def managed(
         raise InvalidArgumentTypeError(
             f"collector must be a memscope.ray.ReportCollector, got {collector!r}"
         )
+    if sizing is not None:
+        chunk_size, factor, min_size, regrow_after = _sizing_options(
+            sizing, chunk_size, factor, min_size, regrow_after
+        )
     settings = ActorSettings.checked(
         device=device,
         every=every,
@@ -202,6 +212,37 @@ def managed(
     if isinstance(udf, type):
         return cast(Function, _managed_class(udf, settings, collector.address))
     return cast(Function, _managed_function(udf, settings, collector.address))
+
+
+def _sizing_options(
+    sizing: object, chunk_size: object, factor: object, min_size: object, regrow_after: object
+) -> tuple[int | None, float, int, int | None]:
+    """The actor's chunk options from a :class:`Sizing` (checked when it was made), refusing
+    the separate options as well, and the options the actor cannot apply."""
+    if not isinstance(sizing, Sizing):
+        raise InvalidArgumentTypeError(
+            f"sizing must be a memscope.sizing.Sizing or None, got {sizing!r} of type "
+            f"{type(sizing).__name__}"
+        )
+    separate = {
+        "chunk_size": (chunk_size, None),
+        "factor": (factor, 0.5),
+        "min_size": (min_size, 1),
+        "regrow_after": (regrow_after, None),
+    }
+    for name, (value, default) in separate.items():
+        if value != default:
+            raise InvalidArgumentError(
+                f"pass sizing= or {name}=, not both (got {name}={value!r} and sizing={sizing!r})"
+            )
+    defaults = Sizing()
+    for name in ("headroom", "measure"):
+        if getattr(sizing, name) != getattr(defaults, name):
+            raise InvalidArgumentError(
+                f"memscope.ray.managed cannot apply sizing.{name} yet (got "
+                f"{name}={getattr(sizing, name)!r}); leave it at its default"
+            )
+    return sizing.start, sizing.factor, sizing.min_size, sizing.regrow_after
 
 
 def _check_class(cls: type) -> None:

@@ -12,6 +12,9 @@ at run time either, as the first positional parameter is taken as the batch size
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Generator, Sequence
+
+import torch
 from typing_extensions import assert_type
 
 from memscope import adaptive_batch
@@ -22,6 +25,7 @@ from memscope.oom import (
     AdaptiveBatchSnapshot,
     AdaptiveBatchState,
 )
+from memscope.sizing import Sizing, iter_chunks, iter_chunks_async, process_in_chunks
 
 # A function: memscope supplies the batch size, callers pass the rest. -------------------
 
@@ -145,3 +149,38 @@ colorizer.run(4, ["a.png"])  # type: ignore[call-arg, arg-type]
 Colorizer.run(["a.png"])  # type: ignore[call-arg, arg-type]
 Colorizer.run_for_class(4, ["a.png"])  # type: ignore[call-arg, arg-type]
 colorizer.run_static(4, ["a.png"])  # type: ignore[call-arg, arg-type]
+
+# One Sizing value, or its fields as keywords; the old keywords are typed shortcuts. -------
+
+sizing = Sizing(start=16, factor=0.25, regrow_after=4)
+assert_type(sizing.start, int | None)
+assert_type(adaptive_batch(sizing=sizing), AdaptiveBatchDecorator)
+assert_type(AdaptiveBatchState(sizing), AdaptiveBatchState)
+assert_type(AdaptiveBatchState(start=8).sizing, Sizing)
+adaptive_batch(start="32")  # type: ignore[arg-type]
+adaptive_batch(chunk_size=32)  # type: ignore[call-arg]
+Sizing(start=4, factor="half")  # type: ignore[arg-type]
+
+# Chunks: the function gets a chunk of the items (a slice, a list; a tensor of a tensor). ---
+
+
+def lengths(chunk: Sequence[str]) -> list[int]:
+    return [len(name) for name in chunk]
+
+
+def rows(chunk: torch.Tensor) -> torch.Tensor:
+    return chunk * 2
+
+
+async def lengths_later(chunk: Sequence[str]) -> list[int]:
+    return [len(name) for name in chunk]
+
+
+assert_type(
+    iter_chunks(lengths, ["a.png", "b.png"], sizing=sizing), Generator[list[int], None, None]
+)
+assert_type(iter_chunks(rows, torch.ones(4, 2), start=2), Generator[torch.Tensor, None, None])
+assert_type(iter_chunks_async(lengths_later, ["a.png"], start=2), AsyncGenerator[list[int], None])
+process_in_chunks(lengths, ["a.png"], sizing=sizing)
+process_in_chunks(lengths, [1, 2, 3], start=2)  # type: ignore[arg-type]
+iter_chunks(rows, ["a.png"], start=2)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ A driver asks the search what to do, does it, and hands back the outcome:
 
 Every decision, and the recovery between attempts, happens in :meth:`SizeSearch.decide`,
 which a driver calls outside any ``except`` block: there the failed attempt's memory can
-really be freed. So does the measuring (:mod:`memscope.oom._measure`): the figures are read
+really be freed. So does the measuring (:mod:`memscope.sizing._measure`): the figures are read
 and the peak reset as the step that makes an attempt ends, and the peak is read as the next
 step begins, so nothing but the attempt runs in between.
 """
@@ -33,6 +33,9 @@ from typing import Any, Generic, NoReturn, TypeVar
 from memscope import _context as context
 from memscope.exceptions import BatchSizeExhaustedError
 from memscope.manager import MemoryManager
+
+# The recovery layer's modules, not its namespace: memscope.oom's namespace reads the sizing
+# names it used to have from this layer, and a layer never imports the one above it back.
 from memscope.oom._detection import (
     CaughtOom,
     call_catching_oom,
@@ -40,8 +43,9 @@ from memscope.oom._detection import (
     recover_from_oom,
 )
 from memscope.oom._diagnosis import add_oom_note
-from memscope.oom._measure import AttemptMeter
-from memscope.oom._state import AdaptiveBatchState, Attempt, CountedWork, Work
+from memscope.sizing._measure import AttemptMeter
+from memscope.sizing._snapshot import Attempt, CountedWork, Work
+from memscope.sizing._state import AdaptiveBatchState
 
 __all__: list[str] = []
 

@@ -1,6 +1,6 @@
 """``@adaptive_batch``: the decorator, the decorated function, and where its batch size goes.
 
-The size search is :mod:`memscope.oom._search`'s; this module says what an attempt is (the
+The size search is :mod:`memscope.sizing._search`'s; this module says what an attempt is (the
 user's function, called with a size and the caller's arguments) and when the work is done
 (after the first success). It also gives the decorated function the types and the signature
 that callers see: the function's, without the batch size.
@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import (
+    TYPE_CHECKING,
     Any,
     Concatenate,
     ParamSpec,
@@ -25,13 +26,17 @@ from typing import (
 import wrapt
 
 from memscope import _context as context
-from memscope.estimation import DEFAULT_HEADROOM
+from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
-from memscope.oom._options import SizingOptions
-from memscope.oom._search import Call, SizeSearch, run_search, run_search_async
-from memscope.oom._state import AdaptiveBatchState, Attempt
+from memscope.sizing._options import Sizing, SizingKeywords, SizingOptions, resolve_sizing
+from memscope.sizing._search import Call, SizeSearch, run_search, run_search_async
+from memscope.sizing._snapshot import Attempt
+from memscope.sizing._state import AdaptiveBatchState
 from memscope.typing import DeviceLike
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "AdaptiveBatchClassMethod",
@@ -103,7 +108,7 @@ class _AdaptiveRunner:
         self.signature = signature
         self.name = name
         self.is_async = is_async
-        self.state = AdaptiveBatchState._from_settings(options.settings)
+        self.state = AdaptiveBatchState(options.sizing)
 
     def __call__(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         # Checked at the call, so an async function's misuse fails before any coroutine exists.
@@ -208,7 +213,7 @@ def _remove_parameter(signature: inspect.Signature, name: str) -> inspect.Signat
 # The decorated function: what runs ------------------------------------------------------
 
 
-class _BoundAdaptiveWrapper(wrapt.BoundFunctionWrapper[..., Any]):
+class _BoundAdaptiveWrapper(PicklableBoundFunctionWrapper, wrapt.BoundFunctionWrapper[..., Any]):
     """An ``@adaptive_batch`` method, bound to its instance (or class)."""
 
     @property
@@ -229,7 +234,7 @@ class _BoundAdaptiveWrapper(wrapt.BoundFunctionWrapper[..., Any]):
         return self._self_parent
 
 
-class _AdaptiveWrapper(wrapt.FunctionWrapper[..., Any]):
+class _AdaptiveWrapper(PicklableFunctionWrapper, wrapt.FunctionWrapper[..., Any]):
     """What ``@adaptive_batch`` returns at run time, whatever it decorated."""
 
     __bound_function_wrapper__ = _BoundAdaptiveWrapper
@@ -371,14 +376,10 @@ def adaptive_batch(
     function: None = None,
     /,
     *,
-    start: int | None = None,
-    factor: float = 0.5,
-    min_size: int = 1,
-    regrow_after: int | None = None,
-    headroom: float = DEFAULT_HEADROOM,
-    measure: bool = True,
+    sizing: Sizing | None = None,
     manager: MemoryManager | None = None,
     device: DeviceLike = None,
+    **options: Unpack[SizingKeywords],
 ) -> AdaptiveBatchDecorator:
     """Supply the batch size to a function, and shrink it when memory runs out.
 
@@ -417,20 +418,14 @@ def adaptive_batch(
     device's memory figures. Other exceptions pass through unchanged.
 
     Args:
-        start: the first batch size, and the largest ever used (an int >= 1); required.
-        factor: what a size is multiplied by after an out-of-memory error where nothing is
-            measured (0 < factor < 1).
-        min_size: the smallest batch size tried (1 <= min_size <= start).
-        regrow_after: after this many successes in a row at a reduced size, try a larger
-            one (by factor: ``size / factor``, at most ``start``; from measurement: the
-            predicted size past the smallest size that failed). If that runs out of memory,
-            the smaller size is used again and the next attempt waits twice as long.
-            ``None`` (the default) never grows by factor, and keeps predictions below the
-            smallest size that failed.
-        headroom: the share of the available memory predicted sizes leave unused
-            (0 <= headroom < 1; default 0.03, see :data:`memscope.estimation.DEFAULT_HEADROOM`).
-        measure: size from measured memory where the device can be measured (the default);
-            ``False`` searches by factor only and never touches the peak statistics.
+        sizing: a :class:`~memscope.sizing.Sizing`, the sizing options checked once:
+            ``start`` (the first batch size, and the largest ever used; required),
+            ``factor``, ``min_size``, ``regrow_after``, ``headroom`` and ``measure``.
+        **options: the same fields as keywords, a shortcut: ``@adaptive_batch(start=32)`` is
+            ``@adaptive_batch(sizing=Sizing(start=32))``. Passing both is an
+            :class:`~memscope.InvalidArgumentError`. ``regrow_after``: after this many
+            successes in a row at a reduced size, try a larger one (if that runs out of
+            memory, the smaller size is used again and the next attempt waits twice as long).
         manager: the MemoryManager whose cache is cleared. Without one, calls inside a
             ``managed_batch`` use the batch's manager, and others share one default
             manager per ``device``, made at the first call.
@@ -447,22 +442,13 @@ def adaptive_batch(
     the batch (none inside a ``track()`` loop body, whose item is the unit), and every
     out-of-memory error and the cleanup after it count into its report.
     """
-    if function is not None or start is None:
+    checked = resolve_sizing("adaptive_batch", sizing, options)
+    if function is not None or checked.start is None:
         raise InvalidArgumentTypeError(
-            "adaptive_batch needs the first batch size to try: use @adaptive_batch(start=...)"
+            "adaptive_batch needs the first batch size to try: use @adaptive_batch(start=...) "
+            "or @adaptive_batch(sizing=Sizing(start=...))"
         )
-    return AdaptiveBatchDecorator(
-        SizingOptions.checked(
-            start=start,
-            factor=factor,
-            min_size=min_size,
-            regrow_after=regrow_after,
-            headroom=headroom,
-            measure=measure,
-            manager=manager,
-            device=device,
-        )
-    )
+    return AdaptiveBatchDecorator(SizingOptions(checked, manager, device))
 
 
 def _underlying_function(target: Any) -> Any:
