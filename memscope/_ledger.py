@@ -73,6 +73,13 @@ class Ledger:
             self.gc_runs += outcome.gc_runs
             self.gc_seconds += outcome.gc_seconds
 
+    def collection(self, gc_seconds: float, cache_clears: int) -> None:
+        """A collection memscope ran outside a cleanup step (one the leak watch asked for)."""
+        with self.lock:
+            self.gc_runs += 1
+            self.gc_seconds += gc_seconds
+            self.cache_clears += cache_clears
+
     def oom(self, error: BaseException, serial: int, *, retried: bool, reduced: bool) -> bool:
         """An out-of-memory error met by the batch numbered ``serial``; returns whether it is
         new to that batch (one failure seen by several layers counts once)."""

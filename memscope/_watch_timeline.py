@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from memscope._watch_host import HostWatch
-from memscope.reports import TimelineEntry
+from memscope.reports import Timeline, TimelineEntry
 from memscope.watch import Watcher
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ class TimelineWatch(Watcher):
     def __init__(self, host: HostWatch, journal: JournalWatch | None) -> None:
         self._host = host
         self._journal = journal
-        self._entries: list[TimelineEntry] = []
+        self._entries = Timeline()
         self._gc_runs_at_last_entry = 0
 
     def __repr__(self) -> str:
@@ -39,23 +39,34 @@ class TimelineWatch(Watcher):
         host_resident = self._host.sample()
         seconds = time.perf_counter() - batch.started_at
         gc_runs = batch._ledger.gc_runs
-        journal = self._journal
-        entry = TimelineEntry(
-            item=item if journal is None else journal.items_before + item,
-            seconds=seconds if journal is None else journal.seconds_before + seconds,
-            usage=snapshot.usage,
-            allocated=snapshot.allocated,
-            reserved=snapshot.reserved,
-            gc_ran=gc_runs > self._gc_runs_at_last_entry,
-            host_resident=host_resident,
-        )
+        gc_ran = gc_runs > self._gc_runs_at_last_entry
         self._gc_runs_at_last_entry = gc_runs
+        journal = self._journal
         if journal is None:
-            self._entries.append(entry)
-        else:
-            journal.timeline(entry)
+            # Compact columns: no entry object is built per item.
+            self._entries.append(
+                item,
+                seconds,
+                snapshot.usage,
+                snapshot.allocated,
+                snapshot.reserved,
+                gc_ran,
+                host_resident,
+            )
+            return
+        journal.timeline(
+            TimelineEntry(
+                item=journal.items_before + item,
+                seconds=journal.seconds_before + seconds,
+                usage=snapshot.usage,
+                allocated=snapshot.allocated,
+                reserved=snapshot.reserved,
+                gc_ran=gc_ran,
+                host_resident=host_resident,
+            )
+        )
 
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         if self._journal is not None:
             return {"timeline_file": str(self._journal.journal.path)}
-        return {"timeline": tuple(self._entries)}
+        return {"timeline": self._entries.copy()}

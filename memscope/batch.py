@@ -360,6 +360,12 @@ class ManagedBatch(SyncAndAsyncContextManager):
             self._reading = reading = self.manager.snapshot()
         return reading
 
+    def memory_now_fresh(self) -> MemorySnapshot:
+        """The device's figures read now (after something changed them), shared from here on
+        within the item like :meth:`memory_now`'s."""
+        self._reading = reading = self.manager.snapshot()
+        return reading
+
     def memory_if_read(self) -> MemorySnapshot | None:
         """The reading :meth:`memory_now` would share, or ``None`` when none was taken."""
         return self._reading

@@ -151,7 +151,9 @@ def faked(devices: dict[str, int]) -> Iterator[None]:
     """FakeDevice for each named accelerator type, with enough devices for every index."""
     with contextlib.ExitStack() as stack:
         for device_type, count in sorted(devices.items()):
-            stack.enter_context(FakeDevice(device_type, device_count=max(count, 2)))
+            stack.enter_context(
+                FakeDevice(device_type, device_count=max(count, 2), patch_torch=True)
+            )
         yield
 
 

@@ -414,7 +414,7 @@ def test_fake_device_failure_is_a_fresh_exception_each_time() -> None:
         raised = []
         for _ in range(3):
             with pytest.raises(RuntimeError, match="driver gone") as error:
-                torch.cuda.mem_get_info(0)
+                fake.function("torch.cuda.mem_get_info")(0)
             raised.append(error.value)
     assert len({id(error) for error in raised}) == 3
 

@@ -488,7 +488,7 @@ def test_a_step_that_frees_nothing_reads_the_device_once() -> None:
             for _ in range(10):
                 batch.step()
             calls = [call.function for call in fake.calls]
-    assert calls == ["torch.cuda.mem_get_info", "torch.cuda.memory_stats"] * 10
+    assert calls == ["torch.cuda.mem_get_info", "torch.cuda.memory_stats_as_nested_dict"] * 10
 
 
 def test_a_step_that_clears_the_cache_reads_the_device_after_the_clear() -> None:
@@ -501,7 +501,11 @@ def test_a_step_that_clears_the_cache_reads_the_device_after_the_clear() -> None
             for _ in range(3):
                 batch.step()
             calls = [call.function for call in fake.calls]
-    step = ["torch.cuda.empty_cache", "torch.cuda.mem_get_info", "torch.cuda.memory_stats"]
+    step = [
+        "torch.cuda.empty_cache",
+        "torch.cuda.mem_get_info",
+        "torch.cuda.memory_stats_as_nested_dict",
+    ]
     assert calls == step * 3
 
 

@@ -57,7 +57,7 @@ def test_gc_at_threshold_collects_then_clears(monkeypatch: pytest.MonkeyPatch) -
     functions = [call.function for call in fake.calls]
     assert functions == [
         "torch.cuda.mem_get_info",
-        "torch.cuda.memory_stats",
+        "torch.cuda.memory_stats_as_nested_dict",
         "gc.collect",
         "torch.cuda.empty_cache",
     ]

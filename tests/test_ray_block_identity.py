@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pytest
 
-from memscope.ray._rows import BatchRows, batch_fingerprint, last_batch_rows
+from memscope.ray._rows import BatchRows, batch_fingerprint
 
 
 def numpy_batch(start: int, rows: int = 20) -> dict[str, np.ndarray]:
@@ -62,11 +60,8 @@ def test_an_empty_batch_is_named_by_its_length() -> None:
     assert batch_fingerprint({"id": np.arange(0)}) == batch_fingerprint({"id": np.arange(0)})
 
 
-def test_the_rows_made_last_in_this_thread_are_found_while_in_use() -> None:
-    """The reporter finds the rows the actor just made; once freed, nothing is held."""
+def test_batch_rows_name_their_batch_by_its_content() -> None:
+    """BatchRows' fingerprint is the batch's content fingerprint, worked out once."""
     rows = BatchRows(numpy_batch(0))
-    assert last_batch_rows() is rows
     assert rows.fingerprint == batch_fingerprint(numpy_batch(0))
-    del rows
-    gc.collect()
-    assert last_batch_rows() is None
+    assert rows.fingerprint is rows.fingerprint

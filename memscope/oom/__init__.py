@@ -67,6 +67,7 @@ def __getattr__(name: str) -> Any:
         return getattr(memscope.sizing, name)
     raise AttributeError(f"module 'memscope.oom' has no attribute {name!r}")
 
+
 __all__ = [
     "CaughtOom",
     "MemoryHistory",

@@ -128,8 +128,9 @@ class ActorSettings:
 class Reporter(Protocol):
     """Where an actor's figures go; the Ray one sends them to the job's collector."""
 
-    def started(self, batch: int, rows: int) -> None:
-        """The actor began its ``batch``-th Ray batch, of ``rows`` rows."""
+    def started(self, batch: int, rows: int, block: str | None = None) -> None:
+        """The actor began its ``batch``-th Ray batch, of ``rows`` rows (``block``: what
+        names the batch's content, so a block Ray runs again is counted once)."""
         ...
 
     def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:
@@ -267,7 +268,7 @@ class ActorMemory:
             self._largest_batch = max(self._largest_batch, len(rows))
             self._batches += 1
             number = self._batches
-            self._reporter.started(number, len(rows))
+            self._reporter.started(number, len(rows), _block_name(rows, number))
             count = _ChunkCount()
             started = time.perf_counter()
             try:
@@ -339,3 +340,13 @@ class ActorMemory:
             chunk_size=self.chunk_size,
             busy_seconds=self._busy_seconds,
         )
+
+
+def _block_name(rows: BatchRows, number: int) -> str | None:
+    """The batch's content fingerprint; unnamed, a batch still counts, but a retry of its
+    block cannot be matched to it."""
+    try:
+        return rows.fingerprint
+    except Exception:
+        logger.debug("memscope.ray: could not name batch %d", number, exc_info=True)
+        return None

@@ -37,7 +37,6 @@ from memscope._validation import check_positive_number
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, ReportGatherError
 from memscope.ray._import import require_ray
 from memscope.ray._report import ActorBatchReport, ActorReport, RayJobReport
-from memscope.ray._rows import last_batch_rows
 
 __all__: list[str] = []
 
@@ -455,15 +454,7 @@ class RayReporter:
 
     def started(self, batch: int, rows: int, block: str | None = None) -> None:
         """The worker began a batch; ``block`` names its content
-        (:func:`~memscope.ray._rows.batch_fingerprint`), by default that of the rows the
-        actor made last in this thread."""
-        if block is None:
-            try:
-                made = last_batch_rows()
-                block = None if made is None or len(made) != rows else made.fingerprint
-            except Exception:
-                # Unnamed, the batch still counts; it just cannot be matched to a retry.
-                logger.debug("memscope.ray: could not name batch %d", batch, exc_info=True)
+        (:func:`~memscope.ray._rows.batch_fingerprint`), or is ``None`` when unknown."""
         self.send(STARTED, {"batch": batch, "rows": rows, "block": block})
 
     def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import itertools
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -115,19 +113,6 @@ def batch_fingerprint(batch: Any) -> str:
     return digest.hexdigest()
 
 
-_last_made = threading.local()
-
-
-def last_batch_rows() -> BatchRows | None:
-    """The :class:`BatchRows` most recently made in this thread, if it is still in use.
-
-    The reporter names the batch an actor starts from it: the actor makes the rows and
-    reports the start in the same thread, one right after the other.
-    """
-    reference = getattr(_last_made, "rows", None)
-    return None if reference is None else reference()
-
-
 class BatchRows(Sequence[Any]):
     """A batch as a sequence of rows whose slices are batches of the same format.
 
@@ -139,8 +124,6 @@ class BatchRows(Sequence[Any]):
         self.batch = batch
         self._length = row_count(batch)
         self._fingerprint: str | None = None
-        # Weakly: the batch is freed when the actor is done with it, not one batch later.
-        _last_made.rows = weakref.ref(self)
 
     @property
     def fingerprint(self) -> str:

@@ -20,7 +20,7 @@ from memscope.reports._combined import (
 )
 from memscope.reports._item_failure import ItemFailure
 from memscope.reports._leak import LeakFinding, LeakSuspect
-from memscope.reports._timeline import TimelineEntry
+from memscope.reports._timeline import Timeline, TimelineEntry
 
 __all__ = [
     "BatchReport",
@@ -29,6 +29,7 @@ __all__ = [
     "LeakFinding",
     "LeakSuspect",
     "RankReport",
+    "Timeline",
     "TimelineEntry",
     "process_rank",
     "with_process_rank",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -115,7 +115,7 @@ class BatchReport:
     """The leak the batch named (a :class:`~memscope.reports.LeakFinding`): its rate, the
     item at which memory would run out, the evidence and the suspects. ``None`` when none
     was named; a leak whose growth stopped later stays here with ``active`` false."""
-    timeline: tuple[TimelineEntry, ...] = ()
+    timeline: Sequence[TimelineEntry] = ()
     """The memory as each item finished, in the order the items finished."""
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -237,7 +238,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 # The fitted line ----------------------------------------------------------------------------
 
 
-def fitted_series(timeline: tuple[TimelineEntry, ...]) -> Sampled | None:
+def fitted_series(timeline: Sequence[TimelineEntry]) -> Sampled | None:
     """Which timeline figure the growth describes: the device's allocated bytes where the
     timeline has them, else the host's resident bytes, else none."""
     if any(entry.allocated is not None for entry in timeline):
@@ -261,7 +262,7 @@ def shows_growth(report: BatchReport) -> bool:
 
 
 def fitted_line(
-    timeline: tuple[TimelineEntry, ...], growth_per_item: float | None
+    timeline: Sequence[TimelineEntry], growth_per_item: float | None
 ) -> dict[int, float]:
     """The fitted memory in bytes at each of the timeline's last :data:`FIT_WINDOW` items.
 

@@ -186,7 +186,7 @@ def test_decorated_calls_keep_results_and_exceptions_under_random_faults(
         st.sampled_from(
             [
                 "torch.cuda.mem_get_info",
-                "torch.cuda.memory_stats",
+                "torch.cuda.memory_stats_as_nested_dict",
                 "torch.cuda.empty_cache",
                 "torch.cuda.reset_peak_memory_stats",
             ]
