@@ -22,9 +22,8 @@ from typing import (
     runtime_checkable,
 )
 
-import wrapt
-
 from memscope import _context as context
+from memscope import _wrapt as wrapt
 from memscope.estimation import DEFAULT_HEADROOM
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
