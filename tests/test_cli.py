@@ -100,6 +100,9 @@ def test_help_describes_each_command(
         (["estimate"], "SIZE"),
         (["estimate", "10x"], "'10x'"),
         (["estimate", "0x5"], "'0x5'"),
+        (["estimate", "-5x5"], "'-5x5': sides must be positive"),
+        (["estimate", "--", "-5x5"], "'-5x5': sides must be positive"),
+        (["estimate", "512", "-5"], "'-5': sides must be positive"),
         (["estimate", "abc"], "'abc'"),
         (["estimate", "512", "--dtype", "int8"], "'int8'"),
         (["estimate", "512", "--references", "-1"], "--references must be an int >= 0"),
@@ -211,7 +214,7 @@ def test_info_lists_the_cpu_and_versions(capsys: pytest.CaptureFixture[str]) -> 
     assert f"CUDA {torch.version.cuda or 'n/a'}" in out[0]
     assert out[1].split() == ["device", *INFO_DEVICE_FIGURES]
     assert out[-3].split() == ["cpu", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"]
-    assert out[-2] == "n/a: the device does not report this figure"
+    assert out[-2] == "n/a: the device reports no memory figures"
     assert out[-1].startswith("host memory (this process): ")
 
 

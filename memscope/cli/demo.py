@@ -39,6 +39,7 @@ from torch import nn
 
 from memscope._validation import check_fraction, check_image_size, check_int
 from memscope.batch import managed_batch
+from memscope.cli._options import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE
 from memscope.decorator import auto_clear
 from memscope.exceptions import (
     HostMemoryUnavailableError,
@@ -60,9 +61,6 @@ __all__: list[str] = []
 
 logger = logging.getLogger("memscope")
 
-DEFAULT_IMAGES = 24
-DEFAULT_SIZE = (256, 256)
-DEFAULT_EVERY = 5
 HIDDEN_CHANNELS = 16
 """Channels of the colorizer's two hidden layers; an image leaves both layers' features."""
 ALLOWANCE_CLEANUPS = 2
