@@ -538,9 +538,23 @@ def _demo(
         f"  with cleanup: managed_batch(every={demo.every}, budget=...) cleans up {cleanup}; "
         f"GC at {demo.memory_threshold:.0%} of the budget"
     )
-    result = demo.run()
-    _write(f"without cleanup: {result.without_cleanup.report.summary()}")
-    _write(f"with cleanup:    {result.with_cleanup.report.summary()}")
+    try:
+        result = demo.run()
+    except KeyboardInterrupt:
+        removed = demo.removed_output
+        _note(
+            "memscope demo: interrupted"
+            + ("" if removed is None else f"; removed its partial output in {removed}")
+        )
+        return 130
+    for name, report in (
+        ("without cleanup", result.without_cleanup.report),
+        ("with cleanup", result.with_cleanup.report),
+    ):
+        head, *details = report.lines()
+        _write(f"{name}: {head}")
+        for line in details:
+            _write(line)
     _write_demo_files(result)
     return 0
 

@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -357,6 +358,19 @@ def _writing_problem(folder: Path) -> str | None:
                 path.rmdir()
 
 
+def _remove_output(folder: Path, *, remove_folder: bool) -> None:
+    """Remove what an interrupted run wrote into ``folder`` (a new or empty folder before)."""
+    if remove_folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def _new_output_folder(parent: Path) -> Path:
     stem = OUTPUT_FOLDER_PREFIX + time.strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 1000):
@@ -553,8 +567,23 @@ class Demo:
         return budget if capacity is None else min(budget, capacity)
 
     def run(self) -> DemoResult:
-        """Colorize the images without and with memscope's cleanup, and write the results."""
+        """Colorize the images without and with memscope's cleanup, and write the results.
+
+        Interrupted (Ctrl-C), it removes what it wrote, so that the same command can run
+        again (a folder with files in it is refused), and re-raises; ``removed_output`` then
+        names the folder it emptied or removed.
+        """
+        self.removed_output = None
+        made = self.out is None or not self.out.exists()
         folder = self._make_output_folder()
+        try:
+            return self._run_in(folder)
+        except KeyboardInterrupt:
+            _remove_output(folder, remove_folder=made)
+            self.removed_output = folder
+            raise
+
+    def _run_in(self, folder: Path) -> DemoResult:
         images_skipped = None if _pillow_installed() else IMAGES_SKIPPED
         if images_skipped is not None:
             logger.info("demo: %s", IMAGES_SKIPPED)
@@ -600,6 +629,9 @@ class Demo:
             plot_skipped=plot_skipped,
             images_skipped=images_skipped,
         )
+
+    removed_output: Path | None = None
+    """After an interrupted :meth:`run`, the folder whose partial output it removed."""
 
     def _run(
         self,
