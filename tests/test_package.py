@@ -178,7 +178,7 @@ def test_setup_cfg_declares_the_floors() -> None:
     requires = config["options"]["install_requires"].split()
     assert requires == ["torch>=2.1", "wrapt>=1.14.1"]
     ray = config["options.extras_require"]["ray"].split()
-    assert ray == ["ray[data]>=2.59,<2.61"]
+    assert ray == ["ray[data]>=2.60,<2.61"]
 
 
 def test_the_clones_parent_folder_finds_the_package_not_a_namespace(tmp_path: Path) -> None:
