@@ -9,6 +9,11 @@ from memscope.units import format_bytes
 
 __all__ = ["MemorySnapshot"]
 
+NOT_REPORTED = "n/a"
+"""How memscope writes a figure the device does not report (never as 0)."""
+NO_DEVICE_FIGURES = "the device reports no memory figures"
+"""Why a device such as the CPU has no usage: ``str(snapshot)`` and ``memscope info`` say it."""
+
 _BUDGET_FIELDS = ("budget", "budget_used")
 _HOST_FIELDS = ("host_resident", "host_limit", "host_usage")
 
@@ -61,9 +66,8 @@ class MemorySnapshot:
         monitored = self._budget_and_host_parts()
         if self.total is None:
             if not monitored:
-                return (
-                    f"{self.device}: usage {self.usage:.1%} (the device reports no memory figures)"
-                )
+                # torch's 0.0 there is a convention, not a measurement.
+                return f"{self.device}: usage {NOT_REPORTED} ({NO_DEVICE_FIGURES})"
             return ", ".join([f"{self.device}: usage {self.usage:.1%}", *monitored])
         device_figures = f"{format_bytes(self.used)} of {format_bytes(self.total)}"
         if monitored:

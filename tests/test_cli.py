@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -101,6 +102,9 @@ def test_help_describes_each_command(
         (["estimate"], "SIZE"),
         (["estimate", "10x"], "'10x'"),
         (["estimate", "0x5"], "'0x5'"),
+        (["estimate", "-5x5"], "'-5x5': sides must be positive"),
+        (["estimate", "--", "-5x5"], "'-5x5': sides must be positive"),
+        (["estimate", "512", "-5"], "'-5': sides must be positive"),
         (["estimate", "abc"], "'abc'"),
         (["estimate", "512", "--dtype", "int8"], "'int8'"),
         (["estimate", "512", "--references", "-1"], "--references must be an int >= 0"),
@@ -212,7 +216,7 @@ def test_info_lists_the_cpu_and_versions(capsys: pytest.CaptureFixture[str]) -> 
     assert f"CUDA {torch.version.cuda or 'n/a'}" in out[0]
     assert out[1].split() == ["device", *INFO_DEVICE_FIGURES]
     assert out[-3].split() == ["cpu", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"]
-    assert out[-2] == "n/a: the device does not report this figure"
+    assert out[-2] == "n/a: the device reports no memory figures"
     assert out[-1].startswith("host memory (this process): ")
 
 
@@ -460,7 +464,9 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert report.items == 3
         assert report.memory_threshold == 0.9
         label = run.replace("-", " ") + ":"
-        assert f"{label:<16} {report.summary()}".rstrip() in lines
+        head, *details = report.lines()
+        start = lines.index(f"{label} {head}")
+        assert lines[start + 1 : start + 1 + len(details)] == details
         with (out / run / "timeline.csv").open(newline="") as file:
             rows = list(csv.DictReader(file))
         assert [row["item"] for row in rows] == ["1", "2", "3"]
@@ -474,6 +480,54 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert plot.format == "PNG"
     assert f"wrote to {out}/:" in lines
     assert "skipped" not in printed
+
+
+def test_an_interrupted_demo_removes_its_partial_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C during the demo removes what it wrote, says so in one line, exits 130, and the
+    same command then runs (the folder is no longer refused as not empty)."""
+    from memscope.cli import demo as demo_module
+
+    out = tmp_path / "out"
+    arguments = ["demo", "--images", "2", "--size", "32", "--out", str(out), "--no-progress"]
+    real_run = demo_module.Demo._run
+    runs = []
+
+    def interrupted_second_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        if len(runs) == 2:
+            raise KeyboardInterrupt
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(demo_module.Demo, "_run", interrupted_second_run)
+    assert main([*arguments, "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert err == f"memscope demo: interrupted; removed its partial output in {out}\n"
+    assert not out.exists()
+    monkeypatch.setattr(demo_module.Demo, "_run", real_run)
+    assert main([*arguments, "--device", "cpu"]) == 0
+    assert (out / WITH_CLEANUP / "report.json").is_file()
+
+
+def test_an_interrupted_demo_empties_a_folder_it_was_given(tmp_path: Path) -> None:
+    """Given an existing empty folder, an interrupted demo empties it and keeps the folder."""
+    from memscope.cli import demo as demo_module
+
+    out = tmp_path / "given"
+    out.mkdir()
+    demo = demo_module.Demo(images=1, size=(32, 32), device="cpu", out=out)
+
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
+        (out / "partial.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    demo._run_in = interrupt  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        demo.run()
+    assert out.is_dir()
+    assert list(out.iterdir()) == []
+    assert demo.removed_output == out
 
 
 def test_demo_of_one_image_says_image_not_images(

@@ -6,6 +6,7 @@ import csv
 import gc
 import json
 import math
+import platform
 import subprocess
 import sys
 import weakref
@@ -490,3 +491,26 @@ def test_demo_on_the_accelerator_plots_reserved_memory(tmp_path: Path, accelerat
         assert len(footprint_timeline(run.report)) == 6
     assert result.with_cleanup.report.budget == result.budget
     assert result.with_cleanup.report.cleanups == 4
+
+
+def test_the_mmap_threshold_is_fixed_on_glibc() -> None:
+    """On glibc the demo fixes malloc's mmap threshold; elsewhere it reports it could not."""
+    fixed = demo_module.fix_mmap_threshold()
+    assert fixed is (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_demo_repeats_its_figures(tmp_path: Path) -> None:
+    """Two runs of the same demo on the CPU read the same growth per item (within 5 %), and
+    agree on whether a leak was named."""
+    figures = []
+    for attempt in range(2):
+        demo = Demo(images=8, size=(96, 96), device="cpu", out=tmp_path / f"run-{attempt}")
+        result = demo.run()
+        without, with_ = result.without_cleanup.report, result.with_cleanup.report
+        figures.append((without.memory_growth_per_item, with_.leak is None))
+    (first_growth, first_leak), (second_growth, second_leak) = figures
+    assert first_growth is not None
+    assert second_growth is not None
+    assert second_growth == pytest.approx(first_growth, rel=0.05)
+    assert first_growth == pytest.approx(leftover_bytes(96, 96), rel=0.05)
+    assert first_leak == second_leak

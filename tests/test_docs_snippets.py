@@ -8,8 +8,12 @@ How a page runs:
 - A block that names an accelerator in a string (``"cuda"``, ``"cuda:1"``, ``"mps"``) runs
   inside ``memscope.testing.FakeDevice`` of that type, so it runs on a machine without one;
   a block that names none runs on the devices that are really there (the CPU here).
-- Placeholders a page uses without defining them, such as ``images`` or ``colorize``, come
-  from that page's prelude in ``PRELUDES`` below, and nowhere else. A prelude defines
+- The pages a new user reads first (``AS_PASTED``: the README, getting-started and the guide)
+  run exactly as pasted: no prelude, no fake devices. Their blocks define every name they
+  use and let memscope detect the device, so they run on a CPU-only machine as written.
+- On the other pages, placeholders a page uses without defining them, such as ``images`` or
+  ``colorize``, come from that page's prelude in ``PRELUDES`` below, and nowhere else; those
+  pages say so where they show GPU-only behaviour. A prelude defines
   stand-ins, never what a reader needs to copy (an import the snippet forgot is a bug of the
   snippet).
 - A block that cannot run here is marked by an HTML comment on the line just before its
@@ -45,8 +49,10 @@ ACCELERATOR = re.compile(r"^(cuda|mps|xpu)(?::(\d+))?$")
 
 _IMAGES = "images = [torch.rand(3, 64, 64) for _ in range(8)]\n"
 
+AS_PASTED = frozenset({"README.md", "getting-started.md", "guide.md"})
+"""Pages whose blocks run as a reader pastes them: no prelude, no fake devices."""
+
 PRELUDES: dict[str, str] = {
-    "getting-started.md": 'image_paths = [f"line-art-{index}.png" for index in range(10)]\n',
     "host-memory.md": (
         "import torch\n"
         + _IMAGES
@@ -65,18 +71,6 @@ PRELUDES: dict[str, str] = {
         "def run_some_items():\n"
         "    pass\n"
         "run_some_more_items = run_some_items\n"
-    ),
-    "guide.md": (
-        "import torch\n"
-        "from memscope import auto_clear\n"
-        + _IMAGES
-        + 'image_paths = [f"line-art-{index}.png" for index in range(10)]\n'
-        + "device = None  # auto-detect\n"
-        + "@auto_clear(every=5)\n"
-        + "def colorize(image):\n"
-        + "    return image\n"
-        + "def process_image(image_path):\n"
-        + "    return image_path\n"
     ),
     "oom.md": (
         "import torch\n"
@@ -188,7 +182,8 @@ def run_page(page: Path) -> PageRun:
     (``ray``, say) stops the page there, as the blocks after it may build on it.
     """
     namespace: dict[str, Any] = {"__name__": f"docs.{page.stem}"}
-    prelude = PRELUDES.get(page.name)
+    as_pasted = page.name in AS_PASTED
+    prelude = None if as_pasted else PRELUDES.get(page.name)
     if prelude is not None:
         exec(compile(prelude, f"{page.name} (prelude)", "exec"), namespace)
     failures: list[str] = []
@@ -198,7 +193,7 @@ def run_page(page: Path) -> PageRun:
         before = dict(namespace)
         # Line numbers in a traceback are the page's own.
         source = "\n" * snippet.line + snippet.code
-        with faked(accelerators(snippet.code)):
+        with faked({} if as_pasted else accelerators(snippet.code)):
             try:
                 exec(compile(source, _shown(page), "exec"), namespace)
             except Exception as error:
@@ -254,6 +249,18 @@ def test_every_page_with_snippets_is_checked() -> None:
     assert "getting-started.md" in with_snippets
     assert set(PRELUDES) <= {page.name for page in PAGES}
     assert set(PAGES_AWAITING_FIXES) <= with_snippets
+
+
+def test_the_first_pages_run_as_pasted() -> None:
+    """The README, getting-started and the guide have no prelude, no not-run block, and no
+    block that names an accelerator: each runs as pasted on a CPU-only machine."""
+    assert AS_PASTED.isdisjoint(PRELUDES)
+    for page in PAGES:
+        if page.name in AS_PASTED:
+            blocks = snippets(page)
+            assert blocks, page.name
+            assert [block.line for block in blocks if block.not_run is not None] == []
+            assert [block.line for block in blocks if accelerators(block.code)] == [], page.name
 
 
 def test_not_run_markers_give_a_reason_and_are_few() -> None:

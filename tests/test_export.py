@@ -368,3 +368,127 @@ def test_plot_without_matplotlib_names_the_extra(
     with pytest.raises(ImportError, match=r"pip install 'memscope\[plot\]'"):
         _report_with_gaps().plot(tmp_path / "timeline.png")
     assert not (tmp_path / "timeline.png").exists()
+
+
+# Units, the terminal text and the host panel's range ---------------------------------------
+
+MiB = 1024**2
+
+
+def test_json_says_what_each_figure_is_measured_in(tmp_path: Path) -> None:
+    """The JSON file's ``units`` map names bytes, seconds and bytes per item, and says what
+    usage is a share of; the figures keep their names."""
+    data = json.loads(_report_with_gaps().to_json(tmp_path / "report.json").read_text())
+    units = data["units"]
+    assert units["memory_growth_per_item"].startswith("bytes per item")
+    assert units["peak_allocated"] == "bytes"
+    assert units["elapsed_seconds"] == "seconds"
+    assert units["timeline"]["host_resident"] == "bytes"
+    assert "budget" in units["usage_start"]
+    assert "host's limit" in units["usage_start"]
+    assert data["peak_allocated"] == 3 * GiB
+
+
+def test_from_json_reads_files_with_and_without_units(tmp_path: Path) -> None:
+    """A file written before the units map and one written with it read back the same."""
+    report = _report_with_gaps()
+    new = report.to_json(tmp_path / "new.json")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(report.to_dict()))
+    assert "units" not in json.loads(old.read_text())
+    assert BatchReport.from_json(new) == BatchReport.from_json(old) == report
+
+
+def _cpu_report(residents: list[int], *, limit: int | None = None) -> BatchReport:
+    """A CPU batch that watched the host: resident memory ``residents[i]`` after item i+1."""
+    return dataclasses.replace(
+        _report_with_gaps(),
+        device="cpu",
+        usage_start=0.0,
+        usage_end=0.0,
+        peak_allocated=None,
+        peak_reserved=None,
+        host_resident_start=residents[0],
+        host_resident_end=residents[-1],
+        host_resident_peak=max(residents),
+        host_limit=limit,
+        items=len(residents),
+        timeline=tuple(
+            TimelineEntry(item=index + 1, seconds=0.1 * index, usage=0.0, host_resident=value)
+            for index, value in enumerate(residents)
+        ),
+    )
+
+
+def test_str_of_a_report_is_a_few_short_lines() -> None:
+    """``str(report)`` is a head line and labelled lines of at most 100 characters, while
+    ``summary()`` stays one line for logs."""
+    report = dataclasses.replace(
+        _cpu_report([288 * MiB, 380 * MiB, 473 * MiB], limit=int(23.5 * GiB)),
+        memory_growth_per_item=8.0 * MiB,
+        budget=461 * MiB,
+        skipped=2,
+        failures=1,
+    )
+    lines = str(report).splitlines()
+    assert lines[0] == "cpu: 3 items in 1.50 s (2.00 items/s)"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "  memory",
+        "  memory growth",
+        "  cleanup",
+        "  failures",
+        "  earlier runs",
+    ]
+    assert all(len(line) <= 100 for line in lines), lines
+    assert lines[1] == (
+        "  memory: host resident 288.0 MiB -> 473.0 MiB (peak 473.0 MiB) of 23.5 GiB limit"
+    )
+    assert lines[2] == "  memory growth: 8.0 MiB/item"
+    assert lines[3] == "  cleanup: 3 cache clears, 1 GC run (60 ms); budget 461.0 MiB"
+    assert "\n" not in report.summary()
+    assert report.summary().startswith("cpu: 3 items in 1.50 s (2.00 items/s), host memory")
+
+
+def test_the_host_panel_scales_to_the_data_not_to_a_far_limit() -> None:
+    """90 MiB of growth under a 23.5 GiB limit fills the panel: the y range is the data's,
+    in MiB, the limit is named in the axis label and drawn as no line."""
+    pytest.importorskip("matplotlib")
+    from memscope.reports._plot import draw_timeline
+
+    residents = [300 * MiB + step * 10 * MiB for step in range(10)]
+    (axes,) = draw_timeline(_cpu_report(residents, limit=int(23.5 * GiB))).axes
+    bottom, top = axes.get_ylim()
+    assert 280 <= bottom < 300
+    assert 390 < top <= 410
+    assert axes.get_ylabel() == "host memory (MiB; limit 23.5 GiB)"
+    assert [line.get_label() for line in axes.get_lines()] == ["host memory (resident)"]
+
+
+def test_the_host_panel_draws_a_limit_in_range_as_a_line() -> None:
+    """A limit just above the data is drawn as a line, inside the y range."""
+    pytest.importorskip("matplotlib")
+    from memscope.reports._plot import draw_timeline
+
+    residents = [300 * MiB + step * 10 * MiB for step in range(10)]
+    (axes,) = draw_timeline(_cpu_report(residents, limit=420 * MiB)).axes
+    labels = [line.get_label() for line in axes.get_lines()]
+    assert "limit (420.0 MiB)" in labels
+    assert axes.get_ylim()[1] > 420
+    assert axes.get_ylabel() == "host memory (MiB)"
+
+
+def test_the_legend_stands_beside_the_data() -> None:
+    """Every panel's legend is drawn to the right of its axes, never over the lines."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from memscope.reports._plot import draw_timeline
+
+    for report in (_cpu_report([300 * MiB, 310 * MiB], limit=320 * MiB), _report_with_gaps()):
+        figure = draw_timeline(report)
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)
+        for axes in figure.axes:
+            legend = axes.get_legend()
+            assert legend is not None
+            assert legend.get_window_extent(renderer).x0 >= axes.get_window_extent(renderer).x1

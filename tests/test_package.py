@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
+import configparser
 import importlib
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import memscope
 
@@ -158,6 +162,67 @@ def test_version_is_a_string() -> None:
     """``memscope.__version__`` is set."""
     assert isinstance(memscope.__version__, str)
     assert memscope.__version__.count(".") == 2
+
+
+def test_version_is_the_one_the_docs_describe() -> None:
+    """The package is 0.2.0, as the changelog's newest section and the installed metadata."""
+    assert memscope.__version__ == "0.2.0"
+    changelog = (PACKAGE.parent / "docs" / "changelog.md").read_text()
+    assert "\n## 0.2.0" in changelog
+    assert importlib.metadata.version("memscope") == memscope.__version__
+
+
+def test_setup_cfg_declares_the_floors() -> None:
+    """torch 2.1 and wrapt 1.14.1 are the floors; the ray extra is a range, not a pin."""
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parent / "setup.cfg")
+    requires = config["options"]["install_requires"].split()
+    assert requires == ["torch>=2.1", "wrapt>=1.14.1"]
+    ray = config["options.extras_require"]["ray"].split()
+    assert ray == ["ray[data]>=2.60,<2.61"]
+
+
+def test_the_clones_parent_folder_finds_the_package_not_a_namespace(tmp_path: Path) -> None:
+    """From a folder holding the clone as ``memscope/``, ``import memscope`` finds the package
+    (its ``__init__``), not an empty namespace package made of the clone's folder."""
+    (tmp_path / "memscope").symlink_to(PACKAGE.parent, target_is_directory=True)
+    probe = "import importlib.util; print(importlib.util.find_spec('memscope').origin)"
+    completed = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert Path(completed.stdout.strip()) == PACKAGE / "__init__.py"
+
+
+def test_mypy_finds_the_installed_package_from_outside_the_clone(tmp_path: Path) -> None:
+    """``mypy --strict`` on a user's file outside the clone finds memscope (no "Cannot find
+    implementation or library stub"): the editable install is a path entry, not a hook."""
+    pytest.importorskip("mypy")
+    (tmp_path / "job.py").write_text("import memscope\n\nversion: str = memscope.__version__\n")
+    # skip: memscope is found and not analysed (torch's stubs would take minutes here);
+    # .ci/run checks a user's file against memscope's types in full.
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--follow-imports=skip",
+            "--no-incremental",
+            "job.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert "Cannot find implementation" not in completed.stdout, completed.stdout
+    assert completed.returncode == 0, completed.stdout
 
 
 def test_py_typed_is_shipped() -> None:

@@ -13,49 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from memscope.cli._options import DEVICE_OPTIONS, as_typed
-from memscope.cli.demo import Colorizer
-from memscope.estimation import (
-    DEFAULT_HEADROOM,
-    CalibratedImageMemoryModel,
-    available_bytes,
-    calibrate,
-)
+from memscope.cli._options import DEVICE_OPTIONS, as_typed, format_size, parse_image_size
 from memscope.exceptions import (
     HostMemoryUnavailableError,
     MemoryFiguresUnavailableError,
     MemscopeError,
 )
-from memscope.manager import MemoryManager
 from memscope.units import format_bytes
+
+if TYPE_CHECKING:
+    from memscope.estimation import CalibratedImageMemoryModel
+    from memscope.manager import MemoryManager
 
 __all__ = ["add_calibrate_parser", "run_calibrate"]
 
 DEFAULT_SIZES = ((64, 64), (128, 128), (256, 256))
 DEFAULT_BATCH_SIZES = (1, 2)
 DEFAULT_PREDICTIONS = ((512, 512), (1024, 1024), (2048, 2048))
-
-_SIZE = re.compile(r"(\d+)(?:[xX](\d+))?")
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    """``"1024x768"`` -> ``(1024, 768)``; ``"512"`` -> ``(512, 512)``."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid image size {text!r}: use WIDTHxHEIGHT (1024x768) or one side (512)"
-        )
-    width = int(match.group(1))
-    height = width if match.group(2) is None else int(match.group(2))
-    if width == 0 or height == 0:
-        raise argparse.ArgumentTypeError(f"invalid image size {text!r}: sides must be positive")
-    return width, height
+POOR_FIT_MISS = 0.10
+"""A fit whose largest miss on its own samples is above this share gets a caution."""
+POOR_FIT_R_SQUARED = 0.99
+"""So does a fit whose R^2 is below this: memory is then not linear in pixels x batch."""
 
 
 def _positive_int(text: str) -> int:
@@ -66,10 +47,6 @@ def _positive_int(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: use an int >= 1")
     return number
-
-
-def _format_size(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def add_calibrate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -91,7 +68,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--sizes",
         nargs="+",
-        type=_image_size,
+        type=parse_image_size,
         default=list(DEFAULT_SIZES),
         metavar="SIZE",
         help="image sizes to measure, WIDTHxHEIGHT or one side (64 128 256)",
@@ -114,7 +91,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--predict",
         nargs="+",
-        type=_image_size,
+        type=parse_image_size,
         default=list(DEFAULT_PREDICTIONS),
         metavar="SIZE",
         help="image sizes to predict the memory of (512 1024 2048)",
@@ -132,6 +109,14 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
     A bad argument (a device that is not there, say) exits through the subcommand's parser
     with status 2; a device whose peak memory cannot be measured prints why and returns 1.
     """
+    # Imported here, not at the top: the parser is built without torch (fast --help).
+    import torch
+
+    from memscope.cli.demo import Colorizer, leftover_bytes
+    from memscope.estimation import available_bytes, calibrate
+    from memscope.manager import MemoryManager
+    from memscope.oom import is_oom_error
+
     parser: argparse.ArgumentParser = arguments.command_parser
     try:
         manager = MemoryManager(arguments.device)
@@ -141,6 +126,19 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
     except MemscopeError as error:
         parser.error(as_typed(str(error), DEVICE_OPTIONS))
     device = manager.resolved_device
+    available = available_bytes(manager.snapshot())
+    if available is not None:
+        # The colorizer holds both hidden layers' features at once: a floor of what a run
+        # needs. A size whose floor does not fit is refused before anything is allocated.
+        largest = max(arguments.sizes, key=lambda size: size[0] * size[1])
+        batch_size = max(arguments.batch_sizes)
+        needed = batch_size * leftover_bytes(*largest)
+        if needed > available:
+            parser.error(
+                f"--sizes {format_size(largest)} at batch size {batch_size} needs at least "
+                f"{format_bytes(needed)}, more than the {format_bytes(available)} available "
+                f"on {device}; use smaller sizes or batch sizes"
+            )
     model = Colorizer(seed=arguments.seed).to(device).eval()
 
     def colorize(batch_size: int, image_size: tuple[int, int]) -> None:
@@ -164,15 +162,40 @@ def run_calibrate(arguments: argparse.Namespace) -> int:
         return 1
     except MemscopeError as error:
         parser.error(str(error))
+    except Exception as error:
+        # Memory that the check above could not see (other processes, fragmentation).
+        if not is_oom_error(error):
+            raise
+        parser.error(
+            f"--sizes {' '.join(format_size(size) for size in arguments.sizes)} ran out of "
+            f"memory on {device}; use smaller sizes or batch sizes"
+        )
     available = available_bytes(manager.snapshot())
     if arguments.json:
         _write_json(fitted, arguments.predict, available)
     else:
         _write_text(fitted, arguments.predict, available)
+    caution = poor_fit_caution(fitted)
+    if caution is not None:
+        sys.stderr.write(f"memscope calibrate: warning: {caution}\n")
     return 0
 
 
+def poor_fit_caution(fitted: CalibratedImageMemoryModel) -> str | None:
+    """Why the fit's predictions deserve caution, or ``None`` when it fits its samples well."""
+    if fitted.max_relative_error <= POOR_FIT_MISS and fitted.r_squared >= POOR_FIT_R_SQUARED:
+        return None
+    return (
+        f"the fit misses its own samples by up to {fitted.max_relative_error:.0%} "
+        f"(R^2 {fitted.r_squared:.3f}): memory is not linear in pixels x batch size here, "
+        "so the predictions are rough; measure at sizes closer to the ones you will run "
+        "(--sizes), or more times (--repeats)"
+    )
+
+
 def _with_host_figures(manager: MemoryManager) -> MemoryManager:
+    from memscope.manager import MemoryManager
+
     try:
         return MemoryManager(manager.device, host=True)
     except HostMemoryUnavailableError:
@@ -213,7 +236,7 @@ def _write_text(
         ("size", "batch", "peak"),
         [
             (
-                _format_size(sample.image_size),
+                format_size(sample.image_size),
                 str(sample.batch_size),
                 format_bytes(sample.peak_bytes),
             )
@@ -240,6 +263,8 @@ def _write_text(
     if available is None:
         write(":\n")
     else:
+        from memscope.estimation import DEFAULT_HEADROOM
+
         write(f" (and the batch that fits now, less {DEFAULT_HEADROOM:.0%} headroom):\n")
     _table(tuple(columns), rows)
 

@@ -18,29 +18,31 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
-
+# Only what the parser needs is imported here: `memscope --version` and `--help` answer
+# without torch, whose import takes seconds; each command imports what it runs.
 from memscope._version import __version__
-from memscope.backends import available_devices
-from memscope.cli._calibrate import add_calibrate_parser, run_calibrate
-from memscope.cli._options import DEVICE_OPTIONS, as_typed
-from memscope.cli._report import add_report_parser, run_report
-from memscope.cli.demo import (
+from memscope.cli._calibrate import add_calibrate_parser
+from memscope.cli._options import (
     DEFAULT_EVERY,
     DEFAULT_IMAGES,
     DEFAULT_SIZE,
-    Demo,
-    DemoResult,
-    DemoRun,
+    DEVICE_OPTIONS,
+    as_typed,
+    format_size,
+    parse_image_size,
 )
-from memscope.estimation import ImageMemoryModel
+from memscope.cli._report import add_report_parser
 from memscope.exceptions import HostMemoryUnavailableError, MemscopeError
-from memscope.host import HostMemoryMonitor
-from memscope.manager import MemoryManager
-from memscope.snapshot import MemorySnapshot
+from memscope.snapshot import NO_DEVICE_FIGURES, NOT_REPORTED
 from memscope.units import format_bytes
+
+if TYPE_CHECKING:
+    from memscope.cli.demo import DemoResult, DemoRun
+    from memscope.estimation import ImageMemoryModel
+    from memscope.manager import MemoryManager
+    from memscope.snapshot import MemorySnapshot
 
 __all__: list[str] = []
 
@@ -52,8 +54,6 @@ HOST_FIGURES_MISSING = (
     "this process's memory cannot be read here; for its resident memory, peak and limit: "
     "pip install 'memscope[host]'"
 )
-
-_SIZE = re.compile(r"(\d+)(?:[xX](\d+))?")
 
 DEMO_OPTIONS = {
     "images": "--images",
@@ -79,6 +79,8 @@ ESTIMATE_OPTIONS = {
 """The estimation model's fields, and the options that set them."""
 
 
+_NEGATIVE_NUMBER_OR_SIZE = re.compile(r"^-\d+(?:[xX][+-]?\d+)?$|^-\d*\.\d+$")
+
 COMMANDS_WITHOUT_A_DEVICE = {
     "estimate": "the estimate depends on the image, not the device",
     "report": "the report reads a journal file",
@@ -95,35 +97,27 @@ def _note(line: str) -> None:
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, with errors as one line: the usage is one ``--help`` away."""
+    """argparse, with errors as one line: the usage is one ``--help`` away.
+
+    An argument such as ``-5x5`` reads as a (bad) image size, not as an unknown option, so
+    that ``memscope estimate -5x5`` says what is wrong with it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes only numbers like -5 or -.5 for values; no option here is named
+        # like a number, so a negative size can be a value too.
+        self._negative_number_matcher = _NEGATIVE_NUMBER_OR_SIZE
 
     def error(self, message: str) -> NoReturn:
         message = " ".join(message.split())
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``"1024x768"`` -> ``(1024, 768)``; ``"512"`` -> ``(512, 512)``."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid image size {text!r}: use WIDTHxHEIGHT (1024x768) or one side (512)"
-        )
-    width = int(match.group(1))
-    height = width if match.group(2) is None else int(match.group(2))
-    if width == 0 or height == 0:
-        raise argparse.ArgumentTypeError(f"invalid image size {text!r}: sides must be positive")
-    return width, height
-
-
 def counted(number: int, singular: str, plural: str | None = None) -> str:
     """``1 image``, ``2 images``: the number with its noun in the right number."""
     noun = singular if number == 1 else (plural if plural is not None else singular + "s")
     return f"{number} {noun}"
-
-
-def _format_size(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def _format_fraction(value: float) -> str:
@@ -241,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_image_size,
         default=DEFAULT_SIZE,
         metavar="SIZE",
-        help=f"image size, WIDTHxHEIGHT or one side ({_format_size(DEFAULT_SIZE)})",
+        help=f"image size, WIDTHxHEIGHT or one side ({format_size(DEFAULT_SIZE)})",
     )
     demo.add_argument(
         "--device", default=None, metavar="DEVICE", help="device to colorize on (auto-detect)"
@@ -284,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _manager(parser: argparse.ArgumentParser, device: str | None) -> MemoryManager:
     """A manager for ``device``, or the parser's one-line error naming ``--device``."""
+    from memscope.manager import MemoryManager
+
     try:
         return MemoryManager(device)
     except MemscopeError as error:
@@ -291,6 +287,8 @@ def _manager(parser: argparse.ArgumentParser, device: str | None) -> MemoryManag
 
 
 def _overview(parser: argparse.ArgumentParser, device: str | None) -> int:
+    import torch
+
     manager = _manager(parser, device)
     _write(f"memscope {__version__}, torch {torch.__version__}")
     _write(f"device: {manager.resolved_device}")
@@ -338,6 +336,8 @@ def _read_host_memory() -> _HostMemory:
 
     The figures come from psutil, or from ``/proc`` on Linux without it, as for a batch.
     """
+    from memscope.host import HostMemoryMonitor
+
     try:
         monitor = HostMemoryMonitor()
         resident = monitor.resident_bytes()
@@ -386,6 +386,11 @@ def _device_figures(snapshot: MemorySnapshot) -> dict[str, Any]:
 
 
 def _info(parser: argparse.ArgumentParser, device: str | None, as_json: bool) -> int:
+    import torch
+
+    from memscope.backends import available_devices
+    from memscope.manager import MemoryManager
+
     if device is None:
         snapshots = [MemoryManager(each).snapshot() for each in available_devices()]
     else:
@@ -409,14 +414,16 @@ def _info(parser: argparse.ArgumentParser, device: str | None, as_json: bool) ->
     rows = [
         (
             figures["device"],
-            "n/a" if figures["usage"] is None else _format_fraction(figures["usage"]),
+            NOT_REPORTED if figures["usage"] is None else _format_fraction(figures["usage"]),
             *(format_bytes(figures[name]) for name in INFO_DEVICE_FIGURES[1:]),
         )
         for figures in devices
     ]
     _write_table(("device", *INFO_DEVICE_FIGURES), rows)
-    if any(None in figures.values() for figures in devices):
-        _write("n/a: the device does not report this figure")
+    if any(all(figures[name] is None for name in INFO_DEVICE_FIGURES) for figures in devices):
+        _write(f"{NOT_REPORTED}: {NO_DEVICE_FIGURES}")
+    elif any(None in figures.values() for figures in devices):
+        _write(f"{NOT_REPORTED}: the device does not report this figure")
     _write(str(host))
     return 0
 
@@ -466,6 +473,8 @@ def _estimate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) ->
         "activation_factor": arguments.activation_factor,
         "overhead": arguments.overhead,
     }
+    from memscope.estimation import ImageMemoryModel
+
     try:
         model = ImageMemoryModel(**{k: v for k, v in options.items() if v is not None})
     except MemscopeError as error:
@@ -487,7 +496,7 @@ def _estimate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) ->
     _write_table(
         ("size", "pixels", "bytes", "memory"),
         [
-            (_format_size(size), f"{size[0] * size[1]:,}", f"{estimate:,}", format_bytes(estimate))
+            (format_size(size), f"{size[0] * size[1]:,}", f"{estimate:,}", format_bytes(estimate))
             for size, estimate in estimates
         ],
     )
@@ -497,6 +506,8 @@ def _estimate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) ->
 def _demo(
     parser: argparse.ArgumentParser, arguments: argparse.Namespace, device: str | None
 ) -> int:
+    from memscope.cli.demo import Demo
+
     progress = not arguments.no_progress
     try:
         demo = Demo(
@@ -527,9 +538,23 @@ def _demo(
         f"  with cleanup: managed_batch(every={demo.every}, budget=...) cleans up {cleanup}; "
         f"GC at {demo.memory_threshold:.0%} of the budget"
     )
-    result = demo.run()
-    _write(f"without cleanup: {result.without_cleanup.report.summary()}")
-    _write(f"with cleanup:    {result.with_cleanup.report.summary()}")
+    try:
+        result = demo.run()
+    except KeyboardInterrupt:
+        removed = demo.removed_output
+        _note(
+            "memscope demo: interrupted"
+            + ("" if removed is None else f"; removed its partial output in {removed}")
+        )
+        return 130
+    for name, report in (
+        ("without cleanup", result.without_cleanup.report),
+        ("with cleanup", result.with_cleanup.report),
+    ):
+        head, *details = report.lines()
+        _write(f"{name}: {head}")
+        for line in details:
+            _write(line)
     _write_demo_files(result)
     return 0
 
@@ -581,8 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.command == "demo":
             return _demo(command_parser, arguments, device)
         if arguments.command == "report":
+            from memscope.cli._report import run_report
+
             return run_report(arguments)
         if arguments.command == "calibrate":
+            from memscope.cli._calibrate import run_calibrate
+
             return run_calibrate(arguments)
         return _overview(parser, device)
     except KeyboardInterrupt:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memscope.exceptions import JournalError
-from memscope.journal import JournalSummary, read_journal
+
+if TYPE_CHECKING:
+    from memscope.journal import JournalSummary
 
 __all__ = ["add_report_parser", "run_report"]
 
@@ -29,6 +31,9 @@ def add_report_parser(commands: Any) -> None:
 
 def run_report(arguments: argparse.Namespace) -> int:
     """Print the journal's summary; a journal that cannot be read is one line and status 2."""
+    # Imported here: the parser is built without torch, which memscope.journal imports.
+    from memscope.journal import read_journal
+
     try:
         summary = read_journal(arguments.journal)
     except JournalError as error:

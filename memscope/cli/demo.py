@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import gc
 import itertools
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from torch import nn
 
 from memscope._validation import check_fraction, check_image_size, check_int
 from memscope.batch import managed_batch
+from memscope.cli._options import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE
 from memscope.decorator import auto_clear
 from memscope.exceptions import (
     HostMemoryUnavailableError,
@@ -60,9 +63,6 @@ __all__: list[str] = []
 
 logger = logging.getLogger("memscope")
 
-DEFAULT_IMAGES = 24
-DEFAULT_SIZE = (256, 256)
-DEFAULT_EVERY = 5
 HIDDEN_CHANNELS = 16
 """Channels of the colorizer's two hidden layers; an image leaves both layers' features."""
 ALLOWANCE_CLEANUPS = 2
@@ -359,6 +359,46 @@ def _writing_problem(folder: Path) -> str | None:
                 path.rmdir()
 
 
+_M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter for the size from which ``malloc`` maps memory directly."""
+DEMO_MMAP_THRESHOLD = 1 << 20
+"""Blocks of this size and larger (every feature map of the demo) are mapped on their own."""
+
+
+def fix_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at :data:`DEMO_MMAP_THRESHOLD`; whether it was set.
+
+    The demo reads the leak as resident memory. glibc raises its mmap threshold each time a
+    mapped block is freed, so after a while the feature maps come from the heap instead,
+    where a freed block between two leaked ones stays resident: the same run then read 8 or
+    12 MiB per item and sometimes named a leak in the run with cleanup. A fixed threshold
+    keeps every feature map in a mapping of its own, returned to the system when freed, so
+    the figures follow the tensors and repeat from run to run. It applies to the whole
+    process (glibc has no per-thread setting) and is a no-op elsewhere than glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, DEMO_MMAP_THRESHOLD))
+
+
+def _remove_output(folder: Path, *, remove_folder: bool) -> None:
+    """Remove what an interrupted run wrote into ``folder`` (a new or empty folder before)."""
+    if remove_folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def _new_output_folder(parent: Path) -> Path:
     stem = OUTPUT_FOLDER_PREFIX + time.strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 1000):
@@ -555,8 +595,25 @@ class Demo:
         return budget if capacity is None else min(budget, capacity)
 
     def run(self) -> DemoResult:
-        """Colorize the images without and with memscope's cleanup, and write the results."""
+        """Colorize the images without and with memscope's cleanup, and write the results.
+
+        Interrupted (Ctrl-C), it removes what it wrote, so that the same command can run
+        again (a folder with files in it is refused), and re-raises; ``removed_output`` then
+        names the folder it emptied or removed.
+        """
+        self.removed_output = None
+        made = self.out is None or not self.out.exists()
         folder = self._make_output_folder()
+        try:
+            return self._run_in(folder)
+        except KeyboardInterrupt:
+            _remove_output(folder, remove_folder=made)
+            self.removed_output = folder
+            raise
+
+    def _run_in(self, folder: Path) -> DemoResult:
+        if self._host_monitor is not None and not fix_mmap_threshold():
+            logger.info("demo: cannot fix the C allocator's mmap threshold; figures may vary")
         images_skipped = None if _pillow_installed() else IMAGES_SKIPPED
         if images_skipped is not None:
             logger.info("demo: %s", IMAGES_SKIPPED)
@@ -602,6 +659,9 @@ class Demo:
             plot_skipped=plot_skipped,
             images_skipped=images_skipped,
         )
+
+    removed_output: Path | None = None
+    """After an interrupted :meth:`run`, the folder whose partial output it removed."""
 
     def _run(
         self,

@@ -144,8 +144,12 @@ class BatchReport:
         return _export.read_json(cls, path)
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_dict` to ``path`` as JSON; returns the path."""
-        return _export.write_json(self.to_dict(), path)
+        """Write :meth:`to_dict` to ``path`` as JSON; returns the path.
+
+        The file also holds ``"units"``: what each figure is measured in (bytes, seconds,
+        bytes per item, usage as a fraction of what).
+        """
+        return _export.write_json(self.to_dict(), path, _export.REPORT_UNITS)
 
     def timeline_entries(self) -> Iterator[TimelineEntry]:
         """The timeline's entries: from memory, or read back from ``timeline_file``."""
@@ -191,51 +195,92 @@ class BatchReport:
         return plot_timeline(report, path)
 
     def summary(self) -> str:
-        """One line for a log or a terminal.
+        """One line for a log: every part of :meth:`lines`, joined by commas.
 
         The device's usage and peak appear where the device reports figures, the host's
         resident memory where the batch watched the host, the growth per item and any leak
         where the batch measured them; the CPU reports none of its own, so
         a CPU batch that watched the host is summarised by its host memory alone.
         """
-        parts = [
+        head, *groups = self._parts(labelled=False)
+        parts = [head, *(part for _label, group in groups for part in group)]
+        if self.ended_by is not None:
+            parts.append(f"ended by {self.ended_by}")
+        return self._rank_prefix() + ", ".join(parts)
+
+    def lines(self) -> list[str]:
+        """The summary as a few short lines for a terminal: what ran, then one line each for
+        memory, cleanup, and (where there were any) out-of-memory errors, failures and items
+        that earlier runs handled. ``str(report)`` joins them."""
+        head, *groups = self._parts(labelled=True)
+        if self.ended_by is not None:
+            head += f", ended by {self.ended_by}"
+        return [self._rank_prefix() + head] + [
+            f"  {label}: {'; '.join(group)}" for label, group in groups if group
+        ]
+
+    def _parts(self, *, labelled: bool) -> list[Any]:
+        """The head, then ``(label, parts)`` groups; a group without parts is left out.
+
+        ``labelled``: the parts follow their group's label, which says what they are."""
+        head = (
             f"{self.device}: {counted(self.items, 'item')} in {self.elapsed_seconds:.2f} s "
             f"({self.items_per_second:.2f} items/s)"
-        ]
+        )
+        memory: list[str] = []
         if device_reports_figures(self):
-            parts.append(
+            memory.append(
                 f"usage {self.usage_start:.1%} -> {self.usage_end:.1%}, "
                 f"peak allocated {format_bytes(self.peak_allocated)}"
             )
         if host_reports_figures(self):
-            parts.append(self._host_memory())
+            host = self._host_memory()
+            memory.append(
+                host.replace("host memory: resident", "host resident") if labelled else host
+            )
+        growth = []
         if self.memory_growth_per_item is not None:
-            parts.append(f"memory growth {format_bytes(self.memory_growth_per_item)}/item")
-        if self.leak is not None:
-            parts.append(self.leak.summary())
-        parts.append(
+            per_item = f"{format_bytes(self.memory_growth_per_item)}/item"
+            growth.append(per_item if labelled else f"memory growth {per_item}")
+        leak = [] if self.leak is None else [self.leak.summary()]
+        cleanup = [
             f"{counted(self.cache_clears, 'cache clear')}, {counted(self.gc_runs, 'GC run')} "
             f"({self.gc_seconds * 1000:.0f} ms)"
-        )
+        ]
         if self.budget is not None:
-            parts.append(f"budget {format_bytes(self.budget)}")
+            cleanup.append(f"budget {format_bytes(self.budget)}")
+        ooms = []
         if self.ooms:
-            parts.append(
+            ooms.append(
                 f"{counted(self.ooms, 'out-of-memory error')} ({self.oom_retries} retried, "
                 f"{counted(self.batch_size_reductions, 'batch size reduction')})"
             )
+        failures = []
         if self.failures or self.cleanup_failures:
-            parts.append(
+            failures.append(
                 f"{counted(self.failures, 'failure')}, "
                 f"{counted(self.cleanup_failures, 'failed cleanup')}"
             )
         if self.failed_items:
-            parts.append(f"{counted(len(self.failed_items), 'failed item')} (skipped)")
+            failures.append(f"{counted(len(self.failed_items), 'failed item')} (skipped)")
+        skipped = []
         if self.skipped:
-            parts.append(f"{counted(self.skipped, 'item')} already done by an earlier run")
-        if self.ended_by is not None:
-            parts.append(f"ended by {self.ended_by}")
-        return self._rank_prefix() + ", ".join(parts)
+            # The report counts skipped items, not which of them earlier runs finished and
+            # which they failed: both are skipped, and said so.
+            skipped.append(
+                f"{counted(self.skipped, 'item')} skipped: done, or failed and not retried, "
+                "by an earlier run"
+            )
+        return [
+            head,
+            ("memory", memory),
+            ("memory growth", growth),
+            ("leak", leak),
+            ("cleanup", cleanup),
+            ("out of memory", ooms),
+            ("failures", failures),
+            ("earlier runs", skipped),
+        ]
 
     def _host_memory(self) -> str:
         text = (
@@ -256,4 +301,4 @@ class BatchReport:
         return f"rank {self.rank}/{self.world_size} "
 
     def __str__(self) -> str:
-        return self.summary()
+        return "\n".join(self.lines())

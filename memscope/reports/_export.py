@@ -36,9 +36,58 @@ Report = TypeVar("Report")
 _ENTRY_FIELDS = {field.name for field in dataclasses.fields(TimelineEntry)}
 
 
-def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write a report's dict to ``path``, indented for people to read."""
+_BYTES = "bytes"
+_SECONDS = "seconds"
+_USAGE = (
+    "fraction (0 to 1) of the memory in use: the device's, or where the manager watched a "
+    "budget or the host, the largest of that and the shares of the budget and of the "
+    "host's limit in use"
+)
+
+REPORT_UNITS: dict[str, Any] = {
+    "elapsed_seconds": _SECONDS,
+    "items_per_second": "items per second",
+    "usage_start": _USAGE,
+    "usage_end": _USAGE,
+    "memory_threshold": "fraction (0 to 1), compared with usage",
+    "peak_allocated": _BYTES,
+    "peak_reserved": _BYTES,
+    "gc_seconds": _SECONDS,
+    "host_resident_start": _BYTES,
+    "host_resident_end": _BYTES,
+    "host_resident_peak": _BYTES,
+    "host_limit": _BYTES,
+    "budget": _BYTES,
+    "every": "items",
+    "memory_growth_per_item": (
+        "bytes per item (device bytes allocated, or the process's resident bytes on the CPU)"
+    ),
+    "timeline": {
+        "seconds": "seconds since the batch started",
+        "usage": _USAGE,
+        "allocated": _BYTES,
+        "reserved": _BYTES,
+        "host_resident": _BYTES,
+    },
+}
+"""What :func:`write_json` says the report's figures are measured in, under ``"units"``.
+
+The field names stay as they were (files written before the map read back unchanged); the
+map says what each number means. Counts (items, calls, clears, runs) are plain numbers.
+"""
+
+
+def write_json(
+    data: dict[str, Any], path: str | os.PathLike[str], units: dict[str, Any] | None = None
+) -> Path:
+    """Write a report's dict to ``path``, indented for people to read.
+
+    ``units`` (such as :data:`REPORT_UNITS`) goes under the key ``"units"``, which readers
+    of the report ignore.
+    """
     target = Path(path)
+    if units is not None:
+        data = {**data, "units": units}
     target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return target
 

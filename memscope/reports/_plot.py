@@ -73,8 +73,9 @@ def draw_timeline(report: BatchReport) -> Figure:
         heights.append(_HOST_HEIGHT)
 
     # A Figure without pyplot: no global state, no GUI backend, safe in threads and servers.
+    # Wider than the panels need: the legends stand to their right.
     figure = MatplotlibFigure(
-        figsize=(8, _TITLE_HEIGHT + sum(heights)), dpi=100, layout="constrained"
+        figsize=(10, _TITLE_HEIGHT + sum(heights)), dpi=100, layout="constrained"
     )
     panels: list[Axes] = list(
         figure.subplots(len(heights), 1, sharex=True, height_ratios=heights, squeeze=False)[:, 0]
@@ -122,7 +123,7 @@ def _plot_usage(axes: Axes, report: BatchReport, *, has_bytes: bool) -> None:
     axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
     axes.set_ylabel("device memory usage")
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper left")
+    _legend_beside(axes)
     note = None
     if not timeline:
         note = "no timeline recorded: managed_batch(..., timeline=True) records one"
@@ -162,18 +163,33 @@ def _plot_bytes(axes: Axes, report: BatchReport) -> None:
     axes.set_ylabel("memory (MiB)")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper left")
+    _legend_beside(axes)
+
+
+def host_axis_range(residents: list[int], limit: int | None) -> tuple[int, int, bool]:
+    """The host panel's y range in bytes, and whether the limit is drawn in it.
+
+    The range fits the measured resident memory, with a margin, so that 90 MiB of growth
+    under a 23 GiB limit is a slope and not a flat line at the floor. The limit is drawn as
+    a line when it lies within half the data's span (or the margin) above the top figure;
+    further away it would squash the data again, so only its value is given.
+    """
+    low, high = min(residents), max(residents)
+    span = high - low
+    margin = max(span // 10, _MEBIBYTE)
+    shows_limit = limit is not None and limit <= high + max(span // 2, margin)
+    top = max(high, limit if shows_limit and limit is not None else high) + margin
+    return max(0, low - margin), top, shows_limit
 
 
 def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
     measured = [entry for entry in report.timeline if entry.host_resident is not None]
     limit = report.host_limit
-    largest = max(
-        [entry.host_resident for entry in measured if entry.host_resident is not None]
-        + ([limit] if limit is not None else [])
+    bottom, top, shows_limit = host_axis_range(
+        [entry.host_resident for entry in measured if entry.host_resident is not None], limit
     )
-    # GiB once the figures reach one, so that a 20 GiB host does not read 20480.
-    unit, divisor = ("GiB", _GIBIBYTE) if largest >= _GIBIBYTE else ("MiB", _MEBIBYTE)
+    # GiB once the axis reaches one, so that a 20 GiB host does not read 20480.
+    unit, divisor = ("GiB", _GIBIBYTE) if top >= _GIBIBYTE else ("MiB", _MEBIBYTE)
     points = [
         (entry, entry.host_resident / divisor)
         for entry in measured
@@ -186,7 +202,7 @@ def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
         color="tab:purple",
         label=HOST_RESIDENT_LABEL,
     )
-    if limit is not None:
+    if limit is not None and shows_limit:
         axes.axhline(
             limit / divisor,
             color="tab:gray",
@@ -199,12 +215,18 @@ def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
         # only the CPU's usage of 0.0 is not in the report, and a line that may not apply
         # would mislead.
         _mark_gc_runs(axes, points)
-    axes.set_ylabel(f"host memory ({unit})")
-    axes.set_ylim(bottom=0)
+    label = f"host memory ({unit})"
+    if limit is not None and not shows_limit:
+        label = f"host memory ({unit}; limit {format_bytes(limit)})"
+    axes.set_ylabel(label)
+    axes.set_ylim(bottom / divisor, top / divisor)
     axes.grid(alpha=0.3)
-    # The resident line often hugs the bottom and the limit the top: let matplotlib
-    # find the emptiest corner.
-    axes.legend(loc="best")
+    _legend_beside(axes)
+
+
+def _legend_beside(axes: Axes) -> None:
+    """The legend to the right of the panel, where it never covers a line."""
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def _plot_growth(axes: Axes, report: BatchReport, series: Sampled, divisor: int) -> None:
