@@ -71,7 +71,7 @@ def item_key(item: object, key: Callable[[Any], object] | None = None) -> Key:
     if isinstance(value, bool):
         raise InvalidArgumentTypeError(_key_message(item, value, key))
     if isinstance(value, int):
-        if value.bit_length() > _MAX_KEY_BITS or len(str(value)) > MAX_KEY_LENGTH + 1:
+        if value.bit_length() > _MAX_KEY_BITS or len(str(abs(value))) > MAX_KEY_LENGTH:
             raise InvalidArgumentError(_too_long(item, key, f"an int of {value.bit_length()} bits"))
         return value
     if isinstance(value, os.PathLike):
