@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from memscope.exceptions import JournalError
 from memscope.reports import ItemFailure
@@ -52,9 +52,24 @@ def open_regular(path: Path, flags: int) -> int:
     mode = os.fstat(descriptor).st_mode
     if not stat.S_ISREG(mode):
         os.close(descriptor)
-        kind = next((name for test, name in _KINDS if test(mode)), "special file")
-        raise JournalError(f"{path} is not a regular file (it is a {kind}); a journal must be one")
+        _refuse(path, mode)
     return descriptor
+
+
+def refuse_special(path: Path) -> None:
+    """A :class:`JournalError` when ``path`` names something other than a regular file
+    (checked before a lock file is made beside it: ``/dev/zero.lock`` would be litter)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: the writer creates it; other problems show when it is opened
+    if not stat.S_ISREG(mode):
+        _refuse(path, mode)
+
+
+def _refuse(path: Path, mode: int) -> NoReturn:
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    raise JournalError(f"{path} is not a regular file (it is a {kind}); a journal must be one")
 
 
 def lines(path: Path, descriptor: int) -> Iterator[tuple[int, bytes]]:

@@ -175,6 +175,7 @@ class Journal:
 
     def open(self) -> JournalSummary:
         """Take the lock, read what earlier runs journaled, and start this run's records."""
+        _journal_read.refuse_special(self.path)
         self._lock.acquire()
         try:
             previous = self._read_or_create()

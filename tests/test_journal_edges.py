@@ -231,6 +231,7 @@ def test_a_batchs_journal_must_be_a_regular_file(tmp_path: Path) -> None:
     for path in special_files(tmp_path):
         with pytest.raises(JournalError, match=f"{path} is not a regular file"):
             run_batch(path, ["a"])
+        assert not path.with_name(f"{path.name}.lock").exists()
 
 
 def test_report_bounds_each_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
