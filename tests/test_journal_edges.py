@@ -324,11 +324,11 @@ def journal_peak(path: Path, count: int) -> int:
 
 
 def test_journaling_memory_does_not_grow_with_the_items(tmp_path: Path) -> None:
-    """The writer keeps nothing per item: the peak for 20,000 items is that of 2,000."""
-    small = journal_peak(tmp_path / "small.jsonl", 2_000)
-    large = journal_peak(tmp_path / "large.jsonl", 20_000)
+    """The writer keeps nothing per item: the peak for 3,000 items is that of 300."""
+    small = journal_peak(tmp_path / "small.jsonl", 300)
+    large = journal_peak(tmp_path / "large.jsonl", 3_000)
     assert large < small + 16 * 1024
-    assert read_journal(tmp_path / "large.jsonl").items_done == 20_000
+    assert read_journal(tmp_path / "large.jsonl").items_done == 3_000
 
 
 def batch_peak(path: Path, items: object) -> int:
@@ -361,3 +361,14 @@ def test_a_journaled_batch_over_a_list_stays_flat(tmp_path: Path) -> None:
     small = batch_peak(tmp_path / "small.jsonl", [f"{n:07}.png" for n in range(100)])
     large = batch_peak(tmp_path / "large.jsonl", [f"{n:07}.png" for n in range(800)])
     assert large < small + 24 * 1024
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="memscope/batch.py skips by a set of keys; it must ask Journal.reached() per item",
+)
+def test_a_rerun_through_the_batch_skips_each_journaled_occurrence(tmp_path: Path) -> None:
+    """After ["a", "a", "b"], a rerun over ["a", "a", "a", "b"] works on the third "a" only."""
+    journal = tmp_path / "run.jsonl"
+    run_batch(journal, ["a", "a", "b"])
+    assert run_batch(journal, ["a", "a", "a", "b"]) == ["a"]
