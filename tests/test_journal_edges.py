@@ -9,10 +9,13 @@ import logging
 import os
 import sys
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from memscope import InvalidArgumentError, InvalidArgumentTypeError, managed_batch
 from memscope.cli._command import main
@@ -372,3 +375,46 @@ def test_a_rerun_through_the_batch_skips_each_journaled_occurrence(tmp_path: Pat
     journal = tmp_path / "run.jsonl"
     run_batch(journal, ["a", "a", "b"])
     assert run_batch(journal, ["a", "a", "a", "b"]) == ["a"]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    runs=st.lists(st.tuples(st.sampled_from("abcd"), st.booleans()), min_size=1, max_size=12),
+    stop=st.integers(min_value=0, max_value=12),
+)
+def test_reruns_work_on_every_occurrence_exactly_once(
+    tmp_path_factory: pytest.TempPathFactory, runs: list[tuple[str, bool]], stop: int
+) -> None:
+    """Any keys with repeats, each occurrence failing or not, a first run stopped after
+    ``stop`` items, then a rerun with retry_failed=True and one without: every occurrence is
+    worked on once, plus once more for each failure retried; the journal ends with each
+    occurrence done or failed exactly once."""
+    journal = tmp_path_factory.mktemp("journal") / "run.jsonl"
+    keys = [key for key, _ in runs]
+    worked: list[str] = []
+
+    def run(items: list[tuple[str, bool]], *, retry_failed: bool, succeed: bool) -> None:
+        writer = Journal(journal, retry_failed=retry_failed)
+        writer.open()
+        for key, fails in items:
+            if writer.reached(key) not in ("new", "retry"):
+                continue
+            worked.append(key)
+            if fails and not succeed:
+                writer.failed(ItemFailure(key, "ValueError", "bad"))
+            else:
+                writer.done(key)
+        writer.close(0.0)
+
+    run(runs[:stop], retry_failed=False, succeed=False)
+    run(runs, retry_failed=False, succeed=False)
+    failed_first = sum(fails for _, fails in runs)
+    assert Counter(worked) == Counter(keys)
+    summary = read_journal(journal)
+    assert (summary.items_done, summary.items_failed) == (len(keys) - failed_first, failed_first)
+    run(runs, retry_failed=True, succeed=True)
+    assert len(worked) == len(keys) + failed_first
+    summary = read_journal(journal)
+    assert (summary.items_done, summary.items_failed) == (len(keys), 0)
