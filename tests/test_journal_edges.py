@@ -418,3 +418,17 @@ def test_reruns_work_on_every_occurrence_exactly_once(
     assert len(worked) == len(keys) + failed_first
     summary = read_journal(journal)
     assert (summary.items_done, summary.items_failed) == (len(keys), 0)
+
+
+def test_a_failure_too_long_for_a_line_is_cut_to_fit(tmp_path: Path) -> None:
+    """A 2 MiB error message is journaled cut short, with how much was cut, and the journal
+    still reads: no record is longer than a journal line."""
+    journal = Journal(tmp_path / "run.jsonl")
+    journal.open()
+    journal.failed(ItemFailure("k", "ValueError", "m" * (2 << 20), ("n" * (2 << 20),)))
+    journal.close(0.0)
+    failure = read_journal(tmp_path / "run.jsonl").failed["k"]
+    assert failure.message.startswith("m" * 16384)
+    assert failure.message.endswith(f"... ({(2 << 20) - 16384} more)")
+    assert len(failure.notes) == 1
+    assert failure.notes[0].endswith(f"... ({(2 << 20) - 16384} more)")
