@@ -34,7 +34,6 @@ class JournalWatch(Watcher):
         """Items earlier runs of the job finished."""
         self.seconds_before = 0.0
         """Seconds earlier runs of the job took."""
-        self._finished: set[Key] = set()
         self._carried_failures: dict[Key, ItemFailure] = {}
 
     def __repr__(self) -> str:
@@ -42,22 +41,23 @@ class JournalWatch(Watcher):
 
     def started(self, batch: ManagedBatch) -> None:
         previous = self.journal.open()
-        self._finished = set(previous.done)
         if not self.journal.retry_failed:
             self._carried_failures = dict(previous.failed)
-        self.items_before = len(previous.done)
+        self.items_before = previous.items_done
         self.seconds_before = previous.elapsed_seconds
         if previous.runs:
             logger.info(
                 "resuming from %s: %d items done, %d failed in %d earlier run(s)",
                 previous.path,
-                len(previous.done),
-                len(previous.failed),
+                previous.items_done,
+                previous.items_failed,
                 previous.runs,
             )
 
     def skips(self, batch: ManagedBatch, key: Key) -> bool:
-        return key in self._finished or key in self._carried_failures
+        # Each occurrence of a key consumes one the journal records (repeated keys count
+        # per occurrence).
+        return self.journal.reached(key) in ("done", "failed")
 
     def item_finished(self, batch: ManagedBatch, key: Key) -> None:
         self.journal.done(key)
@@ -78,4 +78,6 @@ class JournalWatch(Watcher):
 
     def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
         started = batch.started_at
-        self.journal.close(time.perf_counter() - started if started else 0.0)
+        # memscope's own I/O failing here never replaces the user's exception: the journal
+        # attaches it to ``error`` as a note, and raises it only when there is none.
+        self.journal.close(time.perf_counter() - started if started else 0.0, error=error)

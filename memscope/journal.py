@@ -1,18 +1,21 @@
 """Durable batch runs: a journal of finished and failed items, so a rerun resumes.
 
 ``managed_batch(..., journal="run.jsonl")`` appends one JSON line per finished item (its
-key) and per failed one (key, error type, message, notes), flushed and ``os.fsync``-ed every
-``journal_sync_every`` items. Rerunning the same code with the same journal skips the items
-it names. What is guaranteed (tested with a real ``SIGKILL``):
+key) and per failed one (key, error type, message, notes). Each line reaches the operating
+system when it is written (one ``os.write`` on an append-only descriptor, nothing buffered in
+Python); ``Journal(sync_every=...)`` only spaces the ``os.fsync`` calls. Rerunning the same code
+with the same journal skips the items it names. What is guaranteed (tested with real
+``SIGKILL`` s):
 
 - **nothing lost**: an item is journaled only after its work finished, so every item the
   journal does not name is processed by the rerun;
-- **at least once**: the item in flight when the process died is processed again; with
-  ``journal_sync_every=N``, up to the N - 1 items finished since the last sync may be too
-  (the operating system usually writes them anyway; ``fsync`` makes sure).
+- **at least once**: the item in flight when the process died is processed again, and only
+  it, whatever ``sync_every``; with ``sync_every=N``, a power loss or a kernel
+  crash (not a killed process) may also cost the N - 1 items finished since the last sync.
 
-A journal carries a header naming its job; one written for another job is refused, and a lock
-file beside it refuses a second writer while one is running.
+A key met several times in one run is counted per occurrence: a rerun skips as many
+occurrences as the journal records. A journal carries a header naming its job; one written for
+another job is refused, and an ``flock`` on a lock file beside it admits one writer at a time.
 
 :func:`read_journal` summarises a journal without running anything (``memscope report``).
 """
@@ -23,17 +26,18 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal
 
+from memscope import _journal_read
+from memscope._journal_lock import JournalLock
+from memscope._journal_read import JournalSummary
 from memscope._validation import check_int
 from memscope._version import __version__
-from memscope.exceptions import InvalidArgumentTypeError, JournalError
+from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, JournalError
 from memscope.reports import ItemFailure, TimelineEntry
 from memscope.reports._item_failure import Key
 
@@ -41,196 +45,86 @@ __all__ = ["Journal", "JournalSummary", "Key", "item_key", "read_journal"]
 
 logger = logging.getLogger("memscope")
 
-FORMAT = 1
-"""The journal format this version writes and reads."""
+FORMAT = _journal_read.FORMAT
+"""The journal format this version writes; it reads this one and format 1."""
+
+MAX_KEY_LENGTH = 4096
+"""The longest key, in characters (of the string, or of the int's decimal digits)."""
+
+# An int of more bits than this has more than MAX_KEY_LENGTH digits: refused without making
+# its decimal string, which is slow for huge ints and refused by Python past 4300 digits.
+_MAX_KEY_BITS = int(MAX_KEY_LENGTH * 3.3219280948873626) + 1
+
+Reached = Literal["new", "done", "failed", "retry"]
 
 
 def item_key(item: object, key: Callable[[Any], object] | None = None) -> Key:
     """The journal key of ``item``: ``key(item)`` when given, else the item itself.
 
-    Keys are strings, ``os.PathLike`` objects (kept as their path string) or ints; anything
-    else is an :class:`~memscope.InvalidArgumentTypeError` naming the item, so the problem
-    shows before any work is done.
+    Keys are strings, ``os.PathLike`` objects (kept as their path string) or ints, of at most
+    :data:`MAX_KEY_LENGTH` characters or digits; anything else is an
+    :class:`~memscope.InvalidArgumentTypeError` (another type) or
+    :class:`~memscope.InvalidArgumentError` (too long) naming the item. The check is complete:
+    a key it accepts is always journaled, so a bad key fails before that item's work.
     """
     value = key(item) if key is not None else item
     if isinstance(value, bool):
         raise InvalidArgumentTypeError(_key_message(item, value, key))
-    if isinstance(value, (str, int)):
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_KEY_BITS or len(str(abs(value))) > MAX_KEY_LENGTH:
+            raise InvalidArgumentError(_too_long(item, key, f"an int of {value.bit_length()} bits"))
         return value
     if isinstance(value, os.PathLike):
         path = os.fspath(value)
-        return path if isinstance(path, str) else os.fsdecode(path)
+        value = path if isinstance(path, str) else os.fsdecode(path)
+    if isinstance(value, str):
+        if len(value) > MAX_KEY_LENGTH:
+            raise InvalidArgumentError(_too_long(item, key, f"a str of {len(value)} characters"))
+        return value
     raise InvalidArgumentTypeError(_key_message(item, value, key))
 
 
+def _shown(value: object) -> str:
+    try:
+        return f"{value!r:.60}"
+    except Exception:  # a huge int, or a __repr__ that raises
+        return f"<{type(value).__name__} object>"
+
+
+def _source(item: object, key: object) -> str:
+    return "the item itself" if key is None else f"key({_shown(item)})"
+
+
 def _key_message(item: object, value: object, key: object) -> str:
-    source = "the item itself" if key is None else f"key({item!r:.60})"
     return (
-        f"a journal needs a key for each item: a str, an os.PathLike or an int; {source} is "
-        f"{value!r:.60} of type {type(value).__name__}. Pass key= to track() or map() to make "
-        "one (e.g. key=lambda image: image.path)"
+        f"a journal needs a key for each item: a str, an os.PathLike or an int; "
+        f"{_source(item, key)} is {_shown(value)} of type {type(value).__name__}. Pass key= to "
+        "track() or map() to make one (e.g. key=lambda image: image.path)"
     )
 
 
-@dataclass
-class JournalSummary:
-    """What a journal says: the items finished and failed, and the runs that wrote it."""
-
-    path: Path
-    job: str | None
-    done: set[Key] = field(default_factory=set)
-    failed: dict[Key, ItemFailure] = field(default_factory=dict)
-    runs: int = 0
-    """How many runs wrote to it (each run's first line is a "start" record)."""
-    elapsed_seconds: float = 0.0
-    """The runs' time, from their "end" records and, for a run that died, its last record."""
-    truncated_tail: bool = False
-    """Whether the last line was cut off (a process killed while writing it)."""
-
-    @property
-    def items_per_second(self) -> float:
-        """Finished items per second of the runs' time."""
-        return len(self.done) / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as a JSON-serialisable dict."""
-        return {
-            "path": str(self.path),
-            "job": self.job,
-            "done": len(self.done),
-            "failed": len(self.failed),
-            "failures": [failure.to_dict() for failure in self.failed.values()],
-            "runs": self.runs,
-            "elapsed_seconds": self.elapsed_seconds,
-            "items_per_second": self.items_per_second,
-            "truncated_tail": self.truncated_tail,
-        }
+def _too_long(item: object, key: object, what: str) -> str:
+    return (
+        f"a journal key has at most {MAX_KEY_LENGTH} characters or digits; {_source(item, key)} "
+        f"is {what}. Pass key= to track() or map() to make a shorter one"
+    )
 
 
 def read_journal(path: str | os.PathLike[str]) -> JournalSummary:
-    """Read the journal at ``path``; raises :class:`~memscope.exceptions.JournalError` when it
-    is not a memscope journal or is damaged before its last line."""
+    """Read the journal at ``path``; raises :class:`~memscope.exceptions.JournalError` (naming
+    the path) when it is not a regular file, not a memscope journal, or damaged before its last
+    line. A journal whose only line is a header cut off by a crash reads as empty."""
     journal_path = Path(path)
+    descriptor = _journal_read.open_regular(journal_path, os.O_RDONLY)
     try:
-        text = journal_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JournalError(f"there is no journal at {journal_path}") from None
-    except (OSError, UnicodeDecodeError) as error:
+        summary, _ = _journal_read.parse(journal_path, descriptor)
+    except OSError as error:
         raise JournalError(f"the journal {journal_path} cannot be read: {error}") from None
-    return _parse(journal_path, text)
-
-
-def _parse(path: Path, text: str) -> JournalSummary:
-    lines = text.split("\n")
-    truncated = bool(lines) and lines[-1] != ""
-    complete = lines[:-1] if text.endswith("\n") or truncated else lines
-    if truncated:
-        # The process died while writing this line: the item it names was not journaled.
-        logger.warning("%s: ignoring its last line, which was cut off", path)
-        complete = lines[:-1]
-    records = []
-    for number, line in enumerate(complete, start=1):
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise JournalError(
-                f"{path}, line {number}: not a journal record: {line!r:.80}"
-            ) from None
-        if not isinstance(record, dict) or "type" not in record:
-            raise JournalError(f"{path}, line {number}: not a journal record: {line!r:.80}")
-        records.append(record)
-    if not records or records[0]["type"] != "header":
-        raise JournalError(f"{path} is not a memscope journal: it has no header line")
-    header = records[0]
-    if header.get("format") != FORMAT:
-        raise JournalError(
-            f"{path} is a journal of format {header.get('format')!r}; this memscope reads "
-            f"format {FORMAT}"
-        )
-    summary = JournalSummary(path, header.get("job"), truncated_tail=truncated)
-    run_started: float | None = None
-    run_last: float | None = None
-    for record in records[1:]:
-        kind = record["type"]
-        stamp = record.get("time")
-        if kind == "start":
-            if run_started is not None and run_last is not None:
-                summary.elapsed_seconds += run_last - run_started  # a run that died
-            summary.runs += 1
-            run_started = run_last = stamp
-        elif kind == "end":
-            summary.elapsed_seconds += float(record.get("elapsed_seconds", 0.0))
-            run_started = run_last = None
-        elif kind == "done":
-            summary.done.add(record["key"])
-            summary.failed.pop(record["key"], None)
-            run_last = stamp if stamp is not None else run_last
-        elif kind == "failed":
-            failure = ItemFailure.from_dict(record)
-            if failure.key is not None:
-                summary.failed[failure.key] = failure
-            run_last = stamp if stamp is not None else run_last
-    if run_started is not None and run_last is not None:
-        summary.elapsed_seconds += run_last - run_started
+    finally:
+        os.close(descriptor)
+    if summary is None:
+        raise JournalError(f"{journal_path} is not a memscope journal: it has no header line")
     return summary
-
-
-def _record(line: str) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and "type" in record else None
-
-
-class _Lock:
-    """A lock file beside the journal: one writer at a time, cleaned up when done."""
-
-    def __init__(self, journal: Path) -> None:
-        self.path = journal.with_name(journal.name + ".lock")
-
-    def acquire(self) -> None:
-        owner = f"{socket.gethostname()} {os.getpid()}\n"
-        for _ in range(2):
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._stale():
-                    raise JournalError(
-                        f"{self.path.parent / self.path.name[:-5]} is in use by another run "
-                        f"({self._owner() or 'unknown owner'}); if no such run is alive, delete "
-                        f"{self.path}"
-                    ) from None
-                logger.warning("taking over %s: the run that held it is gone", self.path)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(descriptor, "w") as file:
-                file.write(owner)
-            return
-        raise JournalError(f"could not take the lock {self.path}")
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def _owner(self) -> str:
-        try:
-            return self.path.read_text().strip()
-        except OSError:
-            return ""
-
-    def _stale(self) -> bool:
-        host, _, pid = self._owner().partition(" ")
-        if host != socket.gethostname() or not pid.isdigit():
-            return False
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
 
 
 class Journal:
@@ -240,12 +134,19 @@ class Journal:
         path: the file (JSON lines); created on first use.
         job: a name for the job, kept in the header; a journal written under another name
             is refused rather than mixed.
-        sync_every: ``os.fsync`` every this many items (1: every item, the safest).
+        sync_every: ``os.fsync`` every this many items (1: every item, the safest); every
+            record reaches the OS when it is written, so only a power loss or a kernel crash
+            can cost repeats.
         retry_failed: on a rerun, process again the items the journal records as failed
             (by default they are skipped like finished ones, their failures carried into
             the report).
 
-    One batch at a time uses a journal; it is opened when the batch starts.
+    One batch at a time uses a journal. The batch calls, in order: :meth:`open` on entry;
+    per item :func:`item_key` (or :meth:`key`), then :meth:`reached` (skip the item unless it
+    says ``"new"`` or ``"retry"``), then after its work :meth:`done` or :meth:`failed`;
+    :meth:`timeline` for streamed entries; and :meth:`close` on exit, with the exception the
+    batch is ending with. ``skipped_done``, ``skipped_failed`` and ``retried`` count what
+    :meth:`reached` said.
     """
 
     def __init__(
@@ -266,86 +167,208 @@ class Journal:
         self.job = job
         self.sync_every = check_int(sync_every, "sync_every", minimum=1)
         self.retry_failed = retry_failed
-        self._lock = _Lock(self.path)
-        self._file: TextIO | None = None
+        self._lock = JournalLock(self.path)
+        self._descriptor: int | None = None
+        self._size = 0
         # Items finish in many threads; each record must reach the file as one whole line.
         self._write_lock = threading.Lock()
         self._unsynced = 0
-        self._started = 0.0
         self.previous: JournalSummary | None = None
+        # What earlier runs did and this run has not met yet, consumed by reached().
+        self._to_skip = JournalSummary(self.path, job)
+        self._retrying: dict[Key, int] = {}
+        self._reached_called = False
+        self.skipped_done = 0
+        """Items :meth:`reached` skipped because an earlier run finished them."""
+        self.skipped_failed = 0
+        """Items :meth:`reached` skipped because an earlier run failed them."""
+        self.retried = 0
+        """Items an earlier run failed that this run tries again (``retry_failed=True``)."""
 
     def open(self) -> JournalSummary:
         """Take the lock, read what earlier runs journaled, and start this run's records."""
+        _journal_read.refuse_special(self.path)
         self._lock.acquire()
         try:
             previous = self._read_or_create()
-            self._file = self.path.open("a", encoding="utf-8")
-            self._started = time.time()
-            self._write({"type": "start", "time": self._started, "pid": os.getpid()}, sync=True)
+            self._write({"type": "start", "time": time.time(), "pid": os.getpid()}, sync=True)
         except BaseException:
+            self._close_descriptor()
             self._lock.release()
             raise
         self.previous = previous
+        self._to_skip = dataclasses.replace(
+            previous,
+            done=set(previous.done),
+            failed=dict(previous.failed),
+            done_repeats=dict(previous.done_repeats),
+            failed_repeats=dict(previous.failed_repeats),
+        )
         return previous
 
     def _read_or_create(self) -> JournalSummary:
-        if self.path.exists() and self.path.stat().st_size > 0:
-            previous = read_journal(self.path)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+        self._descriptor = descriptor = _journal_read.open_regular(self.path, flags)
+        try:
+            previous, complete_bytes = _journal_read.parse(self.path, descriptor)
+            if previous is not None and previous.truncated_tail and complete_bytes == 0:
+                logger.warning("%s: starting afresh", self.path)  # only a torn header
+                previous = None
+            if previous is None:
+                os.ftruncate(descriptor, 0)
+                self._size = 0
+                header = {"type": "header", "format": FORMAT, "job": self.job}
+                self._write({**header, "memscope": __version__}, sync=True, counts=False)
+                return JournalSummary(self.path, self.job)
             if previous.job != self.job:
                 raise JournalError(
                     f"{self.path} was written by job {previous.job!r}, not {self.job!r}: "
                     "refusing to mix two jobs' items; pass another journal path, or "
-                    "journal_job= as the earlier run did"
+                    "Journal(job=...) as the earlier run did"
                 )
             if previous.truncated_tail:
-                self._drop_cut_off_line()
+                os.ftruncate(descriptor, complete_bytes)
+            self._size = complete_bytes
             return previous
-        header = {"type": "header", "format": FORMAT, "job": self.job, "memscope": __version__}
-        with self.path.open("w", encoding="utf-8") as file:
-            file.write(json.dumps(header) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        return JournalSummary(self.path, self.job)
+        except OSError as error:
+            raise JournalError(f"the journal {self.path} cannot be read: {error}") from None
 
-    def _drop_cut_off_line(self) -> None:
-        data = self.path.read_bytes()
-        with self.path.open("r+b") as file:
-            file.truncate(data.rfind(b"\n") + 1)
+    def key(self, item: object, key: Callable[[Any], object] | None = None) -> Key:
+        """The journal key of ``item``, checked completely: :func:`item_key`."""
+        return item_key(item, key)
+
+    def reached(self, key: Key) -> Reached:
+        """What to do with the item ``key`` this run has reached: ``"done"`` or ``"failed"``
+        (skip it: an earlier run finished or failed it), ``"retry"`` (an earlier failure,
+        tried again with ``retry_failed=True``) or ``"new"``. Each occurrence of a key
+        consumes one that the journal records."""
+        with self._write_lock:
+            self._reached_called = True
+            remaining = self._to_skip
+            if key in remaining.done:
+                _journal_read.take_one(remaining.done, remaining.done_repeats, key)
+                self.skipped_done += 1
+                return "done"
+            if key not in remaining.failed:
+                return "new"
+            _journal_read.take_one(remaining.failed, remaining.failed_repeats, key)
+            if not self.retry_failed:
+                self.skipped_failed += 1
+                return "failed"
+            self._retrying[key] = self._retrying.get(key, 0) + 1
+            self.retried += 1
+            return "retry"
 
     def done(self, key: Key) -> None:
         """Journal that ``key`` finished."""
-        self._write({"type": "done", "key": key, "time": time.time()})
+        self._write({"type": "done", "key": key, "time": time.time(), **self._retry(key)})
 
     def failed(self, failure: ItemFailure) -> None:
-        """Journal that an item failed, and why."""
-        self._write({"type": "failed", "time": time.time(), **failure.to_dict()})
+        """Journal that an item failed, and why (a very long message or notes are cut to fit
+        a journal line; the batch's report keeps them whole)."""
+        record = {"type": "failed", "time": time.time(), **failure.to_dict()}
+        if failure.key is not None:
+            record.update(self._retry(failure.key))
+        if len(json.dumps(record)) >= _journal_read.MAX_LINE_BYTES:
+            record.update(message=_cut(failure.message), notes=[_cut(n) for n in failure.notes])
+            record["notes"] = record["notes"][:8]
+        self._write(record)
+
+    def _retry(self, key: Key) -> dict[str, bool]:
+        with self._write_lock:
+            pending = self._retrying.get(key, 0)
+            if not pending and not self._reached_called and key in self._to_skip.failed:
+                # A caller that skips by itself (never asks reached()) ran this item only to
+                # try an earlier failure again.
+                _journal_read.take_one(self._to_skip.failed, self._to_skip.failed_repeats, key)
+                return {"retry": True}
+            if not pending:
+                return {}
+            if pending == 1:
+                del self._retrying[key]
+            else:
+                self._retrying[key] = pending - 1
+            return {"retry": True}
 
     def timeline(self, entry: TimelineEntry) -> None:
         """Stream one timeline entry (not synced on its own: it rides on the items' syncs)."""
         self._write({"type": "timeline", **dataclasses.asdict(entry)}, counts=False)
 
-    def close(self, elapsed_seconds: float) -> None:
-        """End this run's records, sync them, and release the lock."""
+    def close(self, elapsed_seconds: float, error: BaseException | None = None) -> None:
+        """End this run's records, sync them, and release the lock.
+
+        ``error`` is the exception the run is ending with, if any. When memscope's own I/O
+        fails here (a full disk, say), that failure never replaces it: it is logged and added
+        to ``error`` as a note; with no ``error``, it is raised as a :class:`JournalError`.
+        """
+        problem: BaseException | None = None
         try:
-            if self._file is not None:
-                self._write(
-                    {"type": "end", "time": time.time(), "elapsed_seconds": elapsed_seconds},
-                    sync=True,
-                )
-                self._file.close()
-                self._file = None
-        finally:
-            self._lock.release()
+            if self._descriptor is not None:
+                end = {"type": "end", "time": time.time(), "elapsed_seconds": elapsed_seconds}
+                self._write(end, sync=True)
+        except Exception as failure:
+            problem = failure
+        for release in (self._close_descriptor, self._lock.release):
+            try:
+                release()
+            except Exception as failure:
+                problem = problem or failure
+        if problem is None:
+            return
+        message = f"the journal {self.path} could not record the end of the run: {problem}"
+        if error is None:
+            raise JournalError(message) from problem
+        logger.error("%s (the run ended with %s)", message, type(error).__name__)
+        _add_note(error, f"memscope: {message}")
+
+    def _close_descriptor(self) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)
 
     def _write(self, record: dict[str, Any], *, sync: bool = False, counts: bool = True) -> None:
-        line = json.dumps(record) + "\n"
+        data = (json.dumps(record) + "\n").encode("ascii")
+        if len(data) > _journal_read.MAX_LINE_BYTES:
+            raise JournalError(f"a record for {self.path} is too long: {data[:80]!r}...")
         with self._write_lock:
-            file = self._file
-            if file is None:
+            descriptor = self._descriptor
+            if descriptor is None:
                 raise JournalError(f"the journal {self.path} is not open")
-            file.write(line)
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(descriptor, data[written:])
+            except OSError:
+                # A line half written (a full disk) would damage the journal for every
+                # later run: take it back; this run's failure is the error raised.
+                _truncate_quietly(descriptor, self._size)
+                raise
+            self._size += len(data)
             self._unsynced += int(counts)
             if sync or self._unsynced >= self.sync_every:
-                file.flush()
-                os.fsync(file.fileno())
+                os.fsync(descriptor)
                 self._unsynced = 0
+
+
+def _cut(text: str, limit: int = 16384) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more)"
+
+
+def _truncate_quietly(descriptor: int, size: int) -> None:
+    try:
+        os.ftruncate(descriptor, size)
+    except OSError:
+        logger.debug("could not take back a half-written journal line", exc_info=True)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)``, also on Python 3.10, and never raising (``__notes__`` may be
+    anything): the note is a courtesy, the error is what the user gets."""
+    try:
+        notes = getattr(error, "__notes__", None)
+        if notes is None:
+            setattr(error, "__notes__", [note])  # noqa: B010 (no __notes__ in 3.10's typing)
+        elif isinstance(notes, list):
+            notes.append(note)
+    except Exception:
+        logger.debug("could not add a note to %s", type(error).__name__, exc_info=True)

@@ -30,7 +30,11 @@ def add_report_parser(commands: Any) -> None:
 
 
 def run_report(arguments: argparse.Namespace) -> int:
-    """Print the journal's summary; a journal that cannot be read is one line and status 2."""
+    """Print the journal's summary; a journal that cannot be read is one line and status 2.
+
+    What is not a regular file (a device, a FIFO) is refused before reading, and lines are
+    read one at a time, each bounded, so no path makes this hang or fill memory.
+    """
     # Imported here: the parser is built without torch, which memscope.journal imports.
     from memscope.journal import read_journal
 
@@ -50,7 +54,7 @@ def _text(summary: JournalSummary) -> str:
     runs = f"{summary.runs} run" + ("" if summary.runs == 1 else "s")
     job = "" if summary.job is None else f" (job {summary.job})"
     lines = [
-        f"{summary.path}{job}: {len(summary.done)} done, {len(summary.failed)} failed, "
+        f"{summary.path}{job}: {summary.items_done} done, {summary.items_failed} failed, "
         f"{runs}, {summary.elapsed_seconds:.1f} s, {summary.items_per_second:.2f} items/s"
     ]
     for failure in summary.failed.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import json
@@ -132,15 +133,41 @@ def _csv_row(entry: TimelineEntry, fitted: float | None) -> tuple[object, ...]:
 
 
 def write_failures_csv(failures: Iterable[ItemFailure], path: str | os.PathLike[str]) -> Path:
-    """Write failed items to ``path``: a header row, then one row per item."""
+    """Write failed items to ``path``: a header row, then one row per item.
+
+    The file is UTF-8, except that a key or message made from a non-UTF-8 file name keeps
+    that name's own bytes (Python's ``surrogateescape``), so it reads back as the same string,
+    as through JSON: ``open(path, newline="", encoding="utf-8", errors="surrogateescape")``.
+    """
     target = Path(path)
-    with target.open("w", newline="", encoding="utf-8") as file:
+    with target.open("w", newline="", encoding="utf-8", errors=_CSV_ERRORS) as file:
         writer = csv.writer(file)
         writer.writerow(("key", "error_type", "message", "notes"))
         for failure in failures:
             key = "" if failure.key is None else failure.key
             writer.writerow((key, failure.error_type, failure.message, "\n".join(failure.notes)))
     return target
+
+
+_CSV_ERRORS = "memscope.surrogateescape"
+
+
+def _escape_surrogates(error: UnicodeError) -> tuple[bytes, int]:
+    """``surrogateescape`` for the CSV: a lone surrogate that stands for a byte becomes that
+    byte; any other (which no file name makes) is written as its ``\\uXXXX`` escape."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    written = bytearray()
+    for character in error.object[error.start : error.end]:
+        code = ord(character)
+        if 0xDC80 <= code <= 0xDCFF:
+            written.append(code - 0xDC00)
+        else:
+            written += f"\\u{code:04x}".encode("ascii")
+    return bytes(written), error.end
+
+
+codecs.register_error(_CSV_ERRORS, _escape_surrogates)
 
 
 def read_streamed_timeline(path: str | os.PathLike[str]) -> Iterator[TimelineEntry]:

@@ -27,12 +27,8 @@ class ItemFailure:
     @classmethod
     def of(cls, key: Key | None, error: BaseException) -> ItemFailure:
         """The record of ``error`` raised by the item ``key``."""
-        try:
-            message = str(error)
-        except Exception:
-            message = f"<unprintable {type(error).__name__}>"
-        notes = tuple(str(note) for note in getattr(error, "__notes__", ()))
-        return cls(key, type(error).__name__, message, notes)
+        message = _text(error, f"<unprintable {type(error).__name__}>")
+        return cls(key, type(error).__name__, message, _notes(error))
 
     def to_dict(self) -> dict[str, Any]:
         """The failure as a JSON-serialisable dict."""
@@ -52,3 +48,28 @@ class ItemFailure:
             str(data["message"]),
             tuple(str(note) for note in data.get("notes", ())),
         )
+
+
+def _text(value: object, placeholder: str) -> str:
+    """``str(value)``, or ``placeholder`` when that raises or gives no str."""
+    try:
+        text = str(value)
+    except Exception:
+        return placeholder
+    return text if type(text) is str else placeholder
+
+
+def _notes(error: BaseException) -> tuple[str, ...]:
+    """The error's notes as strings, however odd: Python lets ``__notes__`` be anything."""
+    try:
+        notes = getattr(error, "__notes__", ())
+    except Exception:
+        return ("<the error's __notes__ could not be read>",)
+    if isinstance(notes, str):
+        return (notes,)
+    if not isinstance(notes, (list, tuple)):
+        return (_text(notes, f"<__notes__ of type {type(notes).__name__}>"),)
+    return tuple(
+        note if type(note) is str else _text(note, f"<a note of type {type(note).__name__}>")
+        for note in notes
+    )
