@@ -11,26 +11,73 @@ Everything else lives in namespaces: :mod:`memscope.oom`, :mod:`memscope.reports
 :mod:`memscope.testing` and :mod:`memscope.typing`.
 """
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from memscope._version import __version__
-from memscope.batch import ManagedBatch, managed_batch
-from memscope.decorator import auto_clear
-from memscope.estimation import ImageMemoryModel
-from memscope.exceptions import (
-    BatchSizeExhaustedError,
-    BatchStateError,
-    DeviceUnavailableError,
-    InvalidArgumentError,
-    InvalidArgumentTypeError,
-    MemscopeError,
-)
-from memscope.manager import MemoryManager
-from memscope.oom import adaptive_batch, is_oom_error, process_in_chunks, process_in_chunks_async
-from memscope.policies import ClearAlways, ClearWhenUseful, GCBackoff
-from memscope.reports import BatchReport
-from memscope.snapshot import MemorySnapshot
-from memscope.units import format_bytes, parse_bytes
+
+if TYPE_CHECKING:
+    from memscope.batch import ManagedBatch, managed_batch
+    from memscope.decorator import auto_clear
+    from memscope.estimation import ImageMemoryModel
+    from memscope.exceptions import (
+        BatchSizeExhaustedError,
+        BatchStateError,
+        DeviceUnavailableError,
+        InvalidArgumentError,
+        InvalidArgumentTypeError,
+        MemscopeError,
+    )
+    from memscope.manager import MemoryManager
+    from memscope.oom import is_oom_error
+    from memscope.policies import ClearAlways, ClearWhenUseful, GCBackoff
+    from memscope.reports import BatchReport
+    from memscope.sizing import Sizing, adaptive_batch, process_in_chunks, process_in_chunks_async
+    from memscope.snapshot import MemorySnapshot
+    from memscope.units import format_bytes, parse_bytes
+
+# Each top-level name's home. They are imported on first use, so ``import memscope`` (and
+# ``memscope --version``) does not import torch until something needs it.
+_HOMES = {
+    "BatchReport": "memscope.reports",
+    "BatchSizeExhaustedError": "memscope.exceptions",
+    "BatchStateError": "memscope.exceptions",
+    "ClearAlways": "memscope.policies",
+    "ClearWhenUseful": "memscope.policies",
+    "DeviceUnavailableError": "memscope.exceptions",
+    "GCBackoff": "memscope.policies",
+    "ImageMemoryModel": "memscope.estimation",
+    "InvalidArgumentError": "memscope.exceptions",
+    "InvalidArgumentTypeError": "memscope.exceptions",
+    "ManagedBatch": "memscope.batch",
+    "MemoryManager": "memscope.manager",
+    "MemorySnapshot": "memscope.snapshot",
+    "MemscopeError": "memscope.exceptions",
+    "Sizing": "memscope.sizing",
+    "adaptive_batch": "memscope.sizing",
+    "auto_clear": "memscope.decorator",
+    "format_bytes": "memscope.units",
+    "is_oom_error": "memscope.oom",
+    "managed_batch": "memscope.batch",
+    "parse_bytes": "memscope.units",
+    "process_in_chunks": "memscope.sizing",
+    "process_in_chunks_async": "memscope.sizing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'memscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 # The standard library's convention for libraries: silent unless the application configures
 # logging.
@@ -51,6 +98,7 @@ __all__ = [
     "MemoryManager",
     "MemorySnapshot",
     "MemscopeError",
+    "Sizing",
     "__version__",
     "adaptive_batch",
     "auto_clear",

@@ -33,15 +33,6 @@ def _answer(*arguments: str) -> dict[str, object]:
     return answer
 
 
-# memscope/__init__.py imports the toolkit (and torch) eagerly; with its names imported on
-# first use (PEP 562), as proposed to the lead, these pass, and strict=True then asks for the
-# marker to go.
-_EAGER_PACKAGE = pytest.mark.xfail(
-    strict=True, reason="memscope/__init__.py still imports torch when the package is imported"
-)
-
-
-@_EAGER_PACKAGE
 @pytest.mark.parametrize(
     "arguments", [["--version"], ["--help"], ["demo", "--help"], ["calibrate", "--help"]]
 )
