@@ -437,7 +437,8 @@ class ManagedBatch(SyncAndAsyncContextManager):
         for failed in self._on_failed_item:
             failed(self, failure)
         logger.warning(
-            "item %r failed and is skipped: %s: %s", key, failure.error_type, failure.message
+            # %r: a message from a non-UTF-8 file name must not break a UTF-8 log handler.
+            "item %r failed and is skipped: %s: %r", key, failure.error_type, failure.message
         )
         if is_oom_error(error):
             self._record_oom(error, retried=False)

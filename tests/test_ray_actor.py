@@ -44,7 +44,7 @@ class RecordingReporter:
         self.finishes: list[tuple[int, ActorBatchReport | None, str | None]] = []
         self.closes: list[ActorBatchReport | None] = []
 
-    def started(self, batch: int, rows: int) -> None:
+    def started(self, batch: int, rows: int, block: str | None = None) -> None:
         self.starts.append((batch, rows))
 
     def finished(self, batch: int, report: ActorBatchReport | None, failure: str | None) -> None:
