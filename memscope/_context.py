@@ -8,9 +8,11 @@ its clients. They reach it through :data:`active_batch` and talk to it only thro
 
 from __future__ import annotations
 
+import inspect
 import threading
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -123,6 +125,32 @@ def forget_shared_managers() -> None:
     """
     with _shared_managers_lock:
         _shared_managers.clear()
+
+
+def as_item(batch: ActiveBatch, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, run as part of an item of ``batch``: memscope layers it calls (decorated
+    functions) count no items of their own. An awaitable it returns is awaited under the
+    same mark, since a coroutine's body runs only when awaited."""
+
+    def in_item(*args: Any, **kwargs: Any) -> Any:
+        token = tracked_item.set(batch)
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            tracked_item.reset(token)
+        if inspect.isawaitable(result):
+            return _awaited_in_item(batch, result)
+        return result
+
+    return in_item
+
+
+async def _awaited_in_item(batch: ActiveBatch, awaitable: Awaitable[Any]) -> Any:
+    token = tracked_item.set(batch)
+    try:
+        return await awaitable
+    finally:
+        tracked_item.reset(token)
 
 
 def same_device(device: torch.device, manager: MemoryManager) -> bool:

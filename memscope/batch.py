@@ -438,7 +438,10 @@ class ManagedBatch(SyncAndAsyncContextManager):
             failed(self, failure)
         logger.warning(
             # %r: a message from a non-UTF-8 file name must not break a UTF-8 log handler.
-            "item %r failed and is skipped: %s: %r", key, failure.error_type, failure.message
+            "item %r failed and is skipped: %s: %r",
+            key,
+            failure.error_type,
+            failure.message,
         )
         if is_oom_error(error):
             self._record_oom(error, retried=False)

@@ -579,3 +579,46 @@ def test_garbage_a_collection_reclaims_is_no_leak_through_the_batch() -> None:
             gc.callbacks.remove(collected)
     assert batch.report.leak is None
     assert batch.report.gc_runs >= 1
+
+
+def test_chunked_work_calling_decorated_functions_counts_its_items_once() -> None:
+    """Ten calls of a decorated function that calls another, then process_in_chunks over 8
+    items whose function calls it: 18 items of work, and the report says 18."""
+    from memscope import process_in_chunks
+
+    @auto_clear
+    def inner(item: int) -> int:
+        return item
+
+    @auto_clear
+    def outer(item: int) -> int:
+        return inner(item)
+
+    def chunk(items: list[int]) -> list[int]:
+        return [outer(item) for item in items]
+
+    with managed_batch("cpu", every=5) as batch:
+        for item in range(10):
+            outer(item)
+        assert process_in_chunks(chunk, list(range(8)), start=4) == list(range(8))
+    assert batch.report.items == 18
+
+
+def test_async_chunked_work_counts_its_items_once() -> None:
+    """The same for process_in_chunks_async: decorated coroutines a chunk awaits are part of
+    the chunk's items."""
+    from memscope import process_in_chunks_async
+
+    @auto_clear
+    async def colorize(item: int) -> int:
+        return item
+
+    async def chunk(items: list[int]) -> list[int]:
+        return [await colorize(item) for item in items]
+
+    async def run() -> int:
+        async with managed_batch("cpu", every=5) as batch:
+            await process_in_chunks_async(chunk, list(range(8)), start=4)
+        return batch.report.items
+
+    assert asyncio.run(run()) == 8

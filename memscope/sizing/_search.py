@@ -192,7 +192,14 @@ class SizeSearch(ABC, Generic[Result]):
         if not self.sizes or self.sizes[-1] != attempt.size:
             self.sizes.append(attempt.size)
         self._attempt = attempt
-        return self._call(attempt.size)
+        call = self._call(attempt.size)
+        batch = self.batch
+        if batch is None or context.tracked_item.get() is batch:
+            return call
+        # Outside any item of the batch, the chunk's items are counted by this search (an
+        # item is counted by the outermost memscope layer): decorated calls the chunk makes
+        # are part of them.
+        return Call(context.as_item(batch, call.function), call.arguments, call.keywords)
 
     def _retry_after(self, attempt: Attempt, error: BaseException) -> Attempt:
         retry, reduced = self.state._record_oom(attempt, self._work())
