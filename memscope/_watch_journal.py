@@ -74,6 +74,8 @@ class JournalWatch(Watcher):
             "items": self.items_before + figures["items"],
             "elapsed_seconds": self.seconds_before + figures["elapsed_seconds"],
             "failed_items": (*self._carried_failures.values(), *figures["failed_items"]),
+            "skipped_failed": self.journal.skipped_failed,
+            "retried": self.journal.retried,
         }
 
     def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:

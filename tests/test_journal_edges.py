@@ -419,3 +419,29 @@ def test_a_failure_too_long_for_a_line_is_cut_to_fit(tmp_path: Path) -> None:
     assert failure.message.endswith(f"... ({(2 << 20) - 16384} more)")
     assert len(failure.notes) == 1
     assert failure.notes[0].endswith(f"... ({(2 << 20) - 16384} more)")
+
+
+def test_a_rerun_reports_done_failed_and_retried_so_the_numbers_add_up(tmp_path: Path) -> None:
+    """Through the batch, a rerun of a journal of 18 done and 2 failed says "18 items done and
+    2 failed by earlier runs (skipped)"; with retry_failed, 18 done and 2 failed items retried."""
+    journal = tmp_path / "run.jsonl"
+    keys = [f"item-{n}" for n in range(20)]
+
+    def work(key: str) -> str:
+        if key in keys[18:]:
+            raise ValueError("bad")
+        return key
+
+    with managed_batch(manager=RecordingManager(), journal=journal) as first:
+        list(first.map(work, keys, on_error="skip"))
+    with managed_batch(manager=RecordingManager(), journal=journal) as rerun:
+        list(rerun.map(work, keys, on_error="skip"))
+    report = rerun.report
+    assert (report.skipped, report.skipped_failed, report.retried) == (20, 2, 0)
+    assert "18 items done and 2 failed by earlier runs (skipped)" in str(report)
+    retry = Journal(journal, retry_failed=True)
+    with managed_batch(manager=RecordingManager(), journal=retry) as third:
+        list(third.map(lambda key: key, keys))
+    assert (third.report.skipped, third.report.retried) == (18, 2)
+    assert "18 items done by earlier runs (skipped)" in str(third.report)
+    assert "2 failed items of earlier runs retried" in str(third.report)

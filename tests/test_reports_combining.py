@@ -32,6 +32,8 @@ EXPECTED_RULES = {
     "batch_size_reductions": "sum",
     "cleanups": "sum",
     "skipped": "sum",
+    "skipped_failed": "sum",
+    "retried": "sum",
     "memory_growth_per_item": "max",
 }
 """The combine rule of every BatchReport field that has one; the others have none."""

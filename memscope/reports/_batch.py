@@ -99,6 +99,10 @@ class BatchReport:
     skipped: int = field(default=0, metadata=_SUM)
     """Items skipped because the batch's journal says an earlier run finished (or failed)
     them."""
+    skipped_failed: int = field(default=0, metadata=_SUM)
+    """Of ``skipped``, the items an earlier run failed (the rest it finished)."""
+    retried: int = field(default=0, metadata=_SUM)
+    """Items an earlier run failed that this run tried again (``Journal(retry_failed=True)``)."""
     timeline_file: str | None = None
     """With a journal, where the timeline was streamed instead of kept in memory (the
     journal itself); :meth:`timeline_entries`, :meth:`to_csv` and :meth:`plot` read it."""
@@ -264,13 +268,15 @@ class BatchReport:
         if self.failed_items:
             failures.append(f"{counted(len(self.failed_items), 'failed item')} (skipped)")
         skipped = []
+        done_before = self.skipped - self.skipped_failed
         if self.skipped:
-            # The report counts skipped items, not which of them earlier runs finished and
-            # which they failed: both are skipped, and said so.
-            skipped.append(
-                f"{counted(self.skipped, 'item')} skipped: done, or failed and not retried, "
-                "by an earlier run"
-            )
+            # Done and failed apart, so the numbers add up to what the journal holds.
+            earlier = f"{counted(done_before, 'item')} done"
+            if self.skipped_failed:
+                earlier += f" and {self.skipped_failed} failed"
+            skipped.append(f"{earlier} by earlier runs (skipped)")
+        if self.retried:
+            skipped.append(f"{counted(self.retried, 'failed item')} of earlier runs retried")
         return [
             head,
             ("memory", memory),
