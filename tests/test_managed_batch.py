@@ -124,6 +124,8 @@ def test_report_fields_and_json() -> None:
         "cleanups",
         "every",
         "skipped",
+        "skipped_failed",
+        "retried",
         "failed_items",
         "timeline_file",
         "memory_growth_per_item",
