@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 from memscope import _context as context
 from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
+from memscope._watch_history import HistoryWatch
 from memscope._watch_host import HostWatch
+from memscope._watch_journal import JournalWatch
 from memscope._watch_leaks import LeakWatcher
 from memscope._watch_progress import ProgressBar, load_tqdm
 from memscope._watch_timeline import TimelineWatch
@@ -150,14 +152,10 @@ class BatchOptions:
         watchers: list[Watcher] = []
         journal_watch = None
         if self.journal is not None:
-            from memscope._watch_journal import JournalWatch
-
             journal_watch = JournalWatch(self.journal)
             watchers.append(journal_watch)
         watchers.append(host)
         if self.history is not None:
-            from memscope._watch_history import HistoryWatch
-
             watchers.append(HistoryWatch(self.history))
         if self.timeline:
             watchers.append(TimelineWatch(host, journal_watch))

@@ -7,12 +7,11 @@ reading when there is one and reads nothing of its own.
 
 from __future__ import annotations
 
-import gc
 import logging
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from memscope._cleanup import reclaim
 from memscope._watch_host import HostWatch
 from memscope.leaks import LeakWatch
 from memscope.watch import CleanupStep, Watcher
@@ -82,17 +81,10 @@ class LeakWatcher(Watcher):
     def _collect(self, batch: ManagedBatch) -> int | None:
         """A collection and a cache clear now, counted in the batch's report; the memory that
         stays after it."""
-        manager = batch.manager
-        started = time.perf_counter()
-        gc.collect()
-        seconds = time.perf_counter() - started
-        cleared = 0
-        try:
-            manager.clear_cache()
-            cleared = int(manager.backend.caches_memory)
-        except Exception:
-            logger.debug("the leak watch's cache clear failed", exc_info=True)
-        batch._ledger.collection(seconds, cleared)
+        # The project's one "collect, then clear" (the OOM recovery's); it never raises.
+        outcome = reclaim(batch.manager)
+        if outcome is not None:
+            batch._ledger.collection(outcome.gc_seconds, outcome.cache_clears)
         if self._device_figures:
             return batch.memory_now_fresh().allocated
         return self._host.sample()
