@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from memscope.snapshot import MemorySnapshot
 
 __all__ = ["CleanupOutcome"]
 
 
-@dataclass(frozen=True, slots=True)
-class CleanupOutcome:
-    """What one cleanup did.
+class CleanupOutcome(NamedTuple):
+    """What one cleanup did (a tuple: one is made on every cleanup step).
 
     ``cache_clears`` counts ``clear_cache()`` calls on a device that has a cache (the
     policy's, plus the one a collection makes), ``gc_runs`` the ``gc.collect()`` calls, and

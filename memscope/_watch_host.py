@@ -54,6 +54,9 @@ class HostWatch(Watcher):
         self.start: int | None = None
         self.peak: int | None = None
         self.last: int | None = None
+        self.samples = 0
+        """Samples taken so far: a reader of :attr:`last` sees whether it is new."""
+        self._item = -1
 
     def __repr__(self) -> str:
         return "HostWatch()"
@@ -75,10 +78,19 @@ class HostWatch(Watcher):
         peak = self.peak
         self.peak = resident if peak is None or resident > peak else peak
         self.last = resident
+        self.samples += 1
         return resident
 
+    def sample_at(self, item: int) -> int | None:
+        """:meth:`sample`, taken at most once per item: within one item (its cleanup step,
+        then the timeline, say) the first sample is shared."""
+        if item == self._item:
+            return self.last
+        self._item = item
+        return self.sample()
+
     def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
-        self.sample()
+        self.sample_at(step.item)
 
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         if self.monitor is None:

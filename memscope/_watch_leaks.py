@@ -42,6 +42,7 @@ class LeakWatcher(Watcher):
         self._offset = offset
         self._watch: LeakWatch | None = None
         self._device_figures = False
+        self._host_samples_seen = 0
 
     def __repr__(self) -> str:
         return "LeakWatcher()"
@@ -96,8 +97,11 @@ class LeakWatcher(Watcher):
         if self._device_figures:
             reading = batch.memory_if_read()
             retained = None if reading is None else reading.allocated
-        else:
+        elif self._host.samples > self._host_samples_seen:
+            self._host_samples_seen = self._host.samples
             retained = self._host.last
+        else:
+            return  # no new sample: the last one again would be a false floor
         if retained is not None:
             self._observe(item, retained, collected=None)
 

@@ -36,7 +36,7 @@ class TimelineWatch(Watcher):
 
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
         snapshot = batch.memory_now()
-        host_resident = self._host.sample()
+        host_resident = self._host.sample_at(item)
         seconds = time.perf_counter() - batch.started_at
         gc_runs = batch._ledger.gc_runs
         gc_ran = gc_runs > self._gc_runs_at_last_entry

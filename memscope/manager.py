@@ -12,6 +12,7 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -45,10 +46,10 @@ CLEAR_ALWAYS = ClearAlways()
 class _Step:
     """The reading one cleanup step shares between its cache policy and its threshold GC."""
 
-    __slots__ = ("reading",)
+    __slots__ = ("measured",)
 
-    def __init__(self, reading: MemorySnapshot | None) -> None:
-        self.reading = reading
+    def __init__(self, measured: _Measurement | None) -> None:
+        self.measured = measured
 
 
 # Set while MemoryManager.clean_up runs: the default trigger_gc_if_needed then uses the step's
@@ -66,14 +67,16 @@ class ManagerStats:
     gc_seconds: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Measurement:
+class _Measurement(NamedTuple):
     """Everything one usage check read, so that a snapshot and its usage agree."""
 
     reading: MemoryReading
     usage: float
     host_resident: int | None = None
     budget_used: int | None = None
+
+
+_NOTHING_MEASURED = _Measurement(MemoryReading(), 0.0)
 
 
 class MemoryManager:
@@ -126,6 +129,8 @@ class MemoryManager:
             )
         self._budget = None if budget is None else _check_budget(budget)
         self._device, self._backend = resolve_device(device)
+        # Formatted once: every snapshot names its device.
+        self._device_name = str(self._backend.device)
         if memory_model is not None and not isinstance(memory_model, MemoryModel):
             raise InvalidArgumentTypeError(
                 "memory_model must be a memory model with an estimate((width, height)) method, "
@@ -146,6 +151,10 @@ class MemoryManager:
             self._host_monitor = HostMemoryMonitor()
         if self._budget is not None:
             self._check_budget_fits(budget, self._budget, device_capacity)
+        # Known once: the CPU without host or budget figures has nothing to read at a step.
+        self._measures_nothing = (
+            not self._backend.reports_memory and self._host_monitor is None and self._budget is None
+        )
 
     def __repr__(self) -> str:
         extras = ""
@@ -230,26 +239,28 @@ class MemoryManager:
         cache clear changed the figures. A subclass that overrides :meth:`clear_cache` or
         :meth:`trigger_gc_if_needed` (the Cobra MemoryManager API) has its methods called.
         """
-        snapshot = self.snapshot() if cache_policy.needs_snapshot else None
-        cleared = cache_policy(snapshot, self._memory_threshold)
+        has_cache = self._backend.caches_memory
+        # A device without a cache (the CPU) gives the policy nothing to judge by: it is asked
+        # without a reading, and a clear there frees nothing, so the reading taken for the
+        # threshold check is not taken twice.
+        measured = self._measure() if has_cache and cache_policy.needs_snapshot else None
+        cleared = cache_policy(
+            None if measured is None else self._snapshot_of(measured), self._memory_threshold
+        )
         if cleared:
             self.clear_cache()
-        # A device without a cache (the CPU) frees nothing by a clear: no second reading, and
-        # no clear counted.
-        has_cache = self._backend.caches_memory
-        step = _Step(None if cleared and has_cache else snapshot)
+        step = _Step(None if cleared and has_cache else measured)
         token = _current_step.set(step)
         started = time.perf_counter()
         try:
             collected = bool(self.trigger_gc_if_needed())
         finally:
             _current_step.reset(token)
-        elapsed = time.perf_counter() - started
+        if collected:
+            return CleanupOutcome(has_cache * (int(cleared) + 1), 1, time.perf_counter() - started)
+        after = step.measured
         return CleanupOutcome(
-            cache_clears=(int(cleared) + int(collected)) * has_cache,
-            gc_runs=int(collected),
-            gc_seconds=elapsed if collected else 0.0,
-            figures_after=None if collected else step.reading,
+            has_cache * int(cleared), 0, 0.0, None if after is None else self._snapshot_of(after)
         )
 
     def check_memory_usage(self) -> float:
@@ -274,9 +285,9 @@ class MemoryManager:
         step = _current_step.get()
         if step is None:
             return self._collect_if_above_threshold(self.check_memory_usage())
-        if step.reading is None:
-            step.reading = self.snapshot()
-        return self._collect_if_above_threshold(step.reading.usage)
+        if step.measured is None:
+            step.measured = self._measure()
+        return self._collect_if_above_threshold(step.measured.usage)
 
     def _collect_if_above_threshold(self, usage: float) -> bool:
         """:meth:`trigger_gc_if_needed` for a ``usage`` already measured (a cleanup step
@@ -332,28 +343,32 @@ class MemoryManager:
         The host figures are set when the host is monitored, the budget figures when there
         is a budget.
         """
-        measurement = self._measure()
+        return self._snapshot_of(self._measure())
+
+    def _snapshot_of(self, measurement: _Measurement) -> MemorySnapshot:
         reading = measurement.reading
+        resident = measurement.host_resident
         host_limit = host_usage = None
         if self._host_monitor is not None:
             host_limit = self._host_monitor.limit.size
-            if measurement.host_resident is not None:
-                host_usage = self._host_monitor.usage(measurement.host_resident)
+            if resident is not None:
+                host_usage = self._host_monitor.usage(resident)
+        # Positional: a snapshot is taken on every cleanup step.
         return MemorySnapshot(
-            device=str(self.resolved_device),
-            usage=measurement.usage,
-            allocated=reading.allocated,
-            reserved=reading.reserved,
-            free=reading.free,
-            total=reading.total,
-            used=reading.used,
-            peak_allocated=reading.peak_allocated,
-            peak_reserved=reading.peak_reserved,
-            budget=self._budget,
-            budget_used=measurement.budget_used,
-            host_resident=measurement.host_resident,
-            host_limit=host_limit,
-            host_usage=host_usage,
+            self._device_name,
+            measurement.usage,
+            reading.allocated,
+            reading.reserved,
+            reading.free,
+            reading.total,
+            reading.used,
+            reading.peak_allocated,
+            reading.peak_reserved,
+            self._budget,
+            measurement.budget_used,
+            resident,
+            host_limit,
+            host_usage,
         )
 
     def max_batch_size(self, image_size: tuple[int, int]) -> int:
@@ -396,6 +411,8 @@ class MemoryManager:
             self._report_query_failure("reset peak memory statistics", error)
 
     def _measure(self) -> _Measurement:
+        if self._measures_nothing:
+            return _NOTHING_MEASURED
         reading = self._read_memory()
         usages = [_fraction(reading.used, reading.total)]
         host_resident = None

@@ -211,7 +211,7 @@ def test_snapshot_is_immutable_and_serialisable() -> None:
         fake.set_memory(allocated=GiB, reserved=2 * GiB)
         snapshot = MemoryManager("cuda").snapshot()
     assert isinstance(snapshot, MemorySnapshot)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         snapshot.usage = 0.0  # type: ignore[misc]
     data = json.loads(json.dumps(snapshot.to_dict()))
     assert data == {

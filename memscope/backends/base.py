@@ -125,6 +125,10 @@ class DeviceBackend(abc.ABC):
     """Whether torch keeps a cache of freed memory on this device for ``empty_cache`` to
     return (the CPU's allocator keeps none, so a clear there is nothing and counts as none)."""
 
+    reports_memory: ClassVar[bool] = True
+    """Whether :meth:`read_memory` can report any figure (the CPU's reports none, so a
+    manager watching neither the host nor a budget has nothing to read there)."""
+
     def __init__(self, index: int | None) -> None:
         self.index = index
         self._device: torch.device | None = None

@@ -13,6 +13,7 @@ class CpuBackend(DeviceBackend):
     detection_priority = 1000
     oom_messages = (r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",)
     caches_memory = False
+    reports_memory = False
 
     @classmethod
     def is_available(cls) -> bool:
