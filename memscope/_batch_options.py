@@ -23,7 +23,7 @@ from memscope._watch_timeline import TimelineWatch
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.journal import Journal
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.oom._history import MemoryHistory
+from memscope.oom import MemoryHistory
 from memscope.policies import DEFAULT_CACHE_POLICY, GCBackoff, check_cache_policy
 from memscope.typing import CachePolicy, DeviceLike
 from memscope.units import parse_bytes

@@ -17,26 +17,22 @@ from memscope._outcome import CleanupOutcome
 from memscope.manager import CLEAR_ALWAYS, MemoryManager
 from memscope.typing import CachePolicy
 
-__all__ = ["CleanupOutcome", "run_cleanup"]
+__all__ = ["CleanupOutcome", "run_cleanup_safely"]
 
 logger = logging.getLogger("memscope")
-
-
-def run_cleanup(manager: MemoryManager, cache_policy: CachePolicy = CLEAR_ALWAYS) -> CleanupOutcome:
-    """One cleanup step through ``manager``: see :meth:`MemoryManager.clean_up`."""
-    return manager.clean_up(cache_policy)
 
 
 def run_cleanup_safely(
     manager: MemoryManager, where: str, cache_policy: CachePolicy = CLEAR_ALWAYS
 ) -> CleanupOutcome | None:
-    """:func:`run_cleanup`, but a failure is logged as a warning and gives ``None``.
+    """One cleanup step through ``manager`` (:meth:`MemoryManager.clean_up`), but a failure
+    is logged as a warning and gives ``None``.
 
     Cleanup runs after the user's code; its failure must never replace their result or
     their exception.
     """
     try:
-        outcome = run_cleanup(manager, cache_policy)
+        outcome = manager.clean_up(cache_policy)
     except Exception:
         failures.failed(f"memory cleanup after {where}")
         return None

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from memscope.exceptions import JournalError
 from memscope.reports import ItemFailure
-from memscope.reports._item_failure import Key
+from memscope.typing import ItemKey
 
 logger = logging.getLogger("memscope")
 
@@ -109,9 +109,9 @@ class JournalSummary:
 
     path: Path
     job: str | None
-    done: set[Key] = field(default_factory=set)
+    done: set[ItemKey] = field(default_factory=set)
     """The keys of the finished items (each once: see ``done_repeats``)."""
-    failed: dict[Key, ItemFailure] = field(default_factory=dict)
+    failed: dict[ItemKey, ItemFailure] = field(default_factory=dict)
     """The failed items by key, each with its latest failure (see ``failed_repeats``)."""
     runs: int = 0
     """How many runs wrote to it (each run's first line is a "start" record)."""
@@ -119,9 +119,9 @@ class JournalSummary:
     """The runs' time, from their "end" records and, for a run that died, its last record."""
     truncated_tail: bool = False
     """Whether the last line was cut off (a process killed while writing it)."""
-    done_repeats: dict[Key, int] = field(default_factory=dict)
+    done_repeats: dict[ItemKey, int] = field(default_factory=dict)
     """For a key met several times in a run: how many finished occurrences beyond the first."""
-    failed_repeats: dict[Key, int] = field(default_factory=dict)
+    failed_repeats: dict[ItemKey, int] = field(default_factory=dict)
     """For a key met several times in a run: how many failed occurrences beyond the first."""
     legacy: bool = field(default=False, repr=False)
     """Written as format 1, which knew no repeated keys: a finished item clears its failure."""
@@ -155,7 +155,7 @@ class JournalSummary:
             "truncated_tail": self.truncated_tail,
         }
 
-    def _finished(self, key: Key, *, retry: bool) -> None:
+    def _finished(self, key: ItemKey, *, retry: bool) -> None:
         if key in self.done:
             self.done_repeats[key] = self.done_repeats.get(key, 0) + 1
         else:
@@ -163,13 +163,15 @@ class JournalSummary:
         if (retry or self.legacy) and key in self.failed:
             take_one(self.failed, self.failed_repeats, key)
 
-    def _failed(self, failure: ItemFailure, key: Key, *, retry: bool) -> None:
+    def _failed(self, failure: ItemFailure, key: ItemKey, *, retry: bool) -> None:
         if key in self.failed and not (retry or self.legacy):
             self.failed_repeats[key] = self.failed_repeats.get(key, 0) + 1
         self.failed[key] = failure  # the latest reason
 
 
-def take_one(first: set[Key] | dict[Key, Any], repeats: dict[Key, int], key: Key) -> None:
+def take_one(
+    first: set[ItemKey] | dict[ItemKey, Any], repeats: dict[ItemKey, int], key: ItemKey
+) -> None:
     """Remove one occurrence of ``key``: from its repeat count, else from ``first``."""
     extra = repeats.get(key, 0)
     if extra > 1:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from memscope import _context as context
 from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.journal import item_key
-from memscope.reports._item_failure import Key
+from memscope.typing import ItemKey
 
 if TYPE_CHECKING:
     from memscope.batch import ManagedBatch
@@ -81,7 +81,7 @@ class Loop(Iterator[Item]):
 
 def keyed(
     batch: ManagedBatch, items: Iterable[Item], key: Callable[[Item], object] | None
-) -> Iterable[tuple[Item, Key | None]]:
+) -> Iterable[tuple[Item, ItemKey | None]]:
     """The items with their keys (``None`` where nothing needs one)."""
     if key is not None and not callable(key):
         raise InvalidArgumentTypeError(f"key must be a function or None, got {key!r}")
@@ -93,7 +93,7 @@ def keyed(
 
 
 def tracked(
-    batch: ManagedBatch, keyed_items: Iterable[tuple[Item, Key | None]]
+    batch: ManagedBatch, keyed_items: Iterable[tuple[Item, ItemKey | None]]
 ) -> Generator[Item, None, None]:
     """``track()``'s generator: each loop body is one tracked item."""
     tracked_item = context.tracked_item
@@ -123,7 +123,7 @@ def check_map(function: object, on_error: object) -> bool:
 def mapped(
     batch: ManagedBatch,
     function: Callable[[Item], Result],
-    keyed_items: Iterable[tuple[Item, Key | None]],
+    keyed_items: Iterable[tuple[Item, ItemKey | None]],
     *,
     skip_errors: bool,
 ) -> Generator[Result | _Raised, None, None]:

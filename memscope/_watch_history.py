@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from memscope.oom._diagnosis import add_oom_note
-from memscope.oom._history import MemoryHistory, MemoryHistoryRecorder
+from memscope.oom import MemoryHistory, MemoryHistoryRecorder, add_oom_note
 from memscope.watch import Watcher
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from memscope.journal import Journal
 from memscope.reports import ItemFailure, TimelineEntry
-from memscope.reports._item_failure import Key
+from memscope.typing import ItemKey
 from memscope.watch import Watcher
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class JournalWatch(Watcher):
         """Items earlier runs of the job finished."""
         self.seconds_before = 0.0
         """Seconds earlier runs of the job took."""
-        self._carried_failures: dict[Key, ItemFailure] = {}
+        self._carried_failures: dict[ItemKey, ItemFailure] = {}
 
     def __repr__(self) -> str:
         return f"JournalWatch({str(self.journal.path)!r})"
@@ -54,12 +54,12 @@ class JournalWatch(Watcher):
                 previous.runs,
             )
 
-    def skips(self, batch: ManagedBatch, key: Key) -> bool:
+    def skips(self, batch: ManagedBatch, key: ItemKey) -> bool:
         # Each occurrence of a key consumes one the journal records (repeated keys count
         # per occurrence).
         return self.journal.reached(key) in ("done", "failed")
 
-    def item_finished(self, batch: ManagedBatch, key: Key) -> None:
+    def item_finished(self, batch: ManagedBatch, key: ItemKey) -> None:
         self.journal.done(key)
 
     def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:

@@ -16,7 +16,7 @@ from memscope.watch import CleanupStep, Watcher
 if TYPE_CHECKING:
     from memscope.batch import ManagedBatch
     from memscope.reports import ItemFailure
-    from memscope.reports._item_failure import Key
+    from memscope.typing import ItemKey
 
 __all__: list[str] = []
 
@@ -60,7 +60,7 @@ class ProgressBar(Watcher):
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
         self._shown(batch).update(count)
 
-    def item_skipped(self, batch: ManagedBatch, key: Key) -> None:
+    def item_skipped(self, batch: ManagedBatch, key: ItemKey) -> None:
         self._shown(batch).update(1)
 
     def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:

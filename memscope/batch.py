@@ -26,17 +26,15 @@ from memscope._cleanup import CleanupOutcome, run_cleanup_safely
 from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._ledger import Ledger
 from memscope._loops import Loop
+from memscope._recovery import recover_from_oom
 from memscope._reporting import assemble_report, finish_watchers
 from memscope.exceptions import BatchStateError
 from memscope.journal import Journal
 from memscope.manager import MemoryManager
-from memscope.oom import MemoryHistory
-from memscope.oom._detection import is_oom_error, recover_from_oom
-from memscope.oom._diagnosis import add_oom_note
+from memscope.oom import MemoryHistory, add_oom_note, is_oom_error
 from memscope.reports import BatchReport, ItemFailure
-from memscope.reports._item_failure import Key
 from memscope.snapshot import MemorySnapshot
-from memscope.typing import CachePolicy, DeviceLike
+from memscope.typing import CachePolicy, DeviceLike, ItemKey
 from memscope.watch import CleanupStep, Watcher, defined_hooks
 
 __all__ = ["ManagedBatch", "current_batch", "managed_batch"]
@@ -415,7 +413,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         for iterating in self._on_iterating:
             iterating(self, total)
 
-    def _skips(self, key: Key) -> bool:
+    def _skips(self, key: ItemKey) -> bool:
         if not any(skips(self, key) for skips in self._skip_checks):
             return False
         with self._ledger.lock:
@@ -424,13 +422,13 @@ class ManagedBatch(SyncAndAsyncContextManager):
             skipped(self, key)
         return True
 
-    def _item_done(self, key: Key | None) -> None:
+    def _item_done(self, key: ItemKey | None) -> None:
         if key is not None:
             for finished in self._on_finished_item:
                 finished(self, key)
         self._advance(1)
 
-    def _item_failed(self, key: Key, error: Exception) -> None:
+    def _item_failed(self, key: ItemKey, error: Exception) -> None:
         failure = ItemFailure.of(key, error)
         with self._ledger.lock:
             self._failed_items.append(failure)

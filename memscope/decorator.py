@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
 import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, overload
@@ -22,12 +21,13 @@ from memscope import _wrapt as wrapt
 from memscope._cleanup import CleanupOutcome, failures, run_cleanup_safely
 from memscope._context import ActiveBatch
 from memscope._devices import as_torch_device, present_torch_device
+from memscope._ledger import Ledger
 from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
+from memscope._recovery import recover_from_oom
 from memscope._validation import check_fraction, check_int
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.oom._detection import is_oom_error, recover_from_oom, release_exception_frames
-from memscope.oom._diagnosis import add_oom_note
+from memscope.oom import add_oom_note, is_oom_error, release_exception_frames
 from memscope.policies import DEFAULT_CACHE_POLICY, check_cache_policy
 from memscope.typing import CachePolicy, DeviceLike
 
@@ -47,31 +47,52 @@ logger = logging.getLogger("memscope")
 
 
 class CleanupStats:
-    """What ``@auto_clear`` has done for one decorated function.
+    """What ``@auto_clear`` has done for one decorated function: a live, read-only view.
 
-    The object is created once per decorated function and updated in place, so a reference
-    taken once (by an outer decorator, say) stays current. Inside a ``managed_batch`` the
+    One view per decorated function, of the function's own ledger, so a reference taken
+    once (by an outer decorator, say) stays current. Inside a ``managed_batch`` the
     cleanups are the batch's and appear in its report, not here.
     """
 
-    __slots__ = (
-        "calls",
-        "cleanup_failures",
-        "cleanups",
-        "errors",
-        "gc_runs",
-        "oom_retries",
-        "ooms",
-    )
+    __slots__ = ("_ledger",)
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.errors = 0
-        self.cleanups = 0
-        self.gc_runs = 0
-        self.cleanup_failures = 0
-        self.ooms = 0
-        self.oom_retries = 0
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    @property
+    def calls(self) -> int:
+        """Calls finished (returned or raised)."""
+        return self._ledger.calls
+
+    @property
+    def errors(self) -> int:
+        """Calls that raised."""
+        return self._ledger.failures
+
+    @property
+    def cleanups(self) -> int:
+        """Cleanup steps the function ran itself."""
+        return self._ledger.cleanups
+
+    @property
+    def gc_runs(self) -> int:
+        """``gc.collect()`` calls its cleanups made."""
+        return self._ledger.gc_runs
+
+    @property
+    def cleanup_failures(self) -> int:
+        """Cleanups that failed (logged, never raised)."""
+        return self._ledger.cleanup_failures
+
+    @property
+    def ooms(self) -> int:
+        """Out-of-memory errors its calls raised, retried or not."""
+        return self._ledger.ooms
+
+    @property
+    def oom_retries(self) -> int:
+        """Calls made again after an out-of-memory error."""
+        return self._ledger.oom_retries
 
     def as_dict(self) -> dict[str, int]:
         """The counts as a dict."""
@@ -115,8 +136,8 @@ class _CleanupCadence:
         self.manager = manager
         self.cache_policy = cache_policy
         self.name = name
-        self.stats = CleanupStats()
-        self._lock = threading.Lock()
+        self.ledger = Ledger()
+        self.stats = CleanupStats(self.ledger)
         # The last batch asked about, and whether it owns this function's cleanup.
         self._owner: tuple[weakref.ref[Any], bool] | None = None
 
@@ -143,10 +164,11 @@ class _CleanupCadence:
                     _tracked_item_reset(token)
             if failure is None:
                 # The hot path, inlined: one lock, and a cleanup only when one is due.
-                stats, lock = self.stats, self._lock
+                ledger = self.ledger
+                lock = ledger.lock
                 lock.acquire()  # `+=` cannot raise, and this spares the `with` protocol
-                stats.calls += 1
-                calls = stats.calls
+                ledger.calls += 1
+                calls = ledger.calls
                 lock.release()
                 if batch is None or not batch.active:
                     if calls % self.every == 0:
@@ -219,9 +241,9 @@ class _CleanupCadence:
         oom = is_oom_error(failure)
         retry = oom and retries_left > 0
         if oom:
-            with self._lock:
-                self.stats.ooms += 1
-                self.stats.oom_retries += int(retry)
+            with self.ledger.lock:
+                self.ledger.ooms += 1
+                self.ledger.oom_retries += int(retry)
             if batch is not None:
                 batch._record_oom(failure, retried=retry)
         if not retry:
@@ -244,7 +266,7 @@ class _CleanupCadence:
             release_exception_frames(failure)
             self._record(batch, None)
         else:
-            self._count(recover_from_oom(failure, manager, batch))
+            self.ledger.cleanup(recover_from_oom(failure, manager, batch))
 
     # Counting and cleaning.
 
@@ -253,10 +275,11 @@ class _CleanupCadence:
         (always after a failure). A call that outlived its batch counts into no batch."""
         if batch is not None and not batch.active:
             batch = None
-        with self._lock:
-            self.stats.calls += 1
-            self.stats.errors += int(failed)
-            due = failed or self.stats.calls % self.every == 0
+        ledger = self.ledger
+        with ledger.lock:
+            ledger.calls += 1
+            ledger.failures += int(failed)
+            due = failed or ledger.calls % self.every == 0
         if batch is not None:
             batch._record_call(failed=failed)
             if self._batch_owns_cleanup(batch):
@@ -294,16 +317,7 @@ class _CleanupCadence:
     def _record(self, batch: ActiveBatch | None, outcome: CleanupOutcome | None) -> None:
         if batch is not None:
             batch._record_cleanup(outcome)
-        self._count(outcome)
-
-    def _count(self, outcome: CleanupOutcome | None) -> None:
-        with self._lock:
-            if outcome is None or outcome.failed:
-                self.stats.cleanup_failures += 1
-            else:
-                self.stats.cleanups += 1
-            if outcome is not None:
-                self.stats.gc_runs += outcome.gc_runs
+        self.ledger.cleanup(outcome)
 
     def _cleanup_manager(self, batch: ActiveBatch | None) -> MemoryManager | None:
         """The manager to clean up through, or ``None`` (logged) when none can be had.

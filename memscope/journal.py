@@ -39,9 +39,9 @@ from memscope._validation import check_int
 from memscope._version import __version__
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, JournalError
 from memscope.reports import ItemFailure, TimelineEntry
-from memscope.reports._item_failure import Key
+from memscope.typing import ItemKey
 
-__all__ = ["Journal", "JournalSummary", "Key", "item_key", "read_journal"]
+__all__ = ["ItemKey", "Journal", "JournalSummary", "item_key", "read_journal"]
 
 logger = logging.getLogger("memscope")
 
@@ -58,7 +58,7 @@ _MAX_KEY_BITS = int(MAX_KEY_LENGTH * 3.3219280948873626) + 1
 Reached = Literal["new", "done", "failed", "retry"]
 
 
-def item_key(item: object, key: Callable[[Any], object] | None = None) -> Key:
+def item_key(item: object, key: Callable[[Any], object] | None = None) -> ItemKey:
     """The journal key of ``item``: ``key(item)`` when given, else the item itself.
 
     Keys are strings, ``os.PathLike`` objects (kept as their path string) or ints, of at most
@@ -176,7 +176,7 @@ class Journal:
         self.previous: JournalSummary | None = None
         # What earlier runs did and this run has not met yet, consumed by reached().
         self._to_skip = JournalSummary(self.path, job)
-        self._retrying: dict[Key, int] = {}
+        self._retrying: dict[ItemKey, int] = {}
         self._reached_called = False
         self.skipped_done = 0
         """Items :meth:`reached` skipped because an earlier run finished them."""
@@ -233,11 +233,11 @@ class Journal:
         except OSError as error:
             raise JournalError(f"the journal {self.path} cannot be read: {error}") from None
 
-    def key(self, item: object, key: Callable[[Any], object] | None = None) -> Key:
+    def key(self, item: object, key: Callable[[Any], object] | None = None) -> ItemKey:
         """The journal key of ``item``, checked completely: :func:`item_key`."""
         return item_key(item, key)
 
-    def reached(self, key: Key) -> Reached:
+    def reached(self, key: ItemKey) -> Reached:
         """What to do with the item ``key`` this run has reached: ``"done"`` or ``"failed"``
         (skip it: an earlier run finished or failed it), ``"retry"`` (an earlier failure,
         tried again with ``retry_failed=True``) or ``"new"``. Each occurrence of a key
@@ -259,7 +259,7 @@ class Journal:
             self.retried += 1
             return "retry"
 
-    def done(self, key: Key) -> None:
+    def done(self, key: ItemKey) -> None:
         """Journal that ``key`` finished."""
         self._write({"type": "done", "key": key, "time": time.time(), **self._retry(key)})
 
@@ -274,7 +274,7 @@ class Journal:
             record["notes"] = record["notes"][:8]
         self._write(record)
 
-    def _retry(self, key: Key) -> dict[str, bool]:
+    def _retry(self, key: ItemKey) -> dict[str, bool]:
         with self._write_lock:
             pending = self._retrying.get(key, 0)
             if not pending and not self._reached_called and key in self._to_skip.failed:

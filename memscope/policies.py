@@ -89,6 +89,8 @@ class GCBackoffState:
 
     def below_threshold(self) -> None:
         """Usage is under the threshold: the next time it rises, collect at once."""
+        if self._armed and self._interval == 1:
+            return  # the common case, every step below the threshold: nothing to change
         with self._lock:
             self._armed = True
             self._interval = 1

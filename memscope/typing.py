@@ -18,12 +18,16 @@ import torch
 if TYPE_CHECKING:
     from memscope.snapshot import MemorySnapshot
 
-__all__ = ["CachePolicy", "Combine", "DeviceLike", "MemoryModel"]
+__all__ = ["CachePolicy", "Combine", "DeviceLike", "ItemKey", "MemoryModel"]
 
 DeviceLike = torch.device | str | int | None
 """What memscope accepts as a device: a ``torch.device``, ``"cuda:1"``, a CUDA index, or
 ``None`` for auto-detection (CUDA, then MPS, then another accelerator, then the CPU; under
 torchrun, the GPU whose index is in ``LOCAL_RANK``)."""
+
+ItemKey = str | int
+"""What names an item in a journal and in ``report.failed_items``: the item itself, or what
+``key=`` made of it."""
 
 Combine = Literal["concat", "chunks"] | Callable[[list[Any]], Any]
 """How :func:`~memscope.process_in_chunks` combines the per-chunk results."""

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from memscope.batch import ManagedBatch
     from memscope.reports import ItemFailure
-    from memscope.reports._item_failure import Key
     from memscope.snapshot import MemorySnapshot
+    from memscope.typing import ItemKey
 
 __all__ = ["HOOKS", "CleanupStep", "Watcher", "defined_hooks"]
 
@@ -117,16 +117,16 @@ class Watcher:
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
         """``count`` items finished; ``item`` is the batch's count now. After any cleanup."""
 
-    def item_finished(self, batch: ManagedBatch, key: Key) -> None:
+    def item_finished(self, batch: ManagedBatch, key: ItemKey) -> None:
         """A keyed item (``track`` or ``map`` with a journal or ``key=``) finished."""
 
     def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:
         """An item of ``map(on_error="skip")`` failed and was recorded."""
 
-    def item_skipped(self, batch: ManagedBatch, key: Key) -> None:
+    def item_skipped(self, batch: ManagedBatch, key: ItemKey) -> None:
         """An item was skipped because a watcher's :meth:`skips` said so."""
 
-    def skips(self, batch: ManagedBatch, key: Key) -> bool:
+    def skips(self, batch: ManagedBatch, key: ItemKey) -> bool:
         """Whether the item with ``key`` should be skipped (an earlier run did it)."""
         return False
 

@@ -23,16 +23,13 @@ import re
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import torch
 
-from memscope._cleanup import CleanupOutcome, reclaim
+from memscope._cleanup import reclaim
 from memscope.backends import DeviceBackend, registered_backends
 from memscope.manager import MemoryManager
-
-if TYPE_CHECKING:
-    from memscope._context import ActiveBatch
 
 __all__ = [
     "CaughtOom",
@@ -184,23 +181,6 @@ def reclaim_memory(manager: MemoryManager) -> bool:
     """
     outcome = reclaim(manager)
     return outcome is not None and not outcome.failed
-
-
-def recover_from_oom(
-    error: BaseException, manager: MemoryManager, batch: ActiveBatch | None
-) -> CleanupOutcome | None:
-    """Free the memory a call that raised ``error`` held, before it is called again.
-
-    :func:`release_exception_frames`, then ``gc.collect()`` and ``manager.clear_cache()``
-    (measured by :func:`memscope._cleanup.reclaim`); inside a batch, the cleanup counts
-    into its report. Call it outside the ``except`` block that caught ``error``. Never
-    raises; gives ``None`` when freeing failed (and was logged).
-    """
-    release_exception_frames(error)
-    outcome = reclaim(manager)
-    if batch is not None:
-        batch._record_cleanup(outcome)
-    return outcome
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ItemFailure", "Key"]
+from memscope.typing import ItemKey
 
-Key = str | int
-"""What identifies an item in a journal: a string (a path, say) or an int."""
+__all__ = ["ItemFailure"]
 
 
 @dataclass(frozen=True, slots=True)
 class ItemFailure:
     """One item whose work raised, as a batch's report and its journal record it."""
 
-    key: Key | None
+    key: ItemKey | None
     """The item's key (``None`` without a journal or ``key=``: then the item's position)."""
     error_type: str
     """The exception's class name, such as ``"ValueError"``."""
@@ -25,7 +24,7 @@ class ItemFailure:
     """The exception's notes (memscope adds the device's figures to out-of-memory errors)."""
 
     @classmethod
-    def of(cls, key: Key | None, error: BaseException) -> ItemFailure:
+    def of(cls, key: ItemKey | None, error: BaseException) -> ItemFailure:
         """The record of ``error`` raised by the item ``key``."""
         message = _text(error, f"<unprintable {type(error).__name__}>")
         return cls(key, type(error).__name__, message, _notes(error))
