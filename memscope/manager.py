@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from memscope._devices import resolve_device
+from memscope._ledger import Ledger
 from memscope._outcome import CleanupOutcome
 from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
@@ -60,7 +60,8 @@ _current_step: ContextVar[_Step | None] = ContextVar("memscope_cleanup_step", de
 
 @dataclass(frozen=True, slots=True)
 class ManagerStats:
-    """What a manager has done so far: a copy, taken when ``manager.stats`` is read."""
+    """What a manager has done so far: a copy of its ledger's counts, taken when
+    ``manager.stats`` is read."""
 
     cache_clears: int = 0
     gc_runs: int = 0
@@ -139,8 +140,7 @@ class MemoryManager:
         self.memory_model: MemoryModel = (
             ImageMemoryModel() if memory_model is None else memory_model
         )
-        self._stats = ManagerStats()
-        self._stats_lock = threading.Lock()
+        self._ledger = Ledger()
         self._failing_queries: set[str] = set()
         self._budget_counts_host_memory = False
         device_capacity: int | None = None
@@ -209,7 +209,9 @@ class MemoryManager:
     @property
     def stats(self) -> ManagerStats:
         """Cache clears, GC runs and seconds spent in GC since the manager was made."""
-        return self._stats
+        ledger = self._ledger
+        with ledger.lock:
+            return ManagerStats(ledger.cache_clears, ledger.gc_runs, ledger.gc_seconds)
 
     def clear_cache(self) -> None:
         """Return memory that torch caches but no tensor uses to the device.
@@ -226,8 +228,8 @@ class MemoryManager:
         self._backend.empty_cache()
         if not self._backend.caches_memory:
             return False
-        with self._stats_lock:
-            self._stats = replace(self._stats, cache_clears=self._stats.cache_clears + 1)
+        with self._ledger.lock:
+            self._ledger.cache_clears += 1
         return True
 
     def clean_up(self, cache_policy: CachePolicy = CLEAR_ALWAYS) -> CleanupOutcome:
@@ -308,12 +310,9 @@ class MemoryManager:
         gc.collect()
         elapsed = time.perf_counter() - started
         self.clear_cache()
-        with self._stats_lock:
-            self._stats = replace(
-                self._stats,
-                gc_runs=self._stats.gc_runs + 1,
-                gc_seconds=self._stats.gc_seconds + elapsed,
-            )
+        with self._ledger.lock:
+            self._ledger.gc_runs += 1
+            self._ledger.gc_seconds += elapsed
         if backoff is None and not logger.isEnabledFor(logging.DEBUG):
             return True
         usage_after = self.check_memory_usage()
