@@ -8,11 +8,12 @@ its clients. They reach it through :data:`active_batch` and talk to it only thro
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from memscope.typing import CachePolicy
 
 __all__: list[str] = []
+
+Result = TypeVar("Result")
 
 
 class ActiveBatch(Protocol):
@@ -180,3 +183,17 @@ def manager_for(
     if batch is not None and (device is None or same_device(device, batch.manager)):
         return batch.manager
     return shared_manager(device, memory_threshold)
+
+
+def run_in(batch: ActiveBatch, function: Callable[..., Result]) -> Callable[..., Result]:
+    """``function``, made to run with ``batch`` active in whatever thread calls it."""
+
+    @functools.wraps(function)
+    def run_in_batch(*args: Any, **kwargs: Any) -> Result:
+        token = active_batch.set(batch)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            active_batch.reset(token)
+
+    return run_in_batch

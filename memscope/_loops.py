@@ -13,8 +13,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from memscope import _context as context
+from memscope._recovery import recover_from_oom
 from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.journal import item_key
+from memscope.oom import is_oom_error
+from memscope.reports import ItemFailure
 from memscope.typing import ItemKey
 
 if TYPE_CHECKING:
@@ -85,11 +88,54 @@ def keyed(
     """The items with their keys (``None`` where nothing needs one)."""
     if key is not None and not callable(key):
         raise InvalidArgumentTypeError(f"key must be a function or None, got {key!r}")
-    batch._iterating(len(items) if isinstance(items, Sized) else None)
-    if not batch._needs_keys and key is None:
+    total = len(items) if isinstance(items, Sized) else None
+    for iterating in batch._hooks.iterating:
+        iterating(batch, total)
+    if not batch._hooks.keys_needed and key is None:
         return zip(items, itertools.repeat(None))
     # Each key is made and checked as its item is reached, before the item's work.
     return ((item, item_key(item, key)) for item in items)
+
+
+def done(batch: ManagedBatch, key: ItemKey | None) -> None:
+    """An item's work finished: shown to the watchers that record keys, then counted."""
+    if key is not None:
+        for item_finished in batch._hooks.item_finished:
+            item_finished(batch, key)
+    batch._advance(1)
+
+
+def skipped(batch: ManagedBatch, key: ItemKey) -> bool:
+    """Whether a watcher skips the item with ``key`` (an earlier run did it); counted."""
+    hooks = batch._hooks
+    if not any(skips(batch, key) for skips in hooks.skips):
+        return False
+    with batch._ledger.lock:
+        batch._ledger.skipped += 1
+    for item_skipped in hooks.item_skipped:
+        item_skipped(batch, key)
+    return True
+
+
+def failed(batch: ManagedBatch, key: ItemKey, error: Exception) -> None:
+    """Record an item of ``map(on_error="skip")`` whose call raised, and free what it left."""
+    failure = ItemFailure.of(key, error)
+    with batch._ledger.lock:
+        batch._failed_items.append(failure)
+    for item_failed in batch._hooks.item_failed:
+        item_failed(batch, failure)
+    logger.warning(
+        # %r: a message from a non-UTF-8 file name must not break a UTF-8 log handler.
+        "item %r failed and is skipped: %s: %r",
+        key,
+        failure.error_type,
+        failure.message,
+    )
+    if is_oom_error(error):
+        batch._record_oom(error, retried=False)
+        recover_from_oom(error, batch.manager, batch)
+    elif batch.every is not None:
+        batch.clean_up(f"the failed item {key!r}")
 
 
 def tracked(
@@ -98,7 +144,7 @@ def tracked(
     """``track()``'s generator: each loop body is one tracked item."""
     tracked_item = context.tracked_item
     for item, key in keyed_items:
-        if key is not None and batch._skips(key):
+        if key is not None and skipped(batch, key):
             continue
         # Generators share their caller's context, so this marks the loop body.
         outer = tracked_item.get()
@@ -108,7 +154,7 @@ def tracked(
         finally:
             tracked_item.set(outer)
         # Reached only when the loop asks for the next item: the body is done.
-        batch._item_done(key)
+        done(batch, key)
 
 
 def check_map(function: object, on_error: object) -> bool:
@@ -130,7 +176,7 @@ def mapped(
     """``map()``'s generator: each call is one tracked item."""
     tracked_item = context.tracked_item
     for position, (item, key) in enumerate(keyed_items):
-        if key is not None and batch._skips(key):
+        if key is not None and skipped(batch, key):
             continue
         failure: Exception | None = None
         outer = tracked_item.get()
@@ -149,8 +195,8 @@ def mapped(
         finally:
             tracked_item.set(outer)
         if failure is not None:
-            batch._item_failed(position if key is None else key, failure)
+            failed(batch, position if key is None else key, failure)
             del failure
             continue
-        batch._item_done(key)
+        done(batch, key)
         yield result

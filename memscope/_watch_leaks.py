@@ -11,7 +11,6 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from memscope._cleanup import reclaim
 from memscope._watch_host import HostWatch
 from memscope.leaks import LeakWatch
 from memscope.watch import CleanupStep, Watcher
@@ -82,12 +81,9 @@ class LeakWatcher(Watcher):
     def _collect(self, batch: ManagedBatch) -> int | None:
         """A collection and a cache clear now, counted in the batch's report; the memory that
         stays after it."""
-        # The project's one "collect, then clear" (the OOM recovery's); it never raises.
-        outcome = reclaim(batch.manager)
-        if outcome is not None:
-            batch._ledger.collection(outcome.gc_seconds, outcome.cache_clears)
+        batch.collect()
         if self._device_figures:
-            return batch.memory_now_fresh().allocated
+            return batch.memory_now(fresh=True).allocated
         return self._host.sample()
 
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:

@@ -38,7 +38,7 @@ class TimelineWatch(Watcher):
         snapshot = batch.memory_now()
         host_resident = self._host.sample_at(item)
         seconds = time.perf_counter() - batch.started_at
-        gc_runs = batch._ledger.gc_runs
+        gc_runs = batch.counts.gc_runs
         gc_ran = gc_runs > self._gc_runs_at_last_entry
         self._gc_runs_at_last_entry = gc_runs
         journal = self._journal

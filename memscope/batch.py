@@ -8,12 +8,11 @@ and is what the toolkit's clients (``@auto_clear``, ``@adaptive_batch``,
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,11 +21,10 @@ from memscope import _context as context
 from memscope import _heap as heap
 from memscope import _loops as loops
 from memscope._batch_options import BatchOptions
-from memscope._cleanup import CleanupOutcome, run_cleanup_safely
+from memscope._cleanup import CleanupOutcome, reclaim, run_cleanup_safely
 from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._ledger import Ledger
 from memscope._loops import Loop
-from memscope._recovery import recover_from_oom
 from memscope._reporting import assemble_report, finish_watchers
 from memscope.exceptions import BatchStateError
 from memscope.journal import Journal
@@ -34,8 +32,8 @@ from memscope.manager import MemoryManager
 from memscope.oom import MemoryHistory, add_oom_note, is_oom_error
 from memscope.reports import BatchReport, ItemFailure
 from memscope.snapshot import MemorySnapshot
-from memscope.typing import CachePolicy, DeviceLike, ItemKey
-from memscope.watch import CleanupStep, Watcher, defined_hooks
+from memscope.typing import BatchCounts, CachePolicy, DeviceLike
+from memscope.watch import CleanupStep, Hooks, Watcher
 
 __all__ = ["ManagedBatch", "current_batch", "managed_batch"]
 
@@ -135,20 +133,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._started = 0.0
         self.watchers = tuple(watchers)
         """The watchers of the current run: the options' own, then ``watchers=``."""
-
-        def hooks(name: str) -> tuple[Callable[..., Any], ...]:
-            return tuple(getattr(w, name) for w in watchers if name in defined_hooks(w))
-
-        self._on_started = hooks("started")
-        self._on_items_done = hooks("items_done")
-        self._on_finished_item = hooks("item_finished")
-        self._on_failed_item = hooks("item_failed")
-        self._on_skipped_item = hooks("item_skipped")
-        self._skip_checks = hooks("skips")
-        self._on_iterating = hooks("iterating")
-        self._on_cleaned = hooks("cleaned")
-        self._on_oom = hooks("oom_seen")
-        self._needs_keys = bool(self._skip_checks or self._on_finished_item)
+        self._hooks = Hooks(watchers)
 
     # Public state ----------------------------------------------------------------------
 
@@ -180,6 +165,12 @@ class ManagedBatch(SyncAndAsyncContextManager):
     def items(self) -> int:
         """Items completed so far in this run."""
         return self._ledger.items
+
+    @property
+    def counts(self) -> BatchCounts:
+        """The run's counts so far, live (items, calls, cleanups, collections, OOMs...): for
+        watchers to read; only the batch writes them."""
+        return self._ledger
 
     @property
     def started_at(self) -> float:
@@ -237,14 +228,13 @@ class ManagedBatch(SyncAndAsyncContextManager):
             heap.hold_frozen_heap()
         try:
             start = manager.snapshot()
-            if parent is not None and parent.manager.resolved_device == manager.resolved_device:
-                # Resetting the device's peak erases what the outer batch has seen so far.
-                parent._observe_peak(start.peak_allocated, start.peak_reserved)
+            # Resetting the device's peak erases what the outer batch has seen so far.
+            self._share_peaks(start.peak_allocated, start.peak_reserved)
             manager.reset_peak_memory_stats()
             self.start_figures = start
             """The device's figures when the batch started."""
             self._started = time.perf_counter()
-            for started in self._on_started:
+            for started in self._hooks.started:
                 started(self)
         except BaseException as error:
             # A batch that never started must not leave the heap frozen or watchers holding
@@ -253,6 +243,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
             raise
 
     def _finish(self, error: BaseException | None) -> None:
+        interrupted: BaseException | None = None
         try:
             if error is not None and is_oom_error(error):
                 # Before the final cleanup, so the note shows the figures of the failure.
@@ -260,34 +251,30 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 add_oom_note(error, self.manager)
             for loop in list(self._open_loops):
                 loop.end()
-            interrupted: BaseException | None = None
             if self.every is not None:
                 try:
                     self._clean_up("the batch")
                 except BaseException as stop:  # KeyboardInterrupt, SystemExit: report, raise
                     interrupted = stop
-            self._report = self._report_now(_ended_by(error, interrupted))
-            parent = self._parent
-            if (
-                parent is not None
-                and parent.active
-                and parent.manager.resolved_device == self.manager.resolved_device
-            ):
-                parent._observe_peak(self._report.peak_allocated, self._report.peak_reserved)
-            logger.info("batch finished: %s", self._report.summary())
+            self._report = report = self._report_now(_ended_by(error, interrupted))
+            self._share_peaks(report.peak_allocated, report.peak_reserved)
+            logger.info("batch finished: %s", report.summary())
         except BaseException as failure:
-            self._release(error)
             if error is not None and failure is not error:
                 failure.__context__ = error
             raise
-        self._release(error)
+        finally:
+            self._release(error)
         if interrupted is not None:
-            if interrupted.__context__ is None and error not in (None, interrupted):
-                interrupted.__context__ = error
-            try:
-                raise interrupted
-            finally:
-                del interrupted
+            _raise_after(interrupted, error)
+
+    def _share_peaks(self, allocated: int | None, reserved: int | None) -> None:
+        """Fold this batch's peaks into the outer batch's, where it watches the same device."""
+        parent = self._parent
+        if parent is None or not parent.active:
+            return
+        if parent.manager.resolved_device == self.manager.resolved_device:
+            parent._observe_peak(allocated, reserved)
 
     def _release(self, error: BaseException | None) -> None:
         try:
@@ -328,7 +315,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         every = self.every
         if every is not None and after // every > before // every:
             self._clean_up(f"batch item {after}")
-        for items_done in self._on_items_done:
+        for items_done in self._hooks.items_done:
             items_done(self, after, count)
 
     def clean_up(self, reason: str = "batch.clean_up()") -> None:
@@ -343,25 +330,29 @@ class ManagedBatch(SyncAndAsyncContextManager):
         if outcome is None:
             return
         self._reading = outcome.figures_after
-        if self._on_cleaned:
+        if self._hooks.cleaned:
             step = CleanupStep(
                 self, self._ledger.items, outcome.cache_clears, outcome.gc_runs, self._reading
             )
-            for cleaned in self._on_cleaned:
+            for cleaned in self._hooks.cleaned:
                 cleaned(self, step)
 
-    def memory_now(self) -> MemorySnapshot:
-        """The device's figures now; within one item, the reading already taken (by its
-        cleanup step or another watcher) is shared instead of read again."""
-        reading = self._reading
-        if reading is None:
-            self._reading = reading = self.manager.snapshot()
-        return reading
+    def collect(self) -> None:
+        """Collect garbage and empty the cache now, whatever the usage (what the recovery
+        after an OOM does), counted in the report; a failure is logged, never raised."""
+        self._require_active("batch.collect()")
+        outcome = reclaim(self.manager)
+        self._reading = None
+        if outcome is not None:
+            self._ledger.collection(outcome.gc_seconds, outcome.cache_clears)
 
-    def memory_now_fresh(self) -> MemorySnapshot:
-        """The device's figures read now (after something changed them), shared from here on
-        within the item like :meth:`memory_now`'s."""
-        self._reading = reading = self.manager.snapshot()
+    def memory_now(self, *, fresh: bool = False) -> MemorySnapshot:
+        """The device's figures now; within one item, the reading already taken (by its
+        cleanup step or another watcher) is shared instead of read again. ``fresh``: read
+        anew (after something changed them) and share that one from here on."""
+        reading = self._reading
+        if reading is None or fresh:
+            self._reading = reading = self.manager.snapshot()
         return reading
 
     def memory_if_read(self) -> MemorySnapshot | None:
@@ -381,9 +372,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         are skipped.
         """
         self._require_active("batch.track()")
-        loop: Loop[Item] = Loop(loops.tracked(self, loops.keyed(self, iterable, key)))
-        self._open_loops.add(loop)
-        return loop
+        return self._loop(loops.tracked(self, loops.keyed(self, iterable, key)))
 
     def map(
         self,
@@ -405,47 +394,12 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._require_active("batch.map()")
         skip_errors = loops.check_map(function, on_error)
         keyed = loops.keyed(self, items, key)
-        loop: Loop[Result] = Loop(loops.mapped(self, function, keyed, skip_errors=skip_errors))
-        self._open_loops.add(loop)
+        return self._loop(loops.mapped(self, function, keyed, skip_errors=skip_errors))
+
+    def _loop(self, generator: Generator[Any, None, None]) -> Loop[Any]:
+        loop: Loop[Any] = Loop(generator)
+        self._open_loops.add(loop)  # ended with the batch
         return loop
-
-    def _iterating(self, total: int | None) -> None:
-        for iterating in self._on_iterating:
-            iterating(self, total)
-
-    def _skips(self, key: ItemKey) -> bool:
-        if not any(skips(self, key) for skips in self._skip_checks):
-            return False
-        with self._ledger.lock:
-            self._ledger.skipped += 1
-        for skipped in self._on_skipped_item:
-            skipped(self, key)
-        return True
-
-    def _item_done(self, key: ItemKey | None) -> None:
-        if key is not None:
-            for finished in self._on_finished_item:
-                finished(self, key)
-        self._advance(1)
-
-    def _item_failed(self, key: ItemKey, error: Exception) -> None:
-        failure = ItemFailure.of(key, error)
-        with self._ledger.lock:
-            self._failed_items.append(failure)
-        for failed in self._on_failed_item:
-            failed(self, failure)
-        logger.warning(
-            # %r: a message from a non-UTF-8 file name must not break a UTF-8 log handler.
-            "item %r failed and is skipped: %s: %r",
-            key,
-            failure.error_type,
-            failure.message,
-        )
-        if is_oom_error(error):
-            self._record_oom(error, retried=False)
-            recover_from_oom(error, self.manager, self)
-        elif self.every is not None:
-            self._clean_up(f"the failed item {key!r}")
 
     # What the toolkit reports (the ActiveBatch protocol) ---------------------------------
 
@@ -480,7 +434,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         """Count an out-of-memory error met inside this batch, and what was done about it."""
         new = self._ledger.oom(error, self._serial, retried=retried, reduced=batch_size_reduced)
         if new or leaving:
-            for oom_seen in self._on_oom:
+            for oom_seen in self._hooks.oom_seen:
                 oom_seen(self, error, leaving=leaving)
 
     def _record_cleanup(self, outcome: CleanupOutcome | None) -> None:
@@ -501,15 +455,17 @@ class ManagedBatch(SyncAndAsyncContextManager):
         ``@auto_clear`` calls count into this batch, one item per call.
         """
 
-        @functools.wraps(function)
-        def run_in_batch(*args: Any, **kwargs: Any) -> Result:
-            token = context.active_batch.set(self)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                context.active_batch.reset(token)
+        return context.run_in(self, function)
 
-        return run_in_batch
+
+def _raise_after(interrupted: BaseException, error: BaseException | None) -> None:
+    """Raise what interrupted the final cleanup, chained to what ended the batch."""
+    if interrupted.__context__ is None and error not in (None, interrupted):
+        interrupted.__context__ = error
+    try:
+        raise interrupted
+    finally:
+        del interrupted
 
 
 def _ended_by(error: BaseException | None, interrupted: BaseException | None) -> str | None:

@@ -18,7 +18,7 @@ import torch
 if TYPE_CHECKING:
     from memscope.snapshot import MemorySnapshot
 
-__all__ = ["CachePolicy", "Combine", "DeviceLike", "ItemKey", "MemoryModel"]
+__all__ = ["BatchCounts", "CachePolicy", "Combine", "DeviceLike", "ItemKey", "MemoryModel"]
 
 DeviceLike = torch.device | str | int | None
 """What memscope accepts as a device: a ``torch.device``, ``"cuda:1"``, a CUDA index, or
@@ -50,4 +50,43 @@ class MemoryModel(Protocol):
 
     def estimate(self, image_size: tuple[int, int]) -> int:
         """Bytes needed for one image of ``(width, height)`` pixels."""
+        ...
+
+
+class BatchCounts(Protocol):
+    """A batch's counts so far, read-only (``batch.counts``): what its report adds up."""
+
+    @property
+    def items(self) -> int:
+        """Items finished."""
+        ...
+
+    @property
+    def calls(self) -> int:
+        """Decorated calls made inside the batch."""
+        ...
+
+    @property
+    def cleanups(self) -> int:
+        """Cleanup steps that ran."""
+        ...
+
+    @property
+    def cache_clears(self) -> int:
+        """``clear_cache()`` calls on a device with a cache."""
+        ...
+
+    @property
+    def gc_runs(self) -> int:
+        """``gc.collect()`` calls."""
+        ...
+
+    @property
+    def gc_seconds(self) -> float:
+        """Seconds those collections took."""
+        ...
+
+    @property
+    def ooms(self) -> int:
+        """Out-of-memory errors met, each counted once."""
         ...

@@ -33,7 +33,7 @@ and attached to that exception as a note, and raised only when the batch ends cl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from memscope.snapshot import MemorySnapshot
     from memscope.typing import ItemKey
 
-__all__ = ["HOOKS", "CleanupStep", "Watcher", "defined_hooks"]
+__all__ = ["HOOKS", "CleanupStep", "Hooks", "Watcher", "defined_hooks"]
 
 HOOKS = (
     "started",
@@ -151,6 +151,33 @@ class Watcher:
     def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
         """The batch is ending (``error``: the exception ending it, if any): release what
         :meth:`started` acquired. A failure here never replaces the user's exception."""
+
+
+class Hooks:
+    """The hooks one run's watchers define, by hook, in the watchers' order: what the batch
+    calls (a hook no watcher defines is an empty tuple, and costs nothing)."""
+
+    __slots__ = (*HOOKS, "keys_needed")
+
+    started: tuple[Callable[..., Any], ...]
+    items_done: tuple[Callable[..., Any], ...]
+    item_finished: tuple[Callable[..., Any], ...]
+    item_failed: tuple[Callable[..., Any], ...]
+    item_skipped: tuple[Callable[..., Any], ...]
+    skips: tuple[Callable[..., Any], ...]
+    iterating: tuple[Callable[..., Any], ...]
+    cleaned: tuple[Callable[..., Any], ...]
+    oom_seen: tuple[Callable[..., Any], ...]
+    report_part: tuple[Callable[..., Any], ...]
+    finished: tuple[Callable[..., Any], ...]
+
+    def __init__(self, watchers: Sequence[object]) -> None:
+        for name in HOOKS:
+            setattr(
+                self, name, tuple(getattr(w, name) for w in watchers if name in defined_hooks(w))
+            )
+        self.keys_needed = bool(self.skips or self.item_finished)
+        """Whether an item's key must be made (a watcher skips or records keyed items)."""
 
 
 def defined_hooks(watcher: object) -> frozenset[str]:
