@@ -17,7 +17,7 @@ from memscope._validation import check_fraction, check_int
 from memscope._watch_history import HistoryWatch
 from memscope._watch_host import HostWatch
 from memscope._watch_journal import JournalWatch
-from memscope._watch_leaks import LeakWatcher
+from memscope._watch_leaks import CountOnlyLeakWatcher, LeakWatcher
 from memscope._watch_progress import ProgressBar, load_tqdm
 from memscope._watch_timeline import TimelineWatch
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
@@ -159,8 +159,9 @@ class BatchOptions:
             watchers.append(HistoryWatch(self.history))
         if self.timeline:
             watchers.append(TimelineWatch(host, journal_watch))
+        leak_watcher = LeakWatcher if self.every is not None else CountOnlyLeakWatcher
         watchers.append(
-            LeakWatcher(
+            leak_watcher(
                 host,
                 after_cleanup=self.every is not None,
                 history_recorded=self.history is not None,

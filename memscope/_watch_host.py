@@ -89,8 +89,11 @@ class HostWatch(Watcher):
         self._item = item
         return self.sample()
 
+    # The step's sample: the one other watchers of the step (the leak watch, the timeline) read.
     def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
-        self.sample_at(step.item)
+        if step.item != self._item:
+            self._item = step.item
+            self.sample()
 
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         if self.monitor is None:

@@ -86,21 +86,6 @@ class LeakWatcher(Watcher):
             return batch.memory_now(fresh=True).allocated
         return self._host.sample()
 
-    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
-        # Count-only mode: the reading another watcher took for this item, if any.
-        if self._after_cleanup or self._watch is None:
-            return
-        if self._device_figures:
-            reading = batch.memory_if_read()
-            retained = None if reading is None else reading.allocated
-        elif self._host.samples > self._host_samples_seen:
-            self._host_samples_seen = self._host.samples
-            retained = self._host.last
-        else:
-            return  # no new sample: the last one again would be a false floor
-        if retained is not None:
-            self._observe(item, retained, collected=None)
-
     def _observe(self, item: int, retained: int | None, *, collected: bool | None) -> None:
         assert self._watch is not None
         offset = 0 if self._offset is None else self._offset.items_before
@@ -117,3 +102,22 @@ class LeakWatcher(Watcher):
             "memory_growth_per_item": self._watch.growth_per_item,
             "leak": self._watch.finding,
         }
+
+
+class CountOnlyLeakWatcher(LeakWatcher):
+    """The leak watch of a count-only batch, which cleans nothing: it judges the readings
+    other watchers (the timeline) took after items, and reads nothing of its own."""
+
+    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
+        if self._watch is None:
+            return
+        if self._device_figures:
+            reading = batch.memory_if_read()
+            retained = None if reading is None else reading.allocated
+        elif self._host.samples > self._host_samples_seen:
+            self._host_samples_seen = self._host.samples
+            retained = self._host.last
+        else:
+            return  # no new sample: the last one again would be a false floor
+        if retained is not None:
+            self._observe(item, retained, collected=None)

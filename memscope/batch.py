@@ -325,7 +325,9 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._clean_up(reason)
 
     def _clean_up(self, reason: str) -> None:
-        outcome = run_cleanup_safely(self.manager, reason, self.cache_policy)
+        manager = self._manager
+        assert manager is not None  # set while the batch runs
+        outcome = run_cleanup_safely(manager, reason, self.cache_policy)
         self._ledger.cleanup(outcome)
         if outcome is None:
             return

@@ -220,17 +220,11 @@ class MemoryManager:
         this process has initialised), ``torch.mps.empty_cache()`` on MPS, the
         ``torch.accelerator`` equivalent elsewhere, nothing on the CPU.
         """
-        self.clear_cache_counted()
-
-    def clear_cache_counted(self) -> bool:
-        """:meth:`clear_cache`, returning whether it cleared a cache (the CPU has none, and a
-        call there is nothing, counted nowhere)."""
-        self._backend.empty_cache()
-        if not self._backend.caches_memory:
-            return False
-        with self._ledger.lock:
-            self._ledger.cache_clears += 1
-        return True
+        backend = self._backend
+        backend.empty_cache()
+        if backend.caches_memory:  # the CPU has none: a call there is nothing, counted nowhere
+            with self._ledger.lock:
+                self._ledger.cache_clears += 1
 
     def clean_up(self, cache_policy: CachePolicy = CLEAR_ALWAYS) -> CleanupOutcome:
         """One cleanup step: ``clear_cache()`` if ``cache_policy`` says so, then
