@@ -159,7 +159,10 @@ class BatchOptions:
             watchers.append(HistoryWatch(self.history))
         if self.timeline:
             watchers.append(TimelineWatch(host, journal_watch))
-        leak_watcher = LeakWatcher if self.every is not None else CountOnlyLeakWatcher
+        # Counting only, the leak watch judges the timeline's readings: without one it has
+        # nothing to do on an item, and no per-item hook.
+        counting_only = self.every is None and self.timeline
+        leak_watcher = CountOnlyLeakWatcher if counting_only else LeakWatcher
         watchers.append(
             leak_watcher(
                 host,

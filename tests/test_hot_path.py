@@ -1,0 +1,223 @@
+"""The cleanup step's hot path: what a step reads, counts and builds, pinned by call counts."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+
+from memscope import ClearWhenUseful, MemoryManager, auto_clear, managed_batch
+from memscope.backends.cpu import CpuBackend
+from memscope.host import HostMemoryMonitor
+from memscope.manager import ManagerStats
+from memscope.snapshot import MemorySnapshot
+from memscope.testing import FakeDevice, GiB
+from memscope.typing import ItemKey
+from memscope.watch import CleanupStep, Hooks, Watcher
+
+
+@pytest.fixture
+def cpu_readings() -> Any:
+    """Counts the CPU backend's readings."""
+
+    class Count:
+        readings = 0
+
+    original = CpuBackend.read_memory
+
+    def counting(self: CpuBackend) -> Any:
+        Count.readings += 1
+        return original(self)
+
+    CpuBackend.read_memory = counting  # type: ignore[method-assign]
+    try:
+        yield Count
+    finally:
+        CpuBackend.read_memory = original  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def host_reads() -> Any:
+    """Counts the host monitor's resident-memory reads."""
+
+    class Count:
+        reads = 0
+
+    original = HostMemoryMonitor.resident_bytes
+
+    def counting(self: HostMemoryMonitor) -> int:
+        Count.reads += 1
+        return original(self)
+
+    HostMemoryMonitor.resident_bytes = counting  # type: ignore[method-assign]
+    try:
+        yield Count
+    finally:
+        HostMemoryMonitor.resident_bytes = original  # type: ignore[method-assign]
+
+
+def test_a_cpu_step_without_host_or_budget_figures_reads_nothing(cpu_readings: Any) -> None:
+    """On the CPU, which reports no figures, a batch's steps never ask the backend for any
+    (the threshold check knows usage is 0 without a reading)."""
+    with managed_batch("cpu", every=1) as batch:
+        before = cpu_readings.readings
+        for _ in batch.track(range(20)):
+            pass
+        during = cpu_readings.readings - before
+    assert during == 0
+    assert batch.report.cleanups == 21
+
+
+def test_a_cpu_step_with_a_budget_still_reads_the_host(host_reads: Any) -> None:
+    """With a budget the CPU's usage is the host's: each step reads the host (the manager's
+    check and the host watch share nothing, but neither is skipped)."""
+    with managed_batch("cpu", every=1, budget="1GiB") as batch:
+        before = host_reads.reads
+        for _ in batch.track(range(10)):
+            pass
+        during = host_reads.reads - before
+    assert during >= 10
+
+
+def test_the_cache_policy_is_asked_without_a_reading_on_a_device_without_a_cache() -> None:
+    """The CPU has no cache to judge: the policy is asked with no snapshot, so a user's
+    ClearAlways-style policy still runs (the Cobra API's clear after every image)."""
+    seen: list[object] = []
+
+    class Recording:
+        needs_snapshot: ClassVar[bool] = True
+
+        def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
+            seen.append(snapshot)
+            return True
+
+    MemoryManager("cpu").clean_up(Recording())
+    assert seen == [None]
+
+
+def test_a_step_reads_the_device_once_when_it_frees_nothing() -> None:
+    """On a fake CUDA device a step that clears nothing makes one mem_get_info call and one
+    statistics call, and its figures are the step's reading."""
+    with FakeDevice("cuda", total=8 * GiB) as fake:
+        fake.set_memory(allocated=1 * GiB, reserved=1 * GiB)
+        manager = MemoryManager("cuda")
+        manager.snapshot()  # the backend's one-time questions
+        fake.calls.clear()
+        outcome = manager.clean_up(ClearWhenUseful())
+        names = sorted(call.function for call in fake.calls)
+    assert names == ["torch.cuda.mem_get_info", "torch.cuda.memory_stats_as_nested_dict"]
+    assert outcome.figures_after is not None
+    assert outcome.figures_after.allocated == 1 * GiB
+
+
+def test_a_count_only_batch_without_a_timeline_samples_the_host_only_at_its_ends(
+    host_reads: Any,
+) -> None:
+    """Counting only, nothing reads the host per item (the leak watch has no new sample to
+    judge and takes none of its own): one read at the start and one for the report."""
+    with managed_batch("cpu", every=None) as batch:
+        for _ in batch.track(range(100)):
+            pass
+    assert host_reads.reads == 2
+    assert batch.report.items == 100
+
+
+def test_the_host_is_sampled_once_per_item_with_a_timeline_and_a_step_every_item(
+    host_reads: Any,
+) -> None:
+    """With a step after every item and a timeline, the step's host sample is the one the
+    timeline row uses: one read per item, not two."""
+    with managed_batch("cpu", every=1, timeline=True) as batch:
+        start = host_reads.reads
+        for _ in batch.track(range(50)):
+            pass
+        during = host_reads.reads - start
+    assert during == 50
+    assert len(batch.report.timeline) == 50
+
+
+def test_cleanup_stats_are_a_live_read_only_view() -> None:
+    """A CleanupStats taken once follows the function's ledger and cannot be written."""
+
+    @auto_clear(device="cpu", every=2)
+    def work() -> None:
+        pass
+
+    stats = work.cleanup_stats
+    for _ in range(5):
+        work()
+    assert stats.calls == 5
+    assert stats.cleanups == 2
+    assert stats.as_dict()["calls"] == 5
+    with pytest.raises(AttributeError):
+        stats.calls = 0  # type: ignore[misc]
+
+
+def test_manager_stats_are_a_copy_of_its_ledger() -> None:
+    """manager.stats is a value taken when read: later clears do not change it."""
+    with FakeDevice("cuda", total=8 * GiB):
+        manager = MemoryManager("cuda")
+        before = manager.stats
+        manager.clear_cache()
+        assert before == ManagerStats(0, 0, 0.0)
+        assert manager.stats.cache_clears == 1
+
+
+def test_a_snapshot_is_a_tuple_with_its_dict() -> None:
+    """A snapshot is an immutable tuple: _replace makes a changed copy, to_dict keeps the
+    keys a plain device always had."""
+    snapshot = MemorySnapshot("cuda:0", 0.5, allocated=1, reserved=2, free=3, total=4, used=2)
+    changed = snapshot._replace(usage=0.25)
+    assert (snapshot.usage, changed.usage) == (0.5, 0.25)
+    assert set(snapshot.to_dict()) == {
+        "device",
+        "usage",
+        "allocated",
+        "reserved",
+        "free",
+        "total",
+        "used",
+        "peak_allocated",
+        "peak_reserved",
+    }
+
+
+def test_a_watcher_can_read_the_counts_and_collect_through_the_batch() -> None:
+    """batch.counts is live, and batch.collect() runs one collection counted in the report
+    (what the leak watch asks for), without a cleanup step."""
+    seen: list[int] = []
+
+    class Reader(Watcher):
+        def cleaned(self, batch: Any, step: CleanupStep) -> None:
+            seen.append(batch.counts.items)
+
+    with managed_batch("cpu", every=2, watchers=[Reader()]) as batch:
+        for _ in batch.track(range(4)):
+            pass
+        batch.collect()
+        collected = batch.counts.gc_runs
+    assert seen[:2] == [2, 4]
+    assert collected == 1
+    assert batch.report.gc_runs == 1
+    assert batch.report.cleanups == 3
+
+
+def test_hooks_hold_only_what_the_watchers_define() -> None:
+    """The batch's hook table has a hook only for watchers whose class defines it."""
+
+    class OnlyCleaned(Watcher):
+        def cleaned(self, batch: Any, step: CleanupStep) -> None:
+            pass
+
+    watcher = OnlyCleaned()
+    hooks = Hooks([watcher])
+    assert hooks.cleaned == (watcher.cleaned,)
+    assert hooks.items_done == ()
+    assert not hooks.keys_needed
+
+
+def test_an_item_key_is_a_string_or_an_int() -> None:
+    """ItemKey, the type of a journal's keys, is public in memscope.typing."""
+    key: ItemKey = "image-1.png"
+    assert isinstance(key, ItemKey)
+    assert isinstance(3, ItemKey)
