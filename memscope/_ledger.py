@@ -21,6 +21,22 @@ def _larger(current: int | None, candidate: int | None) -> int | None:
     return candidate if current is None else max(current, candidate)
 
 
+class LedgerCount:
+    """A read-only attribute of a view that is one count of the view's ``_ledger``."""
+
+    def __init__(self, field: str, doc: str) -> None:
+        self.field = field
+        self.__doc__ = doc
+
+    def __get__(self, view: object, owner: type | None = None) -> int:
+        if view is None:
+            return self  # type: ignore[return-value]  # the class's own attribute: the docs'
+        return getattr(view._ledger, self.field)  # type: ignore[attr-defined,no-any-return]
+
+    def __set__(self, view: object, value: int) -> None:
+        raise AttributeError(f"{self.field} is a count of the ledger: it cannot be set")
+
+
 class Ledger:
     """A batch's counts, under one lock (items finish in many threads)."""
 

@@ -21,7 +21,7 @@ from memscope import _wrapt as wrapt
 from memscope._cleanup import CleanupOutcome, failures, run_cleanup_safely
 from memscope._context import ActiveBatch
 from memscope._devices import as_torch_device, present_torch_device
-from memscope._ledger import Ledger
+from memscope._ledger import Ledger, LedgerCount
 from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope._recovery import recover_from_oom
 from memscope._validation import check_fraction, check_int
@@ -59,40 +59,13 @@ class CleanupStats:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    @property
-    def calls(self) -> int:
-        """Calls finished (returned or raised)."""
-        return self._ledger.calls
-
-    @property
-    def errors(self) -> int:
-        """Calls that raised."""
-        return self._ledger.failures
-
-    @property
-    def cleanups(self) -> int:
-        """Cleanup steps the function ran itself."""
-        return self._ledger.cleanups
-
-    @property
-    def gc_runs(self) -> int:
-        """``gc.collect()`` calls its cleanups made."""
-        return self._ledger.gc_runs
-
-    @property
-    def cleanup_failures(self) -> int:
-        """Cleanups that failed (logged, never raised)."""
-        return self._ledger.cleanup_failures
-
-    @property
-    def ooms(self) -> int:
-        """Out-of-memory errors its calls raised, retried or not."""
-        return self._ledger.ooms
-
-    @property
-    def oom_retries(self) -> int:
-        """Calls made again after an out-of-memory error."""
-        return self._ledger.oom_retries
+    calls = LedgerCount("calls", "Calls finished (returned or raised).")
+    errors = LedgerCount("failures", "Calls that raised.")
+    cleanups = LedgerCount("cleanups", "Cleanup steps the function ran itself.")
+    gc_runs = LedgerCount("gc_runs", "``gc.collect()`` calls its cleanups made.")
+    cleanup_failures = LedgerCount("cleanup_failures", "Cleanups that failed (logged).")
+    ooms = LedgerCount("ooms", "Out-of-memory errors its calls raised, retried or not.")
+    oom_retries = LedgerCount("oom_retries", "Calls made again after an out-of-memory error.")
 
     def as_dict(self) -> dict[str, int]:
         """The counts as a dict."""

@@ -54,39 +54,20 @@ class MemoryModel(Protocol):
 
 
 class BatchCounts(Protocol):
-    """A batch's counts so far, read-only (``batch.counts``): what its report adds up."""
+    """A batch's counts so far (``batch.counts``), live: what its report adds up. Read
+    them; only the batch writes them."""
 
-    @property
-    def items(self) -> int:
-        """Items finished."""
-        ...
-
-    @property
-    def calls(self) -> int:
-        """Decorated calls made inside the batch."""
-        ...
-
-    @property
-    def cleanups(self) -> int:
-        """Cleanup steps that ran."""
-        ...
-
-    @property
-    def cache_clears(self) -> int:
-        """``clear_cache()`` calls on a device with a cache."""
-        ...
-
-    @property
-    def gc_runs(self) -> int:
-        """``gc.collect()`` calls."""
-        ...
-
-    @property
-    def gc_seconds(self) -> float:
-        """Seconds those collections took."""
-        ...
-
-    @property
-    def ooms(self) -> int:
-        """Out-of-memory errors met, each counted once."""
-        ...
+    items: int
+    """Items finished."""
+    calls: int
+    """Decorated calls made inside the batch."""
+    cleanups: int
+    """Cleanup steps that ran."""
+    cache_clears: int
+    """``clear_cache()`` calls on a device with a cache."""
+    gc_runs: int
+    """``gc.collect()`` calls."""
+    gc_seconds: float
+    """Seconds those collections took."""
+    ooms: int
+    """Out-of-memory errors met, each counted once."""
