@@ -41,7 +41,10 @@ from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, 
 from memscope.reports import ItemFailure, TimelineEntry
 from memscope.typing import ItemKey
 
-__all__ = ["ItemKey", "Journal", "JournalSummary", "item_key", "read_journal"]
+__all__ = ["Journal", "JournalSummary", "Key", "item_key", "read_journal"]
+
+Key = ItemKey
+"""What names an item in a journal: :data:`memscope.typing.ItemKey` (a string or an int)."""
 
 logger = logging.getLogger("memscope")
 
