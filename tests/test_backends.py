@@ -19,6 +19,7 @@ def test_cuda_usage_counts_other_processes_and_treats_cache_as_free() -> None:
         # the driver reports 80 - 30 - 5 = 45 GiB free, so 80 - 45 - 10 = 25 GiB is used.
         fake.set_memory(1, allocated=20 * GiB, reserved=30 * GiB, other_processes=5 * GiB)
         manager = MemoryManager("cuda:1")
+        manager.check_memory_usage()  # the first reading also asks which allocator runs
         fake.calls.clear()
         usage = manager.check_memory_usage()
     assert usage == 25 / 80
@@ -44,13 +45,14 @@ def test_cuda_queries_target_own_index_not_current_device() -> None:
 
 
 def test_cuda_clear_cache_calls_empty_cache_once() -> None:
-    """clear_cache is exactly one torch.cuda.empty_cache() and frees the cached blocks."""
+    """clear_cache is one torch.cuda.empty_cache(), after asking whether CUDA has started,
+    and frees the cached blocks."""
     with FakeDevice("cuda", total=10 * GiB) as fake:
         fake.set_memory(allocated=2 * GiB, reserved=6 * GiB)
         manager = MemoryManager("cuda")
         fake.calls.clear()
         manager.clear_cache()
-    assert fake.calls == [FakeCall("torch.cuda.empty_cache")]
+    assert fake.calls == [FakeCall("torch.cuda.is_initialized"), FakeCall("torch.cuda.empty_cache")]
     assert fake.memory[0].reserved == 2 * GiB
     assert manager.stats.cache_clears == 1
 
