@@ -124,8 +124,7 @@ def _checked_settings(
     if backend is not None:
         if backend not in _BACKENDS:
             raise InvalidArgumentError(
-                f"backend must be one of {', '.join(map(repr, _BACKENDS))} or None, got "
-                f"{backend!r}"
+                f"backend must be one of {', '.join(map(repr, _BACKENDS))} or None, got {backend!r}"
             )
         settings["backend"] = str(backend)
     if not settings:

@@ -136,6 +136,12 @@ def test_report_fields_and_json() -> None:
         "ooms",
         "oom_retries",
         "batch_size_reductions",
+        "allocator_ooms",
+        "allocator_ooms_recovered",
+        "largest_oom_request",
+        "alloc_retries",
+        "cached_but_free_end",
+        "inactive_split_end",
         "memory_snapshots",
         "memory_threshold",
         "timeline",
@@ -504,6 +510,7 @@ def test_a_step_that_clears_the_cache_reads_the_device_after_the_clear() -> None
                 batch.step()
             calls = [call.function for call in fake.calls]
     step = [
+        "torch.cuda.is_initialized",
         "torch.cuda.empty_cache",
         "torch.cuda.mem_get_info",
         "torch.cuda.memory_stats_as_nested_dict",

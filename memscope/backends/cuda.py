@@ -9,7 +9,6 @@ import torch
 
 from memscope.backends.base import DeviceBackend, MemoryReading, OomObserver, register_backend
 
-
 ASYNC_ALLOCATOR = "cudaMallocAsync"
 """What ``torch.cuda.get_allocator_backend()`` answers under CUDA's own asynchronous
 allocator (``PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync``)."""
