@@ -19,14 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memscope.backends import DeviceBackend
+from memscope.backends import DeviceBackend, MemoryReading
 from memscope.units import format_bytes
+from memscope.watch import Watcher
 
 if TYPE_CHECKING:
     from memscope.batch import ManagedBatch
     from memscope.snapshot import MemorySnapshot
-
-from memscope.watch import Watcher
 
 __all__: list[str] = []
 
@@ -90,7 +89,11 @@ class _Observers:
             if not matching:
                 return
             backend, watch = matching[-1]
-            reading = backend.read_memory()
+            try:
+                reading = backend.read_memory()
+            except Exception:
+                logger.debug("could not read the figures at an allocator OOM", exc_info=True)
+                reading = MemoryReading()
             oom = AllocatorOom(
                 str(backend.device), requested, total, free, reading.allocated, reading.reserved
             )
