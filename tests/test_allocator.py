@@ -390,15 +390,6 @@ def test_bad_settings_are_refused_before_anything_changes(
 # Clears that cannot hurt -------------------------------------------------------------------
 
 
-def test_a_clear_never_starts_cuda() -> None:
-    """Where this process has not started CUDA, clear_cache asks and calls nothing more."""
-    with FakeDevice("cuda", initialized=False) as fake:
-        manager = MemoryManager("cuda:0")
-        fake.calls.clear()
-        manager.clear_cache()
-    assert fake.calls == [FakeCall("torch.cuda.is_initialized")]
-
-
 def test_an_oom_raised_by_empty_cache_is_a_cleanup_failure() -> None:
     """empty_cache() raising an OOM in a cadence step: counted as a failed cleanup, and the
     user's items and result go on."""

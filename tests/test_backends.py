@@ -45,14 +45,13 @@ def test_cuda_queries_target_own_index_not_current_device() -> None:
 
 
 def test_cuda_clear_cache_calls_empty_cache_once() -> None:
-    """clear_cache is one torch.cuda.empty_cache(), after asking whether CUDA has started,
-    and frees the cached blocks."""
+    """clear_cache is exactly one torch.cuda.empty_cache() and frees the cached blocks."""
     with FakeDevice("cuda", total=10 * GiB) as fake:
         fake.set_memory(allocated=2 * GiB, reserved=6 * GiB)
         manager = MemoryManager("cuda")
         fake.calls.clear()
         manager.clear_cache()
-    assert fake.calls == [FakeCall("torch.cuda.is_initialized"), FakeCall("torch.cuda.empty_cache")]
+    assert fake.calls == [FakeCall("torch.cuda.empty_cache")]
     assert fake.memory[0].reserved == 2 * GiB
     assert manager.stats.cache_clears == 1
 

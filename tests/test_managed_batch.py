@@ -510,7 +510,6 @@ def test_a_step_that_clears_the_cache_reads_the_device_after_the_clear() -> None
                 batch.step()
             calls = [call.function for call in fake.calls]
     step = [
-        "torch.cuda.is_initialized",
         "torch.cuda.empty_cache",
         "torch.cuda.mem_get_info",
         "torch.cuda.memory_stats_as_nested_dict",

@@ -98,10 +98,11 @@ class CudaBackend(DeviceBackend):
 
     def empty_cache(self) -> None:
         # The caching allocator has no per-device form: this releases the cached blocks of
-        # every device this process has initialised. Asked first, so that a clear never
-        # creates a CUDA context in a process that has none (older torch does not ask).
-        if self.cuda.is_initialized():
-            self.cuda.empty_cache()
+        # every device this process has initialised. torch.cuda.empty_cache() itself does
+        # nothing in a process that has not initialised CUDA (it asks is_initialized(), in
+        # every torch since memscope's floor), so clearing never creates a context; asking
+        # here as well would be a third torch call per step.
+        self.cuda.empty_cache()
 
     def read_memory(self) -> MemoryReading:
         cuda = self.cuda
