@@ -149,7 +149,7 @@ def _apply_through_environment(
     names = [name for name in ALLOCATOR_VARIABLES if environment.get(name)]
     merged = ""
     for name in names or ALLOCATOR_VARIABLES[:1]:
-        merged = merge_settings(environment.get(name, ""), settings)
+        merged = _merge_settings(environment.get(name, ""), settings)
         environment[name] = merged
         logger.info("CUDA allocator settings in the environment: %s=%s", name, merged)
     return merged
@@ -185,7 +185,7 @@ def _apply_at_run_time(cuda: type[CudaBackend], settings: dict[str, str]) -> str
     return text
 
 
-def merge_settings(existing: str, settings: dict[str, str]) -> str:
+def _merge_settings(existing: str, settings: dict[str, str]) -> str:
     """``existing`` (``key:value,...``) with ``settings`` in place of the same keys and
     after the others; a list value such as ``roundup_power2_divisions:[256:1,>:2]`` stays
     one setting."""
