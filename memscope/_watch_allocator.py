@@ -123,9 +123,6 @@ class AllocatorWatch(Watcher):
         self._start: MemorySnapshot | None = None
         self._ended_by_oom = False
 
-    def __repr__(self) -> str:
-        return "AllocatorWatch()"
-
     def started(self, batch: ManagedBatch) -> None:
         self._start = batch.start_figures
         if self._start.inactive_split is not None:
@@ -156,6 +153,9 @@ class AllocatorWatch(Watcher):
 
     def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
         observers.stop(self)
+
+    def __repr__(self) -> str:
+        return "AllocatorWatch()"
 
 
 def _grown(start: int | None, end: int | None) -> int | None:
