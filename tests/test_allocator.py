@@ -402,3 +402,24 @@ def test_an_oom_raised_by_empty_cache_is_a_cleanup_failure() -> None:
     # One failed cleanup after each item and one at the batch's end; none is the user's OOM.
     assert batch.report.cleanup_failures == 4
     assert (batch.report.ooms, batch.report.ended_by) == (0, None)
+
+
+def test_a_manager_for_an_indexed_device_does_not_start_cuda() -> None:
+    """MemoryManager("cuda:1") never asks for the current device, which would start CUDA
+    before configure_allocator could use the environment."""
+    with FakeDevice("cuda", device_count=2) as fake:
+        MemoryManager("cuda:1")
+    assert fake.count("torch.cuda.current_device") == 0
+
+
+def test_the_fragmentation_benchmark_needs_cuda(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without CUDA, python -m benchmarks fragmentation says so and exits 3."""
+    import torch
+
+    from benchmarks.__main__ import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["fragmentation"]) == 3
+    assert "no CUDA device here" in capsys.readouterr().out

@@ -66,6 +66,12 @@ class CudaBackend(DeviceBackend):
     def default_index(cls) -> int:
         return int(cls.cuda.current_device())
 
+    @classmethod
+    def indexed(cls) -> bool:
+        # Always; asking default_index() would start CUDA (current_device() does), and a
+        # manager for "cuda:1" must not start it before configure_allocator had its say.
+        return True
+
     torch_c: ClassVar[Any] = torch._C
     """Where torch's private CUDA bindings are: ``torch._C``, or a test's stand-in."""
 
