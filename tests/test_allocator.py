@@ -76,8 +76,8 @@ def test_note_names_fragmentation_and_its_remedy() -> None:
     assert note is not None
     lines = note.splitlines()
     assert lines[2] == (
-        "  allocator: reserved but free 8.5 GiB, inactive split 8.2 GiB, 3 allocation retries, "
-        "1 allocator OOMs"
+        "  allocator: reserved but free 8.5 GiB, inactive split 8.2 GiB, allocation retries 3, "
+        "allocator OOMs 1"
     )
     assert lines[3] == (
         f"  fragmentation: 8.2 GiB reserved but free in fragments; {REMEDY} "

@@ -8,8 +8,8 @@ long job already holds the figures they would otherwise have to reproduce the fa
     memscope: out of memory on cuda:0
       at failure: allocated 14.1 GiB, reserved 22.6 GiB, free 310.0 MiB, total 23.6 GiB,
         peak allocated 23.1 GiB
-      allocator: reserved but free 8.5 GiB, inactive split 8.2 GiB, 3 allocation retries,
-        1 allocator OOMs
+      allocator: reserved but free 8.5 GiB, inactive split 8.2 GiB, allocation retries 3,
+        allocator OOMs 1
       fragmentation: 8.2 GiB reserved but free in fragments; run with
         PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (memscope.configure_allocator)
       batch sizes tried: 32, 16, 8
@@ -102,7 +102,7 @@ def _allocator_lines(snapshot: MemorySnapshot, requested: int | None) -> list[st
         return []
     lines = [
         f"  allocator: reserved but free {format_bytes(snapshot.cached_but_free)}, inactive "
-        f"split {format_bytes(fragments)}, {retries} allocation retries, {ooms} allocator OOMs"
+        f"split {format_bytes(fragments)}, allocation retries {retries}, allocator OOMs {ooms}"
     ]
     if fragments and _fragmentation_explains(snapshot, fragments, requested):
         lines.append(
