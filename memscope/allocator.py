@@ -14,10 +14,10 @@ what neither can do::
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from collections.abc import Iterator, MutableMapping
 
+from memscope._validation import check_fraction, check_int
 from memscope.backends import registered_backends
 from memscope.backends.cuda import ASYNC_ALLOCATOR, CudaBackend
 from memscope.exceptions import (
@@ -36,8 +36,6 @@ prefers first. Both may be set, and torch's generic and CUDA-specific configurat
 them in different orders, so memscope merges its settings into every one that is set."""
 
 _BACKENDS = ("native", ASYNC_ALLOCATOR)
-_SMALLEST_SPLIT_MB = 20
-"""torch refuses ``max_split_size_mb`` of 20 or less (its large-block size)."""
 
 
 def configure_allocator(
@@ -95,32 +93,15 @@ def _checked_settings(
             )
         settings["expandable_segments"] = str(expandable_segments)
     if max_split_size_mb is not None:
-        if isinstance(max_split_size_mb, bool) or not isinstance(
-            max_split_size_mb, numbers.Integral
-        ):
-            raise InvalidArgumentTypeError(
-                f"max_split_size_mb must be an int (megabytes) or None, got "
-                f"{max_split_size_mb!r} of type {type(max_split_size_mb).__name__}"
-            )
-        if max_split_size_mb <= _SMALLEST_SPLIT_MB:
-            raise InvalidArgumentError(
-                f"max_split_size_mb must be more than {_SMALLEST_SPLIT_MB} (torch's large-block "
-                f"size), got {max_split_size_mb!r}"
-            )
-        settings["max_split_size_mb"] = str(int(max_split_size_mb))
+        # torch refuses 20 MB or less: its large-block size.
+        megabytes = check_int(max_split_size_mb, "max_split_size_mb", minimum=21)
+        settings["max_split_size_mb"] = str(megabytes)
     if garbage_collection_threshold is not None:
-        threshold = garbage_collection_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-            raise InvalidArgumentTypeError(
-                f"garbage_collection_threshold must be a number between 0 and 1 or None, got "
-                f"{threshold!r} of type {type(threshold).__name__}"
-            )
-        if not 0.0 < float(threshold) < 1.0:
-            raise InvalidArgumentError(
-                f"garbage_collection_threshold must be between 0 and 1 (exclusive), got "
-                f"{threshold!r}"
-            )
-        settings["garbage_collection_threshold"] = repr(float(threshold))
+        name = "garbage_collection_threshold"
+        threshold = check_fraction(garbage_collection_threshold, name)
+        if threshold == 1.0:  # torch wants it below 1
+            raise InvalidArgumentError(f"{name} must be below 1, got {threshold!r}")
+        settings[name] = repr(threshold)
     if backend is not None:
         if backend not in _BACKENDS:
             raise InvalidArgumentError(
