@@ -50,7 +50,8 @@ class MemoryReading(NamedTuple):
     ``inactive_split`` is memory in blocks the allocator split and cannot hand out whole
     (fragmentation), ``alloc_retries`` how often an allocation failed and succeeded after
     the allocator freed its cache, and ``allocator_ooms`` how many allocations it refused.
-    Under the ``cudaMallocAsync`` allocator torch reports the last three as zeros.
+    Under the ``cudaMallocAsync`` allocator torch reports the last three as zeros, which
+    the CUDA backend gives as ``None``: not reported.
 
     A reading is taken on every cleanup step, so it is a tuple: cheap to build.
     """
