@@ -364,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     write("\n| call | ns per call | overhead vs bare call |\n|---|---:|---:|\n")
     for name, nanoseconds in overhead.items():
         write(f"| {name} | {nanoseconds:.0f} | {nanoseconds - overhead['bare call']:.0f} ns |\n")
+    if device.type == "cuda":
+        # So that python -m benchmarks.gpu_check records expandable segments' table too.
+        from benchmarks import fragmentation
+
+        write("\n")
+        return fragmentation.main([])
     return 0
 
 
