@@ -16,12 +16,17 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from memscope.allocator import ALLOCATOR_VARIABLES
 from memscope.units import format_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout, where the fresh processes import memscope from (``python -c`` puts the
+working folder first on the path)."""
 
 NO_GPU_STATUS = 3
 """The exit status when there is no CUDA device to fragment."""
@@ -77,6 +82,7 @@ def run_workload(how: str, variables: dict[str, str], pairs: int, growing: int) 
     finished = subprocess.run(
         [sys.executable, "-c", WORKLOAD, str(pairs), str(growing), how],
         env=environment,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,

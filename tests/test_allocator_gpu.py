@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.fragmentation import WAYS, run_workload
+from benchmarks.fragmentation import ROOT, WAYS, run_workload
 from memscope.allocator import ALLOCATOR_VARIABLES
 
 pytestmark = pytest.mark.gpu
@@ -73,6 +73,7 @@ def run_python(script: str, *, variables: dict[str, str] | None = None) -> dict[
     finished = subprocess.run(
         [sys.executable, "-c", script],
         env=environment,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
