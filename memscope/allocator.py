@@ -128,11 +128,11 @@ def _apply_through_environment(
     settings: dict[str, str], environment: MutableMapping[str, str]
 ) -> str:
     names = [name for name in ALLOCATOR_VARIABLES if environment.get(name)]
-    merged = ""
-    for name in names or ALLOCATOR_VARIABLES[:1]:
+    for name in reversed(names or ALLOCATOR_VARIABLES[:1]):
         merged = _merge_settings(environment.get(name, ""), settings)
         environment[name] = merged
         logger.info("CUDA allocator settings in the environment: %s=%s", name, merged)
+    # What CUDA reads: the first variable it prefers, which the loop wrote last.
     return merged
 
 

@@ -294,6 +294,22 @@ def test_settings_merge_with_the_users_instead_of_replacing_them(
     )
 
 
+def test_both_variables_set_are_both_merged_into(clean_environment: pytest.MonkeyPatch) -> None:
+    """Both variables set: each keeps its own other settings, and the call returns what
+    CUDA reads, PYTORCH_CUDA_ALLOC_CONF's."""
+    import os
+
+    clean_environment.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
+    clean_environment.setenv("PYTORCH_ALLOC_CONF", "garbage_collection_threshold:0.7")
+    with FakeDevice("cuda", initialized=False):
+        applied = configure_allocator(expandable_segments=True)
+    assert applied == os.environ["PYTORCH_CUDA_ALLOC_CONF"]
+    assert applied == "max_split_size_mb:64,expandable_segments:True"
+    assert os.environ["PYTORCH_ALLOC_CONF"] == (
+        "garbage_collection_threshold:0.7,expandable_segments:True"
+    )
+
+
 def test_settings_reach_pytorch_alloc_conf_where_the_user_set_it(
     clean_environment: pytest.MonkeyPatch,
 ) -> None:
