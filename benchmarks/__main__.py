@@ -4,8 +4,9 @@ Run ``python -m benchmarks`` (CPU, the fake device simulating GPU pressure) or
 ``python -m benchmarks --device cuda`` on a GPU. Results are printed as Markdown tables, ready
 for docs/performance.md. This is a benchmark, not a test: nothing here asserts a time.
 ``python -m benchmarks sizing`` (batch sizes on a simulated card) and
-``python -m benchmarks overhead`` (memscope's own cost per item, in instructions) are the
-other suites.
+``python -m benchmarks overhead`` (memscope's own cost per item, in instructions) and
+``python -m benchmarks fragmentation`` (expandable segments on a fragmented card) are other
+suites.
 """
 
 from __future__ import annotations
@@ -192,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import overhead as overhead_suite
 
         return overhead_suite.main(given[1:])
+    if given[:1] == ["fragmentation"]:
+        # python -m benchmarks fragmentation: reserved memory with and without expandable
+        # segments on a card fragmented on purpose (CUDA only).
+        from benchmarks import fragmentation
+
+        return fragmentation.main(given[1:])
     if given[:1] == ["leaks"]:
         # python -m benchmarks leaks: the leak watch's false alarms and sensitivity.
         from benchmarks import leaks
@@ -357,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     write("\n| call | ns per call | overhead vs bare call |\n|---|---:|---:|\n")
     for name, nanoseconds in overhead.items():
         write(f"| {name} | {nanoseconds:.0f} | {nanoseconds - overhead['bare call']:.0f} ns |\n")
+    if device.type == "cuda":
+        # So that python -m benchmarks.gpu_check records expandable segments' table too.
+        from benchmarks import fragmentation
+
+        write("\n")
+        return fragmentation.main([])
     return 0
 
 

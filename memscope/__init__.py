@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from memscope._version import __version__
 
 if TYPE_CHECKING:
+    from memscope.allocator import configure_allocator
     from memscope.batch import ManagedBatch, managed_batch
     from memscope.decorator import auto_clear
     from memscope.estimation import ImageMemoryModel
@@ -57,6 +58,7 @@ _HOMES = {
     "Sizing": "memscope.sizing",
     "adaptive_batch": "memscope.sizing",
     "auto_clear": "memscope.decorator",
+    "configure_allocator": "memscope.allocator",
     "format_bytes": "memscope.units",
     "is_oom_error": "memscope.oom",
     "managed_batch": "memscope.batch",
@@ -102,6 +104,7 @@ __all__ = [
     "__version__",
     "adaptive_batch",
     "auto_clear",
+    "configure_allocator",
     "format_bytes",
     "is_oom_error",
     "managed_batch",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from memscope import _context as context
 from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
+from memscope._watch_allocator import AllocatorWatch
 from memscope._watch_history import HistoryWatch
 from memscope._watch_host import HostWatch
 from memscope._watch_journal import JournalWatch
@@ -171,6 +172,7 @@ class BatchOptions:
                 offset=journal_watch,
             )
         )
+        watchers.append(AllocatorWatch())
         if self.progress:
             watchers.append(ProgressBar(host))
         return tuple(watchers)

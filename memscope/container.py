@@ -19,13 +19,12 @@ from memscope._kept_open import KeptOpenFile
 from memscope.exceptions import HostMemoryUnavailableError
 from memscope.host import (
     CGROUP_ROOT,
-    NO_LIMIT_FROM,
     PROC_ROOT,
-    GetRlimit,
     HostMemoryLimit,
     HostMemoryMonitor,
     cgroup_membership,
     group_and_ancestors,
+    limit_in,
 )
 
 __all__ = ["ContainerMemory", "ContainerMemoryMonitor", "ContainerReading"]
@@ -67,16 +66,11 @@ class _Level:
 
     def limit(self) -> HostMemoryLimit | None:
         try:
-            text = self._limit.read().strip()
+            text = self._limit.read()
         except OSError:
             return None
-        if text == b"max":
-            return None
-        try:
-            size = int(text)
-        except ValueError:
-            return None
-        if not 0 < size < NO_LIMIT_FROM:
+        size = limit_in(text, self.directory / self._limit_name)
+        if size is None:
             return None
         return HostMemoryLimit(size, f"cgroup {self._limit_name} in {self.directory}")
 
@@ -157,26 +151,14 @@ class ContainerMemoryMonitor(HostMemoryMonitor):
 
     Takes the arguments of :class:`~memscope.host.HostMemoryMonitor`; raises
     :class:`~memscope.HostMemoryUnavailableError` where the cgroup keeps no accounting.
+    ``MemoryManager(host="container")`` watches the host through one.
     """
 
-    def __init__(
-        self,
-        *,
-        use_psutil: bool = True,
-        proc_root: Path | None = None,
-        cgroup_root: Path | None = None,
-        getrlimit: GetRlimit | None = None,
-    ) -> None:
-        super().__init__(
-            use_psutil=use_psutil, proc_root=proc_root, cgroup_root=cgroup_root, getrlimit=getrlimit
-        )
-        # The defaults as HostMemoryMonitor looked them up, so FakeHost's trees apply.
-        import memscope.host as host
+    container: ContainerMemory
+    """What reads the container's cgroup files."""
 
-        self.container = ContainerMemory(
-            host.CGROUP_ROOT if cgroup_root is None else cgroup_root,
-            host.PROC_ROOT if proc_root is None else proc_root,
-        )
+    def _started(self, cgroup_root: Path, proc_root: Path) -> None:
+        self.container = ContainerMemory(cgroup_root, proc_root)
         self.reader = f"cgroup v{self.container.version} {self.container.levels[0].directory}"
         self.resident_bytes()
 

@@ -9,6 +9,7 @@ the Cobra ``MemoryManager`` API keeps catching what it caught before.
 from __future__ import annotations
 
 __all__ = [
+    "AllocatorSettingsError",
     "BatchSizeExhaustedError",
     "BatchStateError",
     "DeviceUnavailableError",
@@ -51,6 +52,11 @@ class HostMemoryUnavailableError(MemoryFiguresUnavailableError):
 
     Raised when a manager is made, so a job fails before its first batch, not in the middle.
     """
+
+
+class AllocatorSettingsError(MemscopeError, RuntimeError):
+    """An allocator setting cannot be applied now: CUDA has started, and the setting is
+    fixed by then, or torch refused it (see :func:`memscope.configure_allocator`)."""
 
 
 class ReportGatherError(MemscopeError, RuntimeError):

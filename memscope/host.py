@@ -168,13 +168,20 @@ def group_and_ancestors(base: Path, group: str) -> Iterator[Path]:
 
 def _read_limit_file(path: Path) -> int | None:
     try:
-        text = path.read_text().strip()
+        text = path.read_text()
     except OSError:
         return None
     except ValueError as error:
         _warn_unreadable(path, error)
         return None
-    if text == "max":
+    return limit_in(text, path)
+
+
+def limit_in(text: str | bytes, path: Path) -> int | None:
+    """The bytes of a cgroup limit file's text; ``None`` for ``max``, sentinels of
+    ``NO_LIMIT_FROM`` or more, and text that is no number (logged at DEBUG)."""
+    text = text.strip()
+    if text in ("max", b"max"):
         return None
     try:
         size = int(text)
@@ -308,7 +315,11 @@ class HostMemoryMonitor:
         self._limit = limit
         # What a subclass that re-reads cgroup limits keeps fixed: the RAM and rlimits.
         self._limits_besides_cgroup = effective_memory_limit(physical_memory, None, rlimit) or limit
+        self._started(cgroup_root, proc_root)
         logger.debug("host memory limit: %s, memory read by %s", self._limit, self.reader)
+
+    def _started(self, cgroup_root: Path, proc_root: Path) -> None:
+        """Where a subclass sets itself up, with the roots this monitor reads."""
 
     @property
     def limit(self) -> HostMemoryLimit:

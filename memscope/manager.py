@@ -11,7 +11,7 @@ import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -20,6 +20,7 @@ from memscope._ledger import Ledger
 from memscope._outcome import CleanupOutcome
 from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
+from memscope.container import ContainerMemoryMonitor
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
     InvalidArgumentError,
@@ -41,6 +42,7 @@ API of the Cobra batch-processing system uses 0.8."""
 logger = logging.getLogger("memscope")
 
 CLEAR_ALWAYS = ClearAlways()
+CONTAINER = "container"
 
 
 class _Step:
@@ -95,11 +97,14 @@ class MemoryManager:
             :class:`GCBackoff`). ``None``, the default, collects at every check at or above
             the threshold, as the Cobra MemoryManager API does; managers that ``managed_batch`` and
             ``@auto_clear`` make for you use ``GCBackoff()``.
-        host: also watch this process's resident memory against the host's effective limit
-            (the smallest of the RAM, the cgroup limit and ``RLIMIT_AS``/``RLIMIT_RSS``);
-            usage is then the larger of the device's and the host's. The limit is read
-            once, here. Raises :class:`~memscope.HostMemoryUnavailableError` where neither
-            psutil nor ``/proc`` can tell the figures.
+        host: ``True`` also watches this process's resident memory against the host's
+            effective limit (the smallest of the RAM, the cgroup limit and
+            ``RLIMIT_AS``/``RLIMIT_RSS``), read once, here; ``"container"`` watches the whole
+            container instead, as the kernel counts it against its limit (DataLoader workers
+            included, reclaimable page cache not; see
+            :class:`~memscope.container.ContainerMemoryMonitor`), the limit re-read at each
+            reading. Usage is then the larger of the device's and the host's. Raises
+            :class:`~memscope.HostMemoryUnavailableError` where the figures cannot be read.
         budget: bytes this process may use (an int, or a string such as ``"6GiB"`` or
             ``"512MB"``); usage is then also measured against it. What counts against the
             budget is this process's own footprint: the memory torch's allocator holds on a
@@ -115,7 +120,7 @@ class MemoryManager:
         *,
         memory_model: MemoryModel | None = None,
         gc_backoff: GCBackoff | None = None,
-        host: bool = False,
+        host: bool | Literal["container"] = False,
         budget: int | str | None = None,
     ) -> None:
         self._memory_threshold = check_fraction(memory_threshold, "memory_threshold")
@@ -124,9 +129,12 @@ class MemoryManager:
                 f"gc_backoff must be a GCBackoff or None, got {gc_backoff!r}"
             )
         self._backoff = None if gc_backoff is None else gc_backoff.new_state()
-        if not isinstance(host, bool):
+        if isinstance(host, str) and host != CONTAINER:
+            raise InvalidArgumentError(f"host must be True, False or 'container', got {host!r}")
+        if not isinstance(host, (bool, str)):
             raise InvalidArgumentTypeError(
-                f"host must be True or False, got {host!r} of type {type(host).__name__}"
+                f"host must be True, False or 'container', got {host!r} of type "
+                f"{type(host).__name__}"
             )
         self._budget = None if budget is None else _check_budget(budget)
         self._device, self._backend = resolve_device(device)
@@ -147,7 +155,9 @@ class MemoryManager:
         if self._budget is not None:
             device_capacity, self._budget_counts_host_memory = self._probe_device_for_budget()
         self._host_monitor: HostMemoryMonitor | None = None
-        if host or self._budget_counts_host_memory:
+        if host == CONTAINER:
+            self._host_monitor = ContainerMemoryMonitor()
+        elif host or self._budget_counts_host_memory:
             self._host_monitor = HostMemoryMonitor()
         if self._budget is not None:
             self._check_budget_fits(budget, self._budget, device_capacity)
@@ -158,7 +168,9 @@ class MemoryManager:
 
     def __repr__(self) -> str:
         extras = ""
-        if self._host_monitor is not None:
+        if isinstance(self._host_monitor, ContainerMemoryMonitor):
+            extras += f", host={CONTAINER!r}"
+        elif self._host_monitor is not None:
             extras += ", host=True"
         if self._budget is not None:
             extras += f", budget={self._budget}"
@@ -357,6 +369,9 @@ class MemoryManager:
             reading.used,
             reading.peak_allocated,
             reading.peak_reserved,
+            reading.inactive_split,
+            reading.alloc_retries,
+            reading.allocator_ooms,
             self._budget,
             measurement.budget_used,
             resident,

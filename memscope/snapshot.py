@@ -15,6 +15,7 @@ NO_DEVICE_FIGURES = "the device reports no memory figures"
 
 _BUDGET_FIELDS = ("budget", "budget_used")
 _HOST_FIELDS = ("host_resident", "host_limit", "host_usage")
+_ALLOCATOR_FIELDS = ("inactive_split", "alloc_retries", "allocator_ooms")
 
 
 class MemorySnapshot(NamedTuple):
@@ -27,6 +28,10 @@ class MemorySnapshot(NamedTuple):
     ``total`` that this process's next allocation cannot have, or, where the manager also
     watches the host or a budget, the largest of that, ``host_usage`` and
     ``budget_used / budget``.
+
+    ``inactive_split``, ``alloc_retries`` and ``allocator_ooms`` are the caching allocator's
+    own figures (see :class:`~memscope.backends.MemoryReading`): ``None`` where it keeps none,
+    and under CUDA's ``cudaMallocAsync`` allocator, where torch reports zeros for them.
 
     ``budget`` is the manager's byte budget and ``budget_used`` what counts against it;
     ``host_resident`` is the process's resident memory, ``host_limit`` the host's effective
@@ -42,19 +47,34 @@ class MemorySnapshot(NamedTuple):
     used: int | None = None
     peak_allocated: int | None = None
     peak_reserved: int | None = None
+    inactive_split: int | None = None
+    alloc_retries: int | None = None
+    allocator_ooms: int | None = None
     budget: int | None = None
     budget_used: int | None = None
     host_resident: int | None = None
     host_limit: int | None = None
     host_usage: float | None = None
 
+    @property
+    def cached_but_free(self) -> int | None:
+        """What the allocator reserves but no tensor uses: free in its cache, possibly in
+        fragments no request can use whole."""
+        if self.reserved is None or self.allocated is None:
+            return None
+        return max(self.reserved - self.allocated, 0)
+
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as a JSON-serialisable dict.
 
-        The budget figures appear only when there is a budget and the host figures only when
-        the host is monitored, so a plain device's dict keeps the keys it always had.
+        The budget figures appear only when there is a budget, the host figures only when
+        the host is monitored and the allocator's figures only where it reports them, so a
+        plain device's dict keeps the keys it always had.
         """
         data = self._asdict()
+        if all(data[key] is None for key in _ALLOCATOR_FIELDS):
+            for key in _ALLOCATOR_FIELDS:
+                del data[key]
         if self.budget is None:
             for key in _BUDGET_FIELDS:
                 del data[key]

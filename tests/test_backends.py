@@ -19,6 +19,7 @@ def test_cuda_usage_counts_other_processes_and_treats_cache_as_free() -> None:
         # the driver reports 80 - 30 - 5 = 45 GiB free, so 80 - 45 - 10 = 25 GiB is used.
         fake.set_memory(1, allocated=20 * GiB, reserved=30 * GiB, other_processes=5 * GiB)
         manager = MemoryManager("cuda:1")
+        manager.check_memory_usage()  # the first reading also asks which allocator runs
         fake.calls.clear()
         usage = manager.check_memory_usage()
     assert usage == 25 / 80

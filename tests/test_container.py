@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from memscope import MemoryManager
 from memscope.container import ContainerMemory, ContainerMemoryMonitor
 from memscope.exceptions import HostMemoryUnavailableError
-from memscope.testing import GiB, MiB
+from memscope.host import HostMemoryMonitor
+from memscope.testing import FakeHost, GiB, MiB
 
 
 def write(path: Path, text: str) -> Path:
@@ -130,3 +132,44 @@ def test_page_cache_larger_than_usage_reads_zero(tmp_path: Path) -> None:
     proc, cgroup, job, _ = v2_tree(tmp_path, current=100 * MiB, inactive=0, limit="max")
     write(job / "memory.stat", f"inactive_file {200 * MiB}\n")
     assert ContainerMemory(cgroup, proc).read().used == 0
+
+
+# MemoryManager(host="container") -------------------------------------------------------------
+
+
+def container_files(host: FakeHost, *, usage: int, inactive: int) -> Path:
+    """Write the accounting files FakeHost leaves out into its group; returns the group."""
+    v2 = host.cgroup_version == 2
+    group = (host.cgroup_root if v2 else host.cgroup_root / "memory") / FakeHost.group.strip("/")
+    write(group / ("memory.current" if v2 else "memory.usage_in_bytes"), f"{usage}\n")
+    name = "inactive_file" if v2 else "total_inactive_file"
+    write(group / "memory.stat", f"anon {usage - inactive}\n{name} {inactive}\n")
+    return group
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_manager_watching_the_container_measures_it_whole(version: int) -> None:
+    """host="container": usage is the container's working set over its limit (v1 and v2),
+    and a limit raised while the job runs is seen at the next check."""
+    with FakeHost(
+        resident=GiB, physical_memory=64 * GiB, cgroup_limit=4 * GiB, cgroup_version=version
+    ) as host:
+        group = container_files(host, usage=3 * GiB, inactive=GiB)
+        manager = MemoryManager("cpu", host="container")
+        assert manager.check_memory_usage() == 0.5
+        limit_file = "memory.max" if version == 2 else "memory.limit_in_bytes"
+        write(group / limit_file, f"{8 * GiB}\n")
+        snapshot = manager.snapshot()
+    assert (snapshot.host_resident, snapshot.host_limit) == (2 * GiB, 8 * GiB)
+    assert snapshot.usage == 0.25
+    assert isinstance(manager.host_monitor, ContainerMemoryMonitor)
+    assert repr(manager).endswith("host='container')")
+
+
+def test_host_true_still_reads_the_process_alone() -> None:
+    """host=True keeps measuring the process's own resident memory, not the container's."""
+    with FakeHost(resident=GiB, physical_memory=64 * GiB, cgroup_limit=4 * GiB) as host:
+        container_files(host, usage=3 * GiB, inactive=0)
+        manager = MemoryManager("cpu", host=True)
+        assert manager.check_memory_usage() == 0.25
+    assert type(manager.host_monitor) is HostMemoryMonitor

@@ -337,10 +337,13 @@ def test_real_resident_memory_follows_a_tensor(use_psutil: bool) -> None:
 # Managers with host=True --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["yes", 1, 0, None])
-def test_host_must_be_a_bool(value: object) -> None:
-    """host is True or False; anything else is a TypeError naming it."""
-    with pytest.raises(TypeError, match="host must be True or False"):
+@pytest.mark.parametrize(
+    ("value", "error"), [("yes", ValueError), (1, TypeError), (0, TypeError), (None, TypeError)]
+)
+def test_host_must_be_a_bool_or_container(value: object, error: type[Exception]) -> None:
+    """host is True, False or "container": another string is a ValueError, another type a
+    TypeError, each naming the parameter and the value."""
+    with pytest.raises(error, match=rf"host must be True, False or 'container', got {value!r}"):
         MemoryManager("cpu", host=value)  # type: ignore[arg-type]
 
 

@@ -43,6 +43,7 @@ TOP_LEVEL_API = [
     "__version__",
     "adaptive_batch",
     "auto_clear",
+    "configure_allocator",
     "format_bytes",
     "is_oom_error",
     "managed_batch",
@@ -52,6 +53,7 @@ TOP_LEVEL_API = [
 ]
 
 PUBLIC_NAMESPACES = [
+    "memscope.allocator",
     "memscope.backends",
     "memscope.batch",
     "memscope.cli",

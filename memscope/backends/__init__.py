@@ -12,6 +12,7 @@ import pkgutil
 from memscope.backends.base import (
     DeviceBackend,
     MemoryReading,
+    OomObserver,
     available_devices,
     create_backend,
     detect_device,
@@ -23,6 +24,7 @@ from memscope.backends.base import (
 __all__ = [
     "DeviceBackend",
     "MemoryReading",
+    "OomObserver",
     "available_devices",
     "create_backend",
     "detect_device",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import ClassVar, NamedTuple, TypeVar
@@ -21,6 +21,7 @@ from memscope.exceptions import DeviceUnavailableError, InvalidArgumentTypeError
 __all__ = [
     "DeviceBackend",
     "MemoryReading",
+    "OomObserver",
     "available_devices",
     "create_backend",
     "detect_device",
@@ -28,6 +29,11 @@ __all__ = [
     "registered_backends",
     "registered_in_context",
 ]
+
+OomObserver = Callable[[int, int, int, int], None]
+"""What torch calls when its allocator runs out of memory: ``(device index, bytes
+requested, device total, device free)``, before it raises (and whether or not the error is
+caught and retried later, by torch, cuDNN or memscope)."""
 
 LOCAL_RANK_VARIABLE = "LOCAL_RANK"
 """The environment variable in which torchrun (and other launchers) tell each process the
@@ -44,7 +50,8 @@ class MemoryReading(NamedTuple):
     ``inactive_split`` is memory in blocks the allocator split and cannot hand out whole
     (fragmentation), ``alloc_retries`` how often an allocation failed and succeeded after
     the allocator freed its cache, and ``allocator_ooms`` how many allocations it refused.
-    Under the ``cudaMallocAsync`` allocator torch reports the last three as zeros.
+    Under the ``cudaMallocAsync`` allocator torch reports the last three as zeros, which
+    the CUDA backend gives as ``None``: not reported.
 
     A reading is taken on every cleanup step, so it is a tuple: cheap to build.
     """
@@ -198,6 +205,16 @@ class DeviceBackend(abc.ABC):
 
     def reset_peak_memory_stats(self) -> None:
         """Start peak figures afresh; a no-op where the device keeps none."""
+        return None
+
+    def attach_oom_observer(self, observer: OomObserver) -> bool:
+        """Have torch call ``observer`` at each allocator out-of-memory error, for the rest
+        of the process (torch cannot detach one); ``False`` where torch offers none."""
+        return False
+
+    def why_no_memory_history(self) -> str | None:
+        """Why this device records no allocation history although devices of its type can
+        (a setting of the process); ``None`` otherwise."""
         return None
 
     def start_memory_history(self, max_entries: int) -> bool:

@@ -6,7 +6,8 @@ stack trace (``torch.cuda.memory._record_memory_history``). A snapshot of that h
 https://pytorch.org/memory_viz and shows which code held the memory when it ran out.
 
 Only CUDA (and ROCm, which torch exposes as CUDA) records this history; on other devices the
-recorder does nothing and says so once in an INFO log record. The device-specific calls sit
+recorder does nothing and says so in an INFO log record. Under CUDA's ``cudaMallocAsync``
+allocator torch records none either, which a WARNING says once. The device-specific calls sit
 in the backends (``DeviceBackend.start_memory_history`` and friends).
 """
 
@@ -78,6 +79,23 @@ class MemoryHistory:
 
     def __repr__(self) -> str:
         return f"MemoryHistory({str(self.folder)!r}, max_entries={self.max_entries})"
+
+
+_warned: set[str] = set()
+
+
+def _say_why_not_recorded(device: torch.device, backend: DeviceBackend) -> None:
+    """An INFO record where the device type keeps no history; a WARNING, once per reason,
+    where a setting of the process stops a device that could (cudaMallocAsync)."""
+    try:
+        reason = backend.why_no_memory_history()
+    except Exception:
+        reason = None
+    if reason is None:
+        logger.info("%s records no allocation history (CUDA does)", device)
+    elif reason not in _warned:
+        _warned.add(reason)
+        logger.warning("%s: no memory history is recorded: %s", device, reason)
 
 
 def _safe_label(label: str) -> str:
@@ -166,7 +184,7 @@ class MemoryHistoryRecorder(SyncAndAsyncContextManager):
                         logger.warning("could not start recording memory history", exc_info=True)
                         return False
                     if not started:
-                        logger.info("%s records no allocation history (CUDA does)", device)
+                        _say_why_not_recorded(device, backend)
                         return False
                 _active_recorders += 1
             self._backend = backend

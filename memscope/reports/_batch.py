@@ -88,6 +88,20 @@ class BatchReport:
     """Calls repeated after an out-of-memory error (``oom_retries``, ``adaptive_batch``)."""
     batch_size_reductions: int = field(default=0, metadata=_SUM)
     """Times ``adaptive_batch`` shrank a batch size after an out-of-memory error."""
+    allocator_ooms: int | None = field(default=None, metadata=_SUM)
+    """Out-of-memory errors CUDA's caching allocator raised during the batch, those that
+    torch, cuDNN or memscope caught and recovered from included; ``None`` where the
+    allocator keeps no count (other devices, ``cudaMallocAsync``)."""
+    allocator_ooms_recovered: int | None = field(default=None, metadata=_SUM)
+    """Of ``allocator_ooms``, those the batch went on after (all but one that ended it)."""
+    largest_oom_request: int | None = field(default=None, metadata=_MAX)
+    """The largest allocation the allocator refused, where torch's observer told it."""
+    alloc_retries: int | None = field(default=None, metadata=_SUM)
+    """Allocations that succeeded only after the allocator freed its cache and retried."""
+    cached_but_free_end: int | None = None
+    """Memory the allocator reserved but no tensor used when the batch ended."""
+    inactive_split_end: int | None = None
+    """Of that, bytes in split blocks the allocator cannot hand out whole (fragments)."""
     memory_snapshots: tuple[str, ...] = ()
     """Memory-history snapshot files written on out-of-memory (``record_history=True``)."""
     memory_threshold: float | None = None
@@ -242,6 +256,11 @@ class BatchReport:
             memory.append(
                 host.replace("host memory: resident", "host resident") if labelled else host
             )
+        if self.inactive_split_end:
+            memory.append(
+                f"{format_bytes(self.cached_but_free_end)} reserved but free at the end, "
+                f"{format_bytes(self.inactive_split_end)} of it in split blocks"
+            )
         growth = []
         if self.memory_growth_per_item is not None:
             per_item = f"{format_bytes(self.memory_growth_per_item)}/item"
@@ -259,6 +278,7 @@ class BatchReport:
                 f"{counted(self.ooms, 'out-of-memory error')} ({self.oom_retries} retried, "
                 f"{counted(self.batch_size_reductions, 'batch size reduction')})"
             )
+        ooms.extend(self._allocator_parts())
         failures = []
         if self.failures or self.cleanup_failures:
             failures.append(
@@ -287,6 +307,21 @@ class BatchReport:
             ("failures", failures),
             ("earlier runs", skipped),
         ]
+
+    def _allocator_parts(self) -> list[str]:
+        parts = []
+        if self.allocator_ooms:
+            recovered = self.allocator_ooms_recovered
+            if recovered == self.allocator_ooms:
+                text = f"{counted(self.allocator_ooms, 'allocator OOM')}, all recovered"
+            else:
+                text = f"{counted(self.allocator_ooms, 'allocator OOM')}, {recovered} recovered"
+            if self.largest_oom_request is not None:
+                text += f" (largest request {format_bytes(self.largest_oom_request)})"
+            parts.append(text)
+        if self.alloc_retries:
+            parts.append(counted(self.alloc_retries, "allocation retry", "allocation retries"))
+        return parts
 
     def _host_memory(self) -> str:
         text = (

@@ -60,6 +60,9 @@ REPORT_UNITS: dict[str, Any] = {
     "host_limit": _BYTES,
     "budget": _BYTES,
     "every": "items",
+    "largest_oom_request": _BYTES,
+    "cached_but_free_end": _BYTES,
+    "inactive_split_end": _BYTES,
     "memory_growth_per_item": (
         "bytes per item (device bytes allocated, or the process's resident bytes on the CPU)"
     ),

@@ -98,6 +98,8 @@ class FakeDevice:
         without: names of torch functions the fake leaves out, as an older torch lacks them
             (``("memory_stats_as_nested_dict",)``), to exercise memscope's fallbacks.
         allocator_backend: what ``torch.cuda.get_allocator_backend()`` answers.
+        initialized: what ``torch.cuda.is_initialized()`` answers (``initialized`` can be
+            changed later): ``False`` fakes a process that has not started CUDA yet.
         patch_torch: ``False`` (the default) plugs the fake in through memscope's backend
             registry: memscope's backend of the type is served by a subclass whose torch
             calls go to the recording fakes, and torch itself is untouched. The fake then
@@ -114,7 +116,11 @@ class FakeDevice:
     For CUDA, the recorder of allocation history is faked too:
     ``torch.cuda.memory._record_memory_history`` sets ``memory_history`` (``"all"`` while
     recording, ``None`` once stopped), and ``torch.cuda.memory._dump_snapshot(path)``
-    writes a small pickle to ``path`` and appends the path to ``snapshot_files``.
+    writes a small pickle to ``path`` and appends the path to ``snapshot_files``. The
+    allocator's runtime settings (``torch._C._accelerator_setAllocatorSettings`` and the
+    older ``torch.cuda.memory._set_allocator_settings``) append their text to
+    ``allocator_settings``; observers that ``torch._C._cuda_attach_out_of_memory_observer``
+    attaches are kept in ``oom_observers`` and called by :meth:`allocator_oom`.
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class FakeDevice:
         recommended_max_memory: bool = True,
         without: Iterable[str] = (),
         allocator_backend: str = "native",
+        initialized: bool = True,
         patch_torch: bool = False,
     ) -> None:
         if device_type == "cpu":
@@ -139,6 +146,9 @@ class FakeDevice:
         if not recommended_max_memory:
             self.without |= {"recommended_max_memory"}
         self.allocator_backend = allocator_backend
+        self.initialized = initialized
+        self.allocator_settings: list[str] = []
+        self.oom_observers: list[Callable[[int, int, int, int], None]] = []
         self.patch_torch = patch_torch
         self.memory = [FakeMemory(total=total) for _ in range(self.device_count)]
         self.calls: list[FakeCall] = []
@@ -199,6 +209,17 @@ class FakeDevice:
                 if value is not None:
                     setattr(memory, name, value)
             memory.update_peaks()
+
+    def allocator_oom(self, requested: int, index: int = 0) -> None:
+        """Fake the allocator refusing ``requested`` bytes on device ``index``: its OOM count
+        goes up and each attached observer is called, as torch does before it raises (raise
+        :func:`oom_error` as well where the simulation's code sees the error)."""
+        with self._lock:
+            memory = self.memory[index]
+            memory.allocator_ooms += 1
+            observers = list(self.oom_observers)
+        for observer in observers:
+            observer(index, requested, memory.total, memory.free)
 
     def set_usage(self, usage: float, index: int = 0) -> None:
         """Make the device report ``usage`` (a fraction), held by live tensors."""
@@ -281,7 +302,7 @@ class FakeDevice:
         namespaces = self._namespaces()
         attributes: dict[str, Any]
         if real is CudaBackend:
-            attributes = {"cuda": namespaces["torch.cuda"]}
+            attributes = {"cuda": namespaces["torch.cuda"], "torch_c": namespaces["torch._C"]}
         elif real is MpsBackend:
             attributes = {
                 "mps": namespaces["torch.mps"],
@@ -298,6 +319,7 @@ class FakeDevice:
         modules: dict[str, Any] = {
             "torch.cuda": torch.cuda,
             "torch.cuda.memory": torch.cuda.memory,
+            "torch._C": torch._C,
             "torch.mps": getattr(torch, "mps", None),
             "torch.backends.mps": torch.backends.mps,
             "torch.accelerator": getattr(torch, "accelerator", None),
@@ -401,7 +423,7 @@ class FakeDevice:
         implementations.update(
             {
                 "is_available": lambda: True,
-                "is_initialized": lambda: True,
+                "is_initialized": lambda: self.initialized,
                 "current_device": lambda: self.current_device,
                 "memory_stats_as_nested_dict": lambda device=None: self.memory[
                     self._index(device)
@@ -412,7 +434,14 @@ class FakeDevice:
         memory = self._memory_history_namespace()
         cuda = self._namespace("torch.cuda", implementations)
         cuda.memory = memory
-        return {"torch.cuda": cuda, "torch.cuda.memory": memory}
+        bindings = self._namespace(
+            "torch._C",
+            {
+                "_accelerator_setAllocatorSettings": self.allocator_settings.append,
+                "_cuda_attach_out_of_memory_observer": self.oom_observers.append,
+            },
+        )
+        return {"torch.cuda": cuda, "torch.cuda.memory": memory, "torch._C": bindings}
 
     def _memory_history_namespace(self) -> types.SimpleNamespace:
         # The recorder of CUDA allocation history: the fake keeps only whether it is on,
@@ -431,7 +460,11 @@ class FakeDevice:
 
         return self._namespace(
             "torch.cuda.memory",
-            {"_record_memory_history": record_memory_history, "_dump_snapshot": dump_snapshot},
+            {
+                "_record_memory_history": record_memory_history,
+                "_dump_snapshot": dump_snapshot,
+                "_set_allocator_settings": self.allocator_settings.append,
+            },
         )
 
     def _mps_fakes(self) -> dict[str, types.SimpleNamespace]:
