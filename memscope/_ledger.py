@@ -12,7 +12,7 @@ from typing import Any
 
 from memscope._outcome import CleanupOutcome
 
-__all__: list[str] = []
+__all__ = ["CleanupStats", "Ledger", "LedgerCount"]
 
 
 def _larger(current: int | None, candidate: int | None) -> int | None:
@@ -153,3 +153,36 @@ def _first_sighting(error: BaseException, batch_serial: int) -> bool:
     with contextlib.suppress(AttributeError):
         error._memscope_counted_by = marks | {batch_serial}  # type: ignore[attr-defined]
     return not seen_before
+
+
+class CleanupStats:
+    """What ``@auto_clear`` has done for one decorated function: a live, read-only view.
+
+    One view per decorated function, of the function's own ledger, so a reference taken
+    once (by an outer decorator, say) stays current. Inside a ``managed_batch`` the
+    cleanups are the batch's and appear in its report, not here.
+    """
+
+    __slots__ = ("_ledger",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    calls = LedgerCount("calls", "Calls finished (returned or raised).")
+    errors = LedgerCount("failures", "Calls that raised.")
+    cleanups = LedgerCount("cleanups", "Cleanup steps the function ran itself.")
+    gc_runs = LedgerCount("gc_runs", "``gc.collect()`` calls its cleanups made.")
+    cleanup_failures = LedgerCount("cleanup_failures", "Cleanups that failed (logged).")
+    ooms = LedgerCount("ooms", "Out-of-memory errors its calls raised, retried or not.")
+    oom_retries = LedgerCount("oom_retries", "Calls made again after an out-of-memory error.")
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as a dict."""
+        return {name: getattr(self, name) for name in _STATS_ORDER}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value}" for name, value in self.as_dict().items())
+        return f"CleanupStats({fields})"
+
+
+_STATS_ORDER = ("calls", "errors", "cleanups", "gc_runs", "cleanup_failures", "ooms", "oom_retries")

@@ -21,7 +21,7 @@ from memscope import _wrapt as wrapt
 from memscope._cleanup import CleanupOutcome, failures, run_cleanup_safely
 from memscope._context import ActiveBatch
 from memscope._devices import as_torch_device, present_torch_device
-from memscope._ledger import Ledger, LedgerCount
+from memscope._ledger import CleanupStats, Ledger
 from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope._recovery import recover_from_oom
 from memscope._validation import check_fraction, check_int
@@ -44,39 +44,6 @@ _tracked_item_get = context.tracked_item.get
 _tracked_item_set = context.tracked_item.set
 _tracked_item_reset = context.tracked_item.reset
 logger = logging.getLogger("memscope")
-
-
-class CleanupStats:
-    """What ``@auto_clear`` has done for one decorated function: a live, read-only view.
-
-    One view per decorated function, of the function's own ledger, so a reference taken
-    once (by an outer decorator, say) stays current. Inside a ``managed_batch`` the
-    cleanups are the batch's and appear in its report, not here.
-    """
-
-    __slots__ = ("_ledger",)
-
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
-
-    calls = LedgerCount("calls", "Calls finished (returned or raised).")
-    errors = LedgerCount("failures", "Calls that raised.")
-    cleanups = LedgerCount("cleanups", "Cleanup steps the function ran itself.")
-    gc_runs = LedgerCount("gc_runs", "``gc.collect()`` calls its cleanups made.")
-    cleanup_failures = LedgerCount("cleanup_failures", "Cleanups that failed (logged).")
-    ooms = LedgerCount("ooms", "Out-of-memory errors its calls raised, retried or not.")
-    oom_retries = LedgerCount("oom_retries", "Calls made again after an out-of-memory error.")
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts as a dict."""
-        return {name: getattr(self, name) for name in _STATS_ORDER}
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={value}" for name, value in self.as_dict().items())
-        return f"CleanupStats({fields})"
-
-
-_STATS_ORDER = ("calls", "errors", "cleanups", "gc_runs", "cleanup_failures", "ooms", "oom_retries")
 
 
 class _CleanupCadence:
