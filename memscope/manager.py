@@ -140,6 +140,7 @@ class MemoryManager:
         self._device, self._backend = resolve_device(device)
         # Formatted once: every snapshot names its device.
         self._device_name = str(self._backend.device)
+        self._no_figures = MemorySnapshot(self._device_name, 0.0)
         if memory_model is not None and not isinstance(memory_model, MemoryModel):
             raise InvalidArgumentTypeError(
                 "memory_model must be a memory model with an estimate((width, height)) method, "
@@ -351,6 +352,8 @@ class MemoryManager:
         return self._snapshot_of(self._measure())
 
     def _snapshot_of(self, measurement: _Measurement) -> MemorySnapshot:
+        if measurement is _NOTHING_MEASURED:
+            return self._no_figures  # the same at every step: built once
         reading = measurement.reading
         resident = measurement.host_resident
         host_limit = host_usage = None
