@@ -105,13 +105,16 @@ def current() -> ActiveBatch | None:
     return nearest_running(active_batch.get())
 
 
-_shared_managers: dict[tuple[str, float], MemoryManager] = {}
+_shared_managers: dict[tuple[torch.device | None, float], MemoryManager] = {}
 _shared_managers_lock = threading.Lock()
 
 
 def shared_manager(device: torch.device | None, memory_threshold: float) -> MemoryManager:
     """The one default manager for this device and threshold, created on first use."""
-    key = (str(device), memory_threshold)
+    key = (device, memory_threshold)
+    manager = _shared_managers.get(key)  # a dict read needs no lock: the cleanup's fast path
+    if manager is not None:
+        return manager
     with _shared_managers_lock:
         manager = _shared_managers.get(key)
         if manager is None:
