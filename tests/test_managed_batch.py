@@ -138,6 +138,7 @@ def test_report_fields_and_json() -> None:
         "batch_size_reductions",
         "memory_snapshots",
         "memory_threshold",
+        "usage_of",
         "timeline",
     }
     assert data["items"] == 4
