@@ -87,9 +87,11 @@ class LeakWatch:
       random would (a one-sided t test on the steps, false-alarm probability 0.05 % per
       judgement): this holds under autocorrelation, and one step up is never enough,
     * it goes on: the latest 32 samples grow at a quarter of the rate or more,
-    * the memory has grown by at least ``min_share`` of ``capacity`` since the lowest floor
-      (skipped when the capacity is unknown); after a finding was cleared, by that much
-      above the level it stopped at,
+    * the memory has grown by at least ``min_share`` of ``capacity`` past every level it
+      held before (skipped when the capacity is unknown): above the lowest floor, above
+      the highest block it came down from before that floor (the last crest of a wave or a
+      sawtooth), and after a finding was cleared, above the level it stopped at; the
+      level is the line's at the latest sample, or the latest block's where that is lower,
     * and the growth is memory that stays: where the samples were taken after cleanups that
       ran no collection (``collected=False``), the watch sets :attr:`wants_collection` and
       names the leak only if the next collection (``collected=True``) frees less than half of
@@ -327,8 +329,13 @@ class LeakWatch:
         if trend.recent_slope < GOING_ON_SHARE * trend.slope:
             return False  # growth that stopped (a cache that filled) is no leak
         if self.capacity is not None and self._lowest is not None:
-            base = max(self._lowest, self._rearm_above or 0)
-            if trend.at(trend.last_item) - base < self.min_share * self.capacity:
+            # Memory must reach a level it never held: growth back up to where it came down
+            # from (the next rise of a wave, of a sawtooth) is no leak. The level is the
+            # line's, or the latest block's where that is lower (a rise that bends over).
+            blocks = self._blocks
+            base = max(self._lowest, self._rearm_above or 0, blocks.high_before_low or 0)
+            level = min(trend.at(trend.last_item), blocks.latest)
+            if level - base < self.min_share * self.capacity:
                 return False
         return True
 
