@@ -92,7 +92,7 @@ class HostWatch(Watcher):
         return self.monitor.usage(resident)
 
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
-        usage_of = usage_basis(batch, host_watched=self.monitor is not None)
+        usage_of = usage_basis(batch, None if self.monitor is None else self.monitor.limit.size)
         if self.monitor is None:
             return {"usage_of": usage_of}
         end = self.sample()
@@ -109,16 +109,24 @@ class HostWatch(Watcher):
         return part
 
 
-def usage_basis(batch: ManagedBatch, *, host_watched: bool) -> str | None:
-    """What the batch's usage is a share of (the report's ``usage_of``), ``None`` where it is
-    a share of nothing (the CPU with no host figures)."""
+def usage_basis(batch: ManagedBatch, host_limit: int | None) -> str | None:
+    """What the batch's usage is a share of (the report's ``usage_of``), given the limit of
+    the host when it is watched; ``None`` where it is a share of nothing (the CPU with no
+    host figures)."""
     manager = batch.manager
-    shares = []
-    if batch.start_figures.total is not None:
-        shares.append("device memory")
-    if manager.host_monitor is not None or (host_watched and not shares):
+    budget = manager.budget
+    on_device = batch.start_figures.total is not None
+    shares = ["device memory"] if on_device else []
+    # On the CPU a budget counts the resident memory the host's share counts: a budget
+    # under the host's limit is always the larger share.
+    budget_under_limit = budget is not None and host_limit is not None and budget <= host_limit
+    if (
+        host_limit is not None
+        and (manager.host_monitor is not None or not on_device)
+        and (on_device or not budget_under_limit)
+    ):
         shares.append("host limit")
-    if manager.budget is not None:
+    if budget is not None:
         shares.append("budget")
     if len(shares) > 1:
         return f"the {'larger' if len(shares) == 2 else 'largest'} of " + (

@@ -180,6 +180,9 @@ class LeakWatch:
         self._lock = threading.Lock()
         self._blocks = Blocks(self._max_blocks)
         self._samples: deque[tuple[int, int]] = deque(maxlen=self.window)
+        # The samples nothing could free (after a collection), for the growth figure.
+        self._floors: deque[tuple[int, int]] = deque(maxlen=self.window)
+        self._only_floors = True
         self._lowest: int | None = None
         self._last: int | None = None
         self._uncollected = False
@@ -202,10 +205,13 @@ class LeakWatch:
 
     @property
     def growth_per_item(self) -> float | None:
-        """The growth of the latest samples in bytes per item (their Theil-Sen slope, worked
-        out when asked); ``None`` before two samples."""
+        """The growth of the memory that stays, in bytes per item: the Theil-Sen slope of the
+        latest floors (samples after a collection) where some samples were taken without
+        one and there are two floors or more, else of the latest samples; worked out when
+        asked. ``None`` before two samples."""
         with self._lock:
-            points = list(self._samples)
+            floors_only = not self._only_floors and len(self._floors) >= 2
+            points = list(self._floors if floors_only else self._samples)
         if len(points) < 2:
             return None
         return statistics.median(
@@ -263,8 +269,10 @@ class LeakWatch:
                 self._advance_search()
             if floor:
                 self._take_floor(item, retained, confirms=collected is True)
+                self._floors.append((item, retained))
             else:
                 self._uncollected = True
+                self._only_floors = False
             self._lowest = retained if self._lowest is None else min(self._lowest, retained)
             self._samples.append((item, retained))
             self._last = retained

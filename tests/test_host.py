@@ -603,14 +603,14 @@ def test_a_cpu_batch_reports_usage_as_the_host_share_of_its_limit(tmp_path: Path
     assert all(line.endswith(",host limit") for line in lines[1:])
 
 
-def test_a_cpu_batch_with_a_budget_says_its_usage_is_the_larger_share() -> None:
-    """With a 2 GiB budget on a 4 GiB host the usage is resident over the budget, the larger
-    share, and the report says so."""
+def test_a_cpu_batch_with_a_budget_says_its_usage_is_a_share_of_the_budget() -> None:
+    """With a 2 GiB budget on a 4 GiB host the usage is resident over the budget, always the
+    larger share under the host's limit, and the report says so."""
     with FakeHost(resident=GiB, physical_memory=4 * GiB) as host:
         report = _cpu_batch_from_1_to_2_gib(host, budget=2 * GiB)
-    assert report.usage_of == "the larger of host limit and budget"
+    assert report.usage_of == "budget"
     assert (report.usage_start, report.usage_end) == (0.5, 1.0)
-    assert "usage 50.0% -> 100.0% of the larger of host limit and budget" in str(report)
+    assert "usage 50.0% -> 100.0% of budget" in str(report)
 
 
 def test_a_gpu_batch_says_its_usage_is_a_share_of_device_memory() -> None:

@@ -214,6 +214,21 @@ def test_growth_a_collection_cannot_free_is_named_at_that_collection() -> None:
     assert finding.growth_per_item == pytest.approx(16 * MiB)
 
 
+def test_the_growth_figure_is_that_of_the_floors_where_collections_come_now_and_then() -> None:
+    """8 MiB of garbage per item, collected every 10th item, over a flat floor: the growth
+    reads 0 (the floors'), not the garbage's 8 MiB per item after the last collection."""
+    watch = LeakWatch("cpu", capacity=24 * GiB, sampled="resident", search_suspects=False)
+    for item in range(5, 25, 5):
+        collected = item % 10 == 0
+        watch.observe(item, BASELINE + (0 if collected else 8 * MiB * 5), collected=collected)
+    watch.observe(24, BASELINE + 8 * MiB * 4, collected=False)
+    assert watch.growth_per_item == 0
+    every_sample_a_floor = LeakWatch("cpu", capacity=24 * GiB, search_suspects=False)
+    for item in range(1, 5):
+        every_sample_a_floor.observe(item, BASELINE + 8 * MiB * item)
+    assert every_sample_a_floor.growth_per_item == 8 * MiB
+
+
 def test_count_only_judges_every_sample_and_never_speaks_of_cleanup() -> None:
     """after_cleanup=False: samples without a collection are judged as they are, nothing is
     asked for, and no text of the finding says "after GC"."""
