@@ -106,7 +106,7 @@ class LeakWatch:
 
     The samples are judged once per block (every 4 samples), each judgement a Theil-Sen fit
     of at most 32 block medians, so a sample costs a few hundred operations amortised
-    whatever the length of the run; the watch holds ``window`` samples.
+    whatever the length of the run; the watch holds ``window`` samples and as many floors.
 
     Args:
         device: the device whose memory is sampled, for messages (``"cuda:0"``).
