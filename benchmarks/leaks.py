@@ -193,6 +193,7 @@ SHAPES: tuple[Shape, ...] = (
     Shape("2. sine 500 MiB, period 50, 8 GiB, 300 items", 8 * GiB, wave(50)),
     Shape("2. sine 500 MiB, period 100, 8 GiB, 300 items (limit)", 8 * GiB, wave(100)),
     Shape("2. sine 500 MiB, period 300, 8 GiB, 300 items (limit)", 8 * GiB, wave(300)),
+    Shape("2. sine 500 MiB, period 300, 8 GiB, 1,000 items (limit)", 8 * GiB, wave(300, 1000)),
     Shape(
         "2. sawtooth 500 MiB flushed by collections every 37, 8 GiB",
         8 * GiB,

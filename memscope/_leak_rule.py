@@ -84,7 +84,17 @@ class Trend:
 class Blocks:
     """Samples grouped in blocks of :data:`BLOCK`, the latest :data:`MAX_BLOCKS` kept."""
 
-    __slots__ = ("_blocks", "_open", "_spread", "first_item", "last_item", "samples")
+    __slots__ = (
+        "_blocks",
+        "_high",
+        "_open",
+        "_spread",
+        "first_item",
+        "high_before_low",
+        "last_item",
+        "low",
+        "samples",
+    )
 
     def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
         self._open: list[tuple[int, int]] = []
@@ -94,6 +104,13 @@ class Blocks:
         self.first_item = 0
         self.last_item = 0
         self.samples = 0
+        # Over every block since the last clear, not only the kept ones: O(1) a block.
+        self.low: float | None = None
+        """The lowest block median."""
+        self.high_before_low: float | None = None
+        """The highest block median before the lowest one: the level memory came down from
+        before it rose again (``None`` while the lowest block is the first)."""
+        self._high: float | None = None
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -103,6 +120,7 @@ class Blocks:
         self._blocks.clear()
         self._spread.clear()
         self.samples = 0
+        self.low = self.high_before_low = self._high = None
 
     def add(self, item: int, retained: int) -> bool:
         """Add a sample; ``True`` when it completed a block (the moment to judge)."""
@@ -119,6 +137,10 @@ class Blocks:
         if len(self._blocks) == self._blocks.maxlen:
             self.samples -= BLOCK
         self._blocks.append((block_item, block_value))
+        if self.low is None or block_value < self.low:
+            self.low, self.high_before_low = block_value, self._high
+        if self._high is None or block_value > self._high:
+            self._high = block_value
         # Second differences hold the jitter without the trend (6 jitters' variance each).
         bends = [
             abs(after[1] - 2 * middle_point[1] + before[1])
@@ -129,6 +151,11 @@ class Blocks:
         self.first_item = round(self._blocks[0][0] - (BLOCK - 1) / 2)
         self._open = []
         return True
+
+    @property
+    def latest(self) -> float:
+        """The latest block's median bytes (a block must have completed)."""
+        return self._blocks[-1][1]
 
     def trend(self) -> Trend | None:
         """The line and the step test over the kept blocks; ``None`` before two blocks."""

@@ -95,13 +95,56 @@ class HostWatch(Watcher):
             self._item = step.item
             self.sample()
 
+    def host_share(self, batch: ManagedBatch, resident: int | None) -> float | None:
+        """On the CPU, whose usage the manager reports as 0.0 when it watches no host (the
+        Cobra MemoryManager API's figure), ``resident`` over the host's limit: the batch's
+        usage then; ``None`` elsewhere."""
+        manager = batch.manager
+        if self.monitor is None or resident is None or manager.host_monitor is not None:
+            return None
+        if batch.start_figures.total is not None:
+            return None
+        return self.monitor.usage(resident)
+
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+        usage_of = usage_basis(batch, None if self.monitor is None else self.monitor.limit.size)
         if self.monitor is None:
-            return {}
+            return {"usage_of": usage_of}
         end = self.sample()
-        return {
+        part: dict[str, Any] = {
             "host_resident_start": self.start,
             "host_resident_end": end,
             "host_resident_peak": self.peak,
             "host_limit": self.monitor.limit.size,
+            "usage_of": usage_of,
         }
+        start_share, end_share = self.host_share(batch, self.start), self.host_share(batch, end)
+        if start_share is not None and end_share is not None:
+            part.update(usage_start=start_share, usage_end=end_share)
+        return part
+
+
+def usage_basis(batch: ManagedBatch, host_limit: int | None) -> str | None:
+    """What the batch's usage is a share of (the report's ``usage_of``), given the limit of
+    the host when it is watched; ``None`` where it is a share of nothing (the CPU with no
+    host figures)."""
+    manager = batch.manager
+    budget = manager.budget
+    on_device = batch.start_figures.total is not None
+    shares = ["device memory"] if on_device else []
+    # On the CPU a budget counts the resident memory the host's share counts: a budget
+    # under the host's limit is always the larger share.
+    budget_under_limit = budget is not None and host_limit is not None and budget <= host_limit
+    if (
+        host_limit is not None
+        and (manager.host_monitor is not None or not on_device)
+        and (on_device or not budget_under_limit)
+    ):
+        shares.append("host limit")
+    if budget is not None:
+        shares.append("budget")
+    if len(shares) > 1:
+        return f"the {'larger' if len(shares) == 2 else 'largest'} of " + (
+            f"{', '.join(shares[:-1])} and {shares[-1]}"
+        )
+    return shares[0] if shares else None

@@ -37,6 +37,8 @@ class TimelineWatch(Watcher):
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
         snapshot = batch.memory_now()
         host_resident = self._host.sample_at(item)
+        host_share = self._host.host_share(batch, host_resident)
+        usage = snapshot.usage if host_share is None else host_share
         seconds = time.perf_counter() - batch.started_at
         gc_runs = batch.counts.gc_runs
         gc_ran = gc_runs > self._gc_runs_at_last_entry
@@ -47,7 +49,7 @@ class TimelineWatch(Watcher):
             self._entries.append(
                 item,
                 seconds,
-                snapshot.usage,
+                usage,
                 snapshot.allocated,
                 snapshot.reserved,
                 gc_ran,
@@ -58,7 +60,7 @@ class TimelineWatch(Watcher):
             TimelineEntry(
                 item=journal.items_before + item,
                 seconds=journal.seconds_before + seconds,
-                usage=snapshot.usage,
+                usage=usage,
                 allocated=snapshot.allocated,
                 reserved=snapshot.reserved,
                 gc_ran=gc_ran,

@@ -87,9 +87,11 @@ class LeakWatch:
       random would (a one-sided t test on the steps, false-alarm probability 0.05 % per
       judgement): this holds under autocorrelation, and one step up is never enough,
     * it goes on: the latest 32 samples grow at a quarter of the rate or more,
-    * the memory has grown by at least ``min_share`` of ``capacity`` since the lowest floor
-      (skipped when the capacity is unknown); after a finding was cleared, by that much
-      above the level it stopped at,
+    * the memory has grown by at least ``min_share`` of ``capacity`` past every level it
+      held before (skipped when the capacity is unknown): above the lowest floor, above
+      the highest block it came down from before that floor (the last crest of a wave or a
+      sawtooth), and after a finding was cleared, above the level it stopped at; the
+      level is the line's at the latest sample, or the latest block's where that is lower,
     * and the growth is memory that stays: where the samples were taken after cleanups that
       ran no collection (``collected=False``), the watch sets :attr:`wants_collection` and
       names the leak only if the next collection (``collected=True``) frees less than half of
@@ -104,7 +106,7 @@ class LeakWatch:
 
     The samples are judged once per block (every 4 samples), each judgement a Theil-Sen fit
     of at most 32 block medians, so a sample costs a few hundred operations amortised
-    whatever the length of the run; the watch holds ``window`` samples.
+    whatever the length of the run; the watch holds ``window`` samples and as many floors.
 
     Args:
         device: the device whose memory is sampled, for messages (``"cuda:0"``).
@@ -178,6 +180,9 @@ class LeakWatch:
         self._lock = threading.Lock()
         self._blocks = Blocks(self._max_blocks)
         self._samples: deque[tuple[int, int]] = deque(maxlen=self.window)
+        # The samples nothing could free (after a collection), for the growth figure.
+        self._floors: deque[tuple[int, int]] = deque(maxlen=self.window)
+        self._only_floors = True
         self._lowest: int | None = None
         self._last: int | None = None
         self._uncollected = False
@@ -200,10 +205,13 @@ class LeakWatch:
 
     @property
     def growth_per_item(self) -> float | None:
-        """The growth of the latest samples in bytes per item (their Theil-Sen slope, worked
-        out when asked); ``None`` before two samples."""
+        """The growth of the memory that stays, in bytes per item: the Theil-Sen slope of the
+        latest floors (samples after a collection) where some samples were taken without
+        one and there are two floors or more, else of the latest samples; worked out when
+        asked. ``None`` before two samples."""
         with self._lock:
-            points = list(self._samples)
+            floors_only = not self._only_floors and len(self._floors) >= 2
+            points = list(self._floors if floors_only else self._samples)
         if len(points) < 2:
             return None
         return statistics.median(
@@ -261,8 +269,10 @@ class LeakWatch:
                 self._advance_search()
             if floor:
                 self._take_floor(item, retained, confirms=collected is True)
+                self._floors.append((item, retained))
             else:
                 self._uncollected = True
+                self._only_floors = False
             self._lowest = retained if self._lowest is None else min(self._lowest, retained)
             self._samples.append((item, retained))
             self._last = retained
@@ -327,8 +337,13 @@ class LeakWatch:
         if trend.recent_slope < GOING_ON_SHARE * trend.slope:
             return False  # growth that stopped (a cache that filled) is no leak
         if self.capacity is not None and self._lowest is not None:
-            base = max(self._lowest, self._rearm_above or 0)
-            if trend.at(trend.last_item) - base < self.min_share * self.capacity:
+            # Memory must reach a level it never held: growth back up to where it came down
+            # from (the next rise of a wave, of a sawtooth) is no leak. The level is the
+            # line's, or the latest block's where that is lower (a rise that bends over).
+            blocks = self._blocks
+            base = max(self._lowest, self._rearm_above or 0, blocks.high_before_low or 0)
+            level = min(trend.at(trend.last_item), blocks.latest)
+            if level - base < self.min_share * self.capacity:
                 return False
         return True
 

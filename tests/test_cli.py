@@ -15,16 +15,15 @@ import pytest
 import torch
 
 from memscope import BatchReport, ImageMemoryModel, format_bytes
-from memscope.cli._command import (
-    DEMO_OPTIONS,
+from memscope.cli._command import main
+from memscope.cli._demo_command import DEMO_OPTIONS
+from memscope.cli._info import (
     ESTIMATE_OPTIONS,
     HOST_FIGURES_MISSING,
     INFO_DEVICE_FIGURES,
-    as_typed,
-    counted,
     describe_model,
-    main,
 )
+from memscope.cli._options import as_typed, counted
 from memscope.cli.demo import IMAGES_AND_PLOT_SKIPPED, WITH_CLEANUP, WITHOUT_CLEANUP
 from memscope.journal import Journal
 from memscope.testing import FakeDevice, FakeHost, GiB, MiB
@@ -224,7 +223,7 @@ def test_info_labels_resident_peak_and_limit_as_host_memory(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``info`` shows the process's resident, peak and limit as host memory; JSON agrees."""
-    monkeypatch.setattr("memscope.cli._command._peak_resident_bytes", lambda: 3584 * MiB)
+    monkeypatch.setattr("memscope.cli._info._peak_resident_bytes", lambda: 3584 * MiB)
     with FakeHost(resident=3 * GiB, physical_memory=64 * GiB, cgroup_limit=4 * GiB):
         assert main(["info"]) == 0
         text = capsys.readouterr().out.splitlines()[-1]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import memscope.estimation
-from memscope.cli._calibrate import add_calibrate_parser, run_calibrate
+from memscope.cli import build_parser
+from memscope.cli._calibrate import run_calibrate
 from memscope.estimation import _HostPeak, host_peak
 
 # Large enough that the colorizer's growth (megabytes) stands well above the noise of the C
@@ -21,9 +22,7 @@ SMALL_RUN = ["--sizes", "128", "256x192", "--batch-sizes", "1", "2", "--repeats"
 
 def parser() -> argparse.ArgumentParser:
     """The memscope parser as far as calibrate is concerned."""
-    command = argparse.ArgumentParser(prog="memscope")
-    add_calibrate_parser(command.add_subparsers(dest="command"))
-    return command
+    return build_parser()
 
 
 def run(*arguments: str) -> int:

@@ -30,6 +30,7 @@ CSV_COLUMNS = [
     "gc_ran",
     "host_resident",
     "fitted_memory",
+    "usage_of",
 ]
 
 
@@ -128,11 +129,15 @@ def test_timeline_follows_the_batch_cadence_with_a_decorated_function_inside() -
 
 
 def test_timeline_on_the_cpu_has_no_byte_figures() -> None:
-    """The CPU cannot tell allocated or reserved memory: those fields are None."""
+    """The CPU cannot tell allocated or reserved memory: those fields are None, and the usage
+    is the host's share of its limit."""
     with managed_batch("cpu", timeline=True) as batch:
         batch.step()
     (entry,) = batch.report.timeline
-    assert (entry.item, entry.usage, entry.allocated, entry.reserved) == (1, 0.0, None, None)
+    assert (entry.item, entry.allocated, entry.reserved) == (1, None, None)
+    assert entry.host_resident is not None
+    assert batch.report.host_limit is not None
+    assert entry.usage == entry.host_resident / batch.report.host_limit
 
 
 def test_report_carries_the_threshold() -> None:

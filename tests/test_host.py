@@ -16,7 +16,7 @@ import torch
 
 import memscope.host
 import memscope.manager
-from memscope import MemoryManager, MemscopeError
+from memscope import BatchReport, MemoryManager, MemscopeError, managed_batch
 from memscope.exceptions import HostMemoryUnavailableError, MemoryFiguresUnavailableError
 from memscope.host import (
     NO_LIMIT_FROM,
@@ -569,3 +569,78 @@ def test_a_forked_child_reads_its_own_resident_memory() -> None:
     # Through the parent's descriptor the child would read the parent, which did not grow.
     assert child_after - child_before >= 100 * MiB
     assert monitor.resident_bytes() < parent_before + 64 * MiB
+
+
+# What a batch's usage is a share of ---------------------------------------------------------
+
+
+def _cpu_batch_from_1_to_2_gib(host: FakeHost, **options: object) -> BatchReport:
+    """Four items on the CPU whose resident memory goes from 1 to 2 GiB, timeline recorded."""
+    with managed_batch("cpu", every=1, timeline=True, **options) as batch:  # type: ignore[arg-type]
+        for item in batch.track(range(4)):
+            host.set_resident(GiB + (item + 1) * GiB // 4)
+    return batch.report
+
+
+def test_a_cpu_batch_reports_usage_as_the_host_share_of_its_limit(tmp_path: Path) -> None:
+    """On a 4 GiB host, 1 GiB -> 2 GiB resident reads usage 25 % -> 50 % "of host limit" in the
+    report, every timeline row, the JSON and the CSV; the manager's own check stays 0.0."""
+    with FakeHost(resident=GiB, physical_memory=4 * GiB) as host:
+        report = _cpu_batch_from_1_to_2_gib(host)
+        assert MemoryManager("cpu").check_memory_usage() == 0.0
+    assert (report.usage_start, report.usage_end, report.usage_of) == (0.25, 0.5, "host limit")
+    assert [entry.usage for entry in report.timeline] == [0.3125, 0.375, 0.4375, 0.5]
+    assert "usage 25.0% -> 50.0% of host limit" in report.lines()[1]
+    data = json.loads(report.to_json(tmp_path / "report.json").read_text())
+    assert data["usage_of"] == "host limit"
+    assert "usage_of" in data["units"]["usage_start"]
+    lines = report.to_csv(tmp_path / "timeline.csv").read_text().splitlines()
+    assert lines[0].split(",")[2] == "usage"
+    assert lines[0].split(",")[-1] == "usage_of"
+    assert [line.split(",")[2] for line in lines[1:]] == [
+        "0.312500",
+        "0.375000",
+        "0.437500",
+        "0.500000",
+    ]
+    assert all(line.endswith(",host limit") for line in lines[1:])
+
+
+def test_a_cpu_batch_with_a_budget_says_its_usage_is_a_share_of_the_budget() -> None:
+    """With a 2 GiB budget on a 4 GiB host the usage is resident over the budget, always the
+    larger share under the host's limit, and the report says so."""
+    with FakeHost(resident=GiB, physical_memory=4 * GiB) as host:
+        report = _cpu_batch_from_1_to_2_gib(host, budget=2 * GiB)
+    assert report.usage_of == "budget"
+    assert (report.usage_start, report.usage_end) == (0.5, 1.0)
+    assert "usage 50.0% -> 100.0% of budget" in str(report)
+
+
+def test_a_gpu_batch_says_its_usage_is_a_share_of_device_memory() -> None:
+    """On a fake GPU the usage is the device's, labelled so; with the host watched too, the
+    larger of the two."""
+    with FakeDevice("cuda", total=8 * GiB) as fake, FakeHost(physical_memory=64 * GiB):
+        fake.set_usage(0.5)
+        with managed_batch("cuda", every=1) as batch:
+            for _ in batch.track(range(2)):
+                pass
+        with managed_batch(manager=MemoryManager("cuda", host=True), every=1) as watched:
+            for _ in watched.track(range(2)):
+                pass
+    assert batch.report.usage_of == "device memory"
+    assert "usage 50.0% -> 50.0% of device memory" in str(batch.report)
+    assert watched.report.usage_of == "the larger of device memory and host limit"
+
+
+def test_a_cpu_batch_without_host_figures_labels_no_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the host's memory cannot be read, the CPU's usage is a share of nothing: no label,
+    and the text shows no usage."""
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    monkeypatch.setattr("memscope.host.PROC_ROOT", tmp_path / "no-proc")
+    with managed_batch("cpu", every=1) as batch:
+        for _ in batch.track(range(2)):
+            pass
+    assert batch.report.usage_of is None
+    assert "usage" not in str(batch.report)

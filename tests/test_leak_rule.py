@@ -89,6 +89,36 @@ def test_garbage_that_memscopes_collections_reclaim_is_no_leak() -> None:
     assert max(outcome.collections for outcome in outcomes) <= 12
 
 
+def test_memory_that_rises_back_to_where_it_came_down_from_is_no_leak() -> None:
+    """500 MiB down over 100 items, then steadily back up over 100: the rise only returns to
+    a level memory held, so nothing is named; 200 MiB past that level is named."""
+    watch = LeakWatch("cuda:0", capacity=8 * GiB, search_suspects=False)
+    top = 2 * GiB + 500 * MiB
+    for item in range(1, 201):
+        watch.observe(item, top - 5 * MiB * (100 - abs(100 - item)))
+    assert watch.finding is None
+    for item in range(201, 241):
+        watch.observe(item, top + 5 * MiB * (item - 200))
+    assert watch.finding is not None
+    assert watch.finding.growth_per_item == pytest.approx(5 * MiB, rel=0.05)
+
+
+def test_the_first_rise_of_a_sawtooth_is_judged_as_the_kept_leak_of_its_scale() -> None:
+    """Why a sawtooth the code empties every 100 items may warn once (docs/leaks.md, Limits):
+    its first rise, 5 MiB per item on 8 GiB, is in shares of its device the 15 MiB per item
+    on 24 GiB that must be named within 30 items; the rule is scale-free above 64 KiB per
+    item, so it names both at the same item."""
+    named = []
+    for scale in (1, 3):
+        watch = LeakWatch("cuda:0", capacity=8 * GiB * scale, search_suspects=False)
+        item = 0
+        while watch.finding is None and item < 100:
+            item += 1
+            watch.observe(item, scale * (2 * GiB + 5 * MiB * item))
+        named.append(item)
+    assert named[0] == named[1] <= 30
+
+
 # One warning per leak -----------------------------------------------------------------------
 
 
@@ -182,6 +212,21 @@ def test_growth_a_collection_cannot_free_is_named_at_that_collection() -> None:
     assert finding is not None
     assert finding.detected_at_item == item + 1
     assert finding.growth_per_item == pytest.approx(16 * MiB)
+
+
+def test_the_growth_figure_is_that_of_the_floors_where_collections_come_now_and_then() -> None:
+    """8 MiB of garbage per item, collected every 10th item, over a flat floor: the growth
+    reads 0 (the floors'), not the garbage's 8 MiB per item after the last collection."""
+    watch = LeakWatch("cpu", capacity=24 * GiB, sampled="resident", search_suspects=False)
+    for item in range(5, 25, 5):
+        collected = item % 10 == 0
+        watch.observe(item, BASELINE + (0 if collected else 8 * MiB * 5), collected=collected)
+    watch.observe(24, BASELINE + 8 * MiB * 4, collected=False)
+    assert watch.growth_per_item == 0
+    every_sample_a_floor = LeakWatch("cpu", capacity=24 * GiB, search_suspects=False)
+    for item in range(1, 5):
+        every_sample_a_floor.observe(item, BASELINE + 8 * MiB * item)
+    assert every_sample_a_floor.growth_per_item == 8 * MiB
 
 
 def test_count_only_judges_every_sample_and_never_speaks_of_cleanup() -> None:

@@ -144,6 +144,7 @@ def test_report_fields_and_json() -> None:
         "inactive_split_end",
         "memory_snapshots",
         "memory_threshold",
+        "usage_of",
         "timeline",
     }
     assert data["items"] == 4

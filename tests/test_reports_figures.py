@@ -162,7 +162,8 @@ def test_summary_pluralises_single_ooms_and_failures() -> None:
 
 
 def test_a_cpu_batch_watching_the_host_is_summarised_by_its_host_memory() -> None:
-    """A real CPU batch on a faked host reports its resident memory, peak and limit."""
+    """A real CPU batch on a faked host reports its resident memory, peak and limit, and its
+    usage as the host's share of that limit."""
     with (
         FakeHost(resident=2 * GiB, physical_memory=16 * GiB) as host,
         managed_batch("cpu", timeline=True) as batch,
@@ -176,7 +177,7 @@ def test_a_cpu_batch_watching_the_host_is_summarised_by_its_host_memory() -> Non
     assert report.host_resident_peak == 3 * GiB
     summary = report.summary()
     assert "host memory: resident 2.0 GiB -> 3.0 GiB (peak 3.0 GiB) of 16.0 GiB limit" in summary
-    assert "usage" not in summary
+    assert "usage 12.5% -> 18.8% of host limit" in summary
 
 
 # plot() ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ It runs :func:`memscope.estimation.calibrate` on the demo's :class:`~memscope.cl
 device, and prints the fitted model, its samples, and what it predicts for larger images:
 the way to calibrate a model of your own, shown on one that ships with memscope.
 
-:func:`add_calibrate_parser` adds the subcommand to the ``memscope`` parser and
+:func:`add_calibrate_arguments` adds its options to the ``memscope`` parser and
 :func:`run_calibrate` runs it.
 """
 
@@ -14,9 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from memscope.cli._options import DEVICE_OPTIONS, as_typed, format_size, parse_image_size
+from memscope.cli._options import (
+    DEVICE_OPTIONS,
+    as_typed,
+    format_size,
+    parse_image_size,
+)
 from memscope.exceptions import (
     HostMemoryUnavailableError,
     MemoryFiguresUnavailableError,
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
     from memscope.estimation import CalibratedImageMemoryModel
     from memscope.manager import MemoryManager
 
-__all__ = ["add_calibrate_parser", "run_calibrate"]
+__all__ = ["add_calibrate_arguments", "run_calibrate"]
 
 DEFAULT_SIZES = ((64, 64), (128, 128), (256, 256))
 DEFAULT_BATCH_SIZES = (1, 2)
@@ -49,30 +55,30 @@ def _positive_int(text: str) -> int:
     return number
 
 
-def add_calibrate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add ``calibrate`` to the ``memscope`` command's subcommands."""
-    parser = subparsers.add_parser(
-        "calibrate",
-        help="fit a memory model to the demo colorizer's measured peaks",
-        description=(
-            "Runs the demo's colorizer (random weights) at a few small image sizes and "
-            "batch sizes on the device, measures each run's peak memory (the allocator's "
-            "peak on CUDA and other accelerators, the process's peak resident memory on a "
-            "Linux CPU), fits memory = fixed + per_pixel x pixels x batch, and prints the "
-            "fit and what it predicts for larger images."
-        ),
-    )
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    """fit a memory model to the demo colorizer's measured peaks
+
+    Runs the demo's colorizer (random weights) at a few small image sizes and batch
+    sizes on the device, measures each run's peak memory (the allocator's peak on CUDA
+    and other accelerators, the process's peak resident memory on a Linux CPU), fits
+    memory = fixed + per_pixel x pixels x batch, and prints the fit and what it predicts
+    for larger images.
+    """
     parser.add_argument(
         "--device", default=None, metavar="DEVICE", help="device to calibrate on (auto-detect)"
     )
-    parser.add_argument(
-        "--sizes",
-        nargs="+",
-        type=parse_image_size,
-        default=list(DEFAULT_SIZES),
-        metavar="SIZE",
-        help="image sizes to measure, WIDTHxHEIGHT or one side (64 128 256)",
-    )
+
+    def sizes(option: str, default: Sequence[tuple[int, int]], text: str) -> None:
+        parser.add_argument(
+            option,
+            nargs="+",
+            type=parse_image_size,
+            default=list(default),
+            metavar="SIZE",
+            help=text,
+        )
+
+    sizes("--sizes", DEFAULT_SIZES, "image sizes to measure, WIDTHxHEIGHT or one side (64 128 256)")
     parser.add_argument(
         "--batch-sizes",
         nargs="+",
@@ -81,6 +87,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="N",
         help="batch sizes to measure at each image size (1 2)",
     )
+    sizes("--predict", DEFAULT_PREDICTIONS, "image sizes to predict the memory of (512 1024 2048)")
     parser.add_argument(
         "--repeats",
         type=_positive_int,
@@ -89,18 +96,8 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="runs of each size, the largest peak counting (2)",
     )
     parser.add_argument(
-        "--predict",
-        nargs="+",
-        type=parse_image_size,
-        default=list(DEFAULT_PREDICTIONS),
-        metavar="SIZE",
-        help="image sizes to predict the memory of (512 1024 2048)",
-    )
-    parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="picks the colorizer's weights (0)"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.set_defaults(command_parser=parser)
 
 
 def run_calibrate(arguments: argparse.Namespace) -> int:

@@ -5,28 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from memscope.exceptions import JournalError
 
 if TYPE_CHECKING:
     from memscope.journal import JournalSummary
 
-__all__ = ["add_report_parser", "run_report"]
+__all__ = ["add_report_arguments", "run_report"]
 
 
-def add_report_parser(commands: Any) -> None:
-    """Add the ``report`` subcommand to the ``memscope`` command's subparsers."""
-    report = commands.add_parser(
-        "report",
-        help="summarise a batch journal: done, failed (with reasons), elapsed, items/s",
-        description=(
-            "Summarise the journal a managed_batch(journal=...) wrote: how many items are "
-            "done, which failed and why, the runs' time and throughput."
-        ),
-    )
+def add_report_arguments(report: argparse.ArgumentParser) -> None:
+    """summarise a batch journal: done, failed (with reasons), elapsed, items/s
+
+    Summarise the journal a managed_batch(journal=...) wrote: how many items are done,
+    which failed and why, the runs' time and throughput.
+    """
     report.add_argument("journal", help="the journal file, such as run.jsonl")
-    report.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run_report(arguments: argparse.Namespace) -> int:

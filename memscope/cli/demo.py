@@ -21,26 +21,30 @@ Nothing here writes to the terminal: the command line prints what :meth:`Demo.ru
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import gc
-import itertools
 import logging
 import math
 import os
-import shutil
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from memscope._validation import check_fraction, check_image_size, check_int
 from memscope.batch import managed_batch
+from memscope.cli._demo_art import Colorizer, ImageLeftovers, draw_line_art, leftover_bytes
+from memscope.cli._demo_files import (
+    _new_output_folder,
+    _pillow_installed,
+    _remove_output,
+    _save_png,
+    _torch_threads,
+    _writing_problem,
+    check_output_folder,
+    demo_threads,
+    fix_mmap_threshold,
+)
+from memscope.cli._demo_plot import PLOT_SKIPPED, draw_comparison, footprint_timeline
 from memscope.cli._options import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE
 from memscope.decorator import auto_clear
 from memscope.exceptions import (
@@ -51,33 +55,37 @@ from memscope.exceptions import (
 )
 from memscope.host import HostMemoryMonitor
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.reports._batch import BatchReport
+from memscope.reports import BatchReport
 from memscope.typing import DeviceLike
 from memscope.units import format_bytes
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
-__all__: list[str] = []
+# The job, its output and its plot live in modules of their own; the names the demo is used
+# by (the calibration, the tests, docs/scaling.md) are here.
+__all__ = [
+    "PLOT_SKIPPED",
+    "Colorizer",
+    "Demo",
+    "DemoResult",
+    "DemoRun",
+    "ImageLeftovers",
+    "check_output_folder",
+    "demo_threads",
+    "draw_comparison",
+    "draw_line_art",
+    "fix_mmap_threshold",
+    "footprint_timeline",
+    "leftover_bytes",
+]
 
 logger = logging.getLogger("memscope")
 
-HIDDEN_CHANNELS = 16
-"""Channels of the colorizer's two hidden layers; an image leaves both layers' features."""
 ALLOWANCE_CLEANUPS = 2
 """The budget lets the leftovers of this many cleanup intervals pile up before collecting."""
 LEFTOVER_SHARE_LIMIT = 0.5
 """The run without cleanup may leave at most this share of the free memory behind."""
-MAX_TORCH_THREADS = 2
-"""The tiny network gains little from more threads, and loses much when they contend."""
-OUTPUT_FOLDER_PREFIX = "memscope-demo-"
 WITHOUT_CLEANUP = "without-cleanup"
 WITH_CLEANUP = "with-cleanup"
 PLOT_NAME = "timeline.png"
-PLOT_SKIPPED = (
-    "the timeline plot needs matplotlib, which is not installed: pip install 'memscope[plot]'"
-)
 IMAGES_SKIPPED = (
     "the colorized images need Pillow, which is not installed: pip install 'memscope[plot]'"
 )
@@ -89,351 +97,6 @@ HOST_FIGURES_MISSING = (
     "the demo shows this process's host memory on the CPU, which cannot be read here: "
     "pip install 'memscope[host]'"
 )
-
-# Pixels per chunk of the distance computation: bounds its memory at any image size.
-_DRAWING_CHUNK_ELEMENTS = 1 << 22
-
-
-# Drawing ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Shapes:
-    """One drawing's shapes, in pixels: segments as ``(x0, y0, x1, y1, pen)`` rows and
-    circles as ``(x, y, radius, pen)`` rows."""
-
-    segments: torch.Tensor
-    circles: torch.Tensor
-
-
-def _random_shapes(width: int, height: int, generator: torch.Generator) -> _Shapes:
-    """Strokes, circles and polygons, drawn from ``generator`` (a CPU generator)."""
-    short_side = min(width, height)
-    pen = max(short_side / 128, 1.0)
-
-    def uniform() -> float:
-        return float(torch.rand((), generator=generator))
-
-    def point() -> tuple[float, float]:
-        x, y = (torch.rand(2, generator=generator) * torch.tensor([width, height])).tolist()
-        return x, y
-
-    segments: list[tuple[float, float, float, float, float]] = []
-    circles: list[tuple[float, float, float, float]] = []
-    for _ in range(int(2 + 3 * uniform())):
-        stroke = [point() for _ in range(int(2 + 3 * uniform()))]
-        segments += [(*start, *end, pen) for start, end in itertools.pairwise(stroke)]
-    for _ in range(int(2 + 3 * uniform())):
-        radius = short_side * (0.05 + 0.2 * uniform())
-        circles.append((*point(), radius, pen * 1.5))
-    for _ in range(int(1 + 3 * uniform())):
-        centre_x, centre_y = point()
-        sides = int(3 + 4 * uniform())
-        radius = short_side * (0.08 + 0.2 * uniform())
-        turn = 2 * math.pi * uniform()
-        corners = [
-            (
-                centre_x + radius * math.cos(turn + 2 * math.pi * k / sides),
-                centre_y + radius * math.sin(turn + 2 * math.pi * k / sides),
-            )
-            for k in range(sides + 1)
-        ]
-        segments += [(*start, *end, pen) for start, end in itertools.pairwise(corners)]
-    return _Shapes(
-        segments=torch.tensor(segments, dtype=torch.float32).reshape(-1, 5),
-        circles=torch.tensor(circles, dtype=torch.float32).reshape(-1, 4),
-    )
-
-
-def _segment_ink(x: torch.Tensor, y: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """The ink of every segment at every pixel, ``(segments, height, width)``."""
-    x0, y0, x1, y1, pen = (column.reshape(-1, 1, 1) for column in segments.unbind(dim=1))
-    dx, dy = x1 - x0, y1 - y0
-    length_squared = (dx * dx + dy * dy).clamp_min(1e-12)
-    # From the segment's start to each pixel (small: one row, one column per segment), how
-    # far along the segment the nearest point lies, and from that point to the pixel.
-    from_start_x, from_start_y = x - x0, y - y0
-    along = (from_start_x * dx + from_start_y * dy).div_(length_squared).clamp_(0.0, 1.0)
-    distance = torch.hypot(from_start_x - along * dx, from_start_y - along.mul_(dy))
-    # Coverage of a pen of this thickness, falling off over one pixel at the edge.
-    return torch.sub(pen / 2 + 0.5, distance).clamp_(0.0, 1.0)
-
-
-def _circle_ink(x: torch.Tensor, y: torch.Tensor, circles: torch.Tensor) -> torch.Tensor:
-    """The ink of every circle at every pixel, ``(circles, height, width)``."""
-    centre_x, centre_y, radius, pen = (column.reshape(-1, 1, 1) for column in circles.unbind(dim=1))
-    distance = (torch.hypot(x - centre_x, y - centre_y) - radius).abs()
-    return (pen / 2 + 0.5 - distance).clamp(0.0, 1.0)
-
-
-def draw_line_art(
-    width: int, height: int, *, seed: int, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """A ``(1, 1, height, width)`` line drawing: 1.0 is paper, 0.0 is ink.
-
-    Random strokes, circles and polygons with antialiased edges, the same for the same
-    ``seed`` on every device (the shapes are drawn from a CPU generator). Every shape is
-    rasterised at once, in chunks of shapes that bound the memory a large image takes.
-    """
-    shapes = _random_shapes(width, height, torch.Generator().manual_seed(seed))
-    x = (torch.arange(width, dtype=torch.float32, device=device) + 0.5).reshape(1, 1, width)
-    y = (torch.arange(height, dtype=torch.float32, device=device) + 0.5).reshape(1, height, 1)
-    chunk = max(1, _DRAWING_CHUNK_ELEMENTS // (width * height))
-    ink = torch.zeros((height, width), device=device)
-    for rows, ink_of in ((shapes.segments, _segment_ink), (shapes.circles, _circle_ink)):
-        for start in range(0, rows.shape[0], chunk):
-            part = rows[start : start + chunk].to(device)
-            ink = torch.maximum(ink, ink_of(x, y, part).amax(dim=0))
-    return (1.0 - ink).reshape(1, 1, height, width)
-
-
-# The network and the leak -----------------------------------------------------------------
-
-
-class Colorizer(nn.Module):
-    """A small convolutional network with random weights: line art in, RGB colour out.
-
-    It has never been trained; it stands in for a colorization model so the demo exercises
-    the device like the real job does. Pixel coordinates enter as extra channels, which
-    gives the random colours smooth regions instead of noise.
-    """
-
-    def __init__(self, *, seed: int, hidden: int = HIDDEN_CHANNELS) -> None:
-        super().__init__()
-        # Made on the meta device, the layers skip torch's default initialisation, which
-        # would draw from (and change) the caller's global random state; `seed` picks them.
-        self.first = nn.Sequential(
-            nn.Conv2d(3, hidden, 5, padding=2, padding_mode="replicate", device="meta"),
-            nn.Tanh(),
-        ).to_empty(device="cpu")
-        self.second = nn.Sequential(
-            nn.Conv2d(
-                hidden, hidden, 5, padding=4, dilation=2, padding_mode="replicate", device="meta"
-            ),
-            nn.Tanh(),
-        ).to_empty(device="cpu")
-        self.output = nn.Sequential(nn.Conv2d(hidden, 3, 1, device="meta"), nn.Sigmoid()).to_empty(
-            device="cpu"
-        )
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for layer in self.modules():
-                if isinstance(layer, nn.Conv2d):
-                    fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-                    layer.weight.copy_(
-                        torch.randn(layer.weight.shape, generator=generator) * 2 / math.sqrt(fan_in)
-                    )
-                    assert layer.bias is not None
-                    layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.5)
-
-    def forward(self, line_art: torch.Tensor) -> torch.Tensor:
-        colours, _first, _second = self._layers(line_art)
-        return colours
-
-    def colorize(self, line_art: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The colours, and the features of both hidden layers stacked along the channels."""
-        colours, first, second = self._layers(line_art)
-        return colours, torch.cat((first, second), dim=1)
-
-    def _layers(self, line_art: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        _, _, height, width = line_art.shape
-        y, x = torch.meshgrid(
-            torch.linspace(-1, 1, height, device=line_art.device),
-            torch.linspace(-1, 1, width, device=line_art.device),
-            indexing="ij",
-        )
-        coordinates = torch.stack((x, y)).expand(line_art.shape[0], 2, height, width)
-        first: torch.Tensor = self.first(torch.cat((line_art, coordinates), dim=1))
-        second: torch.Tensor = self.second(first)
-        colours: torch.Tensor = self.output(second)
-        # Ink stays black; the paper takes the colour.
-        return colours * line_art, first, second
-
-
-class ImageLeftovers:
-    """What the leaky loop leaves behind for each image, as real pipelines often do.
-
-    It keeps the image's features for a callback that refers back to it (a bound method
-    stored on the object), so it sits in a reference cycle: when the loop drops it, reference
-    counting cannot free it, and only a garbage collection can. Python's automatic collector
-    runs after a count of new objects, not bytes, so a loop that makes few objects per image
-    lets these pile up until it happens to run.
-    """
-
-    __slots__ = ("features", "on_done")
-
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
-        self.on_done = self.release
-
-    def release(self) -> None:
-        """What the pipeline meant to call when the image was done, and never did."""
-        self.features = torch.empty(0)
-
-
-def leftover_bytes(width: int, height: int) -> int:
-    """Bytes one image of ``width`` x ``height`` leaves behind: two float32 feature maps."""
-    return 2 * HIDDEN_CHANNELS * width * height * 4
-
-
-# Writing ----------------------------------------------------------------------------------
-
-
-def _pillow_installed() -> bool:
-    # Imported, not just looked up: a package that is present but cannot load is missing too.
-    try:
-        import PIL.Image  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _save_png(path: Path, pixels: torch.Tensor) -> Path:
-    """Write ``pixels``, a ``(height, width, 3)`` uint8 tensor, as an RGB PNG with Pillow."""
-    from PIL import Image
-
-    height, width, _channels = pixels.shape
-    contiguous = pixels.detach().to("cpu").contiguous()
-    # torch without numpy offers no buffer interface, and Pillow wants bytes: they are read
-    # straight from the tensor's memory, which `contiguous` keeps alive meanwhile.
-    raw = ctypes.string_at(contiguous.data_ptr(), contiguous.numel())
-    # The fastest compression: these are throwaway pictures, and encoding at the default
-    # level would take longer than colorizing them.
-    Image.frombytes("RGB", (width, height), raw).save(path, format="PNG", compress_level=1)
-    return path
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidArgumentTypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
-def check_output_folder(out: object, name: str = "out") -> Path:
-    """``out`` as a folder the demo can write into: new, or existing and empty.
-
-    Raises :class:`InvalidArgumentError`, its message starting with ``name``, when the
-    folder holds files, is a file, or cannot be created or written (no such parent, a
-    read-only or virtual file system). A folder made to find out is removed again.
-    """
-    if not isinstance(out, (str, os.PathLike)):
-        raise InvalidArgumentTypeError(f"{name} must be a path, got {out!r}")
-    folder = Path(out)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InvalidArgumentError(
-            f"{name} {str(folder)!r} already exists and is not an empty folder; "
-            "the demo never overwrites files"
-        )
-    problem = _writing_problem(folder)
-    if problem is not None:
-        raise InvalidArgumentError(f"{name} {str(folder)!r} {problem}")
-    return folder
-
-
-def _writing_problem(folder: Path) -> str | None:
-    """Why files cannot be written into ``folder``, made where missing; ``None`` if they can.
-
-    Trying is the only test that holds everywhere: permission bits say nothing to root, and
-    virtual file systems such as ``/proc`` refuse what their bits allow. Whatever the try
-    makes is removed again.
-    """
-    made: list[Path] = []
-    try:
-        missing = [path for path in (folder, *folder.parents) if not path.exists()]
-        for path in reversed(missing):
-            try:
-                path.mkdir()
-            except OSError as error:
-                return f"cannot be created: {error.strerror or error}"
-            made.append(path)
-        probe = folder / ".memscope-demo-probe"
-        try:
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as error:
-            return f"cannot be written: {error.strerror or error}"
-        return None
-    finally:
-        for path in reversed(made):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
-
-_M_MMAP_THRESHOLD = -3
-"""glibc's ``mallopt`` parameter for the size from which ``malloc`` maps memory directly."""
-DEMO_MMAP_THRESHOLD = 1 << 20
-"""Blocks of this size and larger (every feature map of the demo) are mapped on their own."""
-
-
-def fix_mmap_threshold() -> bool:
-    """Fix glibc's mmap threshold at :data:`DEMO_MMAP_THRESHOLD`; whether it was set.
-
-    The demo reads the leak as resident memory. glibc raises its mmap threshold each time a
-    mapped block is freed, so after a while the feature maps come from the heap instead,
-    where a freed block between two leaked ones stays resident: the same run then read 8 or
-    12 MiB per item and sometimes named a leak in the run with cleanup. A fixed threshold
-    keeps every feature map in a mapping of its own, returned to the system when freed, so
-    the figures follow the tensors and repeat from run to run. It applies to the whole
-    process (glibc has no per-thread setting) and is a no-op elsewhere than glibc.
-    """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, DEMO_MMAP_THRESHOLD))
-
-
-def _remove_output(folder: Path, *, remove_folder: bool) -> None:
-    """Remove what an interrupted run wrote into ``folder`` (a new or empty folder before)."""
-    if remove_folder:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    for path in folder.iterdir():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def _new_output_folder(parent: Path) -> Path:
-    stem = OUTPUT_FOLDER_PREFIX + time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1, 1000):
-        folder = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        return folder
-    raise FileExistsError(f"no free output folder name {stem}-N in {str(parent)!r}")
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run with ``count`` torch threads, and give the caller's setting back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def demo_threads() -> int:
-    """Torch threads for the demo: half the cores this process may use, one to two.
-
-    The network is tiny: each operation is over before a second thread pays off, and threads
-    that wait for each other on a busy machine cost far more than they gain (on two busy
-    cores, two threads ran the demo three times slower than one).
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no affinity call.
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_TORCH_THREADS, cores // 2))
 
 
 # The runs ---------------------------------------------------------------------------------
@@ -515,7 +178,9 @@ class Demo:
         self.width, self.height = check_image_size(size, "size")
         self.every = check_int(every, "every", minimum=1)
         self.seed = check_int(seed, "seed", minimum=0)
-        self.progress = _check_bool(progress, "progress")
+        if not isinstance(progress, bool):
+            raise InvalidArgumentTypeError(f"progress must be a bool, got {progress!r}")
+        self.progress = progress
         self.memory_threshold = check_fraction(memory_threshold, "memory_threshold")
         # Made now, so an absent device fails before any work.
         self.manager = MemoryManager(device, self.memory_threshold)
@@ -732,96 +397,3 @@ class Demo:
         check_output_folder(self.out, "out")
         self.out.mkdir(parents=True, exist_ok=True)
         return self.out
-
-
-# The plot ---------------------------------------------------------------------------------
-
-_MEBIBYTE = 1024**2
-
-
-def footprint_timeline(report: BatchReport) -> list[tuple[int, int]]:
-    """``(item, bytes)`` after each item: resident memory on the CPU, reserved elsewhere."""
-    on_host = report.device.partition(":")[0] == "cpu"
-    points = []
-    for entry in report.timeline:
-        value = entry.host_resident if on_host else entry.reserved
-        if value is not None:
-            points.append((entry.item, value))
-    return points
-
-
-def draw_comparison(
-    without_cleanup: BatchReport,
-    with_cleanup: BatchReport,
-    *,
-    budget: int,
-    leftover_bytes: int,
-    every: int,
-) -> Figure:
-    """The two runs' memory after each image, side by side, as a matplotlib ``Figure``."""
-    try:
-        import matplotlib
-        from matplotlib.figure import Figure as MatplotlibFigure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        raise ImportError(PLOT_SKIPPED) from None
-    del matplotlib
-
-    on_host = without_cleanup.device.partition(":")[0] == "cpu"
-    figure = MatplotlibFigure(figsize=(10, 4.2), dpi=100, layout="constrained")
-    left, right = figure.subplots(1, 2, sharey=True)
-    figure.suptitle(
-        f"memscope demo on {without_cleanup.device}: each image leaves "
-        f"{format_bytes(leftover_bytes)} behind in a reference cycle"
-    )
-    threshold = with_cleanup.memory_threshold or DEFAULT_MEMORY_THRESHOLD
-    panels: tuple[tuple[Axes, BatchReport, str], ...] = (
-        (left, without_cleanup, "without cleanup: managed_batch(every=None)"),
-        (
-            right,
-            with_cleanup,
-            f"with cleanup: managed_batch(every={every}, budget={format_bytes(budget)})",
-        ),
-    )
-    for axes, report, title in panels:
-        points = footprint_timeline(report)
-        axes.plot(
-            [item for item, _ in points],
-            [value / _MEBIBYTE for _, value in points],
-            marker=".",
-            color="tab:purple" if on_host else "tab:green",
-            label="resident (host memory)" if on_host else "reserved (device memory)",
-        )
-        value_at = dict(points)
-        collected = [
-            (entry.item, value_at[entry.item] / _MEBIBYTE)
-            for entry in report.timeline
-            if entry.gc_ran and entry.item in value_at
-        ]
-        if collected:
-            items, values = zip(*collected, strict=True)
-            axes.scatter(
-                items, values, marker="v", s=70, color="tab:orange", zorder=3, label="GC ran"
-            )
-        axes.set_title(title, fontsize="medium")
-        axes.set_xlabel("image")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.grid(alpha=0.3)
-    for step, item in enumerate(range(every, with_cleanup.items + 1, every)):
-        right.axvline(
-            item,
-            color="tab:gray",
-            linestyle=":",
-            alpha=0.7,
-            label=f"cleanup step (every {every})" if step == 0 else None,
-        )
-    right.axhline(
-        threshold * budget / _MEBIBYTE,
-        color="tab:red",
-        linestyle="--",
-        label=f"GC threshold ({threshold:.0%} of the budget)",
-    )
-    left.set_ylabel(f"{'host' if on_host else 'device'} memory (MiB)")
-    for axes in (left, right):
-        axes.legend(loc="upper left")
-    return figure

@@ -78,6 +78,13 @@ class BatchReport:
     """The host's effective memory limit, when the host is watched."""
     budget: int | None = None
     """The manager's byte budget, if it has one."""
+    usage_of: str | None = None
+    """What ``usage_start``, ``usage_end`` and the timeline's ``usage`` are a share of:
+    ``"device memory"``, ``"host limit"`` (the process's resident memory over the host's
+    limit: the CPU's usage), ``"budget"``, or the largest share of several (``"the larger of
+    device memory and host limit"``);
+    ``None`` in reports from before it was recorded, and where usage is a share of nothing
+    (the CPU with no host figures)."""
     rank: int | None = None
     """This process's rank in a torch.distributed job, or ``None`` outside of one."""
     world_size: int | None = None
@@ -186,11 +193,14 @@ class BatchReport:
         """Write the timeline to ``path`` as CSV with a header row; returns the path.
 
         Columns: ``item, seconds, usage, allocated, reserved, gc_ran, host_resident,
-        fitted_memory``; an empty cell is a figure nobody could tell, ``gc_ran`` is ``true``
-        or ``false``. ``fitted_memory`` is the line of ``memory_growth_per_item`` through the
-        allocated (or, on the CPU, resident) bytes of the last 64 items, empty elsewhere.
+        fitted_memory, usage_of``; an empty cell is a figure nobody could tell, ``gc_ran`` is
+        ``true`` or ``false``. ``fitted_memory`` is the line of ``memory_growth_per_item``
+        through the allocated (or, on the CPU, resident) bytes of the last 64 items, empty
+        elsewhere; ``usage_of`` says on every row what ``usage`` is a share of.
         """
-        return _export.write_csv(self.timeline_entries(), path, self.memory_growth_per_item)
+        return _export.write_csv(
+            self.timeline_entries(), path, self.memory_growth_per_item, self.usage_of
+        )
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Draw the timeline as a PNG (or any format matplotlib infers from the suffix).
@@ -217,8 +227,8 @@ class BatchReport:
 
         The device's usage and peak appear where the device reports figures, the host's
         resident memory where the batch watched the host, the growth per item and any leak
-        where the batch measured them; the CPU reports none of its own, so
-        a CPU batch that watched the host is summarised by its host memory alone.
+        where the batch measured them; the CPU reports none of its own, so a CPU batch that
+        watched the host is summarised by its host memory, its usage the host's share.
         """
         head, *groups = self._parts(labelled=False)
         parts = [head, *(part for _label, group in groups for part in group)]
@@ -246,11 +256,13 @@ class BatchReport:
             f"({self.items_per_second:.2f} items/s)"
         )
         memory: list[str] = []
+        usage = f"usage {self.usage_start:.1%} -> {self.usage_end:.1%}"
+        if self.usage_of is not None:
+            usage += f" of {self.usage_of}"
         if device_reports_figures(self):
-            memory.append(
-                f"usage {self.usage_start:.1%} -> {self.usage_end:.1%}, "
-                f"peak allocated {format_bytes(self.peak_allocated)}"
-            )
+            memory.append(f"{usage}, peak allocated {format_bytes(self.peak_allocated)}")
+        elif self.usage_of is not None:
+            memory.append(usage)
         if host_reports_figures(self):
             host = self._host_memory()
             memory.append(

@@ -19,8 +19,8 @@ from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
 
-# host_resident and fitted_memory came later than the others: last, so that readers that
-# index the columns by position still find the older ones where they were.
+# host_resident, fitted_memory and usage_of came later than the others: last, so that readers
+# that index the columns by position still find the older ones where they were.
 TIMELINE_COLUMNS = (
     "item",
     "seconds",
@@ -30,6 +30,7 @@ TIMELINE_COLUMNS = (
     "gc_ran",
     "host_resident",
     "fitted_memory",
+    "usage_of",
 )
 
 Report = TypeVar("Report")
@@ -40,9 +41,8 @@ _ENTRY_FIELDS = {field.name for field in dataclasses.fields(TimelineEntry)}
 _BYTES = "bytes"
 _SECONDS = "seconds"
 _USAGE = (
-    "fraction (0 to 1) of the memory in use: the device's, or where the manager watched a "
-    "budget or the host, the largest of that and the shares of the budget and of the "
-    "host's limit in use"
+    "fraction (0 to 1) of what usage_of names in use: device memory, the host's limit "
+    "(resident memory over it, on the CPU), the budget, or the largest of those shares"
 )
 
 REPORT_UNITS: dict[str, Any] = {
@@ -100,11 +100,13 @@ def write_csv(
     timeline: Iterable[TimelineEntry],
     path: str | os.PathLike[str],
     growth_per_item: float | None = None,
+    usage_of: str | None = None,
 ) -> Path:
     """Write a report's timeline to ``path``: a header row, then one row per item.
 
     ``fitted_memory`` holds the fitted line of ``growth_per_item`` over the last items,
-    rounded to bytes, and is empty elsewhere. The timeline may be streamed from a journal:
+    rounded to bytes, and is empty elsewhere; ``usage_of`` (what ``usage`` is a share of)
+    is on every row. The timeline may be streamed from a journal:
     only those last items are held back until the end.
     """
     target = Path(path)
@@ -115,14 +117,16 @@ def write_csv(
         for entry in timeline:
             last_entries.append(entry)
             if len(last_entries) > FIT_WINDOW:
-                writer.writerow(_csv_row(last_entries.popleft(), None))
+                writer.writerow(_csv_row(last_entries.popleft(), None, usage_of))
         fitted = fitted_line(tuple(last_entries), growth_per_item)
         for entry in last_entries:
-            writer.writerow(_csv_row(entry, fitted.get(entry.item)))
+            writer.writerow(_csv_row(entry, fitted.get(entry.item), usage_of))
     return target
 
 
-def _csv_row(entry: TimelineEntry, fitted: float | None) -> tuple[object, ...]:
+def _csv_row(
+    entry: TimelineEntry, fitted: float | None, usage_of: str | None
+) -> tuple[object, ...]:
     return (
         entry.item,
         f"{entry.seconds:.6f}",
@@ -132,6 +136,7 @@ def _csv_row(entry: TimelineEntry, fitted: float | None) -> tuple[object, ...]:
         "true" if entry.gc_ran else "false",
         "" if entry.host_resident is None else entry.host_resident,
         "" if fitted is None else round(fitted),
+        usage_of or "",
     )
 
 
