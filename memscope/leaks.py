@@ -302,11 +302,18 @@ class LeakWatch:
     # Judging ----------------------------------------------------------------------------
 
     def _judge(self) -> None:
+        if len(self._blocks) < 2:
+            return
+        finding = self._finding
+        if (finding is None or not finding.active) and not self._above_every_level():
+            # The test's cheap half first: memory that has not risen past every level it held
+            # is no leak whatever its line, so most judgements fit no line at all.
+            self._wanted = False
+            return
         trend = self._blocks.trend()
         if trend is None:
             return
         self._trend = trend
-        finding = self._finding
         if finding is not None and finding.active:
             stop_below = max(self.min_growth_per_item, CLEAR_SHARE * finding.growth_per_item)
             if trend.recent_slope < stop_below:
@@ -340,12 +347,22 @@ class LeakWatch:
             # Memory must reach a level it never held: growth back up to where it came down
             # from (the next rise of a wave, of a sawtooth) is no leak. The level is the
             # line's, or the latest block's where that is lower (a rise that bends over).
-            blocks = self._blocks
-            base = max(self._lowest, self._rearm_above or 0, blocks.high_before_low or 0)
-            level = min(trend.at(trend.last_item), blocks.latest)
-            if level - base < self.min_share * self.capacity:
+            level = min(trend.at(trend.last_item), self._blocks.latest)
+            if level - self._highest_level() < self.min_share * self.capacity:
                 return False
         return True
+
+    def _highest_level(self) -> float:
+        """The level growth must pass: the lowest floor, or higher where memory came down."""
+        assert self._lowest is not None
+        return max(self._lowest, self._rearm_above or 0, self._blocks.high_before_low or 0)
+
+    def _above_every_level(self) -> bool:
+        """Whether the latest block passed :meth:`_highest_level` by the share a leak needs
+        (what :meth:`_is_leak` asks of the line's level, which is never above the block's)."""
+        if self.capacity is None or self._lowest is None:
+            return True
+        return self._blocks.latest - self._highest_level() >= self.min_share * self.capacity
 
     def _evidence(self, fit: Trend, detected_at: int | None = None) -> LeakFinding:
         retained_last = fit.at(fit.last_item)

@@ -290,3 +290,30 @@ def test_a_sample_costs_the_same_few_calls_however_long_the_run() -> None:
     short, long = calls_per_sample(1024), calls_per_sample(8192)
     assert long < 100
     assert long == pytest.approx(short, rel=0.15)
+
+
+def test_flat_memory_is_judged_without_fitting_a_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory that never rises past the levels it held is judged by its latest block alone:
+    over 1,000 flat samples no line is fitted (the judgement's cost stays O(1)), and a leak
+    that follows is still fitted and named."""
+    from memscope import _leak_rule
+
+    fits = 0
+    original = _leak_rule.Blocks.trend
+
+    def counting(self: _leak_rule.Blocks) -> _leak_rule.Trend | None:
+        nonlocal fits
+        fits += 1
+        return original(self)
+
+    monkeypatch.setattr(_leak_rule.Blocks, "trend", counting)
+    watch = LeakWatch("cuda:0", capacity=24 * GiB, search_suspects=False)
+    rng = random.Random(7)
+    for item in range(1, 1001):
+        watch.observe(item, 2 * GiB + rng.randrange(-MiB, MiB))
+    assert fits == 0
+    assert watch.finding is None
+    for item in range(1001, 1301):
+        watch.observe(item, 2 * GiB + (item - 1000) * 16 * MiB)
+    assert fits > 0
+    assert watch.finding is not None
