@@ -33,9 +33,6 @@ class LedgerCount:
             return self  # type: ignore[return-value]  # the class's own attribute: the docs'
         return getattr(view._ledger, self.field)  # type: ignore[attr-defined,no-any-return]
 
-    def __set__(self, view: object, value: int) -> None:
-        raise AttributeError(f"{self.field} is a count of the ledger: it cannot be set")
-
 
 class Ledger:
     """A batch's counts, under one lock (items finish in many threads)."""

@@ -11,7 +11,7 @@ import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 
@@ -82,6 +82,9 @@ class _Measurement(NamedTuple):
 _NOTHING_MEASURED = _Measurement(MemoryReading(), 0.0)
 
 
+_CLEANUP_HOOKS = ("clear_cache", "trigger_gc_if_needed", "check_memory_usage", "snapshot")
+
+
 class MemoryManager:
     """Clears caches, measures usage and collects garbage for one device.
 
@@ -112,6 +115,17 @@ class MemoryManager:
             the CPU, where a budget turns host monitoring on. A budget larger than the
             device's capacity raises :class:`~memscope.InvalidArgumentError`.
     """
+
+    overrides_cleanup: ClassVar[bool] = False
+    """Whether this class overrides a method a cleanup step calls (the Cobra MemoryManager
+    API's ``clear_cache``, ``trigger_gc_if_needed``, ``check_memory_usage``, or
+    ``snapshot``): its steps then always call them, even where the step has nothing to do."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.overrides_cleanup = any(
+            getattr(cls, name) is not getattr(MemoryManager, name) for name in _CLEANUP_HOOKS
+        )
 
     def __init__(
         self,
@@ -162,10 +176,18 @@ class MemoryManager:
             self._host_monitor = HostMemoryMonitor()
         if self._budget is not None:
             self._check_budget_fits(budget, self._budget, device_capacity)
-        # Known once: the CPU without host or budget figures has nothing to read at a step.
+        # Known once: the CPU without host or budget figures has nothing to read at a step,
+        # and, with no cache to clear and usage always 0, nothing to do at one (unless a
+        # subclass does something of its own there).
         self._measures_nothing = (
             not self._backend.reports_memory and self._host_monitor is None and self._budget is None
         )
+        self._steps_do_nothing = (
+            self._measures_nothing
+            and not self._backend.caches_memory
+            and not type(self).overrides_cleanup
+        )
+        self._nothing_done = CleanupOutcome(0, 0, 0.0, self._no_figures)
 
     def __repr__(self) -> str:
         extras = ""
@@ -248,6 +270,8 @@ class MemoryManager:
         cache clear changed the figures. A subclass that overrides :meth:`clear_cache` or
         :meth:`trigger_gc_if_needed` (the Cobra MemoryManager API) has its methods called.
         """
+        if self._steps_do_nothing:
+            return self._nothing_done
         has_cache = self._backend.caches_memory
         # A device without a cache (the CPU) gives the policy nothing to judge by: it is asked
         # without a reading, and a clear there frees nothing, so the reading taken for the

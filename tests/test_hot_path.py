@@ -79,20 +79,48 @@ def test_a_cpu_step_with_a_budget_still_reads_the_host(host_reads: Any) -> None:
     assert during >= 10
 
 
-def test_the_cache_policy_is_asked_without_a_reading_on_a_device_without_a_cache() -> None:
-    """The CPU has no cache to judge: the policy is asked with no snapshot, so a user's
-    ClearAlways-style policy still runs (the Cobra API's clear after every image)."""
-    seen: list[object] = []
+class RecordingPolicy:
+    """A cache policy that records the snapshots it is asked with, and always clears."""
 
-    class Recording:
-        needs_snapshot: ClassVar[bool] = True
+    needs_snapshot: ClassVar[bool] = True
 
-        def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
-            seen.append(snapshot)
-            return True
+    def __init__(self) -> None:
+        self.seen: list[MemorySnapshot | None] = []
 
-    MemoryManager("cpu").clean_up(Recording())
-    assert seen == [None]
+    def __call__(self, snapshot: MemorySnapshot | None, memory_threshold: float) -> bool:
+        self.seen.append(snapshot)
+        return True
+
+
+def test_a_cpu_step_with_nothing_to_do_does_nothing() -> None:
+    """On the CPU without host or budget figures (no cache, usage always 0) a step asks no
+    policy and changes no count: it gives the same empty outcome every time."""
+    manager = MemoryManager("cpu")
+    policy = RecordingPolicy()
+    first, second = manager.clean_up(policy), manager.clean_up(policy)
+    assert policy.seen == []
+    assert first is second
+    assert (first.cache_clears, first.gc_runs) == (0, 0)
+    assert first.figures_after is not None
+    assert first.figures_after.device == "cpu"
+
+
+def test_a_cobra_subclass_on_the_cpu_still_has_its_methods_called() -> None:
+    """A MemoryManager subclass overriding clear_cache (the Cobra API) gets its clear and the
+    policy is asked, with no reading, since the CPU has none to give."""
+    clears: list[str] = []
+
+    class Cobra(MemoryManager):
+        def clear_cache(self) -> None:
+            clears.append("clear_cache")
+            super().clear_cache()
+
+    assert Cobra.overrides_cleanup
+    assert not MemoryManager.overrides_cleanup
+    policy = RecordingPolicy()
+    Cobra("cpu").clean_up(policy)
+    assert policy.seen == [None]
+    assert clears == ["clear_cache"]
 
 
 def test_a_step_reads_the_device_once_when_it_frees_nothing() -> None:
