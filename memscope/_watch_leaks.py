@@ -70,13 +70,14 @@ class LeakWatcher(Watcher):
         watch = self._watch
         if watch is None:
             return
-        if watch.wants_collection and not step.collected:
+        collected = step.gc_runs > 0
+        if not collected and watch.wants_collection:
             # The growth since the last floor may be garbage the threshold GC never reached:
             # one collection says whether it stays (a leak) or goes (no alarm).
             self._observe(step.item, self._collect(batch), collected=True)
             return
         retained = step.figures().allocated if self._device_figures else self._host.last
-        self._observe(step.item, retained, collected=step.collected)
+        self._observe(step.item, retained, collected=collected)
 
     def _collect(self, batch: ManagedBatch) -> int | None:
         """A collection and a cache clear now, counted in the batch's report; the memory that

@@ -268,22 +268,26 @@ class LeakWatch:
             if self._search is not None:
                 self._advance_search()
             if floor:
-                self._take_floor(item, retained, confirms=collected is True)
+                if collected is True and self._uncollected:
+                    self._take_floor(item, retained)
                 self._floors.append((item, retained))
             else:
                 self._uncollected = True
                 self._only_floors = False
-            self._lowest = retained if self._lowest is None else min(self._lowest, retained)
+            lowest = self._lowest
+            if lowest is None or retained < lowest:
+                self._lowest = retained
             self._samples.append((item, retained))
             self._last = retained
             if self._blocks.add(item, retained):
                 self._judge()
             return self._finding
 
-    def _take_floor(self, item: int, retained: int, *, confirms: bool) -> None:
-        """A floor: where it shows the samples before it held garbage, start again from it."""
+    def _take_floor(self, item: int, retained: int) -> None:
+        """A floor a collection confirmed after samples that may have held garbage: where it
+        shows they did, start again from it."""
         lowest = self._lowest
-        if not (confirms and self._uncollected) or lowest is None or self._last is None:
+        if lowest is None or self._last is None:
             return
         self._uncollected = False
         wanted, self._wanted = self._wanted, False
