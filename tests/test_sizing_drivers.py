@@ -16,6 +16,7 @@ from memscope import (
     process_in_chunks,
     process_in_chunks_async,
 )
+from memscope.sizing import iter_chunks
 from memscope.testing import MiB, RecordingManager, oom_error
 
 Mode = Literal["sync", "async"]
@@ -259,3 +260,28 @@ def test_other_errors_pass_through_either_driver(mode: Mode) -> None:
         run()
     assert raised.value is failure
     assert attempts == [8]
+
+
+def test_a_stop_iteration_leaves_the_sync_driver_as_itself() -> None:
+    """A StopIteration the decorated function raises comes out of the call as itself (the
+    driver is a generator, which may not raise one)."""
+    stop = StopIteration("no more")
+
+    @adaptive_batch(start=8, manager=RecordingManager())
+    def work(batch_size: int) -> int:
+        raise stop
+
+    with pytest.raises(StopIteration) as raised:
+        work()
+    assert raised.value is stop
+
+
+def test_a_stop_iteration_in_iter_chunks_is_a_runtime_error() -> None:
+    """A StopIteration from a chunk's function never ends an iter_chunks loop in silence: it
+    comes out as RuntimeError, as from any generator."""
+
+    def work(chunk: Sequence[int]) -> int:
+        raise StopIteration
+
+    with pytest.raises(RuntimeError):
+        list(iter_chunks(work, [1, 2, 3], start=2, manager=RecordingManager()))

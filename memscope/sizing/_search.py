@@ -5,15 +5,16 @@ an attempt calls (the function with a size; the function with a chunk) and when 
 done (after one success; after the last chunk). :class:`SizeSearch` holds the decisions, and
 its subclasses fill in those two things.
 
-A driver asks the search what to do, does it, and hands back the outcome:
+A driver asks the search what to do, does it, and hands back the outcome, as tenacity's
+``Retrying`` asks its ``iter()``:
 
 * :meth:`SizeSearch.start` and :meth:`SizeSearch.decide` return a :class:`Call` (make this
-  attempt) or a :class:`Finish` (return this), or raise ``BatchSizeExhaustedError``;
-* :func:`run_search` and :func:`run_search_async` make the calls, catching out-of-memory
-  errors as values (:func:`~memscope.oom.call_catching_oom`), and differ by one ``await``;
-  :func:`iterate_search` and :func:`iterate_search_async` do the same and yield each
-  successful attempt's result between :meth:`SizeSearch.record` and
-  :meth:`SizeSearch.proceed`, the two halves of :meth:`SizeSearch.decide`.
+  attempt), a :class:`Hand` (yield this result, for ``iter_chunks``) or a :class:`Finish`
+  (done), or raise ``BatchSizeExhaustedError``;
+* :func:`drive` and :func:`drive_async`, the only loops, make the calls, catching
+  out-of-memory errors as values (:func:`~memscope.oom.call_catching_oom`), and differ by
+  one ``await``; :func:`run_search` and :func:`run_search_async` return what a search that
+  hands nothing on finished with.
 
 Every decision, and the recovery between attempts, happens in :meth:`SizeSearch.decide`,
 which a driver calls outside any ``except`` block: there the failed attempt's memory can
@@ -64,10 +65,30 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Hand:
+    """The search's verdict: hand this result on (yield it), then go on (:data:`HANDED`)."""
+
+    result: Any
+
+
+HANDED = object()
+"""The outcome of a :class:`Hand`: the result was handed on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The outcome of an attempt that raised ``StopIteration``, which no generator may raise."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
 class Finish(Generic[Result]):
-    """The search's verdict: the work is done, and this is its result."""
+    """The search's verdict: the work is done, and this is its result (or, ``raised``, the
+    ``StopIteration`` an attempt raised, for the caller to raise outside the driver)."""
 
     result: Result
+    raised: BaseException | None = None
 
 
 class SizeSearch(ABC, Generic[Result]):
@@ -77,7 +98,8 @@ class SizeSearch(ABC, Generic[Result]):
     calls; or the chunked run's own). ``batch`` is the ``managed_batch`` active when the run
     began, if any: it hears of every finished item, every out-of-memory error and every
     cleanup. With the state's ``measure`` on, each attempt is measured through ``manager``;
-    ``figures`` reads what the device has available even when nothing is measured.
+    ``figures`` reads what the device has available even when nothing is measured. With
+    ``hands_on``, each success's result is handed on (:class:`Hand`) instead of kept.
     """
 
     def __init__(
@@ -88,15 +110,18 @@ class SizeSearch(ABC, Generic[Result]):
         manager: MemoryManager,
         batch: context.ActiveBatch | None,
         figures: bool = False,
+        hands_on: bool = False,
     ) -> None:
         self.name = name
         self.state = state
         self.manager = manager
         self.batch = batch
+        self.hands_on = hands_on
         self.meter = AttemptMeter(manager, batch, measure=state.measure, figures=figures)
         # The sizes this run attempted, in order, a size repeated only after another.
         self.sizes: list[int] = []
         self._attempt: Attempt | None = None
+        self._finish: Finish[Result] | None = None
 
     # What the subclasses say: what an attempt calls, and when the work is done.
 
@@ -133,29 +158,22 @@ class SizeSearch(ABC, Generic[Result]):
 
     # The decision step.
 
-    def start(self) -> Call | Finish[Result]:
+    def start(self) -> Call | Hand | Finish[Result]:
         """The first step: the first attempt, or the result if there is nothing to do."""
         return self._next()
 
-    def decide(self, outcome: object) -> Call | Finish[Result]:
-        """The step after an attempt, given its ``outcome``: what it returned, or the
-        :class:`~memscope.oom.CaughtOom` it ran into.
+    def decide(self, outcome: object) -> Call | Hand | Finish[Result]:
+        """The step after the last one, given its ``outcome``: what the attempt returned, the
+        :class:`~memscope.oom.CaughtOom` it ran into, a :class:`Stopped`, or :data:`HANDED`
+        after a :class:`Hand`.
 
-        After a success: the next attempt, or :class:`Finish`. After an out-of-memory error:
-        the retry at a smaller size, once the failed attempt's memory is freed; or, when no
-        smaller size is allowed, ``BatchSizeExhaustedError`` raised from the error.
+        After a success: :class:`Hand` when the search hands results on, else the next
+        attempt or :class:`Finish`. After an out-of-memory error: the retry at a smaller
+        size, once the failed attempt's memory is freed; or, when no smaller size is allowed,
+        ``BatchSizeExhaustedError`` raised from the error.
         """
-        retry = self.record(outcome)
-        return self.proceed() if retry is None else retry
-
-    def record(self, outcome: object) -> Call | None:
-        """The first half of :meth:`decide`: hand back an attempt's ``outcome``.
-
-        After an out-of-memory error, the retry (as :meth:`decide`). After a success,
-        ``None``: the result is kept and learned from, and :meth:`proceed` chooses what comes
-        next. A driver that hands each result on (``iter_chunks``) does so in between, so
-        that what its caller does is not measured as part of the next attempt.
-        """
+        if outcome is HANDED:
+            return self._next()
         attempt = self._attempt
         if attempt is None:
             raise RuntimeError("SizeSearch.decide() follows an attempt that start() asked for")
@@ -163,18 +181,26 @@ class SizeSearch(ABC, Generic[Result]):
         if isinstance(outcome, CaughtOom):
             self.meter.abandon()
             return self._attempt_at(self._retry_after(attempt, outcome.error))
+        if isinstance(outcome, Stopped):
+            if self.hands_on:
+                # As from any generator: the caller's for loop must not end in silence.
+                raise outcome.error
+            self._finish = Finish(None, raised=outcome.error)  # type: ignore[arg-type]
+            return self._finish
         # First, before anything else allocates: the peak the attempt reached.
         used = self.meter.finish()
         self._accept(attempt, outcome)
         self.state._record_success(attempt, used)
         if self.batch is not None:
             self.batch._record_items(attempt.size)
-        return None
+        return Hand(outcome) if self.hands_on else self._next()
 
-    def proceed(self) -> Call | Finish[Result]:
-        """The second half of :meth:`decide`, after a success: the next attempt, or
-        :class:`Finish`."""
-        return self._next()
+    def outcome(self) -> Result:
+        """What the finished run returns (or the ``StopIteration`` an attempt raised)."""
+        assert self._finish is not None
+        if self._finish.raised is not None:
+            raise self._finish.raised
+        return self._finish.result
 
     def close(self) -> None:
         """The run is over (finished, given up, or left by an exception): stop measuring."""
@@ -182,7 +208,8 @@ class SizeSearch(ABC, Generic[Result]):
 
     def _next(self) -> Call | Finish[Result]:
         if self._finished():
-            return Finish(self._result())
+            self._finish = Finish(self._result())
+            return self._finish
         reading = self.meter.start()
         self._check_reading(reading.available)
         attempt = self.state._choose(self._work(), reading.available, reading.measurable)
@@ -253,75 +280,63 @@ class SizeSearch(ABC, Generic[Result]):
             del exhausted
 
 
-# The drivers: identical but for the await. ---------------------------------------------
+# The drivers: two loops, identical but for the await. -----------------------------------
 
 
-def run_search(search: SizeSearch[Result]) -> Result:
-    """Make the attempts ``search`` decides on, until it finishes or gives up."""
+def drive(search: SizeSearch[Any]) -> Generator[Any, None, None]:
+    """Make the attempts ``search`` decides on, until it finishes or gives up; yield what it
+    hands on (each success's result, for ``iter_chunks``) before the next attempt is chosen,
+    so the caller's work between two results is never measured as an attempt's."""
     try:
         step = search.start()
-        while isinstance(step, Call):
-            outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
+        while not isinstance(step, Finish):
+            if isinstance(step, Hand):
+                yield step.result
+                outcome: object = HANDED
+            else:
+                try:
+                    outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
+                except (StopIteration, StopAsyncIteration) as error:
+                    outcome = Stopped(error)
             # The attempt's arguments (a chunk, say) are let go before memory is freed.
             del step
             step = search.decide(outcome)
             del outcome
-        return step.result
     finally:
         search.close()
 
 
-async def run_search_async(search: SizeSearch[Result]) -> Result:
-    """:func:`run_search` for attempts that return awaitables: awaits each."""
+async def drive_async(search: SizeSearch[Any]) -> AsyncGenerator[Any, None]:
+    """:func:`drive` for attempts that return awaitables: awaits each."""
     try:
         step = search.start()
-        while isinstance(step, Call):
-            outcome = await call_catching_oom_async(step.function, *step.arguments, **step.keywords)
+        while not isinstance(step, Finish):
+            if isinstance(step, Hand):
+                yield step.result
+                outcome: object = HANDED
+            else:
+                try:
+                    outcome = await call_catching_oom_async(
+                        step.function, *step.arguments, **step.keywords
+                    )
+                except (StopIteration, StopAsyncIteration) as error:
+                    outcome = Stopped(error)
             del step
             step = search.decide(outcome)
             del outcome
-        return step.result
     finally:
         search.close()
 
 
-def iterate_search(search: SizeSearch[Any]) -> Generator[Any, None, None]:
-    """:func:`run_search` that yields what each successful attempt returned, as it returns.
-
-    Each result is yielded after the attempt's figures are read and before the next attempt
-    is chosen, so the caller's work between two results is never measured as an attempt's.
-    """
-    try:
-        step: Call | Finish[Any] = search.start()
-        while isinstance(step, Call):
-            outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
-            del step
-            retry = search.record(outcome)
-            if retry is None:
-                yield outcome
-                del outcome
-                step = search.proceed()
-            else:
-                del outcome
-                step = retry
-    finally:
-        search.close()
+def run_search(search: SizeSearch[Result]) -> Result:
+    """The search's result, once :func:`drive` has run it (it hands nothing on)."""
+    for _ in drive(search):
+        raise RuntimeError("run_search() runs a search that hands nothing on")
+    return search.outcome()
 
 
-async def iterate_search_async(search: SizeSearch[Any]) -> AsyncGenerator[Any, None]:
-    """:func:`iterate_search` for attempts that return awaitables: awaits each."""
-    try:
-        step: Call | Finish[Any] = search.start()
-        while isinstance(step, Call):
-            outcome = await call_catching_oom_async(step.function, *step.arguments, **step.keywords)
-            del step
-            retry = search.record(outcome)
-            if retry is None:
-                yield outcome
-                del outcome
-                step = search.proceed()
-            else:
-                del outcome
-                step = retry
-    finally:
-        search.close()
+async def run_search_async(search: SizeSearch[Result]) -> Result:
+    """:func:`run_search` for attempts that return awaitables."""
+    async for _ in drive_async(search):
+        raise RuntimeError("run_search_async() runs a search that hands nothing on")
+    return search.outcome()
