@@ -71,7 +71,6 @@ __all__ = [
     "ChunkMemoryModel",
     "ImageMemoryModel",
     "available_bytes",
-    "calibrate",
 ]
 
 _MOVED = {

@@ -15,15 +15,14 @@ freeing what a failed call held), which it uses. Its private modules, one per jo
 learned state under a lock), ``_measure`` (the device's figures before an attempt, its peak
 after), ``_search`` (the one decision step and its sync and async drivers), ``_decoration``
 (``@adaptive_batch``), ``_items`` and ``_chunks`` (``process_in_chunks``) and ``_calibration``
-(:func:`calibrate`, :func:`fit_samples`). Reading a call's peak (:func:`peak_source`,
-:func:`start_peak`, :func:`read_peak`, :data:`host_peak`) is the private top-level
-``memscope._peak``'s, which the pytest checks share; this layer exports its names. The pure
-memory models stay in :mod:`memscope.estimation`.
+(:func:`calibrate`, :func:`fit_samples`). Reading a call's peak is the private top-level
+``memscope._peak``'s, which the pytest checks share. The pure memory models stay in
+:mod:`memscope.estimation`.
 """
 
-from memscope._peak import PeakStart, host_peak, peak_source, read_peak, start_peak
 from memscope.sizing._calibration import calibrate, fit_samples
 from memscope.sizing._chunks import (
+    ChunkKeywords,
     iter_chunks,
     iter_chunks_async,
     process_in_chunks,
@@ -46,18 +45,14 @@ __all__ = [
     "AdaptiveBatchMethod",
     "AdaptiveBatchSnapshot",
     "AdaptiveBatchState",
-    "PeakStart",
+    "ChunkKeywords",
     "Sizing",
     "SizingKeywords",
     "adaptive_batch",
     "calibrate",
     "fit_samples",
-    "host_peak",
     "iter_chunks",
     "iter_chunks_async",
-    "peak_source",
     "process_in_chunks",
     "process_in_chunks_async",
-    "read_peak",
-    "start_peak",
 ]

@@ -66,7 +66,13 @@ if TYPE_CHECKING:
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-__all__ = ["iter_chunks", "iter_chunks_async", "process_in_chunks", "process_in_chunks_async"]
+__all__ = [
+    "ChunkKeywords",
+    "iter_chunks",
+    "iter_chunks_async",
+    "process_in_chunks",
+    "process_in_chunks_async",
+]
 
 
 class _ChunkSearch(SizeSearch[Any]):

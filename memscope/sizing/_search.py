@@ -55,13 +55,23 @@ logger = logging.getLogger("memscope")
 Result = TypeVar("Result")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
-    """The search's verdict: make this attempt next."""
+    """The search's verdict: make this attempt next.
+
+    The search empties it as it decides on the attempt's outcome: its arguments (a chunk,
+    say) are let go before the failed attempt's memory is freed, although the driver still
+    holds the call.
+    """
 
     function: Callable[..., Any]
     arguments: tuple[Any, ...]
     keywords: Mapping[str, Any]
+
+    def release(self) -> None:
+        """Let go of the attempt's arguments."""
+        self.arguments = ()
+        self.keywords = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +132,7 @@ class SizeSearch(ABC, Generic[Result]):
         self.sizes: list[int] = []
         self._attempt: Attempt | None = None
         self._finish: Finish[Result] | None = None
+        self._pending: Call | None = None
 
     # What the subclasses say: what an attempt calls, and when the work is done.
 
@@ -174,6 +185,9 @@ class SizeSearch(ABC, Generic[Result]):
         """
         if outcome is HANDED:
             return self._next()
+        if self._pending is not None:
+            self._pending.release()
+            self._pending = None
         attempt = self._attempt
         if attempt is None:
             raise RuntimeError("SizeSearch.decide() follows an attempt that start() asked for")
@@ -221,12 +235,13 @@ class SizeSearch(ABC, Generic[Result]):
         self._attempt = attempt
         call = self._call(attempt.size)
         batch = self.batch
-        if batch is None or context.tracked_item.get() is batch:
-            return call
-        # Outside any item of the batch, the chunk's items are counted by this search (an
-        # item is counted by the outermost memscope layer): decorated calls the chunk makes
-        # are part of them.
-        return Call(context.as_item(batch, call.function), call.arguments, call.keywords)
+        if batch is not None and context.tracked_item.get() is not batch:
+            # Outside any item of the batch, the chunk's items are counted by this search (an
+            # item is counted by the outermost memscope layer): decorated calls the chunk
+            # makes are part of them.
+            call.function = context.as_item(batch, call.function)
+        self._pending = call
+        return call
 
     def _retry_after(self, attempt: Attempt, error: BaseException) -> Attempt:
         retry, reduced = self.state._record_oom(attempt, self._work())
@@ -290,18 +305,11 @@ def drive(search: SizeSearch[Any]) -> Generator[Any, None, None]:
     try:
         step = search.start()
         while not isinstance(step, Finish):
-            if isinstance(step, Hand):
-                yield step.result
-                outcome: object = HANDED
+            if isinstance(step, Call):
+                step = search.decide(_attempt(step))
             else:
-                try:
-                    outcome = call_catching_oom(step.function, *step.arguments, **step.keywords)
-                except (StopIteration, StopAsyncIteration) as error:
-                    outcome = Stopped(error)
-            # The attempt's arguments (a chunk, say) are let go before memory is freed.
-            del step
-            step = search.decide(outcome)
-            del outcome
+                yield step.result
+                step = search.decide(HANDED)
     finally:
         search.close()
 
@@ -311,21 +319,28 @@ async def drive_async(search: SizeSearch[Any]) -> AsyncGenerator[Any, None]:
     try:
         step = search.start()
         while not isinstance(step, Finish):
-            if isinstance(step, Hand):
-                yield step.result
-                outcome: object = HANDED
+            if isinstance(step, Call):
+                step = search.decide(await _attempt_async(step))
             else:
-                try:
-                    outcome = await call_catching_oom_async(
-                        step.function, *step.arguments, **step.keywords
-                    )
-                except (StopIteration, StopAsyncIteration) as error:
-                    outcome = Stopped(error)
-            del step
-            step = search.decide(outcome)
-            del outcome
+                yield step.result
+                step = search.decide(HANDED)
     finally:
         search.close()
+
+
+def _attempt(call: Call) -> object:
+    try:
+        return call_catching_oom(call.function, *call.arguments, **call.keywords)
+    except StopIteration as error:
+        return Stopped(error)  # which a generator may not raise: raised past the driver
+
+
+async def _attempt_async(call: Call) -> object:
+    try:
+        return await call_catching_oom_async(call.function, *call.arguments, **call.keywords)
+    except StopAsyncIteration as error:
+        return Stopped(error)  # which an async generator may not raise; nor StopIteration
+        # (a coroutine turns that into RuntimeError itself)
 
 
 def run_search(search: SizeSearch[Result]) -> Result:
