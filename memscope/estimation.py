@@ -16,7 +16,6 @@ module never imports sizing (docs/changelog.md).
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 from collections.abc import Sequence
@@ -73,22 +72,21 @@ __all__ = [
     "available_bytes",
 ]
 
-_MOVED = {
-    "calibrate": "memscope.sizing",
-    "fit_samples": "memscope.sizing",
-    "PeakStart": "memscope._peak",
-    "host_peak": "memscope._peak",
-    "peak_source": "memscope._peak",
-    "read_peak": "memscope._peak",
-    "start_peak": "memscope._peak",
-}
+_MOVED_TO_SIZING = frozenset({"calibrate", "fit_samples"})
+_MOVED_TO_PEAK = frozenset({"PeakStart", "host_peak", "peak_source", "read_peak", "start_peak"})
 
 
 def __getattr__(name: str) -> Any:
-    # Sizing imports these models; read lazily, its names here make no import cycle.
-    if name not in _MOVED:
-        raise AttributeError(f"module 'memscope.estimation' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MOVED[name]), name)
+    # The names that moved, read when first asked for: sizing imports these models.
+    if name in _MOVED_TO_SIZING:
+        import memscope.sizing
+
+        return getattr(memscope.sizing, name)
+    if name in _MOVED_TO_PEAK:
+        import memscope._peak
+
+        return getattr(memscope._peak, name)
+    raise AttributeError(f"module 'memscope.estimation' has no attribute {name!r}")
 
 
 DEFAULT_HEADROOM = 0.03

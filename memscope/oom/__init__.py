@@ -23,6 +23,7 @@ from memscope.oom._detection import (
     call_catching_oom_async,
     is_oom_error,
     reclaim_memory,
+    recover_from_oom,
     release_exception_frames,
 )
 from memscope.oom._diagnosis import add_oom_note
@@ -77,5 +78,6 @@ __all__ = [
     "call_catching_oom_async",
     "is_oom_error",
     "reclaim_memory",
+    "recover_from_oom",
     "release_exception_frames",
 ]

@@ -35,15 +35,15 @@ from memscope import _context as context
 from memscope.exceptions import BatchSizeExhaustedError
 from memscope.manager import MemoryManager
 
-# The recovery layer's modules, not its namespace: memscope.oom's namespace reads the sizing
-# names it used to have from this layer, and a layer never imports the one above it back.
-from memscope.oom._detection import (
+# The recovery layer's public names: memscope.oom reads the sizing names it used to have
+# from this layer only when asked for them, so importing it here makes no cycle.
+from memscope.oom import (
     CaughtOom,
+    add_oom_note,
     call_catching_oom,
     call_catching_oom_async,
     recover_from_oom,
 )
-from memscope.oom._diagnosis import add_oom_note
 from memscope.sizing._measure import AttemptMeter
 from memscope.sizing._snapshot import Attempt, CountedWork, Work
 from memscope.sizing._state import AdaptiveBatchState
