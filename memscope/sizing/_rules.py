@@ -197,12 +197,14 @@ def _probe_above(
     """A probe between the largest success and the smallest failure, when the fit cannot
     follow the curve and would stay put; ``None`` when no probe is due."""
     floor, ceiling = snapshot.largest_success, _ceiling(snapshot, available)
-    if floor is None or ceiling is None or ceiling - floor < 2 or attempt.work_units > floor:
+    if floor is None or ceiling is None or ceiling - floor < 2:
         return None
     fit = fit_memory(snapshot.measured)
     if fit is None:
         return None
     step_start = _step_start(snapshot.measured, floor)
+    if attempt.work_units > floor and step_start is None:
+        return None
     if step_start is None and fit.worst <= PROBE_WORST:
         # Points on a line may all sit on steps (padded batches measured at 11, 22 and 45
         # need 16, 32 and 64 items' memory: a line): only a size just below shows it.
