@@ -86,13 +86,6 @@ HANDED = object()
 
 
 @dataclass(frozen=True, slots=True)
-class Stopped:
-    """The outcome of an attempt that raised ``StopIteration``, which no generator may raise."""
-
-    error: BaseException
-
-
-@dataclass(frozen=True, slots=True)
 class Finish(Generic[Result]):
     """The search's verdict: the work is done, and this is its result (or, ``raised``, the
     ``StopIteration`` an attempt raised, for the caller to raise outside the driver)."""
@@ -175,7 +168,8 @@ class SizeSearch(ABC, Generic[Result]):
 
     def decide(self, outcome: object) -> Call | Hand | Finish[Result]:
         """The step after the last one, given its ``outcome``: what the attempt returned, the
-        :class:`~memscope.oom.CaughtOom` it ran into, a :class:`Stopped`, or :data:`HANDED`
+        :class:`~memscope.oom.CaughtOom` it ran into, a :class:`Finish` with the ``StopIteration``
+        it raised, or :data:`HANDED`
         after a :class:`Hand`.
 
         After a success: :class:`Hand` when the search hands results on, else the next
@@ -195,12 +189,12 @@ class SizeSearch(ABC, Generic[Result]):
         if isinstance(outcome, CaughtOom):
             self.meter.abandon()
             return self._attempt_at(self._retry_after(attempt, outcome.error))
-        if isinstance(outcome, Stopped):
-            if self.hands_on:
+        if isinstance(outcome, Finish):
+            if self.hands_on and outcome.raised is not None:
                 # As from any generator: the caller's for loop must not end in silence.
-                raise outcome.error
-            self._finish = Finish(None, raised=outcome.error)  # type: ignore[arg-type]
-            return self._finish
+                raise outcome.raised
+            self._finish = outcome
+            return outcome
         # First, before anything else allocates: the peak the attempt reached.
         used = self.meter.finish()
         self._accept(attempt, outcome)
@@ -332,15 +326,15 @@ def _attempt(call: Call) -> object:
     try:
         return call_catching_oom(call.function, *call.arguments, **call.keywords)
     except StopIteration as error:
-        return Stopped(error)  # which a generator may not raise: raised past the driver
+        return Finish(None, raised=error)  # no generator may raise it: raised past the driver
 
 
 async def _attempt_async(call: Call) -> object:
     try:
         return await call_catching_oom_async(call.function, *call.arguments, **call.keywords)
     except StopAsyncIteration as error:
-        return Stopped(error)  # which an async generator may not raise; nor StopIteration
-        # (a coroutine turns that into RuntimeError itself)
+        # No async generator may raise it (a coroutine turns StopIteration into RuntimeError).
+        return Finish(None, raised=error)
 
 
 def run_search(search: SizeSearch[Result]) -> Result:
