@@ -241,7 +241,9 @@ def _sounding(
     attempt a little below it, which fits for sure, to see whether memory is flat there
     (a step of blocks or padding, which one measurement cannot show); ``None`` when a size
     near below is measured already."""
-    if work.prior_memory_per_unit is not None or snapshot.successes_in_a_row < 1:
+    if work.limit is not None or snapshot.successes_in_a_row < 1:
+        # Chunks move on through their items: a chunk an eighth shorter measures other
+        # items, not the same work at a smaller size.
         return None
     lower = floor - max(1, floor // SOUNDING)
     if lower < work.units_of(snapshot.min_size) or any(
