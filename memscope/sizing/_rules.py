@@ -205,7 +205,7 @@ def _probe_above(
     step_start = _step_start(snapshot.measured, floor)
     if attempt.work_units > floor and step_start is None:
         return None
-    if step_start is None and fit.worst <= PROBE_WORST:
+    if step_start is None and not fit.flat and fit.worst <= PROBE_WORST:
         # Points on a line may all sit on steps (padded batches measured at 11, 22 and 45
         # need 16, 32 and 64 items' memory: a line): only a size just below shows it.
         return _sounding(snapshot, work, floor, attempt)
