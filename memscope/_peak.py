@@ -1,7 +1,7 @@
 """Measuring a peak: how far memory rose during a call, above what was in use before it.
 
-Shared by sizing (:mod:`memscope.sizing`, which exports these names) and the pytest checks,
-so it sits at the top, importing neither.
+Shared by sizing (:mod:`memscope.sizing`) and the pytest checks, so it sits at the top,
+importing neither.
 
 On CUDA and other accelerators, the allocator's peak statistics
 (``MemoryManager.reset_peak_memory_stats`` and ``snapshot().peak_allocated``, exact to the

@@ -2,14 +2,10 @@
 ``memory = fixed + per_pixel * pixels * batch`` (a
 :class:`~memscope.estimation.CalibratedImageMemoryModel`).
 
-Peaks come from the device's allocator where it keeps peak statistics (CUDA, other
-accelerators: :mod:`memscope._peak`). On the CPU they come from torch's CPU allocator:
-the profiler's memory events (each allocation and free it makes, in bytes), summed in order,
-whose running maximum is the call's peak above what was in use before it. That count is the
-same in a fresh process and late in a long one: the process's peak resident memory, which
-sizing reads on the CPU, depends on what the C allocator kept resident from earlier work, and
-twice read low late in a long process (docs/sizing.md). Memory outside torch's allocator
-(numpy arrays, say) is not counted there.
+Peaks come from the device's allocator where it keeps peak statistics (:mod:`memscope._peak`),
+and on the CPU from torch's CPU allocator: the running sum of the profiler's memory events.
+That count is the same in a fresh process and late in a long one, unlike the resident memory,
+which read low late in long processes (docs/sizing.md); memory outside torch is not counted.
 """
 
 from __future__ import annotations
@@ -20,11 +16,7 @@ from typing import Any
 
 from memscope._peak import peak_source, read_peak, start_peak
 from memscope._validation import check_image_size, check_int
-from memscope.estimation import (
-    CalibratedImageMemoryModel,
-    CalibrationSample,
-    MemoryManager,
-)
+from memscope.estimation import CalibratedImageMemoryModel, CalibrationSample, MemoryManager
 from memscope.exceptions import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
