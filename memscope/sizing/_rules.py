@@ -20,7 +20,8 @@ Two ways to choose a size, by what is known:
   a few steps.
   Before anything is learned, an out-of-memory error on a device whose peaks can be measured
   is followed by a probe: a small size (halfway between ``min_size`` and the failed size on
-  a log scale), to measure.
+  a log scale), to measure. Where memory rises in steps (blocks, padding), a sounding just
+  below the largest success shows a step, and probes climb it (:func:`_probe_above`).
 * **By factor**, where nothing can be measured: after an out-of-memory error, ``size *
   factor``; after ``regrow_after`` successes, ``size / factor``.
 
