@@ -162,15 +162,14 @@ class SizeSearch(ABC, Generic[Result]):
 
     # The decision step.
 
-    def start(self) -> Call | Hand | Finish[Result]:
+    def start(self) -> Call | Finish[Result]:
         """The first step: the first attempt, or the result if there is nothing to do."""
         return self._next()
 
     def decide(self, outcome: object) -> Call | Hand | Finish[Result]:
-        """The step after the last one, given its ``outcome``: what the attempt returned, the
-        :class:`~memscope.oom.CaughtOom` it ran into, a :class:`Finish` with the ``StopIteration``
-        it raised, or :data:`HANDED`
-        after a :class:`Hand`.
+        """The step after the last one, given its ``outcome``: what the attempt returned,
+        the :class:`~memscope.oom.CaughtOom` it ran into, a :class:`Finish` with the
+        ``StopIteration`` it raised, or :data:`HANDED` after a :class:`Hand`.
 
         After a success: :class:`Hand` when the search hands results on, else the next
         attempt or :class:`Finish`. After an out-of-memory error: the retry at a smaller
