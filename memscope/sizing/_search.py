@@ -162,7 +162,7 @@ class SizeSearch(ABC, Generic[Result]):
 
     # The decision step.
 
-    def start(self) -> Call | Finish[Result]:
+    def start(self) -> Call | Hand | Finish[Result]:
         """The first step: the first attempt, or the result if there is nothing to do."""
         return self._next()
 
