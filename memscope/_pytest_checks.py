@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from memscope._peak import peak_source, read_peak, start_peak
 from memscope._validation import check_int
-from memscope.estimation import peak_source, read_peak, start_peak
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.host import HostMemoryMonitor
 from memscope.leaks import SuspectSearch

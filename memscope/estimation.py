@@ -1,37 +1,25 @@
-"""How much memory images need: a fixed model, a model fitted to measurements, and the
-measuring.
+"""How much memory images need: the pure memory models.
 
 - :class:`ImageMemoryModel` is the fixed formula of the Cobra ``MemoryManager`` API, and the
   default of :meth:`MemoryManager.estimate_memory_required`.
-- :func:`calibrate` runs your own function at a few small image sizes and batch sizes on the
-  target device, measures the peak memory of each run, and fits
-  ``memory = fixed + per_pixel * pixels * batch``: a :class:`CalibratedImageMemoryModel`,
-  with the fit's quality.
+- :class:`CalibratedImageMemoryModel` is ``memory = fixed + per_pixel * pixels * batch``,
+  fitted to measurements (with the fit's quality) by :func:`memscope.sizing.calibrate`.
 - :func:`available_bytes` is what a :class:`~memscope.MemorySnapshot` says a batch may still
   use, and :data:`DEFAULT_HEADROOM` the share of it that sizing leaves unused.
 
-Where peaks come from: on CUDA and other accelerators, the allocator's peak statistics
-(``MemoryManager.reset_peak_memory_stats`` and ``snapshot().peak_allocated``, exact to the
-byte). On the CPU under Linux, the process's peak resident memory: writing ``5`` to
-``/proc/self/clear_refs`` resets the high-water mark ``VmHWM`` of ``/proc/self/status`` to the
-current resident memory, which is read afterwards (kB resolution; glibc's free heap is handed
-back first with ``malloc_trim``, so memory a call reuses shows as growth). The resident
-memory is the whole process's, so other threads' allocations count too. MPS keeps no peak
-statistics, and other systems have no resettable high-water mark: there nothing can be
-measured, and :func:`calibrate` says so.
+Measuring peaks and calibrating live in the sizing layer (:mod:`memscope.sizing`); their old
+names here (``calibrate``, ``fit_samples``, and ``host_peak``, ``peak_source``,
+``start_peak``, ``read_peak``, ``PeakStart`` from the private :mod:`memscope._peak` that sizing
+and the pytest checks share) still import from here, read when first asked for, so that this
+module never imports sizing (docs/changelog.md).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import logging
 import math
 import numbers
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from memscope._validation import check_image_size, check_int, check_positive_number
@@ -45,6 +33,15 @@ from memscope.units import format_bytes
 
 if TYPE_CHECKING:
     import torch
+
+    # Explicit re-exports (``as``), for type checkers: the names that moved to sizing.
+    from memscope._peak import PeakStart as PeakStart
+    from memscope._peak import host_peak as host_peak
+    from memscope._peak import peak_source as peak_source
+    from memscope._peak import read_peak as read_peak
+    from memscope._peak import start_peak as start_peak
+    from memscope.sizing import calibrate as calibrate
+    from memscope.sizing import fit_samples as fit_samples
 
 
 class MemoryManager(Protocol):
@@ -73,10 +70,24 @@ __all__ = [
     "ChunkMemoryModel",
     "ImageMemoryModel",
     "available_bytes",
-    "calibrate",
 ]
 
-logger = logging.getLogger("memscope")
+_MOVED_TO_SIZING = frozenset({"calibrate", "fit_samples"})
+_MOVED_TO_PEAK = frozenset({"PeakStart", "host_peak", "peak_source", "read_peak", "start_peak"})
+
+
+def __getattr__(name: str) -> Any:
+    # The names that moved, read when first asked for: sizing imports these models.
+    if name in _MOVED_TO_SIZING:
+        import memscope.sizing
+
+        return getattr(memscope.sizing, name)
+    if name in _MOVED_TO_PEAK:
+        import memscope._peak
+
+        return getattr(memscope._peak, name)
+    raise AttributeError(f"module 'memscope.estimation' has no attribute {name!r}")
+
 
 DEFAULT_HEADROOM = 0.03
 """The share of the available memory that sizes chosen from measurements leave unused.
@@ -135,8 +146,28 @@ class ChunkMemoryModel(Protocol):
         ...
 
 
-def _affordable(available: int, headroom: float) -> float:
-    return available * (1.0 - check_headroom(headroom))
+class _BatchFitting:
+    """``max_batch_size`` for a model whose call on ``n`` images of one size costs
+    ``fixed + n * per_image`` (``_batch_cost``)."""
+
+    __slots__ = ()
+
+    def _batch_cost(self, image_size: tuple[int, int]) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def max_batch_size(
+        self,
+        image_size: tuple[int, int],
+        available: int | MemoryManager,
+        *,
+        headroom: float = DEFAULT_HEADROOM,
+    ) -> int:
+        """How many images of ``image_size`` fit in one call within ``available`` (bytes,
+        or what a manager's device has available now), leaving ``headroom`` of it unused:
+        a fixed part counts once."""
+        fixed, per_image = self._batch_cost(image_size)
+        room = _available_from(available) * (1.0 - check_headroom(headroom)) - fixed
+        return 0 if room <= 0 else int(room // per_image)
 
 
 def _available_from(source: int | MemoryManager) -> int:
@@ -163,7 +194,7 @@ def _available_from(source: int | MemoryManager) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class ImageMemoryModel:
+class ImageMemoryModel(_BatchFitting):
     """The assumptions behind :meth:`MemoryManager.estimate_memory_required`.
 
     The defaults reproduce the Cobra ``MemoryManager`` API's figures exactly. For an image of
@@ -227,148 +258,11 @@ class ImageMemoryModel:
         """Bytes needed to process images of these sizes in one call: the sum of each's."""
         return sum(self.estimate(size) for size in image_sizes)
 
-    def max_batch_size(
-        self,
-        image_size: tuple[int, int],
-        available: int | MemoryManager,
-        *,
-        headroom: float = DEFAULT_HEADROOM,
-    ) -> int:
-        """How many images of ``image_size`` fit in ``available`` (bytes, or what a
-        manager's device has available now), leaving ``headroom`` of it unused."""
-        budget = _affordable(_available_from(available), headroom)
-        return max(int(budget // self.estimate(image_size)), 0)
+    def _batch_cost(self, image_size: tuple[int, int]) -> tuple[float, float]:
+        return 0.0, float(self.estimate(image_size))
 
     def _image_bytes(self, width: int, height: int) -> int:
         return width * height * self.channels * self.bytes_per_element
-
-
-# Measuring peaks ----------------------------------------------------------------------------
-
-_PROC_SELF = Path("/proc/self")
-
-
-class _HostPeak:
-    """The process's peak resident memory on Linux: reset through ``clear_refs``, read from
-    ``VmHWM``. Works out once whether the system allows it."""
-
-    def __init__(self, proc_self: Path = _PROC_SELF) -> None:
-        self.proc_self = proc_self
-        self._lock = threading.Lock()
-        self._usable: bool | None = None
-        self._trim: Callable[[int], int] | None = _malloc_trim()
-
-    def usable(self) -> bool:
-        """Whether the peak can be reset and read here (tried once, then remembered)."""
-        with self._lock:
-            if self._usable is None:
-                self._usable = self._reset() is not None and self._read("VmHWM") is not None
-                if not self._usable:
-                    logger.info(
-                        "the peak resident memory cannot be reset and read here (it needs "
-                        "Linux's /proc/self/clear_refs and VmHWM): nothing measured on the CPU"
-                    )
-            return self._usable
-
-    def start(self) -> int | None:
-        """Reset the peak to the resident memory now, and return that (the baseline)."""
-        if not self.usable():
-            return None
-        if self._trim is not None:
-            # Free heap memory glibc keeps would be reused without growing the resident
-            # memory; handing it back first makes every byte a call needs show as growth.
-            self._trim(0)
-        return self._reset()
-
-    def peak(self) -> int | None:
-        """The peak resident memory since the last :meth:`start`."""
-        return self._read("VmHWM")
-
-    def _reset(self) -> int | None:
-        try:
-            (self.proc_self / "clear_refs").write_text("5")
-        except OSError:
-            return None
-        return self._read("VmRSS")
-
-    def _read(self, field: str) -> int | None:
-        try:
-            text = (self.proc_self / "status").read_text()
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith(f"{field}:"):
-                parts = line.split()
-                if len(parts) >= 3 and parts[1].isdigit() and parts[2] == "kB":
-                    return int(parts[1]) * 1024
-        return None
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, where the C library has one."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-host_peak = _HostPeak()
-"""The process's peak resident memory (one per process: the high-water mark is the process's)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeakStart:
-    """A measurement begun: where the peak is read from, and the memory in use at the start."""
-
-    source: str
-    """``"allocator"`` (the device's allocator peak) or ``"host"`` (peak resident memory)."""
-    baseline: int
-
-
-def peak_source(snapshot: MemorySnapshot, *, host: bool) -> str | None:
-    """Where a peak on ``snapshot``'s device can be measured: ``"allocator"`` where the device
-    keeps peak statistics, ``"host"`` for a device that reports no figures (the CPU) when
-    ``host`` allows it and the system can, else ``None``."""
-    if snapshot.peak_allocated is not None and snapshot.allocated is not None:
-        return "allocator"
-    if host and snapshot.total is None and snapshot.allocated is None and host_peak.usable():
-        return "host"
-    return None
-
-
-def start_peak(
-    manager: MemoryManager, snapshot: MemorySnapshot, source: str | None
-) -> PeakStart | None:
-    """Reset the peak from ``source`` and note the baseline; ``None`` when nothing can be
-    measured. ``snapshot`` is the manager's, read just before (the caller folds its peaks
-    into whatever must keep them before they are reset)."""
-    if source == "allocator":
-        assert snapshot.allocated is not None
-        manager.reset_peak_memory_stats()
-        return PeakStart("allocator", snapshot.allocated)
-    if source == "host":
-        baseline = host_peak.start()
-        return None if baseline is None else PeakStart("host", baseline)
-    return None
-
-
-def read_peak(manager: MemoryManager, start: PeakStart) -> int | None:
-    """Bytes the peak rose above the baseline since ``start``; ``None`` if unreadable."""
-    from_allocator = start.source == "allocator"
-    peak = manager.snapshot().peak_allocated if from_allocator else host_peak.peak()
-    if peak is None:
-        return None
-    return max(peak - start.baseline, 0)
-
-
-def _describe_source(source: str) -> str:
-    if source == "allocator":
-        return "the allocator's peak (peak_allocated)"
-    return "the process's peak resident memory (VmHWM, after clear_refs)"
 
 
 # The calibrated model ---------------------------------------------------------------------
@@ -400,7 +294,7 @@ class CalibrationSample:
 
 
 @dataclass(frozen=True, slots=True)
-class CalibratedImageMemoryModel:
+class CalibratedImageMemoryModel(_BatchFitting):
     """Memory fitted to measurements: ``fixed_bytes + bytes_per_pixel * pixels * batch``.
 
     :func:`calibrate` makes one; it also serves wherever an :class:`ImageMemoryModel` does
@@ -457,21 +351,9 @@ class CalibratedImageMemoryModel:
             pixels += width * height
         return math.ceil(self.fixed_bytes + self.bytes_per_pixel * pixels)
 
-    def max_batch_size(
-        self,
-        image_size: tuple[int, int],
-        available: int | MemoryManager,
-        *,
-        headroom: float = DEFAULT_HEADROOM,
-    ) -> int:
-        """How many images of ``image_size`` fit in one call within ``available`` (bytes,
-        or what a manager's device has available now), leaving ``headroom`` of it unused:
-        the fixed part counts once."""
+    def _batch_cost(self, image_size: tuple[int, int]) -> tuple[float, float]:
         width, height = check_image_size(image_size)
-        budget = _affordable(_available_from(available), headroom) - self.fixed_bytes
-        if budget <= 0:
-            return 0
-        return int(budget // (self.bytes_per_pixel * width * height))
+        return float(self.fixed_bytes), self.bytes_per_pixel * width * height
 
     def to_dict(self) -> dict[str, Any]:
         """The model, its fit and its samples as a JSON-serialisable dict."""
@@ -484,154 +366,3 @@ class CalibratedImageMemoryModel:
             "method": self.method,
             "samples": [sample.to_dict() for sample in self.samples],
         }
-
-
-def fit_samples(samples: Sequence[CalibrationSample]) -> tuple[int, float, float, float]:
-    """Least squares of ``peak = fixed + per_pixel * pixels``: ``(fixed, per_pixel,
-    r_squared, max_relative_error)``.
-
-    A negative intercept (measurement noise around a fixed part of nothing) is refitted
-    through the origin, since no call needs less than nothing.
-    """
-    xs = [float(sample.pixels) for sample in samples]
-    ys = [float(sample.peak_bytes) for sample in samples]
-    count = len(samples)
-    mean_x = sum(xs) / count
-    mean_y = sum(ys) / count
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    if spread == 0:
-        raise InvalidArgumentError(
-            "calibration needs at least two different pixel counts (image size times batch "
-            "size) to fit a line"
-        )
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
-    intercept = mean_y - slope * mean_x
-    if intercept < 0:
-        intercept = 0.0
-        slope = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
-    if slope <= 0:
-        raise InvalidArgumentError(
-            "the measured peak does not grow with the pixels (peaks: "
-            f"{', '.join(format_bytes(int(y)) for y in ys)}): memory that does not depend "
-            "on the image size cannot size batches"
-        )
-    predictions = [intercept + slope * x for x in xs]
-    residual = sum((y - p) ** 2 for y, p in zip(ys, predictions, strict=True))
-    total = sum((y - mean_y) ** 2 for y in ys)
-    r_squared = 1.0 - residual / total if total > 0 else 1.0
-    misses = [abs(p - y) / y for y, p in zip(ys, predictions, strict=True) if y > 0]
-    return round(intercept), slope, r_squared, max(misses, default=0.0)
-
-
-_DEFAULT_CALIBRATION_SIZES = ((64, 64), (128, 128), (256, 256))
-_DEFAULT_CALIBRATION_BATCHES = (1, 2)
-
-# A fit worse than this is reported with a warning: memory is then not linear in pixels.
-_POOR_FIT_R_SQUARED = 0.99
-_POOR_FIT_MISS = 0.1
-
-
-def calibrate(
-    function: Callable[[int, tuple[int, int]], object],
-    *,
-    manager: MemoryManager,
-    image_sizes: Sequence[tuple[int, int]] = _DEFAULT_CALIBRATION_SIZES,
-    batch_sizes: Sequence[int] = _DEFAULT_CALIBRATION_BATCHES,
-    repeats: int = 2,
-) -> CalibratedImageMemoryModel:
-    """Measure ``function``'s memory at small sizes and fit a model that predicts larger ones.
-
-    ``function(batch_size, (width, height))`` must do the work one call of the real job does
-    (load a batch of that many random images of that size onto ``manager``'s device, run the
-    model) and may return anything; what it returns is dropped. It is called once to warm up
-    (kernels, workspaces and caches made once), then ``repeats`` times for each image size
-    and batch size; each run's peak memory above what was in use before it is a sample, and
-    the largest of the repeats counts. The samples are fitted with least squares to
-    ``memory = fixed + per_pixel * width * height * batch_size``.
-
-    Peaks come from the device's allocator where it keeps peak statistics (CUDA, other
-    accelerators); on the CPU from the process's peak resident memory (Linux only: see
-    :mod:`memscope.estimation`). Raises :class:`~memscope.exceptions.MemoryFiguresUnavailableError`
-    where neither can be measured (MPS; the CPU elsewhere than Linux), and
-    :class:`~memscope.InvalidArgumentError` when the samples do not make a line that grows
-    with the pixels. A fit with ``r_squared`` below 0.99 or a miss above 10 % is logged as a
-    warning: memory is not linear in pixels there (see docs/sizing.md).
-
-    Measuring resets the device's peak statistics (or the process's peak resident memory),
-    so run it before a ``managed_batch``, not inside one.
-    """
-    if not callable(function):
-        raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
-    sizes = _check_sequence(image_sizes, "image_sizes", check_image_size)
-    batches = _check_sequence(
-        batch_sizes, "batch_sizes", lambda value, name: check_int(value, name, minimum=1)
-    )
-    rounds = check_int(repeats, "repeats", minimum=1)
-    if len({size[0] * size[1] * batch for size in sizes for batch in batches}) < 2:
-        raise InvalidArgumentError(
-            "calibration needs at least two different pixel counts (image size times batch "
-            f"size); got image_sizes={list(sizes)!r} and batch_sizes={list(batches)!r}"
-        )
-    source = peak_source(manager.snapshot(), host=True)
-    if source is None:
-        raise MemoryFiguresUnavailableError(
-            f"cannot measure peak memory on {manager.resolved_device}: it keeps no peak "
-            "statistics (MPS), or this system cannot reset the process's peak resident "
-            "memory (the CPU outside Linux)"
-        )
-    function(batches[0], sizes[0])
-    samples: list[CalibrationSample] = []
-    for size in sizes:
-        for batch in batches:
-            peak = max(_measure_once(function, manager, source, batch, size) for _ in range(rounds))
-            samples.append(CalibrationSample(size, batch, peak))
-    fixed, per_pixel, r_squared, miss = fit_samples(samples)
-    model = CalibratedImageMemoryModel(
-        fixed_bytes=fixed,
-        bytes_per_pixel=per_pixel,
-        samples=tuple(samples),
-        r_squared=r_squared,
-        max_relative_error=miss,
-        device=str(manager.resolved_device),
-        method=_describe_source(source),
-    )
-    if r_squared < _POOR_FIT_R_SQUARED or miss > _POOR_FIT_MISS:
-        logger.warning(
-            "calibration: memory is not linear in pixels x batch size (%s); predictions "
-            "far beyond the calibrated sizes may miss",
-            model,
-        )
-    else:
-        logger.info("calibration: %s", model)
-    return model
-
-
-def _measure_once(
-    function: Callable[[int, tuple[int, int]], object],
-    manager: MemoryManager,
-    source: str,
-    batch: int,
-    size: tuple[int, int],
-) -> int:
-    start = start_peak(manager, manager.snapshot(), source)
-    if start is None:
-        raise MemoryFiguresUnavailableError(
-            f"the peak memory of {manager.resolved_device} could not be reset"
-        )
-    function(batch, size)
-    peak = read_peak(manager, start)
-    if peak is None:
-        raise MemoryFiguresUnavailableError(
-            f"the peak memory of {manager.resolved_device} could not be read"
-        )
-    return peak
-
-
-def _check_sequence(
-    values: object, name: str, check: Callable[[object, str], Any]
-) -> tuple[Any, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InvalidArgumentTypeError(f"{name} must be a sequence, got {values!r}")
-    if not values:
-        raise InvalidArgumentError(f"{name} must not be empty")
-    return tuple(check(value, f"{name}[{index}]") for index, value in enumerate(values))

@@ -251,3 +251,25 @@ def test_async_form_checks_its_arguments_at_the_call() -> None:
         _ = process_in_chunks_async(step, 42, start=1, device="cpu")
     with pytest.raises(InvalidArgumentTypeError, match="callable"):
         _ = process_in_chunks_async(3, [1], start=1, device="cpu")  # type: ignore[arg-type]
+
+
+def test_the_chunk_of_a_failed_attempt_is_let_go_before_the_cache_is_cleared() -> None:
+    """The driver still holds the failed attempt's call while the search recovers, but not
+    its chunk: the search empties the call first, so the chunk's memory can be freed."""
+    chunks: list[weakref.ref[torch.Tensor]] = []
+    alive_at_clear: list[bool] = []
+
+    class Watching(RecordingManager):
+        def clear_cache(self) -> None:
+            alive_at_clear.append(chunks[-1]() is not None)
+            super().clear_cache()
+
+    def step(chunk: torch.Tensor) -> torch.Tensor:
+        chunks.append(weakref.ref(chunk))
+        if len(chunk) > 1:
+            raise cuda_oom(len(chunk))
+        return chunk * 2
+
+    result = process_in_chunks(step, torch.arange(2), start=2, manager=Watching())
+    assert result.tolist() == [0, 2]
+    assert alive_at_clear == [False]

@@ -150,7 +150,10 @@ def test_measured_sizing_runs_at_a_predicted_size_without_oom(cuda: torch.device
     assert state.memory_per_item is not None
     assert per_item <= state.memory_per_item <= per_item * 1.01  # allocator rounding
     assert sizes[0] == 32  # the probe after 1024 failed
-    assert sizes[1:] == [state.predicted_size] * 3
+    # The prediction, one sounding an eighth below it (which shows a line, not a step), and
+    # the prediction again.
+    assert sizes[1] == sizes[3] == state.predicted_size
+    assert sizes[2] == sizes[1] - max(1, sizes[1] // 8)
     # The margin of 3 % and the rounding cost at most a few items of the ~40 that fit.
     assert 34 <= sizes[1] <= 40
     _settle()
@@ -180,6 +183,30 @@ def test_measured_sizing_follows_memory_that_is_not_linear(cuda: torch.device) -
     assert max(sizes) <= largest
     assert sizes[-1] >= 0.9 * largest
     assert state.snapshot().measured  # the fit's points
+    _settle()
+
+
+def test_measured_sizing_reaches_the_end_of_a_step(cuda: torch.device) -> None:
+    """A function whose memory grows in blocks of 8 items (as allocators and padded batches
+    make it), 5.4 blocks free: the search reaches the end of the fifth block, 40 items, or
+    close to it, never above, in at most four errors."""
+    _settle()
+    free = int(torch.cuda.mem_get_info(cuda)[0])
+    block = int(free / 5.4)
+
+    @adaptive_batch(start=1024, device=cuda)
+    def step(batch_size: int) -> int:
+        blocks = [
+            torch.empty(block, dtype=torch.uint8, device=cuda) for _ in range(-(-batch_size // 8))
+        ]
+        assert blocks  # alive until the call returns: the peak holds every block
+        return batch_size
+
+    sizes = [step() for _ in range(12)]
+    state = step.adaptive_state  # type: ignore[attr-defined]
+    assert state.oom_count <= 4
+    assert max(sizes) <= 40
+    assert sizes[-1] >= 36
     _settle()
 
 

@@ -25,6 +25,7 @@ from memscope.batch import current_batch
 from memscope.ray._actor import (
     ActorMemory,
     ActorSettings,
+    chunk_sizing,
     describe_failure,
     device_for_gpus,
 )
@@ -62,13 +63,16 @@ def settings(**changes: Any) -> ActorSettings:
         "cache_policy": None,
         "memory_threshold": 0.9,
         "freeze_heap": True,
+    }
+    chunks: dict[str, Any] = {
         "chunk_size": None,
         "factor": 0.5,
         "min_size": 1,
         "regrow_after": None,
     }
-    options.update(changes)
-    return ActorSettings.checked(**options)
+    for name, value in changes.items():
+        (chunks if name in chunks else options)[name] = value
+    return ActorSettings.checked(sizing=chunk_sizing(**chunks), **options)
 
 
 _actors_made: list[ActorMemory] = []

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memscope import (
     BatchSizeExhaustedError,
@@ -16,6 +18,7 @@ from memscope import (
     process_in_chunks,
     process_in_chunks_async,
 )
+from memscope.sizing import iter_chunks, iter_chunks_async
 from memscope.testing import MiB, RecordingManager, oom_error
 
 Mode = Literal["sync", "async"]
@@ -259,3 +262,66 @@ def test_other_errors_pass_through_either_driver(mode: Mode) -> None:
         run()
     assert raised.value is failure
     assert attempts == [8]
+
+
+def test_a_stop_iteration_leaves_the_sync_driver_as_itself() -> None:
+    """A StopIteration the decorated function raises comes out of the call as itself (the
+    driver is a generator, which may not raise one)."""
+    stop = StopIteration("no more")
+
+    @adaptive_batch(start=8, manager=RecordingManager())
+    def work(batch_size: int) -> int:
+        raise stop
+
+    with pytest.raises(StopIteration) as raised:
+        work()
+    assert raised.value is stop
+
+
+def test_a_stop_iteration_in_iter_chunks_is_a_runtime_error() -> None:
+    """A StopIteration from a chunk's function never ends an iter_chunks loop in silence: it
+    comes out as RuntimeError, as from any generator."""
+
+    def work(chunk: Sequence[int]) -> int:
+        raise StopIteration
+
+    with pytest.raises(RuntimeError):
+        list(iter_chunks(work, [1, 2, 3], start=2, manager=RecordingManager()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    count=st.integers(min_value=0, max_value=25),
+    start=st.integers(min_value=1, max_value=12),
+    schedule=st.lists(st.booleans(), max_size=10),
+    mode=st.sampled_from(MODES),
+)
+def test_iter_chunks_hands_on_every_item_once_in_order_from_either_driver(
+    count: int, start: int, schedule: list[bool], mode: Mode
+) -> None:
+    """Over any schedule of out-of-memory errors, iter_chunks (sync or async) yields each
+    successful chunk once, and the chunks hold every item once, in order."""
+    calls = [0]
+
+    def work(chunk: Sequence[int]) -> list[int]:
+        fails = schedule[calls[0] % len(schedule)] if schedule else False
+        calls[0] += 1
+        if fails and len(chunk) > 1:
+            raise oom_error("cuda", tried=len(chunk))
+        return list(chunk)
+
+    async def work_async(chunk: Sequence[int]) -> list[int]:
+        return work(chunk)
+
+    items = list(range(count))
+    if mode == "sync":
+        chunks = list(iter_chunks(work, items, start=start, manager=RecordingManager()))
+    else:
+
+        async def collect() -> list[list[int]]:
+            stream = iter_chunks_async(work_async, items, start=start, manager=RecordingManager())
+            return [chunk async for chunk in stream]
+
+        chunks = asyncio.run(collect())
+    assert [item for chunk in chunks for item in chunk] == items
+    assert all(chunks)

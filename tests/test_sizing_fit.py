@@ -210,3 +210,63 @@ def test_on_a_staircase_the_search_probes_up_to_the_step() -> None:
     assert state.probes >= 1
     assert sizes[-1] <= 40
     assert sizes[-1] >= 36
+
+
+def test_a_fit_stuck_at_the_floor_sounds_just_below_it_once() -> None:
+    """One point, whose fit says the largest success is all that fits, with room up to the
+    smallest failure: the next size is an eighth below (40 -> 35), which fits for sure and
+    shows whether memory is flat there; measured there already, it is not sounded again."""
+    snapshot = measured(
+        ((40, 4000),),
+        largest_success=40,
+        smallest_failed_size=128,
+        failed_available=4050,
+        successes_in_a_row=1,
+    )
+    attempt, _ = choose_attempt(snapshot, available=4050, measurable=True)
+    assert (attempt.size, attempt.probing_from) == (35, None)
+    again = dataclasses.replace(snapshot, measured=((35, 3500), (40, 4000)))
+    attempt, _ = choose_attempt(again, available=4050, measurable=True)
+    assert attempt.size == 40
+
+
+def test_on_a_step_probes_go_up_twice_its_known_width() -> None:
+    """35 and 40 needed the same memory: a step at least 5 wide, so the probe tries 50
+    (40 + 2 * 5), below the bisection's 84, and goes back to 40 if it fails."""
+    snapshot = measured(
+        ((35, 4000), (40, 4000)),
+        largest_success=40,
+        smallest_failed_size=128,
+        failed_available=4050,
+        successes_in_a_row=1,
+    )
+    attempt, after = choose_attempt(snapshot, available=4050, measurable=True)
+    assert (attempt.size, attempt.probing_from) == (50, 40)
+    assert after.probes == 1
+    retry, _ = after_oom(after, dataclasses.replace(attempt, available=4050))
+    assert retry is not None
+    assert retry.size == 40
+
+
+def test_a_probe_that_measured_a_whole_block_does_not_lock_the_size() -> None:
+    """Blocks of 8 items, one block fits (8 items) and a little more: the probe at 3
+    measures the whole block; the search does not stay at 3, it reaches 8, never above."""
+    with FakeDevice("cuda", total=TOTAL) as fake:
+        run, ooms = card(fake, lambda n: math.ceil(n / 8) / 1.26)
+        step = adaptive_batch(start=128, device="cuda")(run)
+        sizes = [step() for _ in range(12)]
+    assert sizes[-1] == 8
+    assert all(size not in ooms for size in sizes)
+
+
+def test_on_padded_batches_the_search_probes_up_to_the_power_of_two() -> None:
+    """Batches padded to the next power of two, 33.5 of them fill the card: measured at
+    11, 22 and 45 the points make a line (16, 32 and 64 slots), which sounding below shows to
+    be a step; the search ends at 32, the largest that fits."""
+    with FakeDevice("cuda", total=TOTAL) as fake:
+        run, ooms = card(fake, lambda n: (1 << max(n - 1, 0).bit_length()) / 33.48)
+        step = adaptive_batch(start=128, device="cuda")(run)
+        sizes = [step() for _ in range(12)]
+    assert sizes[-1] == 32
+    assert max(sizes) <= 32
+    assert len(ooms) <= 4

@@ -103,15 +103,17 @@ def test_a_success_teaches_the_memory_per_item() -> None:
 def test_the_next_call_runs_at_the_predicted_size() -> None:
     """After a success is measured, calls run at the largest size that fits in the available
     memory less the headroom, below start (stepping to the geometric mean on the way where
-    that is more than 3x past the largest size measured); that size never exceeds the margin."""
+    that is more than 3x past the largest size measured, and sounding once an eighth below
+    it, for a step a line cannot show); that size never exceeds the margin."""
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=300 * MiB)
         step = adaptive_batch(start=200, device="cuda")(card.run)
         step()  # 200 fails; probes at 14, and learns
         sizes = [step() for _ in range(5)]
     expected = predicted_for(card)
-    # 76 fit; 76 is more than 3 x 14 past the probe: first sqrt(14 * 76.xx) = 32.
-    assert sizes == [32] + [expected] * 4
+    # 76 fit; 76 is more than 3 x 14 past the probe: first sqrt(14 * 76.xx) = 32; then one
+    # sounding at 76 - 76 // 8 = 67, which shows a line, not a step.
+    assert sizes == [32, expected, expected - expected // 8, expected, expected]
     state = step.adaptive_state
     assert state.predicted_size == expected
     assert expected * card.per_item <= (card.total - card.weights) * (1 - DEFAULT_HEADROOM)
@@ -158,7 +160,7 @@ def test_the_headroom_is_configurable() -> None:
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=100 * MiB)
         step = adaptive_batch(start=1000, headroom=0.2, device="cuda")(card.run)
-        sizes = [step() for _ in range(4)]
+        sizes = [step() for _ in range(5)]  # the fourth sounds below the third
     assert sizes[-1] == predicted_for(card, headroom=0.2)
     assert step.adaptive_state.headroom == 0.2
 
@@ -194,21 +196,24 @@ def test_a_wrong_prediction_shrinks_the_prediction_and_is_counted() -> None:
     with FakeDevice("cuda", total=24 * GiB) as fake:
         card = LinearCard(fake, per_item=200 * MiB)
         step = adaptive_batch(start=1000, device="cuda")(card.run)
-        for _ in range(3):
-            step()
+        for _ in range(4):
+            step()  # 31, 59, the prediction, and a sounding below it
         learned = step()
+        attempts_before = len(card.sizes)
         card.per_item = 230 * MiB  # larger inputs from now on
         after = [step() for _ in range(4)]
     state = step.adaptive_state
     assert state.wrong_predictions == 1
-    assert card.sizes[card.sizes.index(learned, 2) + 1] == learned  # the call that failed
+    assert card.sizes[attempts_before] == learned  # the call that failed
     assert after[0] < learned
     assert max(after) <= card.largest_fit
     # The failure proved more than the learned figure; the new measurement is more still.
     assert state.memory_per_item_floor is not None
     assert 200 * MiB < state.memory_per_item_floor < state.memory_per_item == 230 * MiB
-    # The floor that failed is forgotten with the curve; the size kept is measured anew.
-    assert all(predicted_for(card) <= size <= card.largest_fit for size in after)
+    # The floor that failed is forgotten with the curve; the size kept is measured anew
+    # (and sounded once below, as every new largest success is).
+    assert after == [after[0], after[0] - after[0] // 8, after[0], after[0]]
+    assert predicted_for(card) <= after[0] <= card.largest_fit
     assert state.smallest_failed_size == learned
     assert card.ooms == 2  # the first call's, and the one wrong prediction
 
@@ -257,12 +262,13 @@ def test_with_regrow_after_a_size_past_the_failure_is_tried_and_kept() -> None:
         card = LinearCard(fake, per_item=500 * MiB, other_processes=12 * GiB)
         step = adaptive_batch(start=40, regrow_after=2, device="cuda")(card.run)
         step()  # 40 fails, probes
-        squeezed = [step() for _ in range(3)]
+        squeezed = [step() for _ in range(4)]
         expected = predicted_for(card)
         card.free_up(0)
         grown = [step() for _ in range(2)]
     state = step.adaptive_state
-    assert squeezed[1:] == [expected, expected]
+    # The prediction, a sounding an eighth below it (a line, not a step), the prediction.
+    assert squeezed[1:] == [expected, expected - max(1, expected // 8), expected]
     assert grown == [40, 40]
     assert state.regrowths == 1
     assert state.smallest_failed_size is None

@@ -7,7 +7,7 @@ takes out of every collection) and left when Ray Data shuts the actor down. Ever
 runs inside it, with the cadence and cache policy the job asked for, and through
 :func:`~memscope.process_in_chunks`: when memory runs out, the same rows are retried in
 smaller chunks, so the batch still completes, every row in exactly one chunk that
-succeeded, in order. The actor's one :class:`~memscope.oom.AdaptiveBatchState`, passed to
+succeeded, in order. The actor's one :class:`~memscope.sizing.AdaptiveBatchState`, passed to
 every batch's ``process_in_chunks``, keeps what was learned (the size that worked, the
 memory per row where the device can be measured), so the next batches start there instead
 of running out of memory again.
@@ -25,20 +25,20 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 
 from memscope._validation import check_int
 from memscope.batch import ManagedBatch, managed_batch
-from memscope.exceptions import BatchStateError, InvalidArgumentError
+from memscope.exceptions import BatchStateError, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
-from memscope.oom import AdaptiveBatchState, process_in_chunks
 from memscope.policies import GCBackoff
 from memscope.ray._report import ActorBatchReport
 from memscope.ray._rows import BatchRows, concatenate_batches
 from memscope.reports import BatchReport
+from memscope.sizing import AdaptiveBatchState, Sizing, process_in_chunks
 from memscope.typing import CachePolicy, DeviceLike
 
 __all__: list[str] = []
@@ -52,19 +52,24 @@ _WHOLE_BATCH = 2**31 - 1
 chunk is at most the rows left, and a batch runs whole until memory runs out."""
 
 
+_WHOLE_BATCHES = Sizing()
+"""The default sizing: each Ray batch whole, until memory runs out."""
+
+
 @dataclass(frozen=True, slots=True)
 class ActorSettings:
-    """How each actor manages its memory; checked on the driver, used in every actor."""
+    """How each actor manages its memory; checked on the driver, used in every actor.
+
+    ``sizing`` sizes the chunks of every Ray batch (its ``start`` is the largest chunk;
+    ``None`` there: the whole batch, until memory runs out).
+    """
 
     device: DeviceLike = None
     every: int | None = 1
     cache_policy: CachePolicy | None = None
     memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
     freeze_heap: bool = True
-    chunk_size: int | None = None
-    factor: float = 0.5
-    min_size: int = 1
-    regrow_after: int | None = None
+    sizing: Sizing = _WHOLE_BATCHES
 
     @classmethod
     def checked(
@@ -75,10 +80,7 @@ class ActorSettings:
         cache_policy: CachePolicy | None,
         memory_threshold: float,
         freeze_heap: bool,
-        chunk_size: int | None,
-        factor: float,
-        min_size: int,
-        regrow_after: int | None,
+        sizing: Sizing,
     ) -> ActorSettings:
         """The settings, or an error naming the first bad one, before any actor starts."""
         # A managed_batch checks its own options when it is made (it is not entered here),
@@ -90,39 +92,32 @@ class ActorSettings:
             memory_threshold=memory_threshold,
             freeze_heap=freeze_heap,
         )
-        size = None if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
-        smallest = check_int(min_size, "min_size", minimum=1)
-        if size is not None and smallest > size:
-            raise InvalidArgumentError(
-                f"min_size must be <= chunk_size, got min_size={smallest!r} and chunk_size={size!r}"
+        if not isinstance(sizing, Sizing):
+            raise InvalidArgumentTypeError(
+                f"sizing must be a memscope.sizing.Sizing, got {sizing!r} of type "
+                f"{type(sizing).__name__}"
             )
-        # The sizing state checks the rest (factor, regrow_after) as process_in_chunks would.
-        AdaptiveBatchState(
-            start=_WHOLE_BATCH if size is None else size,
-            factor=factor,
-            min_size=smallest,
-            regrow_after=regrow_after,
-        )
-        return cls(
-            device=device,
-            every=every,
-            cache_policy=cache_policy,
-            memory_threshold=float(memory_threshold),
-            freeze_heap=freeze_heap,
-            chunk_size=size,
-            factor=float(factor),
-            min_size=smallest,
-            regrow_after=regrow_after,
-        )
+        return cls(device, every, cache_policy, float(memory_threshold), freeze_heap, sizing)
 
     def new_state(self) -> AdaptiveBatchState:
         """A fresh sizing state for one actor's batches."""
+        whole = self.sizing.start is None
         return AdaptiveBatchState(
-            start=_WHOLE_BATCH if self.chunk_size is None else self.chunk_size,
-            factor=self.factor,
-            min_size=self.min_size,
-            regrow_after=self.regrow_after,
+            replace(self.sizing, start=_WHOLE_BATCH) if whole else self.sizing
         )
+
+
+def chunk_sizing(
+    chunk_size: object, factor: object, min_size: object, regrow_after: object
+) -> Sizing:
+    """The :class:`Sizing` of ``memscope.ray.managed``'s separate chunk options, checked
+    (``chunk_size`` is its ``start``, and named so in the errors)."""
+    size = None if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
+    if size is not None and isinstance(min_size, int) and min_size > size:
+        raise InvalidArgumentError(
+            f"min_size must be <= chunk_size, got min_size={min_size!r} and chunk_size={size!r}"
+        )
+    return Sizing(start=size, factor=factor, min_size=min_size, regrow_after=regrow_after)  # type: ignore[arg-type]
 
 
 class Reporter(Protocol):
@@ -255,7 +250,7 @@ class ActorMemory:
     def chunk_size(self) -> int | None:
         """The chunk size the next batch starts at; ``None``: the whole batch."""
         size = self.state.current_size
-        if self.settings.chunk_size is None and size >= self._largest_batch:
+        if self.settings.sizing.start is None and size >= self._largest_batch:
             return None
         return size
 

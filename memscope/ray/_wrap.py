@@ -23,7 +23,13 @@ import torch
 
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD
-from memscope.ray._actor import ActorMemory, ActorSettings, assigned_device, describe_failure
+from memscope.ray._actor import (
+    ActorMemory,
+    ActorSettings,
+    assigned_device,
+    chunk_sizing,
+    describe_failure,
+)
 from memscope.ray._collector import (
     CONSTRUCTION_FAILED,
     READY,
@@ -133,7 +139,7 @@ def managed(
     * the batch runs through :func:`~memscope.process_in_chunks`: when memory runs out, the
       same rows are retried in smaller chunks and the results joined, so the batch still
       completes with every row exactly once, in order. The actor keeps one
-      :class:`~memscope.oom.AdaptiveBatchState` for all its batches, so the size that
+      :class:`~memscope.sizing.AdaptiveBatchState` for all its batches, so the size that
       worked (and, where the device can be measured, the memory per row) is where its next
       batches start;
     * after each batch the actor's figures so far (rows, OOMs, split batches, peak memory,
@@ -164,8 +170,8 @@ def managed(
             ``process_in_chunks``; ``None``: only predictions from measured memory grow it.
         sizing: the chunks' :class:`~memscope.sizing.Sizing` in one value (``start`` is the
             largest chunk; ``None``: the whole batch), instead of ``chunk_size``,
-            ``factor``, ``min_size`` and ``regrow_after``. Its ``headroom`` and ``measure``
-            must be the defaults for now: the actor's sizing takes neither yet.
+            ``factor``, ``min_size`` and ``regrow_after``; its ``headroom`` and ``measure``
+            apply as for ``process_in_chunks``.
 
     Returns:
         What to pass to ``map_batches`` in place of ``udf``: a subclass of the class (same
@@ -194,9 +200,18 @@ def managed(
         raise InvalidArgumentTypeError(
             f"collector must be a memscope.ray.ReportCollector, got {collector!r}"
         )
-    if sizing is not None:
-        chunk_size, factor, min_size, regrow_after = _sizing_options(
-            sizing, chunk_size, factor, min_size, regrow_after
+    separate = {
+        "chunk_size": chunk_size,
+        "factor": factor,
+        "min_size": min_size,
+        "regrow_after": regrow_after,
+    }
+    if sizing is None:
+        sizing = chunk_sizing(chunk_size, factor, min_size, regrow_after)
+    elif given := [name for name, value in separate.items() if value != _DEFAULTS[name]]:
+        raise InvalidArgumentError(
+            f"pass sizing= or {given[0]}=, not both (got {given[0]}={separate[given[0]]!r} "
+            f"and sizing={sizing!r})"
         )
     settings = ActorSettings.checked(
         device=device,
@@ -204,45 +219,20 @@ def managed(
         cache_policy=cache_policy,
         memory_threshold=memory_threshold,
         freeze_heap=freeze_heap,
-        chunk_size=chunk_size,
-        factor=factor,
-        min_size=min_size,
-        regrow_after=regrow_after,
+        sizing=sizing,
     )
     if isinstance(udf, type):
         return cast(Function, _managed_class(udf, settings, collector.address))
     return cast(Function, _managed_function(udf, settings, collector.address))
 
 
-def _sizing_options(
-    sizing: object, chunk_size: object, factor: object, min_size: object, regrow_after: object
-) -> tuple[int | None, float, int, int | None]:
-    """The actor's chunk options from a :class:`Sizing` (checked when it was made), refusing
-    the separate options as well, and the options the actor cannot apply."""
-    if not isinstance(sizing, Sizing):
-        raise InvalidArgumentTypeError(
-            f"sizing must be a memscope.sizing.Sizing or None, got {sizing!r} of type "
-            f"{type(sizing).__name__}"
-        )
-    separate = {
-        "chunk_size": (chunk_size, None),
-        "factor": (factor, 0.5),
-        "min_size": (min_size, 1),
-        "regrow_after": (regrow_after, None),
-    }
-    for name, (value, default) in separate.items():
-        if value != default:
-            raise InvalidArgumentError(
-                f"pass sizing= or {name}=, not both (got {name}={value!r} and sizing={sizing!r})"
-            )
-    defaults = Sizing()
-    for name in ("headroom", "measure"):
-        if getattr(sizing, name) != getattr(defaults, name):
-            raise InvalidArgumentError(
-                f"memscope.ray.managed cannot apply sizing.{name} yet (got "
-                f"{name}={getattr(sizing, name)!r}); leave it at its default"
-            )
-    return sizing.start, sizing.factor, sizing.min_size, sizing.regrow_after
+# The separate chunk options' defaults, which a sizing= leaves as they are.
+_DEFAULTS: dict[str, object] = {
+    "chunk_size": None,
+    "factor": 0.5,
+    "min_size": 1,
+    "regrow_after": None,
+}
 
 
 def _check_class(cls: type) -> None:

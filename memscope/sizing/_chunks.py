@@ -51,8 +51,8 @@ from memscope.sizing._options import Sizing, SizingKeywords, SizingOptions, reso
 from memscope.sizing._search import (
     Call,
     SizeSearch,
-    iterate_search,
-    iterate_search_async,
+    drive,
+    drive_async,
     run_search,
     run_search_async,
 )
@@ -66,7 +66,13 @@ if TYPE_CHECKING:
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-__all__ = ["iter_chunks", "iter_chunks_async", "process_in_chunks", "process_in_chunks_async"]
+__all__ = [
+    "ChunkKeywords",
+    "iter_chunks",
+    "iter_chunks_async",
+    "process_in_chunks",
+    "process_in_chunks_async",
+]
 
 
 class _ChunkSearch(SizeSearch[Any]):
@@ -85,6 +91,7 @@ class _ChunkSearch(SizeSearch[Any]):
         options: SizingOptions,
         sizing: _MemorySizing | None,
         state: AdaptiveBatchState | None,
+        hands_on: bool,
     ) -> None:
         batch = context.current()
         super().__init__(
@@ -95,6 +102,7 @@ class _ChunkSearch(SizeSearch[Any]):
             manager=options.manager_for(batch),
             batch=batch,
             figures=sizing is not None,
+            hands_on=hands_on,
         )
         self.function = function
         self.items = items
@@ -155,6 +163,21 @@ class _ChunkSearch(SizeSearch[Any]):
         return f" for the chunk at {self.items.where()}"
 
 
+_CALL_FIELDS = ("sizing", "memory_model", "image_size", "manager", "device", "state")
+
+
+class ChunkKeywords(SizingKeywords, total=False):
+    """The keywords every chunk entry point takes (``combine`` aside): the sizing (a
+    :class:`Sizing`, or its fields), the memory model, where memory is freed, the state."""
+
+    sizing: Sizing | None
+    memory_model: ChunkMemoryModel | None
+    image_size: Callable[[Any], tuple[int, int]] | None
+    manager: MemoryManager | None
+    device: DeviceLike
+    state: AdaptiveBatchState | None
+
+
 @dataclass(frozen=True, slots=True)
 class _ChunkCall:
     """What one call of a chunk entry point was told, before anything is checked."""
@@ -168,10 +191,20 @@ class _ChunkCall:
     device: DeviceLike
     state: object
 
-    def search(self, where: str, function: object, items: Any, *, awaited: bool) -> _ChunkSearch:
+    @classmethod
+    def of(cls, combine: object, keywords: Mapping[str, object]) -> _ChunkCall:
+        """The call told ``combine`` and ``keywords`` (the sizing fields among them)."""
+        options = dict(keywords)
+        given = {name: options.pop(name, None) for name in _CALL_FIELDS}
+        return cls(options=options, combine=combine, **given)  # type: ignore[arg-type]
+
+    def search(
+        self, where: str, function: object, items: Any, *, awaited: bool, hands_on: bool = False
+    ) -> _ChunkSearch:
         """Every argument checked, then the search; nothing is called yet (no item is read).
 
-        With ``awaited``, the search's attempts return awaitables, for the async driver.
+        With ``awaited``, the search's attempts return awaitables, for the async driver; with
+        ``hands_on``, it hands each chunk's result on.
         """
         kept = _check_state(self.state)
         if kept is not None:
@@ -210,7 +243,9 @@ class _ChunkCall:
         by_memory = None if memory is None else _MemorySizing(memory[0], items, memory[1])
         name = getattr(function, "__qualname__", repr(function))
         attempt = _awaiting(function) if awaited else function
-        return _ChunkSearch(name, attempt, source, checked_combine, options, by_memory, kept)
+        return _ChunkSearch(
+            name, attempt, source, checked_combine, options, by_memory, kept, hands_on
+        )
 
 
 @overload
@@ -218,14 +253,8 @@ def process_in_chunks(
     function: Callable[[torch.Tensor], object],
     items: torch.Tensor,
     *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Any: ...
 
 
@@ -234,14 +263,8 @@ def process_in_chunks(
     function: Callable[[Sequence[Item]], object],
     items: Iterable[Item],
     *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Any: ...
 
 
@@ -249,14 +272,8 @@ def process_in_chunks(
     function: Callable[[Any], Any],
     items: Any,
     *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Any:
     """Call ``function(chunk)`` on consecutive chunks of ``items``; shrink them on OOM.
 
@@ -331,7 +348,7 @@ def process_in_chunks(
         raise InvalidArgumentTypeError(
             f"{function!r} is a coroutine function: use process_in_chunks_async for it"
         )
-    call = _ChunkCall(sizing, options, memory_model, image_size, combine, manager, device, state)
+    call = _ChunkCall.of(combine, options)
     search = call.search("process_in_chunks", function, items, awaited=False)
     return run_search(search)
 
@@ -356,14 +373,8 @@ def process_in_chunks_async(
     function: Callable[[torch.Tensor], Awaitable[object]],
     items: torch.Tensor,
     *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Coroutine[Any, Any, Any]: ...
 
 
@@ -372,14 +383,8 @@ def process_in_chunks_async(
     function: Callable[[Sequence[Item]], Awaitable[object]],
     items: Iterable[Item],
     *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Coroutine[Any, Any, Any]: ...
 
 
@@ -387,21 +392,15 @@ def process_in_chunks_async(
     function: Callable[[Any], Awaitable[Any]],
     items: Any,
     *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
     combine: Combine | None = "concat",
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Coroutine[Any, Any, Any]:
     """:func:`process_in_chunks` for a function that returns an awaitable; awaits each chunk.
 
     Await what it returns. The arguments are checked when it is called, before there is
     anything to await: a bad one raises at once.
     """
-    call = _ChunkCall(sizing, options, memory_model, image_size, combine, manager, device, state)
+    call = _ChunkCall.of(combine, options)
     search = call.search("process_in_chunks_async", function, items, awaited=True)
     return run_search_async(search)
 
@@ -410,14 +409,7 @@ def process_in_chunks_async(
 def iter_chunks(
     function: Callable[[torch.Tensor], Result],
     items: torch.Tensor,
-    *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Generator[Result, None, None]: ...
 
 
@@ -425,28 +417,14 @@ def iter_chunks(
 def iter_chunks(
     function: Callable[[Sequence[Item]], Result],
     items: Iterable[Item],
-    *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Generator[Result, None, None]: ...
 
 
 def iter_chunks(
     function: Callable[[Any], Any],
     items: Any,
-    *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> Generator[Any, None, None]:
     """:func:`process_in_chunks`, yielding each chunk's result as the chunk completes.
 
@@ -462,23 +440,15 @@ def iter_chunks(
         raise InvalidArgumentTypeError(
             f"{function!r} is a coroutine function: use iter_chunks_async for it"
         )
-    call = _ChunkCall(sizing, options, memory_model, image_size, None, manager, device, state)
-    search = call.search("iter_chunks", function, items, awaited=False)
-    return iterate_search(search)
+    call = _ChunkCall.of(None, options)
+    return drive(call.search("iter_chunks", function, items, awaited=False, hands_on=True))
 
 
 @overload
 def iter_chunks_async(
     function: Callable[[torch.Tensor], Awaitable[Result]],
     items: torch.Tensor,
-    *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> AsyncGenerator[Result, None]: ...
 
 
@@ -486,34 +456,21 @@ def iter_chunks_async(
 def iter_chunks_async(
     function: Callable[[Sequence[Item]], Awaitable[Result]],
     items: Iterable[Item],
-    *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> AsyncGenerator[Result, None]: ...
 
 
 def iter_chunks_async(
     function: Callable[[Any], Awaitable[Any]],
     items: Any,
-    *,
-    sizing: Sizing | None = None,
-    memory_model: ChunkMemoryModel | None = None,
-    image_size: Callable[[Any], tuple[int, int]] | None = None,
-    manager: MemoryManager | None = None,
-    device: DeviceLike = None,
-    state: AdaptiveBatchState | None = None,
-    **options: Unpack[SizingKeywords],
+    **options: Unpack[ChunkKeywords],
 ) -> AsyncGenerator[Any, None]:
     """:func:`iter_chunks` for a function that returns an awaitable: ``async for`` over it.
 
     ``items`` is read synchronously (a sequence, a tensor or an ordinary iterable). The
     arguments are checked when it is called: a bad one raises at once.
     """
-    call = _ChunkCall(sizing, options, memory_model, image_size, None, manager, device, state)
-    search = call.search("iter_chunks_async", function, items, awaited=True)
-    return iterate_search_async(search)
+    call = _ChunkCall.of(None, options)
+    return drive_async(
+        call.search("iter_chunks_async", function, items, awaited=True, hands_on=True)
+    )

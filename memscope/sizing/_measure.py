@@ -7,7 +7,7 @@ again: its rise above the memory in use before the attempt is what the attempt n
 go through the manager (``reset_peak_memory_stats``, ``snapshot().peak_allocated``), so every
 backend that keeps peak statistics is measured the same way; on the CPU, where the manager
 watches the host, the process's peak resident memory stands in (see
-:mod:`memscope.estimation`).
+:mod:`memscope._peak`).
 
 A device has one peak. Two attempts measured at once on it (threads, or async tasks that
 interleave) would reset each other's: an attempt that starts while another is measured on
@@ -21,13 +21,8 @@ import threading
 from dataclasses import dataclass
 
 from memscope import _context as context
-from memscope.estimation import (
-    PeakStart,
-    available_bytes,
-    peak_source,
-    read_peak,
-    start_peak,
-)
+from memscope._peak import PeakStart, peak_source, read_peak, start_peak
+from memscope.estimation import available_bytes
 from memscope.manager import MemoryManager
 from memscope.snapshot import MemorySnapshot
 

@@ -20,7 +20,8 @@ Two ways to choose a size, by what is known:
   a few steps.
   Before anything is learned, an out-of-memory error on a device whose peaks can be measured
   is followed by a probe: a small size (halfway between ``min_size`` and the failed size on
-  a log scale), to measure.
+  a log scale), to measure. Where memory rises in steps (blocks, padding), a sounding just
+  below the largest success shows a step, and probes climb it (:func:`_probe_above`).
 * **By factor**, where nothing can be measured: after an out-of-memory error, ``size *
   factor``; after ``regrow_after`` successes, ``size / factor``.
 
@@ -31,7 +32,7 @@ chunks counted in items, one estimated byte for chunks sized by a memory model.
 import math
 from dataclasses import replace
 
-from memscope.sizing._fit import fit_memory, with_point
+from memscope.sizing._fit import FLAT, fit_memory, with_point
 from memscope.sizing._snapshot import (
     UNLIMITED,
     AdaptiveBatchSnapshot,
@@ -60,6 +61,10 @@ failed size failed: that failure no longer bounds the predictions."""
 PROBE_WORST = 0.08
 """A fit that misses one of its points by more than this cannot follow the curve (steps,
 padding): the search then probes between the largest success and the smallest failure."""
+
+SOUNDING = 8
+"""A sounding goes this share (one eighth) of the largest success below it, one unit at
+least."""
 
 KEPT_MEASUREMENTS = 12
 """Sizes whose measurements are kept for the fit."""
@@ -177,25 +182,47 @@ def _prediction(
     return attempt, size
 
 
+def _step_start(points: tuple[tuple[int, int], ...], floor: int) -> int | None:
+    """The smallest measured units whose peak equals the floor's (a step of a staircase
+    reaching down there); ``None`` when no other size measured the same."""
+    level = next((used for units, used in points if units == floor), None)
+    if level is None:
+        return None
+    same = [units for units, used in points if units < floor and abs(used - level) <= FLAT * level]
+    return min(same, default=None)
+
+
 def _probe_above(
     snapshot: AdaptiveBatchSnapshot, work: Work, available: int, attempt: Attempt
 ) -> Attempt | None:
     """A probe between the largest success and the smallest failure, when the fit cannot
     follow the curve and would stay put; ``None`` when no probe is due."""
     floor, ceiling = snapshot.largest_success, _ceiling(snapshot, available)
-    if floor is None or ceiling is None or ceiling - floor < 2 or attempt.work_units > floor:
+    if floor is None or ceiling is None or ceiling - floor < 2:
         return None
     fit = fit_memory(snapshot.measured)
-    if fit is None or not (fit.flat or fit.worst > PROBE_WORST):
+    if fit is None:
         return None
+    step_start = _step_start(snapshot.measured, floor)
+    if attempt.work_units > floor and step_start is None:
+        return None
+    if step_start is None and not fit.flat and fit.worst <= PROBE_WORST:
+        # Points on a line may all sit on steps (padded batches measured at 11, 22 and 45
+        # need 16, 32 and 64 items' memory: a line): only a size just below shows it.
+        return _sounding(snapshot, work, floor, attempt)
     # Each probe that ran out of memory adds one success to the wait before the next: the
     # bisection closes in a few probes, and a curve that keeps failing them waits longer.
     if snapshot.successes_in_a_row < 1 + snapshot.failed_probes:
         return None
-    # Bisection, guided by the fit: no further than the curve could go if every miss of the
-    # fit were in our favour.
-    hopeful = fit.largest_within(available, margin=-fit.worst)
-    size = work.largest_within(min((floor + ceiling) // 2, math.floor(hopeful)))
+    if step_start is not None:
+        # On a step of a staircase: memory is the same from its start to the floor, so the
+        # step goes on at least as far again, as far as we know; twice that width, at most.
+        reach = float(floor + max(1, 2 * (floor - step_start)))
+    else:
+        # Bisection, guided by the fit: no further than the curve could go if every miss
+        # of the fit were in our favour.
+        reach = fit.largest_within(available, margin=-fit.worst)
+    size = work.largest_within(min((floor + ceiling) // 2, math.floor(reach)))
     if work.limit is not None:
         size = min(size, work.limit)
     if work.units_of(size) <= floor or size <= attempt.size:
@@ -206,6 +233,28 @@ def _probe_above(
         units=work.units_of(size),
         probing_from=attempt.size,
     )
+
+
+def _sounding(
+    snapshot: AdaptiveBatchSnapshot, work: Work, floor: int, attempt: Attempt
+) -> Attempt | None:
+    """Once the fit stays at the largest success with room up to the smallest failure: an
+    attempt a little below it, which fits for sure, to see whether memory is flat there
+    (a step of blocks or padding, which one measurement cannot show); ``None`` when a size
+    near below is measured already."""
+    if work.limit is not None or snapshot.successes_in_a_row < 1:
+        # Chunks move on through their items: a chunk an eighth shorter measures other
+        # items, not the same work at a smaller size.
+        return None
+    lower = floor - max(1, floor // SOUNDING)
+    if lower < work.units_of(snapshot.min_size) or any(
+        lower <= units < floor for units, _ in snapshot.measured
+    ):
+        return None
+    size = work.largest_within(lower)
+    if size < snapshot.min_size or size >= attempt.size:
+        return None
+    return replace(attempt, size=size, units=work.units_of(size))
 
 
 def choose_attempt(
