@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 
+from memscope import _manager_checks as checks
 from memscope._devices import resolve_device
 from memscope._ledger import Ledger
 from memscope._outcome import CleanupOutcome
@@ -23,15 +24,12 @@ from memscope.backends import DeviceBackend, MemoryReading
 from memscope.container import ContainerMemoryMonitor
 from memscope.estimation import ImageMemoryModel
 from memscope.exceptions import (
-    InvalidArgumentError,
-    InvalidArgumentTypeError,
     MemoryFiguresUnavailableError,
 )
 from memscope.host import HostMemoryMonitor
 from memscope.policies import ClearAlways, GCBackoff
 from memscope.snapshot import MemorySnapshot
 from memscope.typing import CachePolicy, DeviceLike, MemoryModel
-from memscope.units import format_bytes, parse_bytes
 
 __all__ = ["DEFAULT_MEMORY_THRESHOLD", "ManagerStats", "MemoryManager"]
 
@@ -42,7 +40,7 @@ API of the Cobra batch-processing system uses 0.8."""
 logger = logging.getLogger("memscope")
 
 CLEAR_ALWAYS = ClearAlways()
-CONTAINER = "container"
+CONTAINER = checks.CONTAINER
 
 
 class _Step:
@@ -138,30 +136,15 @@ class MemoryManager:
         budget: int | str | None = None,
     ) -> None:
         self._memory_threshold = check_fraction(memory_threshold, "memory_threshold")
-        if gc_backoff is not None and not isinstance(gc_backoff, GCBackoff):
-            raise InvalidArgumentTypeError(
-                f"gc_backoff must be a GCBackoff or None, got {gc_backoff!r}"
-            )
-        self._backoff = None if gc_backoff is None else gc_backoff.new_state()
-        if isinstance(host, str) and host != CONTAINER:
-            raise InvalidArgumentError(f"host must be True, False or 'container', got {host!r}")
-        if not isinstance(host, (bool, str)):
-            raise InvalidArgumentTypeError(
-                f"host must be True, False or 'container', got {host!r} of type "
-                f"{type(host).__name__}"
-            )
-        self._budget = None if budget is None else _check_budget(budget)
+        self._backoff = None if gc_backoff is None else checks.gc_backoff(gc_backoff).new_state()
+        host = checks.host(host)
+        self._budget = None if budget is None else checks.budget(budget)
         self._device, self._backend = resolve_device(device)
         # Formatted once: every snapshot names its device.
         self._device_name = str(self._backend.device)
         self._no_figures = MemorySnapshot(self._device_name, 0.0)
-        if memory_model is not None and not isinstance(memory_model, MemoryModel):
-            raise InvalidArgumentTypeError(
-                "memory_model must be a memory model with an estimate((width, height)) method, "
-                f"such as ImageMemoryModel(), got {memory_model!r}"
-            )
         self.memory_model: MemoryModel = (
-            ImageMemoryModel() if memory_model is None else memory_model
+            ImageMemoryModel() if memory_model is None else checks.memory_model(memory_model)
         )
         self._ledger = Ledger()
         self._failing_queries: set[str] = set()
@@ -175,7 +158,13 @@ class MemoryManager:
         elif host or self._budget_counts_host_memory:
             self._host_monitor = HostMemoryMonitor()
         if self._budget is not None:
-            self._check_budget_fits(budget, self._budget, device_capacity)
+            checks.budget_fits(
+                budget,
+                self._budget,
+                device_capacity,
+                self._host_monitor if self._budget_counts_host_memory else None,
+                self.resolved_device,
+            )
         # Known once: the CPU without host or budget figures has nothing to read at a step,
         # and, with no cache to clear and usage always 0, nothing to do at one (unless a
         # subclass does something of its own there).
@@ -498,26 +487,6 @@ class MemoryManager:
             return None, False
         reports_nothing = reading.total is None and reading.reserved is None
         return reading.total, reports_nothing
-
-    def _check_budget_fits(
-        self, budget: object, budget_size: int, device_capacity: int | None
-    ) -> None:
-        capacity, of_what = device_capacity, f"the total memory of {self.resolved_device}"
-        if self._budget_counts_host_memory and self._host_monitor is not None:
-            capacity = self._host_monitor.limit.size
-            of_what = f"the host's memory limit, {self._host_monitor.limit}"
-        if capacity is not None and budget_size > capacity:
-            raise InvalidArgumentError(
-                f"budget {budget!r} ({format_bytes(budget_size)}) is larger than {of_what} "
-                f"({format_bytes(capacity)})"
-            )
-
-
-def _check_budget(budget: object) -> int:
-    size = parse_bytes(budget, "budget")
-    if size == 0:
-        raise InvalidArgumentError(f"budget must be more than 0 bytes, got {budget!r}")
-    return size
 
 
 def _fraction(part: int | None, whole: int | None) -> float:
