@@ -1,4 +1,5 @@
-"""One base for memscope's context managers: write ``__enter__``/``__exit__``, get ``async with``.
+"""One base for memscope's context managers: write ``__enter__`` and ``_leave``, get ``with`` and
+``async with``.
 
 memscope's context managers do no I/O worth awaiting on entry or exit, so their asynchronous
 form is the synchronous one run in place; deriving it in one base keeps the two from drifting.
@@ -22,12 +23,16 @@ class SyncAndAsyncContextManager(abc.ABC):
     def __enter__(self: Manager) -> Manager: ...
 
     @abc.abstractmethod
+    def _leave(self, error: BaseException | None) -> None:
+        """Leave the block; ``error`` is the exception leaving it, if any."""
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        self._leave(exc)
 
     async def __aenter__(self: Manager) -> Manager:
         return self.__enter__()
@@ -38,4 +43,4 @@ class SyncAndAsyncContextManager(abc.ABC):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, traceback)
+        self._leave(exc)

@@ -14,7 +14,6 @@ import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from os import PathLike
-from types import TracebackType
 from typing import Any, TypeVar
 
 from memscope import _context as context
@@ -203,19 +202,14 @@ class ManagedBatch(SyncAndAsyncContextManager):
         context.active_batch.set(self)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _leave(self, error: BaseException | None) -> None:
         if self._holds == 0:
             raise BatchStateError("batch.__exit__ was called without a matching __enter__")
         if context.active_batch.get() is self:
             # Left in order. Out of order (an inner batch still running on top), the inner
             # batch stays active here and falls back past this one when it leaves.
             context.active_batch.set(context.nearest_running(self._parent))
-        self.close(exc)
+        self.close(error)
 
     def _start(self) -> None:
         parent = context.current()

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from types import TracebackType
 
 import torch.distributed as dist
 
+from memscope._context_manager import SyncAndAsyncContextManager
 from memscope.batch import ManagedBatch
 from memscope.distributed._checks import (
     check_group,
@@ -108,7 +108,7 @@ def gather_reports(
         release_groups(own_groups)
 
 
-class ReportGathering:
+class ReportGathering(SyncAndAsyncContextManager):
     """Gathers the ranks' reports when its ``with`` block ends; made by :func:`gathered_reports`.
 
     After the block, ``combined`` holds the :class:`CombinedReport` on every rank (``None``
@@ -160,18 +160,13 @@ class ReportGathering:
                 self._own_groups = make_gloo_groups(self._timeout)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _leave(self, error: BaseException | None) -> None:
         try:
-            if exc is not None and not isinstance(exc, Exception):
+            if error is not None and not isinstance(error, Exception):
                 # KeyboardInterrupt or SystemExit: the process is leaving, and holding it for
                 # the timeout would only delay that. The others end in ReportGatherError.
                 return
-            self._gather(exc)
+            self._gather(error)
         finally:
             if self._own_groups is not None:
                 release_groups(self._own_groups)

@@ -21,7 +21,6 @@ import threading
 import time
 from os import PathLike
 from pathlib import Path
-from types import TracebackType
 
 import torch
 
@@ -259,14 +258,9 @@ class MemoryHistoryRecorder(SyncAndAsyncContextManager):
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _leave(self, error: BaseException | None) -> None:
         try:
-            if exc is not None and is_oom_error(exc):
-                self.record_oom(exc)
+            if error is not None and is_oom_error(error):
+                self.record_oom(error)
         finally:
             self.stop()

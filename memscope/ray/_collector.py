@@ -30,9 +30,9 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any
 
+from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._validation import check_positive_number
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, ReportGatherError
 from memscope.ray._import import require_ray
@@ -288,7 +288,7 @@ class CollectorAddress:
     namespace: str
 
 
-class ReportCollector:
+class ReportCollector(SyncAndAsyncContextManager):
     """The job's report collector: a named Ray actor, started now, that workers report to.
 
     Make one on the driver before the dataset runs, hand it to
@@ -384,12 +384,7 @@ class ReportCollector:
     def __enter__(self) -> ReportCollector:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _leave(self, error: BaseException | None) -> None:
         self.close()
 
     def __repr__(self) -> str:
