@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__: list[str] = []
 
@@ -37,10 +37,5 @@ class SyncAndAsyncContextManager(abc.ABC):
     async def __aenter__(self: Manager) -> Manager:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._leave(exc)
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)

@@ -187,18 +187,23 @@ class Timeline(Sequence[TimelineEntry]):
         self._items = items = array("q", (first + step * row for row in range(self._length)))
         return items
 
-    def _truncate(self, length: int) -> None:
-        """Drop the rows from ``length`` on (an append that failed half-way)."""
-        if self._items is not None:
-            del self._items[length:]
-        for column in (
+    def _columns(self) -> tuple[Any, ...]:
+        """Every column, the items first (``None`` where one is not kept)."""
+        return (
+            self._items,
             self._seconds,
             self._usage,
             self._allocated,
             self._reserved,
             self._host_resident,
             self._gc_ran,
-        ):
+        )
+
+    def _truncate(self, length: int) -> None:
+        """Drop the rows from ``length`` on (an append that failed half-way)."""
+        if self._items is not None:
+            del self._items[length:]
+        for column in self._columns()[1:]:
             if column is not None:
                 del column[length:]
         for name in ("_allocated", "_reserved", "_host_resident"):
@@ -302,15 +307,7 @@ class Timeline(Sequence[TimelineEntry]):
         return f"Timeline(<{self._length} entries, the last {self[-1]!r}>)"
 
     def __sizeof__(self) -> int:
-        columns = (
-            self._items,
-            self._seconds,
-            self._usage,
-            self._allocated,
-            self._reserved,
-            self._host_resident,
-            self._gc_ran,
-        )
+        columns = self._columns()
         return object.__sizeof__(self) + sum(
             sys.getsizeof(column) for column in columns if column is not None
         )

@@ -56,6 +56,13 @@ class _Patches:
                 setattr(module, name, original)
 
 
+def _left(registry: AbstractContextManager[None] | None) -> None:
+    """Leave a stand-in's registry of backends; managers made meanwhile are forgotten."""
+    forget_shared_managers()
+    if registry is not None:
+        registry.__exit__(None, None, None)
+
+
 class NoAccelerator:
     """While active, memscope sees no CUDA, MPS or other accelerator: the machine looks
     CPU-only.
@@ -78,10 +85,8 @@ class NoAccelerator:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        forget_shared_managers()
-        if self._registry is not None:
-            self._registry.__exit__(None, None, None)
-            self._registry = None
+        _left(self._registry)
+        self._registry = None
 
 
 class FakeDevice:
@@ -292,10 +297,8 @@ class FakeDevice:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        forget_shared_managers()
-        if self._registry is not None:
-            self._registry.__exit__(None, None, None)
-            self._registry = None
+        _left(self._registry)
+        self._registry = None
         self._patches.restore()
 
     def _stand_in(self, real: type[DeviceBackend]) -> type[DeviceBackend]:
