@@ -36,7 +36,7 @@ from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._validation import check_positive_number
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, ReportGatherError
 from memscope.ray._import import require_ray
-from memscope.ray._report import ActorBatchReport, ActorReport, RayJobReport
+from memscope.ray._report import ActorBatchReport, ActorReport, RayJobReport, identity_fields
 
 __all__: list[str] = []
 
@@ -238,15 +238,9 @@ def job_report(records: list[Record]) -> RayJobReport:
                 host=str(identity.get("host", "")),
                 report=report,
                 error=_how_it_ended(entry, successor),
-                actor_id=actor_id,
                 incarnation=incarnation,
-                worker_id=str(identity.get("worker_id", "")),
-                node_id=str(identity.get("node_id", "")),
-                node_ip=str(identity.get("node_ip", "")),
-                pid=identity.get("pid"),
-                gpu_ids=tuple(str(gpu) for gpu in identity.get("gpu_ids", ())),
-                function=str(identity.get("function", "")),
                 last_failure=entry["last_failure"],
+                **identity_fields(identity),
                 closed=entry["phase"] == "closed" and entry["construction_error"] is None,
             )
         )

@@ -21,6 +21,7 @@ shown, not hidden.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
@@ -197,17 +198,25 @@ class ActorReport(RankReport):
             host=str(data["host"]),
             report=None if report is None else ActorBatchReport.from_dict(report),
             error=data["error"],
-            actor_id=data.get("actor_id"),
             incarnation=int(data.get("incarnation", 0)),
-            worker_id=str(data.get("worker_id", "")),
-            node_id=str(data.get("node_id", "")),
-            node_ip=str(data.get("node_ip", "")),
-            pid=data.get("pid"),
-            gpu_ids=tuple(str(gpu) for gpu in data.get("gpu_ids", ())),
-            function=str(data.get("function", "")),
             last_failure=data.get("last_failure"),
+            **identity_fields(data),
             closed=bool(data.get("closed", False)),
         )
+
+
+def identity_fields(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an :class:`ActorReport` that say which worker it is, from a dict of
+    them (a worker's identity, or a report's dict)."""
+    return {
+        "actor_id": identity.get("actor_id"),
+        "worker_id": str(identity.get("worker_id", "")),
+        "node_id": str(identity.get("node_id", "")),
+        "node_ip": str(identity.get("node_ip", "")),
+        "pid": identity.get("pid"),
+        "gpu_ids": tuple(str(gpu) for gpu in identity.get("gpu_ids", ())),
+        "function": str(identity.get("function", "")),
+    }
 
 
 def _peak(report: BatchReport) -> int | None:
