@@ -23,10 +23,11 @@ logger = logging.getLogger("memscope")
 
 
 def run_cleanup_safely(
-    manager: MemoryManager, where: str, cache_policy: CachePolicy = CLEAR_ALWAYS
+    manager: MemoryManager, where: str | int, cache_policy: CachePolicy = CLEAR_ALWAYS
 ) -> CleanupOutcome | None:
     """One cleanup step through ``manager`` (:meth:`MemoryManager.clean_up`), but a failure
-    is logged as a warning and gives ``None``.
+    is logged as a warning and gives ``None``; ``where`` says after what (an int: after that
+    item of a batch).
 
     Cleanup runs after the user's code; its failure must never replace their result or
     their exception.
@@ -34,10 +35,14 @@ def run_cleanup_safely(
     try:
         outcome = manager.clean_up(cache_policy)
     except Exception:
-        failures.failed(f"memory cleanup after {where}")
+        failures.failed(f"memory cleanup after {_place(where)}")
         return None
     failures.succeeded()
     return outcome
+
+
+def _place(where: str | int) -> str:
+    return f"batch item {where}" if isinstance(where, int) else where
 
 
 def reclaim(manager: MemoryManager) -> CleanupOutcome | None:

@@ -142,19 +142,23 @@ def tracked(
     batch: ManagedBatch, keyed_items: Iterable[tuple[Item, ItemKey | None]]
 ) -> Generator[Item, None, None]:
     """``track()``'s generator: each loop body is one tracked item."""
-    tracked_item = context.tracked_item
+    marked, mark = context.tracked_item.get, context.tracked_item.set
+    advance = batch._advance  # the hot path: bound once
     for item, key in keyed_items:
         if key is not None and skipped(batch, key):
             continue
         # Generators share their caller's context, so this marks the loop body.
-        outer = tracked_item.get()
-        tracked_item.set(batch)
+        outer = marked()
+        mark(batch)
         try:
             yield item
         finally:
-            tracked_item.set(outer)
+            mark(outer)
         # Reached only when the loop asks for the next item: the body is done.
-        done(batch, key)
+        if key is None:
+            advance(1)
+        else:
+            done(batch, key)
 
 
 def check_map(function: object, on_error: object) -> bool:

@@ -57,13 +57,18 @@ class HostWatch(Watcher):
         self.samples = 0
         """Samples taken so far: a reader of :attr:`last` sees whether it is new."""
         self._item = -1
+        self._share_of: int | None = None
 
     def __repr__(self) -> str:
         return "HostWatch()"
 
     def started(self, batch: ManagedBatch) -> None:
-        self.monitor = host_monitor_for(batch.manager)
+        self.monitor = monitor = host_monitor_for(batch.manager)
         self.start = self.sample()
+        # Known once: whether the batch's usage is the host's share (see host_share).
+        on_device = batch.start_figures.total is not None
+        if monitor is not None and batch.manager.host_monitor is None and not on_device:
+            self._share_of = monitor.limit.size
 
     def sample(self) -> int | None:
         """The process's resident memory now, folded into the peak; ``None`` if unknown."""
@@ -99,12 +104,10 @@ class HostWatch(Watcher):
         """On the CPU, whose usage the manager reports as 0.0 when it watches no host (the
         Cobra MemoryManager API's figure), ``resident`` over the host's limit: the batch's
         usage then; ``None`` elsewhere."""
-        manager = batch.manager
-        if self.monitor is None or resident is None or manager.host_monitor is not None:
+        limit = self._share_of
+        if limit is None or resident is None:
             return None
-        if batch.start_figures.total is not None:
-            return None
-        return self.monitor.usage(resident)
+        return min(max(resident / limit, 0.0), 1.0)
 
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         usage_of = usage_basis(batch, None if self.monitor is None else self.monitor.limit.size)

@@ -301,14 +301,16 @@ class ManagedBatch(SyncAndAsyncContextManager):
         """Count ``count`` finished items (and ``calls`` decorated calls, under the same lock);
         clean up once if the items complete a run of ``every``."""
         ledger = self._ledger
-        with ledger.lock:
-            ledger.calls += calls
-            before = ledger.items
-            ledger.items = after = before + count
+        lock = ledger.lock
+        lock.acquire()  # `+=` cannot raise, and this spares the `with` protocol
+        ledger.calls += calls
+        before = ledger.items
+        ledger.items = after = before + count
+        lock.release()
         self._reading = None
         every = self.every
         if every is not None and after // every > before // every:
-            self._clean_up(f"batch item {after}")
+            self._clean_up(after)  # the reason, formatted only if the step fails
         for items_done in self._hooks.items_done:
             items_done(self, after, count)
 
@@ -318,7 +320,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._require_active("batch.clean_up()")
         self._clean_up(reason)
 
-    def _clean_up(self, reason: str) -> None:
+    def _clean_up(self, reason: str | int) -> None:
         manager = self._manager
         assert manager is not None  # set while the batch runs
         outcome = run_cleanup_safely(manager, reason, self.cache_policy)
