@@ -438,7 +438,7 @@ def test_str_of_a_report_is_a_few_short_lines() -> None:
     lines = str(report).splitlines()
     assert lines[0] == "cpu: 3 items in 1.50 s (2.00 items/s)"
     assert [line.split(":")[0] for line in lines[1:]] == [
-        "  memory",
+        "  host",
         "  memory growth",
         "  cleanup",
         "  failures",
@@ -446,7 +446,7 @@ def test_str_of_a_report_is_a_few_short_lines() -> None:
     ]
     assert all(len(line) <= 100 for line in lines), lines
     assert lines[1] == (
-        "  memory: host resident 288.0 MiB -> 473.0 MiB (peak 473.0 MiB) of 23.5 GiB limit"
+        "  host: resident 288.0 MiB -> 473.0 MiB (peak 473.0 MiB) of 23.5 GiB limit"
     )
     assert lines[2] == "  memory growth: 8.0 MiB/item"
     assert lines[3] == "  cleanup: 3 cache clears, 1 GC run (60 ms); budget 461.0 MiB"

@@ -263,10 +263,12 @@ class BatchReport:
             memory.append(f"{usage}, peak allocated {format_bytes(self.peak_allocated)}")
         elif self.usage_of is not None:
             memory.append(usage)
+        host = []
         if host_reports_figures(self):
-            host = self._host_memory()
-            memory.append(
-                host.replace("host memory: resident", "host resident") if labelled else host
+            figures = self._host_memory()
+            # Its own line in a terminal: with the device's usage it ran past 110 characters.
+            host.append(
+                figures.replace("host memory: resident", "resident") if labelled else figures
             )
         if self.inactive_split_end:
             memory.append(
@@ -312,6 +314,7 @@ class BatchReport:
         return [
             head,
             ("memory", memory),
+            ("host", host),
             ("memory growth", growth),
             ("leak", leak),
             ("cleanup", cleanup),
