@@ -57,7 +57,8 @@ class HostWatch(Watcher):
         self.samples = 0
         """Samples taken so far: a reader of :attr:`last` sees whether it is new."""
         self._item = -1
-        self._share_of: int | None = None
+        self.share_of: int | None = None
+        """The host limit the batch's usage is a share of, where it is the host's (the CPU)."""
 
     def __repr__(self) -> str:
         return "HostWatch()"
@@ -68,7 +69,7 @@ class HostWatch(Watcher):
         # Known once: whether the batch's usage is the host's share (see host_share).
         on_device = batch.start_figures.total is not None
         if monitor is not None and batch.manager.host_monitor is None and not on_device:
-            self._share_of = monitor.limit.size
+            self.share_of = monitor.limit.size
 
     def sample(self) -> int | None:
         """The process's resident memory now, folded into the peak; ``None`` if unknown."""
@@ -104,7 +105,7 @@ class HostWatch(Watcher):
         """On the CPU, whose usage the manager reports as 0.0 when it watches no host (the
         Cobra MemoryManager API's figure), ``resident`` over the host's limit: the batch's
         usage then; ``None`` elsewhere."""
-        limit = self._share_of
+        limit = self.share_of
         if limit is None or resident is None:
             return None
         return min(max(resident / limit, 0.0), 1.0)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from memscope._watch_host import HostWatch
 from memscope.reports import Timeline, TimelineEntry
+from memscope.snapshot import MemorySnapshot
+from memscope.typing import BatchCounts
 from memscope.watch import Watcher
 
 if TYPE_CHECKING:
@@ -30,17 +32,33 @@ class TimelineWatch(Watcher):
         self._journal = journal
         self._entries = Timeline()
         self._gc_runs_at_last_entry = 0
+        self._started_at = 0.0
+        self._counts: BatchCounts  # set when the batch starts
+        self._fixed: MemorySnapshot | None = None
 
     def __repr__(self) -> str:
         return "TimelineWatch()"
 
+    def started(self, batch: ManagedBatch) -> None:
+        start = batch.start_figures
+        self._started_at = batch.started_at
+        self._counts = batch.counts
+        # A device with no figures of its own, watched for neither host nor budget (the CPU
+        # by default), reads the same at every item: read once.
+        figureless = start.total is None and start.reserved is None and start.budget is None
+        self._fixed = start if figureless and start.host_limit is None else None
+
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
-        snapshot = batch.memory_now()
-        host_resident = self._host.sample_at(item)
-        host_share = self._host.host_share(batch, host_resident)
-        usage = snapshot.usage if host_share is None else host_share
-        seconds = time.perf_counter() - batch.started_at
-        gc_runs = batch.counts.gc_runs
+        snapshot = self._fixed or batch.memory_now()
+        host = self._host
+        host_resident = host.sample_at(item)
+        share_of = host.share_of
+        if share_of is not None and host_resident is not None:
+            usage = min(max(host_resident / share_of, 0.0), 1.0)  # host_share, inlined
+        else:
+            usage = snapshot.usage
+        seconds = time.perf_counter() - self._started_at
+        gc_runs = self._counts.gc_runs
         gc_ran = gc_runs > self._gc_runs_at_last_entry
         self._gc_runs_at_last_entry = gc_runs
         journal = self._journal
