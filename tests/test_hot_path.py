@@ -16,54 +16,47 @@ from memscope.typing import ItemKey
 from memscope.watch import CleanupStep, Hooks, Watcher
 
 
+class Calls:
+    """How often a counted method has been called."""
+
+    count = 0
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> type[Calls]:
+    """Count the calls of ``owner.name`` (still calling it) for the test's duration."""
+    original = getattr(owner, name)
+
+    class Counter(Calls):
+        pass
+
+    def counting(self: Any) -> Any:
+        Counter.count += 1
+        return original(self)
+
+    monkeypatch.setattr(owner, name, counting)
+    return Counter
+
+
 @pytest.fixture
-def cpu_readings() -> Any:
+def cpu_readings(monkeypatch: pytest.MonkeyPatch) -> type[Calls]:
     """Counts the CPU backend's readings."""
-
-    class Count:
-        readings = 0
-
-    original = CpuBackend.read_memory
-
-    def counting(self: CpuBackend) -> Any:
-        Count.readings += 1
-        return original(self)
-
-    CpuBackend.read_memory = counting  # type: ignore[method-assign]
-    try:
-        yield Count
-    finally:
-        CpuBackend.read_memory = original  # type: ignore[method-assign]
+    return _counted(monkeypatch, CpuBackend, "read_memory")
 
 
 @pytest.fixture
-def host_reads() -> Any:
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> type[Calls]:
     """Counts the host monitor's resident-memory reads."""
-
-    class Count:
-        reads = 0
-
-    original = HostMemoryMonitor.resident_bytes
-
-    def counting(self: HostMemoryMonitor) -> int:
-        Count.reads += 1
-        return original(self)
-
-    HostMemoryMonitor.resident_bytes = counting  # type: ignore[method-assign]
-    try:
-        yield Count
-    finally:
-        HostMemoryMonitor.resident_bytes = original  # type: ignore[method-assign]
+    return _counted(monkeypatch, HostMemoryMonitor, "resident_bytes")
 
 
 def test_a_cpu_step_without_host_or_budget_figures_reads_nothing(cpu_readings: Any) -> None:
     """On the CPU, which reports no figures, a batch's steps never ask the backend for any
     (the threshold check knows usage is 0 without a reading)."""
     with managed_batch("cpu", every=1) as batch:
-        before = cpu_readings.readings
+        before = cpu_readings.count
         for _ in batch.track(range(20)):
             pass
-        during = cpu_readings.readings - before
+        during = cpu_readings.count - before
     assert during == 0
     assert batch.report.cleanups == 21
 
@@ -72,10 +65,10 @@ def test_a_cpu_step_with_a_budget_still_reads_the_host(host_reads: Any) -> None:
     """With a budget the CPU's usage is the host's: each step reads the host (the manager's
     check and the host watch share nothing, but neither is skipped)."""
     with managed_batch("cpu", every=1, budget="1GiB") as batch:
-        before = host_reads.reads
+        before = host_reads.count
         for _ in batch.track(range(10)):
             pass
-        during = host_reads.reads - before
+        during = host_reads.count - before
     assert during >= 10
 
 
@@ -146,7 +139,7 @@ def test_a_count_only_batch_without_a_timeline_samples_the_host_only_at_its_ends
     with managed_batch("cpu", every=None) as batch:
         for _ in batch.track(range(100)):
             pass
-    assert host_reads.reads == 2
+    assert host_reads.count == 2
     assert batch.report.items == 100
 
 
@@ -156,10 +149,10 @@ def test_the_host_is_sampled_once_per_item_with_a_timeline_and_a_step_every_item
     """With a step after every item and a timeline, the step's host sample is the one the
     timeline row uses: one read per item, not two."""
     with managed_batch("cpu", every=1, timeline=True) as batch:
-        start = host_reads.reads
+        start = host_reads.count
         for _ in batch.track(range(50)):
             pass
-        during = host_reads.reads - start
+        during = host_reads.count - start
     assert during == 50
     assert len(batch.report.timeline) == 50
 
