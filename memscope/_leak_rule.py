@@ -25,7 +25,13 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
+
+Sampled = Literal["allocated", "resident"]
+"""What a leak watch samples: the device's tensors, or the process's resident memory."""
+SAMPLED: Final[tuple[Sampled, ...]] = ("allocated", "resident")
+MIN_GROWTH_PER_ITEM: Final = 64 * 1024
+"""Growth slower than this (64 KiB per item) is never a leak, and the plot draws no line."""
 
 BLOCK: Final = 4
 """Samples per block: each block is its median item and median bytes."""

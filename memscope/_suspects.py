@@ -22,7 +22,7 @@ import torch
 
 from memscope._validation import check_int
 from memscope.exceptions import InvalidArgumentError
-from memscope.reports._leak import LeakSuspect
+from memscope.reports import LeakSuspect
 
 __all__ = ["SuspectSearch"]
 

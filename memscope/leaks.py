@@ -32,17 +32,19 @@ from typing import Any, Final
 
 import torch
 
-from memscope._leak_rule import BLOCK, SIGNIFICANCE, Blocks, Trend
+from memscope._leak_rule import (
+    BLOCK,
+    MIN_GROWTH_PER_ITEM,
+    SAMPLED,
+    SIGNIFICANCE,
+    Blocks,
+    Sampled,
+    Trend,
+)
 from memscope._suspects import SuspectSearch
 from memscope._validation import check_fraction, check_int
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
-from memscope.reports._leak import (
-    MIN_GROWTH_PER_ITEM,
-    SAMPLED,
-    LeakFinding,
-    LeakSuspect,
-    Sampled,
-)
+from memscope.reports import LeakFinding, LeakSuspect
 from memscope.units import format_bytes, parse_bytes
 
 # LeakFinding and LeakSuspect are imported here for convenience; they are documented, and

@@ -14,8 +14,9 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
+from memscope._leak_rule import MIN_GROWTH_PER_ITEM, Sampled
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.units import format_bytes
 
@@ -25,16 +26,12 @@ if TYPE_CHECKING:
 
 __all__ = ["LeakFinding", "LeakSuspect"]
 
-Sampled = Literal["allocated", "resident"]
-SAMPLED: Final[tuple[Sampled, ...]] = ("allocated", "resident")
 
 FIT_WINDOW: Final = 64
 """How many of the latest samples the growth is fitted over (the detector's default window);
 the plot and the CSV draw the fitted line over as many of the timeline's last items."""
 MIN_SAMPLES: Final = 12
 """Samples the detector needs before it judges; the plot draws no line through fewer."""
-MIN_GROWTH_PER_ITEM: Final = 64 * 1024
-"""Growth slower than this (64 KiB per item) is never a leak, and the plot draws no line."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memscope._leak_rule import Sampled
 from memscope.reports._figures import counted, device_reports_figures
-from memscope.reports._leak import Sampled, fitted_line, fitted_series, shows_growth
+from memscope.reports._leak import fitted_line, fitted_series, shows_growth
 from memscope.units import format_bytes
 
 if TYPE_CHECKING:
