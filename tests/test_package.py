@@ -168,6 +168,22 @@ def test_import_graph_has_no_cycles() -> None:
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
 
 
+def test_no_package_imports_another_packages_private_module() -> None:
+    """A private module inside a subpackage (``memscope.oom._detection``) is imported only
+    from its own package; the rest of memscope goes through the package's public names or a
+    private top-level module meant for sharing (``memscope._recovery``)."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    crossings = []
+    for name, path in sorted(modules.items()):
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for target in _imports(path, name, set(modules)):
+            target_package, _, leaf = target.rpartition(".")
+            private = leaf.startswith("_") and target_package != "memscope"
+            if private and target in modules and not package.startswith(target_package):
+                crossings.append(f"{name} -> {target}")
+    assert crossings == []
+
+
 def test_version_is_a_string() -> None:
     """``memscope.__version__`` is set."""
     assert isinstance(memscope.__version__, str)
