@@ -132,10 +132,10 @@ class BatchReport:
     runs' failures that were not retried too)."""
     memory_growth_per_item: float | None = field(default=None, metadata=_MAX)
     """How many bytes per item the memory that stays after cleanup grew over the batch's
-    latest cleanups (64 at most): the device's allocated bytes, or the process's resident
-    bytes on the CPU. A robust (Theil-Sen) slope, so one odd item moves it little; ``None``
-    where the batch could not sample (a device without figures, fewer than two cleanups).
-    Across ranks, the fastest-growing rank's."""
+    latest cleanups (128 at most, the leak watch's window): the device's allocated bytes,
+    or the process's resident bytes on the CPU. A robust (Theil-Sen) slope, so one odd item
+    moves it little; ``None`` where the batch could not sample (a device without figures,
+    fewer than two cleanups). Across ranks, the fastest-growing rank's."""
     leak: LeakFinding | None = None
     """The leak the batch named (a :class:`~memscope.reports.LeakFinding`): its rate, the
     item at which memory would run out, the evidence and the suspects. ``None`` when none
