@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from memscope._notes import add_note
 from memscope.exceptions import MemscopeError
 from memscope.reports import BatchReport, ItemFailure, with_process_rank
 from memscope.watch import defined_hooks
@@ -23,15 +24,6 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 logger = logging.getLogger("memscope")
-
-
-def add_note(error: BaseException, note: str) -> None:
-    """``error.add_note(note)``, also on Python 3.10, which has no ``add_note``."""
-    notes = getattr(error, "__notes__", None)
-    if not isinstance(notes, list):
-        notes = []
-        error.__notes__ = notes  # type: ignore[attr-defined]
-    notes.append(note)
 
 
 _REPORT_FIELDS = frozenset(BatchReport.__dataclass_fields__)

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from memscope import _journal_read
 from memscope._journal_lock import JournalLock
 from memscope._journal_read import JournalSummary
+from memscope._notes import add_note
 from memscope._validation import check_int
 from memscope._version import __version__
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError, JournalError
@@ -322,7 +323,7 @@ class Journal:
         if error is None:
             raise JournalError(message) from problem
         logger.error("%s (the run ended with %s)", message, type(error).__name__)
-        _add_note(error, f"memscope: {message}")
+        add_note(error, f"memscope: {message}")
 
     def _close_descriptor(self) -> None:
         descriptor, self._descriptor = self._descriptor, None
@@ -362,16 +363,3 @@ def _truncate_quietly(descriptor: int, size: int) -> None:
         os.ftruncate(descriptor, size)
     except OSError:
         logger.debug("could not take back a half-written journal line", exc_info=True)
-
-
-def _add_note(error: BaseException, note: str) -> None:
-    """``error.add_note(note)``, also on Python 3.10, and never raising (``__notes__`` may be
-    anything): the note is a courtesy, the error is what the user gets."""
-    try:
-        notes = getattr(error, "__notes__", None)
-        if notes is None:
-            setattr(error, "__notes__", [note])  # noqa: B010 (no __notes__ in 3.10's typing)
-        elif isinstance(notes, list):
-            notes.append(note)
-    except Exception:
-        logger.debug("could not add a note to %s", type(error).__name__, exc_info=True)

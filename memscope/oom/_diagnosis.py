@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from dataclasses import dataclass, replace
 from os import PathLike
-from typing import Any
 
+from memscope._notes import add_note, notes_of
 from memscope.manager import MemoryManager
 from memscope.snapshot import MemorySnapshot
 from memscope.units import format_bytes, parse_bytes
@@ -154,24 +153,6 @@ def _take_snapshot(
         return device, None, repr(error)
 
 
-def _notes_of(error: BaseException) -> list[Any] | None:
-    notes = getattr(error, "__notes__", None)
-    return notes if isinstance(notes, list) else None
-
-
-def _append_note(error: BaseException, note: str) -> None:
-    if sys.version_info >= (3, 11):
-        error.add_note(note)
-        return
-    # Python 3.10 has no add_note; this is what it does. 3.10's traceback printing does
-    # not show notes, but the note is there for code and for later Pythons' tooling.
-    notes = _notes_of(error)
-    if notes is None:
-        setattr(error, "__notes__", [note])  # noqa: B010
-    else:
-        notes.append(note)
-
-
 def _merge(
     earlier: _Diagnosis, batch_sizes_tried: tuple[int, ...], snapshot_path: str | None
 ) -> _Diagnosis:
@@ -217,16 +198,17 @@ def add_oom_note(
             diagnosis = _merge(earlier, sizes, path)
             if diagnosis == earlier:
                 return earlier.render()
-            notes = _notes_of(error)
+            notes = notes_of(error)
             old_note = earlier.render()
             if notes is not None and old_note in notes:
                 notes[notes.index(old_note)] = diagnosis.render()
-            else:
-                _append_note(error, diagnosis.render())
+            elif not add_note(error, diagnosis.render()):
+                raise TypeError(f"{type(error).__name__}'s __notes__ is not a list")
         else:
             device, snapshot, failure = _take_snapshot(manager)
             diagnosis = _Diagnosis(device, snapshot, failure, sizes, path, requested_bytes(error))
-            _append_note(error, diagnosis.render())
+            if not add_note(error, diagnosis.render()):
+                raise TypeError(f"{type(error).__name__}'s __notes__ is not a list")
         setattr(error, _DIAGNOSIS_ATTRIBUTE, diagnosis)
         return diagnosis.render()
     except Exception:
