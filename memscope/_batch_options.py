@@ -16,7 +16,7 @@ from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int
 from memscope._watch_allocator import AllocatorWatch
 from memscope._watch_history import HistoryWatch
-from memscope._watch_host import HostWatch
+from memscope._watch_host import host_watch_for
 from memscope._watch_journal import JournalWatch
 from memscope._watch_leaks import CountOnlyLeakWatcher, LeakWatcher
 from memscope._watch_progress import ProgressBar, load_tqdm
@@ -147,9 +147,10 @@ class BatchOptions:
             budget=self.budget,
         )
 
-    def new_watchers(self) -> tuple[Watcher, ...]:
-        """Fresh watchers for one run of the batch, in the order their hooks run."""
-        host = HostWatch()
+    def new_watchers(self, manager: MemoryManager) -> tuple[Watcher, ...]:
+        """Fresh watchers for one run of the batch on ``manager``, in the order their hooks
+        run."""
+        host = host_watch_for(manager)
         watchers: list[Watcher] = []
         journal_watch = None
         if self.journal is not None:

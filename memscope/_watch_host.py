@@ -95,12 +95,6 @@ class HostWatch(Watcher):
         self._item = item
         return self.sample()
 
-    # The step's sample: the one other watchers of the step (the leak watch, the timeline) read.
-    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
-        if step.item != self._item:
-            self._item = step.item
-            self.sample()
-
     def host_share(self, batch: ManagedBatch, resident: int | None) -> float | None:
         """On the CPU, whose usage the manager reports as 0.0 when it watches no host (the
         Cobra MemoryManager API's figure), ``resident`` over the host's limit: the batch's
@@ -152,3 +146,22 @@ def usage_basis(batch: ManagedBatch, host_limit: int | None) -> str | None:
             f"{', '.join(shares[:-1])} and {shares[-1]}"
         )
     return shares[0] if shares else None
+
+
+class SteppedHostWatch(HostWatch):
+    """A :class:`HostWatch` that samples at each cleanup step too: the batch's, where the
+    host is watched at all (the CPU, or a manager with ``host=``); elsewhere the plain watch
+    has no per-step hook."""
+
+    # The step's sample: the one other watchers of the step (the leak watch, the timeline)
+    # read.
+    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+        if step.item != self._item:
+            self._item = step.item
+            self.sample()
+
+
+def host_watch_for(manager: MemoryManager) -> HostWatch:
+    """The host watch a batch on ``manager`` needs."""
+    watched = manager.host_monitor is not None or manager.resolved_device.type == "cpu"
+    return SteppedHostWatch() if watched else HostWatch()

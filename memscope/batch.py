@@ -217,7 +217,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         self._parent = parent
         self._manager = manager
         self._report = None
-        self._start_watching((*self.options.new_watchers(), *self.options.watchers))
+        self._start_watching((*self.options.new_watchers(manager), *self.options.watchers))
         if self.options.freeze_heap:
             heap.hold_frozen_heap()
         try:

@@ -242,3 +242,15 @@ def test_an_item_key_is_a_string_or_an_int() -> None:
     key: ItemKey = "image-1.png"
     assert isinstance(key, ItemKey)
     assert isinstance(3, ItemKey)
+
+
+def test_a_batch_that_watches_no_host_has_no_host_hook_at_its_steps() -> None:
+    """On a device with figures of its own and no host= (fake CUDA here), the host watch has
+    no per-step hook; on the CPU, which the host watch measures, it has one."""
+    with FakeDevice("cuda", total=8 * GiB), managed_batch("cuda", every=1) as on_gpu:
+        gpu_hooks = {type(hook.__self__).__name__ for hook in on_gpu._hooks.cleaned}
+    with managed_batch("cpu", every=1) as on_cpu:
+        cpu_hooks = {type(hook.__self__).__name__ for hook in on_cpu._hooks.cleaned}
+    assert "HostWatch" not in gpu_hooks
+    assert "SteppedHostWatch" not in gpu_hooks
+    assert "SteppedHostWatch" in cpu_hooks
