@@ -248,9 +248,9 @@ def test_a_batch_that_watches_no_host_has_no_host_hook_at_its_steps() -> None:
     """On a device with figures of its own and no host= (fake CUDA here), the host watch has
     no per-step hook; on the CPU, which the host watch measures, it has one."""
     with FakeDevice("cuda", total=8 * GiB), managed_batch("cuda", every=1) as on_gpu:
-        gpu_hooks = {type(hook.__self__).__name__ for hook in on_gpu._hooks.cleaned}
+        gpu_hooks = {type(hook.__self__).__name__ for hook in on_gpu._hooks.cleaned}  # type: ignore[attr-defined]
     with managed_batch("cpu", every=1) as on_cpu:
-        cpu_hooks = {type(hook.__self__).__name__ for hook in on_cpu._hooks.cleaned}
+        cpu_hooks = {type(hook.__self__).__name__ for hook in on_cpu._hooks.cleaned}  # type: ignore[attr-defined]
     assert "HostWatch" not in gpu_hooks
     assert "SteppedHostWatch" not in gpu_hooks
     assert "SteppedHostWatch" in cpu_hooks
