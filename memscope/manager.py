@@ -22,7 +22,7 @@ from memscope._outcome import CleanupOutcome
 from memscope._validation import check_fraction
 from memscope.backends import DeviceBackend, MemoryReading
 from memscope.container import ContainerMemoryMonitor
-from memscope.estimation import ImageMemoryModel
+from memscope.estimation import ImageMemoryModel, available_bytes
 from memscope.exceptions import (
     MemoryFiguresUnavailableError,
 )
@@ -407,25 +407,13 @@ class MemoryManager:
         the CPU without ``host=True`` or a budget.
         """
         per_image = self.estimate_memory_required(image_size)
-        measurement = self._measure()
-        reading = measurement.reading
-        available: list[int] = []
-        if reading.total is not None and reading.used is not None:
-            available.append(reading.total - reading.used)
-        if self._host_monitor is not None and measurement.host_resident is not None:
-            available.append(self._host_monitor.limit.size - measurement.host_resident)
-        if self._budget is not None:
-            in_use = (
-                measurement.host_resident if self._budget_counts_host_memory else reading.allocated
-            )
-            if in_use is not None:
-                available.append(self._budget - in_use)
-        if not available:
+        available = available_bytes(self.snapshot())  # the rule the size search uses too
+        if available is None:
             raise MemoryFiguresUnavailableError(
                 f"max_batch_size needs the free memory of {self.resolved_device}, "
                 "which does not report it; pass host=True or a budget to measure host memory"
             )
-        return max(min(available), 0) // per_image
+        return available // per_image
 
     def reset_peak_memory_stats(self) -> None:
         """Start the device's peak figures afresh; a no-op where the device keeps none."""
