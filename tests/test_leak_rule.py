@@ -7,13 +7,11 @@ table of docs/leaks.md; each is seeded, fed to a fresh :class:`LeakWatch`, one s
 
 from __future__ import annotations
 
-import logging
 import random
-import sys
 
 import pytest
 
-from benchmarks.leaks import SHAPES, Shape, run
+from benchmarks.leaks import SHAPES, Shape, operations_per_sample, run
 from memscope import InvalidArgumentTypeError
 from memscope.leaks import LeakWatch
 from memscope.testing import GiB, MiB
@@ -263,31 +261,9 @@ def test_collected_must_be_a_bool_or_none() -> None:
 # Cost ---------------------------------------------------------------------------------------
 
 
-def calls_per_sample(samples: int) -> float:
-    """Python calls per observe over ``samples`` flat samples (a machine-free cost count)."""
-    calls = 0
-
-    def count(frame: object, event: str, argument: object) -> None:
-        nonlocal calls
-        if event in ("call", "c_call"):
-            calls += 1
-
-    watch = LeakWatch("cuda:0", capacity=24 * GiB, search_suspects=False)
-    noise = random.Random(0)
-    figures = [2 * GiB + round(noise.gauss(0, MiB)) for _ in range(samples)]
-    logging.getLogger("memscope").disabled = False
-    sys.setprofile(count)
-    try:
-        for item, figure in enumerate(figures, start=1):
-            watch.observe(item, figure)
-    finally:
-        sys.setprofile(None)
-    return calls / samples
-
-
 def test_a_sample_costs_the_same_few_calls_however_long_the_run() -> None:
     """Amortised O(1): under 100 calls per observe, the same over 1,024 and 8,192 samples."""
-    short, long = calls_per_sample(1024), calls_per_sample(8192)
+    short, long = operations_per_sample(1024), operations_per_sample(8192)
     assert long < 100
     assert long == pytest.approx(short, rel=0.15)
 
