@@ -58,7 +58,8 @@ class HostWatch(Watcher):
         """Samples taken so far: a reader of :attr:`last` sees whether it is new."""
         self._item = -1
         self.share_of: int | None = None
-        """The host limit the batch's usage is a share of, where it is the host's (the CPU)."""
+        """The host limit the batch's usage is a share of, where it is the host's (the CPU);
+        ``None`` elsewhere."""
 
     def __repr__(self) -> str:
         return "HostWatch()"
@@ -95,14 +96,13 @@ class HostWatch(Watcher):
         self._item = item
         return self.sample()
 
-    def host_share(self, batch: ManagedBatch, resident: int | None) -> float | None:
+    def host_share(self, resident: int | None) -> float | None:
         """On the CPU, whose usage the manager reports as 0.0 when it watches no host (the
         Cobra MemoryManager API's figure), ``resident`` over the host's limit: the batch's
         usage then; ``None`` elsewhere."""
-        limit = self.share_of
-        if limit is None or resident is None:
+        if self.share_of is None or resident is None or self.monitor is None:
             return None
-        return min(max(resident / limit, 0.0), 1.0)
+        return self.monitor.usage(resident)
 
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         usage_of = usage_basis(batch, None if self.monitor is None else self.monitor.limit.size)
@@ -116,7 +116,7 @@ class HostWatch(Watcher):
             "host_limit": self.monitor.limit.size,
             "usage_of": usage_of,
         }
-        start_share, end_share = self.host_share(batch, self.start), self.host_share(batch, end)
+        start_share, end_share = self.host_share(self.start), self.host_share(end)
         if start_share is not None and end_share is not None:
             part.update(usage_start=start_share, usage_end=end_share)
         return part
@@ -156,9 +156,7 @@ class SteppedHostWatch(HostWatch):
     # The step's sample: the one other watchers of the step (the leak watch, the timeline)
     # read.
     def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
-        if step.item != self._item:
-            self._item = step.item
-            self.sample()
+        self.sample_at(step.item)
 
 
 def host_watch_for(manager: MemoryManager) -> HostWatch:

@@ -52,11 +52,8 @@ class TimelineWatch(Watcher):
         snapshot = self._fixed or batch.memory_now()
         host = self._host
         host_resident = host.sample_at(item)
-        share_of = host.share_of
-        if share_of is not None and host_resident is not None:
-            usage = min(max(host_resident / share_of, 0.0), 1.0)  # host_share, inlined
-        else:
-            usage = snapshot.usage
+        host_share = host.host_share(host_resident)
+        usage = snapshot.usage if host_share is None else host_share
         seconds = time.perf_counter() - self._started_at
         gc_runs = self._counts.gc_runs
         gc_ran = gc_runs > self._gc_runs_at_last_entry
