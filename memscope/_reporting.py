@@ -37,7 +37,7 @@ def assemble_report(
 ) -> BatchReport:
     """The batch's report now: one reading of the device, the ledger, the watchers' parts."""
     manager = batch.manager
-    end = manager.snapshot()
+    end = batch.memory_now(fresh=True)  # shared with the watchers' parts (one reading)
     ledger.peaks(end.peak_allocated, end.peak_reserved)
     figures: dict[str, Any] = {
         "device": str(manager.resolved_device),
