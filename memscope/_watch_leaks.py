@@ -84,7 +84,7 @@ class LeakWatcher(Watcher):
         stays after it."""
         batch.collect()
         if self._device_figures:
-            return batch.memory_now(fresh=True).allocated
+            return batch.memory_now().allocated  # collect() dropped the reading it changed
         return self._host.sample()
 
     def _observe(self, item: int, retained: int | None, *, collected: bool | None) -> None:
