@@ -8,7 +8,7 @@ batch's memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from memscope.exceptions import HostMemoryUnavailableError
@@ -57,28 +57,39 @@ class HostWatch(Watcher):
         self.samples = 0
         """Samples taken so far: a reader of :attr:`last` sees whether it is new."""
         self._item = -1
-        self.share_of: int | None = None
-        """The host limit the batch's usage is a share of, where it is the host's (the CPU);
-        ``None`` elsewhere."""
+        self._read: Callable[[], int] | None = None
+        self.share: Callable[[int], float] | None = None
+        """Where the batch's usage is the host's share of its limit (the CPU): resident bytes
+        to that share; ``None`` elsewhere."""
 
     def __repr__(self) -> str:
         return "HostWatch()"
 
     def started(self, batch: ManagedBatch) -> None:
         self.monitor = monitor = host_monitor_for(batch.manager)
+        self._read = None if monitor is None else monitor.resident_bytes
         self.start = self.sample()
         # Known once: whether the batch's usage is the host's share (see host_share).
         on_device = batch.start_figures.total is not None
         if monitor is not None and batch.manager.host_monitor is None and not on_device:
-            self.share_of = monitor.limit.size
+            self.share = monitor.usage
 
     def sample(self) -> int | None:
         """The process's resident memory now, folded into the peak; ``None`` if unknown."""
-        monitor = self.monitor
-        if monitor is None:
+        return self.sample_at(None)
+
+    def sample_at(self, item: int | None) -> int | None:
+        """:meth:`sample`, taken at most once per item: within one item (its cleanup step,
+        then the timeline, say) the first sample is shared. ``None`` samples anew."""
+        if item is not None:
+            if item == self._item:
+                return self.last
+            self._item = item
+        read = self._read
+        if read is None:
             return None
         try:
-            resident = monitor.resident_bytes()
+            resident = read()
         except Exception:
             logger.debug("could not read the process's resident memory", exc_info=True)
             return None
@@ -88,21 +99,12 @@ class HostWatch(Watcher):
         self.samples += 1
         return resident
 
-    def sample_at(self, item: int) -> int | None:
-        """:meth:`sample`, taken at most once per item: within one item (its cleanup step,
-        then the timeline, say) the first sample is shared."""
-        if item == self._item:
-            return self.last
-        self._item = item
-        return self.sample()
-
     def host_share(self, resident: int | None) -> float | None:
         """On the CPU, whose usage the manager reports as 0.0 when it watches no host (the
         Cobra MemoryManager API's figure), ``resident`` over the host's limit: the batch's
         usage then; ``None`` elsewhere."""
-        if self.share_of is None or resident is None or self.monitor is None:
-            return None
-        return self.monitor.usage(resident)
+        share = self.share
+        return None if share is None or resident is None else share(resident)
 
     def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         usage_of = usage_basis(batch, None if self.monitor is None else self.monitor.limit.size)

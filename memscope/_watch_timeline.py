@@ -52,8 +52,8 @@ class TimelineWatch(Watcher):
         snapshot = self._fixed or batch.memory_now()
         host = self._host
         host_resident = host.sample_at(item)
-        host_share = host.host_share(host_resident)
-        usage = snapshot.usage if host_share is None else host_share
+        share = host.share
+        usage = snapshot.usage if share is None or host_resident is None else share(host_resident)
         seconds = time.perf_counter() - self._started_at
         gc_runs = self._counts.gc_runs
         gc_ran = gc_runs > self._gc_runs_at_last_entry

@@ -335,7 +335,7 @@ class HostMemoryMonitor:
 
     def usage(self, resident_bytes: int) -> float:
         """``resident_bytes`` as a fraction of the limit, clamped to [0, 1]."""
-        return min(max(resident_bytes / self.limit.size, 0.0), 1.0)
+        return min(max(resident_bytes / self._limit.size, 0.0), 1.0)
 
 
 _default_getrlimit: GetRlimit | None = None
@@ -368,18 +368,26 @@ class _PsutilResidentReader:
 _ON_LINUX = sys.platform.startswith("linux")
 
 
-class _KeptOpenStatm:
+class _KeptOpenStatm(KeptOpenFile):
     """Resident memory from a ``statm`` file kept open and read with one ``os.pread``
     (reopened in a forked child, which must not read its parent's file)."""
 
     def __init__(self, path: Path, page_size: int) -> None:
-        self.path = path
+        super().__init__(path, 256)  # statm is seven numbers on one line
         self.page_size = page_size
-        self._file = KeptOpenFile(path, 256)  # statm is seven numbers on one line
 
     def __call__(self) -> int:
-        data = self._file.read()
-        fields = data.split()
+        # The timeline reads this after every item: the read is inlined, and only the
+        # first two fields are split off.
+        descriptor = self._descriptor
+        if descriptor is None:
+            data = self.read()
+        else:
+            try:
+                data = os.pread(descriptor, self.size, 0)
+            except OSError:
+                data = self.read()  # reopens a descriptor closed under us
+        fields = data.split(None, 2)
         if len(fields) < 2:
             raise ValueError(f"{self.path} is not a statm file: {data[:40]!r}")
         return int(fields[1]) * self.page_size

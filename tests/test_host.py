@@ -528,6 +528,26 @@ def test_resident_reads_keep_one_descriptor_open(monkeypatch: pytest.MonkeyPatch
     assert opened == []
 
 
+def test_a_statm_descriptor_closed_under_the_monitor_is_reopened(tmp_path: Path) -> None:
+    """A kept-open statm descriptor that something else closed is reopened, and the reading
+    is the file's current figure."""
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    proc = fake_proc(tmp_path, resident_pages=1000, memtotal_kib=64 * 1024 * 1024)
+    monitor = HostMemoryMonitor(
+        use_psutil=False, proc_root=proc, cgroup_root=tmp_path, getrlimit=fake_getrlimit()
+    )
+    assert monitor.resident_bytes() == 1000 * page_size
+    opened_before = sorted(os.listdir("/proc/self/fd")) if LINUX_PROC else []
+    for descriptor in opened_before:
+        if os.path.realpath(f"/proc/self/fd/{descriptor}") == str(proc / "self" / "statm"):
+            os.close(int(descriptor))
+            break
+    else:
+        pytest.skip("needs /proc/self/fd to find the kept-open descriptor")
+    write(proc / "self" / "statm", "100000 2000 0 0 0 0 0\n")
+    assert monitor.resident_bytes() == 2000 * page_size
+
+
 def test_statm_reader_is_used_even_with_psutil_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     """On Linux the kept-open statm file serves although psutil is installed; off Linux psutil
     does."""
