@@ -270,3 +270,33 @@ def test_on_padded_batches_the_search_probes_up_to_the_power_of_two() -> None:
     assert sizes[-1] == 32
     assert max(sizes) <= 32
     assert len(ooms) <= 4
+
+
+def test_a_curve_through_only_its_own_points_probes_one_step_above_the_floor() -> None:
+    """Two sizes and a curve with two terms: the curve misses neither, so it says nothing of
+    the sizes between them and the failure. With the sounding below measured already, the
+    next size is one step above the largest success (an eighth, at least one: 3 -> 4), not
+    the bisection's 7; a probe that fails goes back to the floor."""
+    snapshot = measured(
+        ((2, 1000), (3, 2000)),
+        largest_success=3,
+        smallest_failed_size=11,
+        failed_available=2400,
+        successes_in_a_row=1,
+    )
+    attempt, after = choose_attempt(snapshot, available=2400, measurable=True)
+    assert (attempt.size, attempt.probing_from) == (4, 3)
+    retry, _ = after_oom(after, dataclasses.replace(attempt, available=2400))
+    assert retry is not None
+    assert retry.size == 3
+
+
+def test_on_padded_batches_a_small_card_reaches_the_power_of_two() -> None:
+    """Padded to powers of two, 4 items fit and 5 do not (padded to 8): the points at 2 and
+    3 (2 and 4 slots) bend like a quadratic card's, and the probe above 3 finds 4."""
+    with FakeDevice("cuda", total=TOTAL) as fake:
+        run, ooms = card(fake, lambda n: (1 << max(n - 1, 0).bit_length()) / 4.5)
+        step = adaptive_batch(start=128, device="cuda")(run)
+        sizes = [step() for _ in range(12)]
+    assert sizes[-1] == 4
+    assert 4 not in ooms

@@ -206,10 +206,13 @@ def _probe_above(
     step_start = _step_start(snapshot.measured, floor)
     if attempt.work_units > floor and step_start is None:
         return None
+    exact = fit.sizes <= (2 if fit.quadratic > 0 else 1)
     if step_start is None and not fit.flat and fit.worst <= PROBE_WORST:
         # Points on a line may all sit on steps (padded batches measured at 11, 22 and 45
         # need 16, 32 and 64 items' memory: a line): only a size just below shows it.
-        return _sounding(snapshot, work, floor, attempt)
+        sounding = _sounding(snapshot, work, floor, attempt)
+        if sounding is not None or not exact:
+            return sounding
     # Each probe that ran out of memory adds one success to the wait before the next: the
     # bisection closes in a few probes, and a curve that keeps failing them waits longer.
     if snapshot.successes_in_a_row < 1 + snapshot.failed_probes:
@@ -218,6 +221,11 @@ def _probe_above(
         # On a step of a staircase: memory is the same from its start to the floor, so the
         # step goes on at least as far again, as far as we know; twice that width, at most.
         reach = float(floor + max(1, 2 * (floor - step_start)))
+    elif exact:
+        # A curve through as many sizes as it has terms misses none of them, whatever the
+        # memory does between: it guides nothing. One step above the largest success (an
+        # eighth, as the sounding below it), which costs one error at most.
+        reach = float(floor + max(1, floor // SOUNDING))
     else:
         # Bisection, guided by the fit: no further than the curve could go if every miss
         # of the fit were in our favour.
