@@ -58,6 +58,9 @@ class HostWatch(Watcher):
         """Samples taken so far: a reader of :attr:`last` sees whether it is new."""
         self._item = -1
         self._read: Callable[[], int] | None = None
+        self.reuse_for = 0.0
+        """Seconds for which a reader after every item may repeat :attr:`last` (the
+        monitor's :attr:`~memscope.host.HostMemoryMonitor.reuse_for`)."""
         self.share: Callable[[int], float] | None = None
         """Where the batch's usage is the host's share of its limit (the CPU): resident bytes
         to that share; ``None`` elsewhere."""
@@ -68,6 +71,7 @@ class HostWatch(Watcher):
     def started(self, batch: ManagedBatch) -> None:
         self.monitor = monitor = host_monitor_for(batch.manager)
         self._read = None if monitor is None else monitor.resident_bytes
+        self.reuse_for = 0.0 if monitor is None else monitor.reuse_for
         self.start = self.sample()
         # Known once: whether the batch's usage is the host's share (see host_share).
         on_device = batch.start_figures.total is not None

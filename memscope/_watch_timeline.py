@@ -1,12 +1,14 @@
 """The batch's memory timeline: one row per finished item (per chunk for chunked work).
 
-Each row reuses the reading the item's cleanup step took, if it took one. With a journal,
-rows are streamed into the journal's file, so a run of a million items holds no timeline
-in memory.
+Each row reuses the reading the item's cleanup step took, if it took one. The host's figure
+(the CPU's memory) is read at most once per the host monitor's ``reuse_for`` (1 ms): rows
+closer together repeat the latest reading. With a journal, rows are streamed into the
+journal's file, so a run of a million items holds no timeline in memory.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,11 @@ class TimelineWatch(Watcher):
         self._started_at = 0.0
         self._counts: BatchCounts  # set when the batch starts
         self._fixed: MemorySnapshot | None = None
+        self._host_read_at = -math.inf
+        self._host_samples = -1
+        self._host_resident: int | None = None
+        self._host_usage: float | None = None
+        """The batch's usage as the host's share, where it is that (the CPU)."""
 
     def __repr__(self) -> str:
         return "TimelineWatch()"
@@ -50,11 +57,18 @@ class TimelineWatch(Watcher):
 
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
         snapshot = self._fixed or batch.memory_now()
+        now = time.perf_counter()
         host = self._host
-        host_resident = host.sample_at(item)
-        share = host.share
-        usage = snapshot.usage if share is None or host_resident is None else share(host_resident)
-        seconds = time.perf_counter() - self._started_at
+        # A sample the batch took since (at a cleanup step, say) is used at once.
+        if host.samples != self._host_samples or now - self._host_read_at >= host.reuse_for:
+            self._host_resident = resident = host.sample_at(item)
+            self._host_samples = host.samples
+            self._host_read_at = now
+            share = host.share
+            self._host_usage = None if share is None or resident is None else share(resident)
+        host_resident = self._host_resident
+        usage = snapshot.usage if self._host_usage is None else self._host_usage
+        seconds = now - self._started_at
         gc_runs = self._counts.gc_runs
         gc_ran = gc_runs > self._gc_runs_at_last_entry
         self._gc_runs_at_last_entry = gc_runs

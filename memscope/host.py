@@ -30,6 +30,9 @@ logger = logging.getLogger("memscope")
 PROC_ROOT = Path("/proc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
+REUSE_READING_FOR = 0.001
+"""The default of :attr:`HostMemoryMonitor.reuse_for`, in seconds."""
+
 NO_LIMIT_FROM = 2**60
 """Limits at or above this many bytes mean "no limit".
 
@@ -269,6 +272,14 @@ class HostMemoryMonitor:
             memory or the machine's RAM.
     """
 
+    reuse_for: float
+    """Seconds for which a reader after every item (a batch's timeline) repeats this
+    monitor's latest reading instead of reading anew: a reading is a system call, which
+    items faster than a fraction of a millisecond would pay for more than their own work.
+    ``REUSE_READING_FOR`` of this module when the monitor is made (1 ms; 0 under
+    :class:`memscope.testing.FakeHost`, whose figures change between items that take no
+    time); set it to 0 for a reading at every item."""
+
     def __init__(
         self,
         *,
@@ -277,6 +288,7 @@ class HostMemoryMonitor:
         cgroup_root: Path | None = None,
         getrlimit: GetRlimit | None = None,
     ) -> None:
+        self.reuse_for = REUSE_READING_FOR
         proc_root = PROC_ROOT if proc_root is None else proc_root
         cgroup_root = CGROUP_ROOT if cgroup_root is None else cgroup_root
         getrlimit = _default_getrlimit if getrlimit is None else getrlimit

@@ -602,6 +602,40 @@ def _cpu_batch_from_1_to_2_gib(host: FakeHost, **options: object) -> BatchReport
     return batch.report
 
 
+def test_a_monitor_lets_per_item_readers_reuse_a_reading_for_a_millisecond() -> None:
+    """A host monitor's readings may be repeated for 1 ms by readers after every item; under
+    FakeHost, whose figures change between items that take no time, for none."""
+    if not LINUX_PROC:
+        pytest.skip("needs /proc")
+    assert HostMemoryMonitor().reuse_for == 0.001
+    with FakeHost(resident=GiB):
+        assert HostMemoryMonitor().reuse_for == 0.0
+
+
+@pytest.mark.parametrize(
+    ("every", "fresh_rows"), [(None, [0]), (2, [0, 1, 3])], ids=["no steps", "every=2"]
+)
+def test_timeline_rows_repeat_the_host_reading_within_its_reuse_time(
+    every: int | None, fresh_rows: list[int]
+) -> None:
+    """Rows within the monitor's reuse time of the last reading repeat it; a sample the
+    batch took since, at a cleanup step, is used at once."""
+    with FakeHost(resident=GiB) as host:
+        manager = MemoryManager("cpu", host=True)
+        assert manager.host_monitor is not None
+        manager.host_monitor.reuse_for = 3600.0
+        with managed_batch(manager=manager, every=every, timeline=True) as batch:
+            for item in batch.track(range(4)):
+                host.set_resident(GiB + (item + 1) * 256 * MiB)
+    rows = [entry.host_resident for entry in batch.report.timeline]
+    expected, latest = [], None
+    for row in range(4):
+        if row in fresh_rows:
+            latest = GiB + (row + 1) * 256 * MiB
+        expected.append(latest)
+    assert rows == expected
+
+
 def test_a_cpu_batch_reports_usage_as_the_host_share_of_its_limit(tmp_path: Path) -> None:
     """On a 4 GiB host, 1 GiB -> 2 GiB resident reads usage 25 % -> 50 % "of host limit" in the
     report, every timeline row, the JSON and the CSV; the manager's own check stays 0.0."""
