@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from memscope._moved import moved_attribute
 from memscope._validation import check_image_size, check_int, check_positive_number
 from memscope.exceptions import (
     InvalidArgumentError,
@@ -72,21 +73,11 @@ __all__ = [
     "available_bytes",
 ]
 
-_MOVED_TO_SIZING = frozenset({"calibrate", "fit_samples"})
-_MOVED_TO_PEAK = frozenset({"PeakStart", "host_peak", "peak_source", "read_peak", "start_peak"})
-
 
 def __getattr__(name: str) -> Any:
-    # The names that moved, read when first asked for: sizing imports these models.
-    if name in _MOVED_TO_SIZING:
-        import memscope.sizing
-
-        return getattr(memscope.sizing, name)
-    if name in _MOVED_TO_PEAK:
-        import memscope._peak
-
-        return getattr(memscope._peak, name)
-    raise AttributeError(f"module 'memscope.estimation' has no attribute {name!r}")
+    # The names that moved, read when first asked for (memscope._moved): sizing imports
+    # these models, and they never import sizing.
+    return moved_attribute(__name__, name)
 
 
 DEFAULT_HEADROOM = 0.03

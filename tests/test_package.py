@@ -110,15 +110,14 @@ def _module_name(path: Path) -> str:
 
 def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
     """The memscope modules ``path`` imports, deferred imports included; not TYPE_CHECKING
-    ones, nor those of a module's ``__getattr__``: that re-exports names that moved (the old
-    ``memscope.oom`` and ``memscope.estimation`` paths), runs only when such a name is asked
-    for, after both modules are loaded, and is no dependency of one layer on another."""
+    ones. (The old ``memscope.oom`` and ``memscope.estimation`` paths of names that moved are
+    served by ``memscope._moved``, which imports the new home by name when such a name is
+    first asked for: no dependency of one layer on another.)"""
     tree = ast.parse(path.read_text())
     type_checking_only = {
         id(inner)
         for node in ast.walk(tree)
-        if (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
-        or (isinstance(node, ast.FunctionDef) and node in tree.body and node.name == "__getattr__")
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
         for inner in ast.walk(node)
     }
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]

@@ -18,17 +18,7 @@ import torch
 
 from memscope.exceptions import DeviceUnavailableError, InvalidArgumentTypeError
 
-__all__ = [
-    "DeviceBackend",
-    "MemoryReading",
-    "OomObserver",
-    "available_devices",
-    "create_backend",
-    "detect_device",
-    "register_backend",
-    "registered_backends",
-    "registered_in_context",
-]
+# The public names are memscope.backends's, which lists them.
 
 OomObserver = Callable[[int, int, int, int], None]
 """What torch calls when its allocator runs out of memory: ``(device index, bytes

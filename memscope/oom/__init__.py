@@ -17,6 +17,7 @@ The code lives in private modules, one per job: ``_detection`` (recognising and 
 
 from typing import TYPE_CHECKING, Any
 
+from memscope._moved import moved_attribute
 from memscope.oom._detection import (
     CaughtOom,
     call_catching_oom,
@@ -42,30 +43,11 @@ if TYPE_CHECKING:
     from memscope.sizing import process_in_chunks as process_in_chunks
     from memscope.sizing import process_in_chunks_async as process_in_chunks_async
 
-_MOVED_TO_SIZING = frozenset(
-    {
-        "AdaptiveBatchClassMethod",
-        "AdaptiveBatchDecorator",
-        "AdaptiveBatchFunction",
-        "AdaptiveBatchMethod",
-        "AdaptiveBatchSnapshot",
-        "AdaptiveBatchState",
-        "adaptive_batch",
-        "iter_chunks",
-        "iter_chunks_async",
-        "process_in_chunks",
-        "process_in_chunks_async",
-    }
-)
-
 
 def __getattr__(name: str) -> Any:
-    # Sizing imports this layer; read lazily, its old names here make no import cycle.
-    if name in _MOVED_TO_SIZING:
-        import memscope.sizing
-
-        return getattr(memscope.sizing, name)
-    raise AttributeError(f"module 'memscope.oom' has no attribute {name!r}")
+    # The sizing names this module had, read when first asked for (memscope._moved): sizing
+    # imports this layer, which never imports sizing.
+    return moved_attribute(__name__, name)
 
 
 __all__ = [
