@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from memscope import _context as context
 from memscope._devices import as_torch_device
-from memscope._validation import check_fraction, check_int
+from memscope._validation import check_fraction, check_int, reject_both
 from memscope._watch_allocator import AllocatorWatch
 from memscope._watch_history import HistoryWatch
 from memscope._watch_host import host_watch_for
@@ -83,18 +83,11 @@ class BatchOptions:
                 raise InvalidArgumentTypeError(
                     f"manager must be a MemoryManager or None, got {manager!r}"
                 )
-            given = {
-                "device": device,
-                "memory_threshold": memory_threshold,
-                "budget": budget,
-            }
-            for name, value in given.items():
+            owned = (("device", device), ("memory_threshold", memory_threshold), ("budget", budget))
+            for name, value in owned:
                 if value is not None:
-                    raise InvalidArgumentError(
-                        f"manager= and {name}= cannot be combined: {name} belongs to the "
-                        f"manager (got manager={manager!r} and {name}={value!r}); pass it "
-                        "to your MemoryManager instead"
-                    )
+                    why = f"{name} belongs to the manager; give it to your MemoryManager"
+                    reject_both("manager", manager, name, value, why)
         threshold = (
             None
             if memory_threshold is None

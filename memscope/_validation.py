@@ -7,8 +7,19 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NoReturn
 
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+
+
+def reject_both(
+    first: str, first_value: object, second: str, second_value: object, why: str
+) -> NoReturn:
+    """Refuse two options that cannot apply together, naming both and their values."""
+    raise InvalidArgumentError(
+        f"pass {first}= or {second}=, not both: {why} (got {first}={first_value!r} and "
+        f"{second}={second_value!r})"
+    )
 
 
 def _as_float(value: numbers.Real) -> float:

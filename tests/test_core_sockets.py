@@ -301,7 +301,7 @@ def test_manager_and_its_own_options_cannot_be_combined(option: str) -> None:
     manager = MemoryManager("cpu")
     values: dict[str, Any] = {"memory_threshold": 0.5, "budget": "1GiB", "device": "cpu"}
     kwargs = {option: values[option]}
-    with pytest.raises(InvalidArgumentError, match=f"manager= and {option}="):
+    with pytest.raises(InvalidArgumentError, match=f"pass manager= or {option}=, not both"):
         managed_batch(manager=manager, **kwargs)
 
 

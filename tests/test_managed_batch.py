@@ -444,7 +444,7 @@ def test_budget_configures_the_batch_manager() -> None:
         assert batch.manager.host_monitor is not None
         assert batch.manager.budget == 1024**3
     assert batch.report.host_resident_end is not None
-    with pytest.raises(InvalidArgumentError, match="manager= and budget="):
+    with pytest.raises(InvalidArgumentError, match="pass manager= or budget=, not both"):
         managed_batch(manager=RecordingManager(), budget="1GiB")
     with pytest.raises(ValueError, match="budget"):
         managed_batch("cpu", budget="lots")

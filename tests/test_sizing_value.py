@@ -103,7 +103,7 @@ def test_sizing_and_its_keywords_together_are_refused(entry: object) -> None:
     """Every entry point refuses sizing= with a sizing keyword too, naming both, and an
     unknown keyword with the list of sizing options."""
     assert callable(entry)
-    with pytest.raises(InvalidArgumentError, match="pass sizing= or its options, not both"):
+    with pytest.raises(InvalidArgumentError, match="pass sizing= or factor=, not both"):
         entry(sizing=Sizing(start=4), factor=0.25)
     with pytest.raises(InvalidArgumentTypeError, match="unexpected keyword argument 'chunk'"):
         entry(start=4, chunk=2)

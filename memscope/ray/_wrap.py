@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 
+from memscope._validation import reject_both
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD
 from memscope.ray._actor import (
@@ -200,19 +201,13 @@ def managed(
         raise InvalidArgumentTypeError(
             f"collector must be a memscope.ray.ReportCollector, got {collector!r}"
         )
-    separate = {
-        "chunk_size": chunk_size,
-        "factor": factor,
-        "min_size": min_size,
-        "regrow_after": regrow_after,
-    }
     if sizing is None:
         sizing = chunk_sizing(chunk_size, factor, min_size, regrow_after)
-    elif given := [name for name, value in separate.items() if value != _DEFAULTS[name]]:
-        raise InvalidArgumentError(
-            f"pass sizing= or {given[0]}=, not both (got {given[0]}={separate[given[0]]!r} "
-            f"and sizing={sizing!r})"
-        )
+    else:
+        separate = zip(_DEFAULTS, (chunk_size, factor, min_size, regrow_after), strict=True)
+        for name, value in separate:
+            if value != _DEFAULTS[name]:
+                reject_both("sizing", sizing, name, value, "sizing= holds every chunk option")
     settings = ActorSettings.checked(
         device=device,
         every=every,

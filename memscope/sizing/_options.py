@@ -17,7 +17,7 @@ from typing import TypedDict
 
 from memscope import _context as context
 from memscope._devices import as_torch_device
-from memscope._validation import check_int
+from memscope._validation import check_int, reject_both
 from memscope.estimation import DEFAULT_HEADROOM, check_headroom
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.manager import MemoryManager
@@ -146,11 +146,13 @@ def resolve_sizing(where: str, sizing: object, options: Mapping[str, object]) ->
             f"sizing must be a memscope.sizing.Sizing (Sizing(start=...)) or None, got "
             f"{sizing!r} of type {type(sizing).__name__}"
         )
-    if options:
-        given = ", ".join(f"{name}={value!r}" for name, value in options.items())
-        raise InvalidArgumentError(
-            f"{where}(): pass sizing= or its options, not both (got {given} and "
-            f"sizing={sizing!r}); use dataclasses.replace(sizing, ...) for a variant"
+    for name, value in options.items():
+        reject_both(
+            "sizing",
+            sizing,
+            name,
+            value,
+            f"{where}() takes one; a variant of a sizing is dataclasses.replace(sizing, ...)",
         )
     return sizing
 
@@ -170,10 +172,7 @@ class SizingOptions:
                 f"manager must be a MemoryManager or None, got {manager!r}"
             )
         if manager is not None and device is not None:
-            raise InvalidArgumentError(
-                "pass manager or device, not both: the manager already has a device "
-                f"(got manager={manager!r} and device={device!r})"
-            )
+            reject_both("manager", manager, "device", device, "the manager has a device")
         if device is not None:
             # Parses the device without touching it: decorating never initialises CUDA.
             as_torch_device(device)
