@@ -230,22 +230,38 @@ def test_a_fit_stuck_at_the_floor_sounds_just_below_it_once() -> None:
     assert attempt.size == 40
 
 
-def test_on_a_step_probes_go_up_twice_its_known_width() -> None:
-    """35 and 40 needed the same memory: a step at least 5 wide, so the probe tries 50
-    (40 + 2 * 5), below the bisection's 84, and goes back to 40 if it fails."""
+@pytest.mark.parametrize(
+    ("points", "floor", "failed", "available", "probe"),
+    [
+        # 35 and 40 needed the same memory: a step at least 5 wide, so the probe tries 50
+        # (40 + 2 * 5), below the bisection's 84.
+        (((35, 4000), (40, 4000)), 40, 128, 4050, 50),
+        # Two sizes and a curve with two terms: the curve misses neither, so it says nothing
+        # of the sizes between them and the failure; the sounding below is measured already,
+        # and the probe goes one step above the floor (an eighth, at least one), not to the
+        # bisection's 7.
+        (((2, 1000), (3, 2000)), 3, 11, 2400, 4),
+    ],
+    ids=["on a step: twice its known width", "an exact curve: one step"],
+)
+def test_a_probe_above_the_floor_goes_back_to_it_when_it_fails(
+    points: tuple[tuple[int, int], ...], floor: int, failed: int, available: int, probe: int
+) -> None:
+    """Where the fit cannot follow the curve, the next size probes above the largest success
+    (as far as the case allows), and a probe that runs out of memory goes back to it."""
     snapshot = measured(
-        ((35, 4000), (40, 4000)),
-        largest_success=40,
-        smallest_failed_size=128,
-        failed_available=4050,
+        points,
+        largest_success=floor,
+        smallest_failed_size=failed,
+        failed_available=available,
         successes_in_a_row=1,
     )
-    attempt, after = choose_attempt(snapshot, available=4050, measurable=True)
-    assert (attempt.size, attempt.probing_from) == (50, 40)
+    attempt, after = choose_attempt(snapshot, available=available, measurable=True)
+    assert (attempt.size, attempt.probing_from) == (probe, floor)
     assert after.probes == 1
-    retry, _ = after_oom(after, dataclasses.replace(attempt, available=4050))
+    retry, _ = after_oom(after, dataclasses.replace(attempt, available=available))
     assert retry is not None
-    assert retry.size == 40
+    assert retry.size == floor
 
 
 def test_a_probe_that_measured_a_whole_block_does_not_lock_the_size() -> None:
@@ -270,25 +286,6 @@ def test_on_padded_batches_the_search_probes_up_to_the_power_of_two() -> None:
     assert sizes[-1] == 32
     assert max(sizes) <= 32
     assert len(ooms) <= 4
-
-
-def test_a_curve_through_only_its_own_points_probes_one_step_above_the_floor() -> None:
-    """Two sizes and a curve with two terms: the curve misses neither, so it says nothing of
-    the sizes between them and the failure. With the sounding below measured already, the
-    next size is one step above the largest success (an eighth, at least one: 3 -> 4), not
-    the bisection's 7; a probe that fails goes back to the floor."""
-    snapshot = measured(
-        ((2, 1000), (3, 2000)),
-        largest_success=3,
-        smallest_failed_size=11,
-        failed_available=2400,
-        successes_in_a_row=1,
-    )
-    attempt, after = choose_attempt(snapshot, available=2400, measurable=True)
-    assert (attempt.size, attempt.probing_from) == (4, 3)
-    retry, _ = after_oom(after, dataclasses.replace(attempt, available=2400))
-    assert retry is not None
-    assert retry.size == 3
 
 
 def test_on_padded_batches_a_small_card_reaches_the_power_of_two() -> None:
