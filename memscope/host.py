@@ -57,12 +57,6 @@ class HostMemoryLimit:
 # Resident memory ----------------------------------------------------------------------------
 
 
-def resident_bytes_from_statm(path: Path, page_size: int) -> int:
-    """Resident memory from a ``/proc/<pid>/statm`` file: its second field, in pages."""
-    fields = path.read_text().split()
-    return int(fields[1]) * page_size
-
-
 def resident_bytes_from_status(path: Path) -> int:
     """Resident memory from the ``VmRSS:`` line of a ``/proc/<pid>/status`` file."""
     for line in path.read_text().splitlines():

@@ -25,7 +25,6 @@ from memscope.host import (
     cgroup_memory_limit,
     effective_memory_limit,
     physical_memory_from_meminfo,
-    resident_bytes_from_statm,
     resident_bytes_from_status,
     rlimit_memory_limit,
 )
@@ -55,9 +54,14 @@ def fake_getrlimit(**soft_limits: int) -> Callable[[int], tuple[int, int]]:
 
 
 def test_statm_resident_is_second_field_in_pages(tmp_path: Path) -> None:
-    """statm's second field counts resident pages."""
-    statm = write(tmp_path / "statm", "90000 2500 300 10 0 4000 0\n")
-    assert resident_bytes_from_statm(statm, page_size=4096) == 2500 * 4096
+    """statm's second field counts resident pages; a file with fewer fields is an error."""
+    statm = write(tmp_path / "self" / "statm", "90000 2500 300 10 0 4000 0\n")
+    reader = memscope.host._kept_open_statm_reader(tmp_path)
+    assert reader is not None
+    assert reader() == 2500 * os.sysconf("SC_PAGE_SIZE")
+    statm.write_text("90000\n")
+    with pytest.raises(ValueError, match="not a statm file"):
+        reader()
 
 
 def test_status_resident_is_vmrss_in_kibibytes(tmp_path: Path) -> None:
