@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from memscope._kept_open import KeptOpenFile, pread_available
+from memscope._validation import check_positive_number
 from memscope.exceptions import HostMemoryUnavailableError
 from memscope.units import format_bytes
 
@@ -266,13 +267,6 @@ class HostMemoryMonitor:
             memory or the machine's RAM.
     """
 
-    reuse_for: float
-    """Seconds for which a reader after every item (a batch's timeline) repeats this
-    monitor's latest reading instead of reading anew: a reading is a system call, which
-    items faster than a fraction of a millisecond would pay for more than their own work.
-    ``REUSE_READING_FOR`` of this module when the monitor is made (1 ms; 0 under
-    :class:`memscope.testing.FakeHost`, whose figures change between items that take no
-    time); set it to 0 for a reading at every item."""
 
     def __init__(
         self,
@@ -331,6 +325,20 @@ class HostMemoryMonitor:
     def limit(self) -> HostMemoryLimit:
         """The limit the process is held to."""
         return self._limit
+
+    @property
+    def reuse_for(self) -> float:
+        """Seconds for which a reader after every item (a batch's timeline) repeats this
+        monitor's latest reading instead of reading anew: a reading is a system call, which
+        items faster than a fraction of a millisecond would pay for more than their own work.
+        ``REUSE_READING_FOR`` of this module when the monitor is made (1 ms; 0 under
+        :class:`memscope.testing.FakeHost`, whose figures change between items that take no
+        time); set it to 0 for a reading at every item. A batch reads it when it starts."""
+        return self._reuse_for
+
+    @reuse_for.setter
+    def reuse_for(self, seconds: float) -> None:
+        self._reuse_for = check_positive_number(seconds, "reuse_for", allow_zero=True)
 
     def __repr__(self) -> str:
         return f"HostMemoryMonitor(limit={self.limit!s}, reader={self.reader!r})"

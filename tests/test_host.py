@@ -17,7 +17,12 @@ import torch
 import memscope.host
 import memscope.manager
 from memscope import BatchReport, MemoryManager, MemscopeError, managed_batch
-from memscope.exceptions import HostMemoryUnavailableError, MemoryFiguresUnavailableError
+from memscope.exceptions import (
+    HostMemoryUnavailableError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MemoryFiguresUnavailableError,
+)
 from memscope.host import (
     NO_LIMIT_FROM,
     HostMemoryLimit,
@@ -613,7 +618,13 @@ def test_a_monitor_lets_per_item_readers_reuse_a_reading_for_a_millisecond() -> 
         pytest.skip("needs /proc")
     assert HostMemoryMonitor().reuse_for == 0.001
     with FakeHost(resident=GiB):
-        assert HostMemoryMonitor().reuse_for == 0.0
+        monitor = HostMemoryMonitor()
+        assert monitor.reuse_for == 0.0
+        with pytest.raises(InvalidArgumentError, match="reuse_for must be a finite number"):
+            monitor.reuse_for = -0.5
+        with pytest.raises(InvalidArgumentTypeError, match="reuse_for must be a real number"):
+            monitor.reuse_for = "1ms"  # type: ignore[assignment]
+        assert monitor.reuse_for == 0.0
 
 
 @pytest.mark.parametrize(
