@@ -267,7 +267,6 @@ class HostMemoryMonitor:
             memory or the machine's RAM.
     """
 
-
     def __init__(
         self,
         *,
@@ -391,8 +390,8 @@ class _KeptOpenStatm(KeptOpenFile):
         self.page_size = page_size
 
     def __call__(self) -> int:
-        # The timeline reads this after every item: the read is inlined, and only the
-        # first two fields are split off.
+        # A batch's timeline reads this up to a thousand times a second: the read is
+        # inlined, and only the first two fields are split off.
         descriptor = self._descriptor
         if descriptor is None:
             data = self.read()
