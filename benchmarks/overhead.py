@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 
 import memscope
+import memscope.host
 from memscope import auto_clear, managed_batch
 from memscope.reports import TimelineEntry
 from memscope.reports._timeline import Timeline
@@ -148,6 +149,25 @@ def _decorated(item: Callable[[], None], device: str) -> Callable[[], AbstractCo
     return opened
 
 
+def _fresh_host_readings(
+    opened: Callable[[], AbstractContextManager[Loop]],
+) -> Callable[[], AbstractContextManager[Loop]]:
+    """``opened`` with host monitors that read the host after every item (``reuse_for`` 0):
+    what a timeline row costs when its item is slower than the reuse time."""
+
+    @contextlib.contextmanager
+    def fresh() -> Iterator[Loop]:
+        default = memscope.host.REUSE_READING_FOR
+        memscope.host.REUSE_READING_FOR = 0.0
+        try:
+            with opened() as loop:
+                yield loop
+        finally:
+            memscope.host.REUSE_READING_FOR = default
+
+    return fresh
+
+
 def _timeline_appends(item: Callable[[], None]) -> Callable[[], AbstractContextManager[Loop]]:
     @contextlib.contextmanager
     def opened() -> Iterator[Loop]:
@@ -166,8 +186,9 @@ def _timeline_appends(item: Callable[[], None]) -> Callable[[], AbstractContextM
 
 
 def modes(item: Callable[[], None] = trivial_item) -> list[Mode]:
-    """Every mode of issue 23's table, on the CPU and then on the fake CUDA device; last, the
-    bare loop keeping a compact timeline row per item (what ``timeline=True`` will pay)."""
+    """Every mode of issue 23's table, on the CPU and then on the fake CUDA device; then a CPU
+    timeline whose every row reads the host afresh, and the bare loop keeping a compact
+    timeline row per item (what a row costs on its own)."""
     found = [Mode("bare loop", "cpu", _bare(item))]
     for device in ("cpu", "cuda"):
         shown = '"cpu"' if device == "cpu" else '"cuda" (fake)'
@@ -187,6 +208,13 @@ def modes(item: Callable[[], None] = trivial_item) -> list[Mode]:
                 _decorated(item, device),
             ),
         ]
+    found.append(
+        Mode(
+            'managed_batch("cpu", timeline=True), a fresh host reading every item',
+            "cpu",
+            _fresh_host_readings(_batch(item, "cpu", timeline=True)),
+        )
+    )
     # What a batch's timeline=True will pay for keeping a row, once it keeps a Timeline.
     found.append(Mode("bare loop + Timeline.append per item", "cpu", _timeline_appends(item)))
     return found
