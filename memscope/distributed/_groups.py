@@ -25,24 +25,28 @@ def _make_gloo_group(timeout: timedelta) -> dist.ProcessGroup:
         group = dist.new_group(backend="gloo", timeout=timeout)
     except RuntimeError as error:
         # Making the group is itself a collective, over torch's store.
-        how = how_it_failed(error)
-        if how == "late":
-            what = (
-                "not every rank came to gather_reports or gathered_reports within "
-                f"{seconds_text(timeout)}"
-            )
-        elif how == "left":
-            what = "a rank left while it was being made (the connection closed)"
-        else:
-            what = "torch.distributed.new_group failed"
-        raise ReportGatherError(
-            f"could not make the process group that gathers reports: {what} "
-            f"({exception_text(error)})"
-        ) from error
+        raise _making_failed(error, timeout, "torch.distributed.new_group failed") from error
     if not isinstance(group, dist.ProcessGroup):
         # new_group hands non-members a placeholder; every rank is a member of this group.
         raise ReportGatherError(f"torch.distributed.new_group returned {group!r}")
     return group
+
+
+def _making_failed(error: RuntimeError, timeout: timedelta, otherwise: str) -> ReportGatherError:
+    """The error for groups that could not be made, saying how (a rank late, or gone)."""
+    how = how_it_failed(error)
+    if how == "late":
+        what = (
+            "not every rank came to gather_reports or gathered_reports within "
+            f"{seconds_text(timeout)}"
+        )
+    elif how == "left":
+        what = "a rank left while it was being made (the connection closed)"
+    else:
+        what = otherwise
+    return ReportGatherError(
+        f"could not make the process group that gathers reports: {what} ({exception_text(error)})"
+    )
 
 
 def _release_group(group: dist.ProcessGroup) -> None:
@@ -77,6 +81,17 @@ def make_gloo_groups(timeout: timedelta) -> Groups:
         exchange = _make_gloo_group(timeout)
     except BaseException:
         _release_group(arrivals)
+        raise
+    try:
+        # A rank returns from making a group before every other rank has: one that left at
+        # once (a crash in the block) would make them fail to make it, instead of showing up
+        # by name at the end. No rank goes on until every rank has both groups.
+        dist.barrier(group=arrivals)
+    except RuntimeError as error:
+        release_groups(Groups(arrivals=arrivals, exchange=exchange))
+        raise _making_failed(error, timeout, "torch.distributed.barrier failed") from error
+    except BaseException:
+        release_groups(Groups(arrivals=arrivals, exchange=exchange))
         raise
     return Groups(arrivals=arrivals, exchange=exchange)
 
