@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,23 +74,32 @@ WAYS = {
 """Each way of configuring the allocator: the workload's mode and the environment it adds."""
 
 
-def run_workload(how: str, variables: dict[str, str], pairs: int, growing: int) -> dict[str, Any]:
-    """The workload's figures in a fresh process with ``variables`` as its allocator settings."""
+def run_script(
+    script: str, arguments: Sequence[str] = (), variables: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The last line of ``script``'s output, as JSON, from a fresh Python process with no
+    allocator settings but ``variables``."""
     environment = {
         name: value for name, value in os.environ.items() if name not in ALLOCATOR_VARIABLES
     }
-    environment.update(variables)
+    environment.update(variables or {})
     finished = subprocess.run(
-        [sys.executable, "-c", WORKLOAD, str(pairs), str(growing), how],
+        [sys.executable, "-c", script, *arguments],
         env=environment,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        check=True,
         timeout=300,
     )
+    if finished.returncode != 0:
+        raise RuntimeError(f"the script exited with {finished.returncode}:\n{finished.stderr}")
     figures: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
     return figures
+
+
+def run_workload(how: str, variables: dict[str, str], pairs: int, growing: int) -> dict[str, Any]:
+    """The workload's figures in a fresh process with ``variables`` as its allocator settings."""
+    return run_script(WORKLOAD, (str(pairs), str(growing), how), variables)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,10 @@ Everything else lives in namespaces: :mod:`memscope.oom`, :mod:`memscope.reports
 :mod:`memscope.testing` and :mod:`memscope.typing`.
 """
 
-import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from memscope._homes import attribute_from
 from memscope._version import __version__
 
 if TYPE_CHECKING:
@@ -69,10 +69,7 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'memscope' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    value = attribute_from(__name__, name, _HOMES)
     globals()[name] = value
     return value
 

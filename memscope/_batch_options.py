@@ -12,6 +12,7 @@ from os import PathLike
 from typing import TYPE_CHECKING
 
 from memscope import _context as context
+from memscope import _manager_checks as manager_checks
 from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int, reject_both
 from memscope._watch_allocator import AllocatorWatch
@@ -21,13 +22,12 @@ from memscope._watch_journal import JournalWatch
 from memscope._watch_leaks import CountOnlyLeakWatcher, LeakWatcher
 from memscope._watch_progress import ProgressBar, load_tqdm
 from memscope._watch_timeline import TimelineWatch
-from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
+from memscope.exceptions import InvalidArgumentTypeError
 from memscope.journal import Journal
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.oom import MemoryHistory
 from memscope.policies import DEFAULT_CACHE_POLICY, GCBackoff, check_cache_policy
 from memscope.typing import CachePolicy, DeviceLike
-from memscope.units import parse_bytes
 from memscope.watch import HOOKS, Watcher
 
 if TYPE_CHECKING:
@@ -94,9 +94,7 @@ class BatchOptions:
             else check_fraction(memory_threshold, "memory_threshold")
         )
         if budget is not None:
-            budget_size = parse_bytes(budget, "budget")
-            if budget_size == 0:
-                raise InvalidArgumentError(f"budget must be more than 0 bytes, got {budget!r}")
+            manager_checks.budget(budget)  # the manager's own check, before any manager exists
         if progress:
             load_tqdm()  # a missing tqdm is said now, not at the first item
         return cls(

@@ -182,4 +182,7 @@ class CleanupStats:
         return f"CleanupStats({fields})"
 
 
-_STATS_ORDER = ("calls", "errors", "cleanups", "gc_runs", "cleanup_failures", "ooms", "oom_retries")
+# The view's counts, in the order the class declares them.
+_STATS_ORDER = tuple(
+    name for name, value in vars(CleanupStats).items() if isinstance(value, LedgerCount)
+)

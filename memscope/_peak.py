@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memscope.estimation import MemoryManager
+from memscope.host import status_bytes
 from memscope.snapshot import MemorySnapshot
 
 __all__ = ["PeakStart", "host_peak", "peak_source", "read_peak", "start_peak"]
@@ -77,17 +78,11 @@ class _HostPeak:
             return None
         return self._read("VmRSS")
 
-    def _read(self, field: str) -> int | None:
+    def _read(self, label: str) -> int | None:
         try:
-            text = (self.proc_self / "status").read_text()
-        except OSError:
+            return status_bytes(self.proc_self / "status", label)
+        except (OSError, ValueError):
             return None
-        for line in text.splitlines():
-            if line.startswith(f"{field}:"):
-                parts = line.split()
-                if len(parts) >= 3 and parts[1].isdigit() and parts[2] == "kB":
-                    return int(parts[1]) * 1024
-        return None
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -64,8 +64,7 @@ class TimelineWatch(Watcher):
             self._host_resident = resident = host.sample_at(item)
             self._host_samples = host.samples
             self._host_read_at = now
-            share = host.share
-            self._host_usage = None if share is None or resident is None else share(resident)
+            self._host_usage = host.host_share(resident)
         host_resident = self._host_resident
         usage = snapshot.usage if self._host_usage is None else self._host_usage
         seconds = now - self._started_at

@@ -16,13 +16,14 @@ module never imports sizing (docs/changelog.md).
 
 from __future__ import annotations
 
+import abc
 import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from memscope._moved import moved_attribute
+from memscope._homes import moved_attribute
 from memscope._validation import check_image_size, check_int, check_positive_number
 from memscope.exceptions import (
     InvalidArgumentError,
@@ -75,7 +76,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The names that moved, read when first asked for (memscope._moved): sizing imports
+    # The names that moved, read when first asked for (memscope._homes): sizing imports
     # these models, and they never import sizing.
     return moved_attribute(__name__, name)
 
@@ -137,14 +138,15 @@ class ChunkMemoryModel(Protocol):
         ...
 
 
-class _BatchFitting:
+class _BatchFitting(abc.ABC):
     """``max_batch_size`` for a model whose call on ``n`` images of one size costs
     ``fixed + n * per_image`` (``_batch_cost``)."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def _batch_cost(self, image_size: tuple[int, int]) -> tuple[float, float]:
-        raise NotImplementedError
+        """``(fixed, per_image)`` bytes of a call on images of ``image_size``."""
 
     def max_batch_size(
         self,

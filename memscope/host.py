@@ -60,10 +60,16 @@ class HostMemoryLimit:
 
 def resident_bytes_from_status(path: Path) -> int:
     """Resident memory from the ``VmRSS:`` line of a ``/proc/<pid>/status`` file."""
+    return status_bytes(path, "VmRSS")
+
+
+def status_bytes(path: Path, label: str) -> int:
+    """The bytes of the ``label:`` line of a ``/proc/<pid>/status`` file (``VmRSS``, the
+    peak ``VmHWM``); ``ValueError`` where it has none, ``OSError`` where it cannot be read."""
     for line in path.read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{label}:"):
             return _kibibyte_line_value(line)
-    raise ValueError(f"{path} has no VmRSS line")
+    raise ValueError(f"{path} has no {label} line")
 
 
 # Physical memory ----------------------------------------------------------------------------

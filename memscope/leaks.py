@@ -311,7 +311,9 @@ class LeakWatch:
         if len(self._blocks) < 2:
             return
         finding = self._finding
-        if (finding is None or not finding.active) and not self._above_every_level():
+        if (finding is None or not finding.active) and not self._past_every_level(
+            self._blocks.latest
+        ):
             # The test's cheap half first: memory that has not risen past every level it held
             # is no leak whatever its line, so most judgements fit no line at all.
             self._wanted = False
@@ -349,26 +351,23 @@ class LeakWatch:
             return False
         if trend.recent_slope < GOING_ON_SHARE * trend.slope:
             return False  # growth that stopped (a cache that filled) is no leak
-        if self.capacity is not None and self._lowest is not None:
-            # Memory must reach a level it never held: growth back up to where it came down
-            # from (the next rise of a wave, of a sawtooth) is no leak. The level is the
-            # line's, or the latest block's where that is lower (a rise that bends over).
-            level = min(trend.at(trend.last_item), self._blocks.latest)
-            if level - self._highest_level() < self.min_share * self.capacity:
-                return False
-        return True
+        # Memory must reach a level it never held: growth back up to where it came down from
+        # (the next rise of a wave, of a sawtooth) is no leak. The level is the line's, or the
+        # latest block's where that is lower (a rise that bends over).
+        return self._past_every_level(min(trend.at(trend.last_item), self._blocks.latest))
 
     def _highest_level(self) -> float:
         """The level growth must pass: the lowest floor, or higher where memory came down."""
         assert self._lowest is not None
         return max(self._lowest, self._rearm_above or 0, self._blocks.high_before_low or 0)
 
-    def _above_every_level(self) -> bool:
-        """Whether the latest block passed :meth:`_highest_level` by the share a leak needs
-        (what :meth:`_is_leak` asks of the line's level, which is never above the block's)."""
+    def _past_every_level(self, level: float) -> bool:
+        """Whether ``level`` passed :meth:`_highest_level` by the share a leak needs (always,
+        where the capacity is unknown). The cheap test asks it of the latest block, the rule
+        of the line's level, which is never above the block's."""
         if self.capacity is None or self._lowest is None:
             return True
-        return self._blocks.latest - self._highest_level() >= self.min_share * self.capacity
+        return level - self._highest_level() >= self.min_share * self.capacity
 
     def _evidence(self, fit: Trend, detected_at: int | None = None) -> LeakFinding:
         retained_last = fit.at(fit.last_item)

@@ -8,16 +8,11 @@ them without a CUDA device.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from benchmarks.fragmentation import ROOT, WAYS, run_workload
-from memscope.allocator import ALLOCATOR_VARIABLES
+from benchmarks.fragmentation import WAYS, run_script, run_workload
 
 pytestmark = pytest.mark.gpu
 
@@ -65,22 +60,8 @@ print(json.dumps({
 
 def run_python(script: str, *, variables: dict[str, str] | None = None) -> dict[str, Any]:
     """``script``'s last line of output, as JSON, from a fresh process with no allocator
-    settings but ``variables``."""
-    environment = {
-        name: value for name, value in os.environ.items() if name not in ALLOCATOR_VARIABLES
-    }
-    environment.update(variables or {})
-    finished = subprocess.run(
-        [sys.executable, "-c", script],
-        env=environment,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert finished.returncode == 0, finished.stderr
-    result: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
-    return result
+    settings but ``variables`` (the benchmark's runner)."""
+    return run_script(script, variables=variables)
 
 
 @pytest.fixture

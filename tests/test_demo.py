@@ -33,13 +33,13 @@ from memscope.cli.demo import (
     Demo,
     DemoResult,
     ImageLeftovers,
-    _save_png,
     check_output_folder,
     demo_threads,
     draw_comparison,
     draw_line_art,
     footprint_timeline,
     leftover_bytes,
+    save_png,
 )
 from memscope.exceptions import HostMemoryUnavailableError
 from memscope.host import HostMemoryMonitor
@@ -76,7 +76,7 @@ def test_png_round_trips_the_pixels(tmp_path: Path) -> None:
     """The demo's PNG writer (Pillow) stores exactly the tensor's pixels, losslessly."""
     pytest.importorskip("PIL")
     pixels = torch.randint(0, 256, (7, 5, 3), dtype=torch.uint8, generator=torch.Generator())
-    path = _save_png(tmp_path / "image.png", pixels)
+    path = save_png(tmp_path / "image.png", pixels)
     assert path.read_bytes().startswith(PNG_SIGNATURE)
     assert torch.equal(_pixels(path), pixels)
 
@@ -87,7 +87,7 @@ def test_png_writer_reads_a_non_contiguous_tensor(tmp_path: Path) -> None:
     planes = torch.arange(2 * 4 * 3, dtype=torch.uint8).reshape(3, 2, 4)
     pixels = planes.permute(1, 2, 0)
     assert not pixels.is_contiguous()
-    assert torch.equal(_pixels(_save_png(tmp_path / "view.png", pixels)), pixels)
+    assert torch.equal(_pixels(save_png(tmp_path / "view.png", pixels)), pixels)
 
 
 # Line art and the colorizer ------------------------------------------------------------

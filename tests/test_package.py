@@ -111,7 +111,7 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
     """The memscope modules ``path`` imports, deferred imports included; not TYPE_CHECKING
     ones. (The old ``memscope.oom`` and ``memscope.estimation`` paths of names that moved are
-    served by ``memscope._moved``, which imports the new home by name when such a name is
+    served by ``memscope._homes``, which imports the new home by name when such a name is
     first asked for: no dependency of one layer on another.)"""
     tree = ast.parse(path.read_text())
     type_checking_only = {

@@ -53,3 +53,19 @@ def test_sizing_with_a_separate_option_or_a_wrong_type_is_refused() -> None:
         managed(udf, collector=collector, chunk_size=8, sizing=Sizing(start=4))
     with pytest.raises(InvalidArgumentTypeError, match=r"sizing must be a memscope\.sizing"):
         actor_settings({"start": 4})  # type: ignore[arg-type]
+
+
+def test_the_separate_chunk_options_default_to_a_sizings_fields() -> None:
+    """managed()'s chunk_size, factor, min_size and regrow_after default to what Sizing()
+    holds (chunk_size is its start), which is how sizing= tells them unset."""
+    import inspect
+
+    parameters = inspect.signature(managed).parameters
+    defaults = Sizing()
+    for option, field in (
+        ("chunk_size", "start"),
+        ("factor", "factor"),
+        ("min_size", "min_size"),
+        ("regrow_after", "regrow_after"),
+    ):
+        assert parameters[option].default == getattr(defaults, field), option

@@ -1,6 +1,6 @@
 """``memscope calibrate``: fit a memory model to the demo colorizer's measured peaks.
 
-It runs :func:`memscope.estimation.calibrate` on the demo's :class:`~memscope.cli.demo.Colorizer`
+It runs :func:`memscope.sizing.calibrate` on the demo's :class:`~memscope.cli.demo.Colorizer`
 (random weights, random line art) at a few small image sizes and batch sizes on the chosen
 device, and prints the fitted model, its samples, and what it predicts for larger images:
 the way to calibrate a model of your own, shown on one that ships with memscope.
@@ -22,6 +22,7 @@ from memscope.cli._options import (
     as_typed,
     format_size,
     parse_image_size,
+    write_table,
 )
 from memscope.exceptions import (
     HostMemoryUnavailableError,
@@ -229,7 +230,7 @@ def _write_text(
 ) -> None:
     write = sys.stdout.write
     write(f"calibrated the demo colorizer on {fitted.device}, peaks from {fitted.method}\n")
-    _table(
+    write_table(
         ("size", "batch", "peak"),
         [
             (
@@ -263,13 +264,4 @@ def _write_text(
         from memscope.estimation import DEFAULT_HEADROOM
 
         write(f" (and the batch that fits now, less {DEFAULT_HEADROOM:.0%} headroom):\n")
-    _table(tuple(columns), rows)
-
-
-def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
-    for row in (columns, *rows):
-        first, *others = row
-        cells = [first.ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(others, widths[1:], strict=True)]
-        sys.stdout.write("  ".join(cells).rstrip() + "\n")
+    write_table(tuple(columns), rows)

@@ -23,7 +23,7 @@ MAX_TORCH_THREADS = 2
 OUTPUT_FOLDER_PREFIX = "memscope-demo-"
 
 
-def _pillow_installed() -> bool:
+def pillow_installed() -> bool:
     # Imported, not just looked up: a package that is present but cannot load is missing too.
     try:
         import PIL.Image  # noqa: F401
@@ -32,7 +32,7 @@ def _pillow_installed() -> bool:
     return True
 
 
-def _save_png(path: Path, pixels: torch.Tensor) -> Path:
+def save_png(path: Path, pixels: torch.Tensor) -> Path:
     """Write ``pixels``, a ``(height, width, 3)`` uint8 tensor, as an RGB PNG with Pillow."""
     from PIL import Image
 
@@ -62,13 +62,13 @@ def check_output_folder(out: object, name: str = "out") -> Path:
             f"{name} {str(folder)!r} already exists and is not an empty folder; "
             "the demo never overwrites files"
         )
-    problem = _writing_problem(folder)
+    problem = writing_problem(folder)
     if problem is not None:
         raise InvalidArgumentError(f"{name} {str(folder)!r} {problem}")
     return folder
 
 
-def _writing_problem(folder: Path) -> str | None:
+def writing_problem(folder: Path) -> str | None:
     """Why files cannot be written into ``folder``, made where missing; ``None`` if they can.
 
     Trying is the only test that holds everywhere: permission bits say nothing to root, and
@@ -127,7 +127,7 @@ def fix_mmap_threshold() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, DEMO_MMAP_THRESHOLD))
 
 
-def _remove_output(folder: Path, *, remove_folder: bool) -> None:
+def remove_output(folder: Path, *, remove_folder: bool) -> None:
     """Remove what an interrupted run wrote into ``folder`` (a new or empty folder before)."""
     if remove_folder:
         shutil.rmtree(folder, ignore_errors=True)
@@ -140,7 +140,7 @@ def _remove_output(folder: Path, *, remove_folder: bool) -> None:
                 path.unlink()
 
 
-def _new_output_folder(parent: Path) -> Path:
+def new_output_folder(parent: Path) -> Path:
     stem = OUTPUT_FOLDER_PREFIX + time.strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 1000):
         folder = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
@@ -153,7 +153,7 @@ def _new_output_folder(parent: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
     """Run with ``count`` torch threads, and give the caller's setting back afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)

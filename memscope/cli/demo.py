@@ -34,15 +34,15 @@ from memscope._validation import check_fraction, check_image_size, check_int
 from memscope.batch import managed_batch
 from memscope.cli._demo_art import Colorizer, ImageLeftovers, draw_line_art, leftover_bytes
 from memscope.cli._demo_files import (
-    _new_output_folder,
-    _pillow_installed,
-    _remove_output,
-    _save_png,
-    _torch_threads,
-    _writing_problem,
     check_output_folder,
     demo_threads,
     fix_mmap_threshold,
+    new_output_folder,
+    pillow_installed,
+    remove_output,
+    save_png,
+    torch_threads,
+    writing_problem,
 )
 from memscope.cli._demo_plot import PLOT_SKIPPED, draw_comparison, footprint_timeline
 from memscope.cli._options import DEFAULT_EVERY, DEFAULT_IMAGES, DEFAULT_SIZE
@@ -188,7 +188,7 @@ class Demo:
         self._check_leftovers_fit()
         # Last: a folder is only tried once everything else is known to be right.
         self.out = None if out is None else check_output_folder(out, "out")
-        if self.out is None and (problem := _writing_problem(Path.cwd())) is not None:
+        if self.out is None and (problem := writing_problem(Path.cwd())) is not None:
             raise InvalidArgumentError(
                 f"out is not set, and the current folder {str(Path.cwd())!r}, where the demo "
                 f"then writes, {problem}"
@@ -272,17 +272,17 @@ class Demo:
         try:
             return self._run_in(folder)
         except KeyboardInterrupt:
-            _remove_output(folder, remove_folder=made)
+            remove_output(folder, remove_folder=made)
             self.removed_output = folder
             raise
 
     def _run_in(self, folder: Path) -> DemoResult:
         if self._host_monitor is not None and not fix_mmap_threshold():
             logger.info("demo: cannot fix the C allocator's mmap threshold; figures may vary")
-        images_skipped = None if _pillow_installed() else IMAGES_SKIPPED
+        images_skipped = None if pillow_installed() else IMAGES_SKIPPED
         if images_skipped is not None:
             logger.info("demo: %s", IMAGES_SKIPPED)
-        with _torch_threads(demo_threads()), torch.inference_mode():
+        with torch_threads(demo_threads()), torch.inference_mode():
             network = Colorizer(seed=self.seed).to(self.device).eval()
             # The line art is drawn once, as a job reads its images from disk: both runs
             # colorize the same pictures, and neither pays for drawing them.
@@ -353,7 +353,7 @@ class Demo:
             pixels = (colours[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu()
             if save_images:
                 path = image_folder / f"colorized-{index:0{digits}d}.png"
-                written.append(_save_png(path, pixels))
+                written.append(save_png(path, pixels))
 
         # One cleanup cadence, the batch's: it counts the images, cleans up after every
         # `every` of them (never, in count-only mode), draws the progress bar and records the
@@ -392,7 +392,7 @@ class Demo:
 
     def _make_output_folder(self) -> Path:
         if self.out is None:
-            return _new_output_folder(Path.cwd())
+            return new_output_folder(Path.cwd())
         # Checked again: the folder may have filled up since the demo was configured.
         check_output_folder(self.out, "out")
         self.out.mkdir(parents=True, exist_ok=True)

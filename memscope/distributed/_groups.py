@@ -82,18 +82,18 @@ def make_gloo_groups(timeout: timedelta) -> Groups:
     except BaseException:
         _release_group(arrivals)
         raise
+    groups = Groups(arrivals=arrivals, exchange=exchange)
     try:
         # A rank returns from making a group before every other rank has: one that left at
         # once (a crash in the block) would make them fail to make it, instead of showing up
         # by name at the end. No rank goes on until every rank has both groups.
         dist.barrier(group=arrivals)
-    except RuntimeError as error:
-        release_groups(Groups(arrivals=arrivals, exchange=exchange))
-        raise _making_failed(error, timeout, "torch.distributed.barrier failed") from error
-    except BaseException:
-        release_groups(Groups(arrivals=arrivals, exchange=exchange))
+    except BaseException as error:
+        release_groups(groups)
+        if isinstance(error, RuntimeError):
+            raise _making_failed(error, timeout, "torch.distributed.barrier failed") from error
         raise
-    return Groups(arrivals=arrivals, exchange=exchange)
+    return groups
 
 
 def release_groups(groups: Groups) -> None:

@@ -17,7 +17,7 @@ The code lives in private modules, one per job: ``_detection`` (recognising and 
 
 from typing import TYPE_CHECKING, Any
 
-from memscope._moved import moved_attribute
+from memscope._homes import moved_attribute
 from memscope.oom._detection import (
     CaughtOom,
     call_catching_oom,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # The sizing names this module had, read when first asked for (memscope._moved): sizing
+    # The sizing names this module had, read when first asked for (memscope._homes): sizing
     # imports this layer, which never imports sizing.
     return moved_attribute(__name__, name)
 

@@ -194,23 +194,25 @@ def add_oom_note(
         sizes = tuple(batch_sizes_tried or ())
         path = None if snapshot_path is None else str(snapshot_path)
         earlier = getattr(error, _DIAGNOSIS_ATTRIBUTE, None)
+        replaced = False
         if isinstance(earlier, _Diagnosis):
             diagnosis = _merge(earlier, sizes, path)
             if diagnosis == earlier:
                 return earlier.render()
+            note = diagnosis.render()
             notes = notes_of(error)
             old_note = earlier.render()
             if notes is not None and old_note in notes:
-                notes[notes.index(old_note)] = diagnosis.render()
-            elif not add_note(error, diagnosis.render()):
-                raise TypeError(f"{type(error).__name__}'s __notes__ is not a list")
+                notes[notes.index(old_note)] = note
+                replaced = True
         else:
             device, snapshot, failure = _take_snapshot(manager)
             diagnosis = _Diagnosis(device, snapshot, failure, sizes, path, requested_bytes(error))
-            if not add_note(error, diagnosis.render()):
-                raise TypeError(f"{type(error).__name__}'s __notes__ is not a list")
+            note = diagnosis.render()
+        if not replaced and not add_note(error, note):
+            raise TypeError(f"{type(error).__name__}'s __notes__ is not a list")
         setattr(error, _DIAGNOSIS_ATTRIBUTE, diagnosis)
-        return diagnosis.render()
+        return note
     except Exception:
         logger.warning("could not attach an out-of-memory note to %r", error, exc_info=True)
         return None

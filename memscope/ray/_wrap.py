@@ -204,9 +204,11 @@ def managed(
     if sizing is None:
         sizing = chunk_sizing(chunk_size, factor, min_size, regrow_after)
     else:
-        separate = zip(_DEFAULTS, (chunk_size, factor, min_size, regrow_after), strict=True)
-        for name, value in separate:
-            if value != _DEFAULTS[name]:
+        # The separate options' defaults are those of a Sizing's fields (chunk_size: start).
+        defaults = Sizing()
+        separate = zip(_CHUNK_OPTIONS, (chunk_size, factor, min_size, regrow_after), strict=True)
+        for (name, field), value in separate:
+            if value != getattr(defaults, field):
                 reject_both("sizing", sizing, name, value, "sizing= holds every chunk option")
     settings = ActorSettings.checked(
         device=device,
@@ -221,13 +223,13 @@ def managed(
     return cast(Function, _managed_function(udf, settings, collector.address))
 
 
-# The separate chunk options' defaults, which a sizing= leaves as they are.
-_DEFAULTS: dict[str, object] = {
-    "chunk_size": None,
-    "factor": 0.5,
-    "min_size": 1,
-    "regrow_after": None,
-}
+# The separate chunk options, each with the field of Sizing it stands for.
+_CHUNK_OPTIONS = (
+    ("chunk_size", "start"),
+    ("factor", "factor"),
+    ("min_size", "min_size"),
+    ("regrow_after", "regrow_after"),
+)
 
 
 def _check_class(cls: type) -> None:

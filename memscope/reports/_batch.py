@@ -327,10 +327,8 @@ class BatchReport:
         parts = []
         if self.allocator_ooms:
             recovered = self.allocator_ooms_recovered
-            if recovered == self.allocator_ooms:
-                text = f"{counted(self.allocator_ooms, 'allocator OOM')}, all recovered"
-            else:
-                text = f"{counted(self.allocator_ooms, 'allocator OOM')}, {recovered} recovered"
+            how_many = "all" if recovered == self.allocator_ooms else recovered
+            text = f"{counted(self.allocator_ooms, 'allocator OOM')}, {how_many} recovered"
             if self.largest_oom_request is not None:
                 text += f" (largest request {format_bytes(self.largest_oom_request)})"
             parts.append(text)

@@ -163,9 +163,6 @@ class _ChunkSearch(SizeSearch[Any]):
         return f" for the chunk at {self.items.where()}"
 
 
-_CALL_FIELDS = ("sizing", "memory_model", "image_size", "manager", "device", "state")
-
-
 class ChunkKeywords(SizingKeywords, total=False):
     """The keywords every chunk entry point takes (``combine`` aside): the sizing (a
     :class:`Sizing`, or its fields), the memory model, where memory is freed, the state."""
@@ -176,6 +173,12 @@ class ChunkKeywords(SizingKeywords, total=False):
     manager: MemoryManager | None
     device: DeviceLike
     state: AdaptiveBatchState | None
+
+
+# The keywords a chunk call takes besides the sizing fields, as ChunkKeywords declares them.
+_CALL_FIELDS = tuple(
+    name for name in ChunkKeywords.__annotations__ if name not in SizingKeywords.__annotations__
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +310,7 @@ def process_in_chunks(
     **Chunks sized by memory.** With ``memory_model`` (an
     :class:`~memscope.ImageMemoryModel`, or a
     :class:`~memscope.estimation.CalibratedImageMemoryModel` from
-    :func:`~memscope.estimation.calibrate`), chunks are sized by the memory the model says
+    :func:`~memscope.sizing.calibrate`), chunks are sized by the memory the model says
     their images need, not by a count: each chunk is the longest run of the next items whose
     estimate fits in the memory available (less ``headroom``), so one 2048x2048 image and
     sixteen 512x512 images are each one chunk. ``image_size(item)`` gives an item's

@@ -47,6 +47,12 @@ class MemoryFit:
     top: int
     """The largest units measured."""
 
+    @property
+    def exact(self) -> bool:
+        """Whether the curve has as many terms as sizes fitted: it misses none of them,
+        whatever memory does between, so it tells nothing of the sizes it did not see."""
+        return self.sizes <= (2 if self.quadratic > 0 else 1)
+
     def predict(self, units: float) -> float:
         """Bytes ``units`` units of work are expected to need."""
         return self.linear * units + self.quadratic * units * units

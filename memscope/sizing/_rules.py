@@ -206,12 +206,11 @@ def _probe_above(
     step_start = _step_start(snapshot.measured, floor)
     if attempt.work_units > floor and step_start is None:
         return None
-    exact = fit.sizes <= (2 if fit.quadratic > 0 else 1)
     if step_start is None and not fit.flat and fit.worst <= PROBE_WORST:
         # Points on a line may all sit on steps (padded batches measured at 11, 22 and 45
         # need 16, 32 and 64 items' memory: a line): only a size just below shows it.
         sounding = _sounding(snapshot, work, floor, attempt)
-        if sounding is not None or not exact:
+        if sounding is not None or not fit.exact:
             return sounding
     # Each probe that ran out of memory adds one success to the wait before the next: the
     # bisection closes in a few probes, and a curve that keeps failing them waits longer.
@@ -221,11 +220,10 @@ def _probe_above(
         # On a step of a staircase: memory is the same from its start to the floor, so the
         # step goes on at least as far again, as far as we know; twice that width, at most.
         reach = float(floor + max(1, 2 * (floor - step_start)))
-    elif exact:
-        # A curve through as many sizes as it has terms misses none of them, whatever the
-        # memory does between: it guides nothing. One step above the largest success (an
-        # eighth, as the sounding below it), which costs one error at most.
-        reach = float(floor + max(1, floor // SOUNDING))
+    elif fit.exact:
+        # The curve guides nothing: one step above the largest success, the sounding's
+        # below it, which costs one error at most.
+        reach = float(floor + _sounding_step(floor))
     else:
         # Bisection, guided by the fit: no further than the curve could go if every miss
         # of the fit were in our favour.
@@ -243,6 +241,12 @@ def _probe_above(
     )
 
 
+def _sounding_step(floor: int) -> int:
+    """How far a sounding goes below the largest success (a probe on an exact curve, above
+    it): an eighth of it, one unit at least."""
+    return max(1, floor // SOUNDING)
+
+
 def _sounding(
     snapshot: AdaptiveBatchSnapshot, work: Work, floor: int, attempt: Attempt
 ) -> Attempt | None:
@@ -254,7 +258,7 @@ def _sounding(
         # Chunks move on through their items: a chunk an eighth shorter measures other
         # items, not the same work at a smaller size.
         return None
-    lower = floor - max(1, floor // SOUNDING)
+    lower = floor - _sounding_step(floor)
     if lower < work.units_of(snapshot.min_size) or any(
         lower <= units < floor for units, _ in snapshot.measured
     ):
