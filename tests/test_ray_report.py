@@ -337,6 +337,20 @@ def test_csv_has_identity_and_figures(tmp_path: Path) -> None:
     assert rows[3]["status"] == "1 died"
 
 
+def test_csv_joins_an_actors_gpu_ids(tmp_path: Path) -> None:
+    """An actor given two GPUs has both in its CSV cell, joined by a semicolon."""
+    report = collect(
+        [
+            ("w1", REGISTER, identity("a1aaaaaaaaaa", "w1", gpu_ids=["0", "1"])),
+            ("w1", FINISHED, finished(1, actor_report(1))),
+        ]
+    )
+    with report.to_csv(tmp_path / "report.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert rows[0]["gpu_ids"] == "0;1"
+    assert rows[0]["incarnation"] == "0"
+
+
 def test_from_dict_refuses_what_is_not_a_ray_report() -> None:
     """Reading something else as a Ray job report fails clearly."""
     with pytest.raises(InvalidArgumentTypeError, match="ranks"):

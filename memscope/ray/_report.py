@@ -154,24 +154,6 @@ class ActorReport(RankReport):
             return f"ok (last failed batch: {self.last_failure})"
         return "ok"
 
-    def csv_identity(self) -> dict[str, Any]:
-        """The row's identity cells in the CSV, by column."""
-        return {
-            "rank": self.rank,
-            "actor_id": self.actor_id,
-            "incarnation": self.incarnation,
-            "worker_id": self.worker_id,
-            "node_id": self.node_id,
-            "node_ip": self.node_ip,
-            "host": self.host,
-            "pid": self.pid,
-            "gpu_ids": ";".join(self.gpu_ids),
-            "function": self.function,
-            "status": self.status,
-            "error": self.error,
-            "last_failure": self.last_failure,
-        }
-
     def to_dict(self) -> dict[str, Any]:
         """The row as a JSON-serialisable dict."""
         data = RankReport.to_dict(self)

@@ -157,10 +157,6 @@ class RankReport:
         """``"ok"``, or ``"failed: "`` and the error."""
         return "ok" if self.error is None else f"failed: {self.error}"
 
-    def csv_identity(self) -> dict[str, Any]:
-        """The row's identity cells in the CSV, by column."""
-        return {"rank": self.rank, "host": self.host, "status": self.status, "error": self.error}
-
     def to_dict(self) -> dict[str, Any]:
         """The rank's part as a JSON-serialisable dict."""
         return {

@@ -38,8 +38,6 @@ class JobRow(Protocol):
     @property
     def status(self) -> str: ...
 
-    def csv_identity(self) -> dict[str, Any]: ...
-
 
 def known(value: Any) -> bool:
     """A figure someone could tell: the default test of whether a column is shown."""
@@ -129,11 +127,11 @@ def write_csv(
         writer = csv.writer(file)
         writer.writerow([*identity_columns, *figure_columns])
         for row in rows:
-            identity = row.csv_identity()
             report = row.report
             writer.writerow(
                 [
-                    *(_cell(identity.get(name)) for name in identity_columns),
+                    # The identity columns are the row's attributes of those names.
+                    *(_cell(getattr(row, name)) for name in identity_columns),
                     *(
                         _cell(None if report is None else getattr(report, name, None))
                         for name in figure_columns
@@ -155,4 +153,6 @@ def _cell(value: Any) -> Any:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, tuple):
+        return ";".join(map(str, value))
     return value
