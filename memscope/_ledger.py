@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from memscope._outcome import CleanupOutcome
@@ -34,43 +35,25 @@ class LedgerCount:
         return getattr(view._ledger, self.field)  # type: ignore[attr-defined,no-any-return]
 
 
+@dataclass(eq=False, slots=True)
 class Ledger:
     """A batch's counts, under one lock (items finish in many threads)."""
 
-    __slots__ = (
-        "batch_size_reductions",
-        "cache_clears",
-        "calls",
-        "cleanup_failures",
-        "cleanups",
-        "failures",
-        "gc_runs",
-        "gc_seconds",
-        "items",
-        "lock",
-        "oom_retries",
-        "ooms",
-        "peak_allocated",
-        "peak_reserved",
-        "skipped",
-    )
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.items = 0
-        self.calls = 0
-        self.failures = 0
-        self.cleanups = 0
-        self.cleanup_failures = 0
-        self.cache_clears = 0
-        self.gc_runs = 0
-        self.gc_seconds = 0.0
-        self.ooms = 0
-        self.oom_retries = 0
-        self.batch_size_reductions = 0
-        self.skipped = 0
-        self.peak_allocated: int | None = None
-        self.peak_reserved: int | None = None
+    items: int = 0
+    calls: int = 0
+    failures: int = 0
+    cleanups: int = 0
+    cleanup_failures: int = 0
+    cache_clears: int = 0
+    gc_runs: int = 0
+    gc_seconds: float = 0.0
+    ooms: int = 0
+    oom_retries: int = 0
+    batch_size_reductions: int = 0
+    skipped: int = 0
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cleanup(self, outcome: CleanupOutcome | None) -> None:
         """A cleanup memscope made; ``None`` means it failed."""
@@ -112,22 +95,11 @@ class Ledger:
     def figures(self) -> dict[str, Any]:
         """The counts, as the report's fields."""
         with self.lock:
-            return {
-                "items": self.items,
-                "calls": self.calls,
-                "failures": self.failures,
-                "cleanups": self.cleanups,
-                "cleanup_failures": self.cleanup_failures,
-                "cache_clears": self.cache_clears,
-                "gc_runs": self.gc_runs,
-                "gc_seconds": self.gc_seconds,
-                "ooms": self.ooms,
-                "oom_retries": self.oom_retries,
-                "batch_size_reductions": self.batch_size_reductions,
-                "skipped": self.skipped,
-                "peak_allocated": self.peak_allocated,
-                "peak_reserved": self.peak_reserved,
-            }
+            return {name: getattr(self, name) for name in _COUNTS}
+
+
+# The ledger's counts: every field but its lock, in the order declared.
+_COUNTS = tuple(counted.name for counted in fields(Ledger) if counted.name != "lock")
 
 
 def _first_sighting(error: BaseException, batch_serial: int) -> bool:
