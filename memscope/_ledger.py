@@ -7,6 +7,7 @@ written here once, by whichever layer did the thing, and the report reads them f
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -35,6 +36,9 @@ class LedgerCount:
         return getattr(view._ledger, self.field)  # type: ignore[attr-defined,no-any-return]
 
 
+_serials = itertools.count()
+
+
 @dataclass(eq=False, slots=True)
 class Ledger:
     """A batch's counts, under one lock (items finish in many threads)."""
@@ -54,6 +58,8 @@ class Ledger:
     peak_allocated: int | None = None
     peak_reserved: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    serial: int = field(default_factory=lambda: next(_serials), repr=False)
+    """This ledger's number, marked on the errors it counted (see :meth:`oom`)."""
 
     def cleanup(self, outcome: CleanupOutcome | None) -> None:
         """A cleanup memscope made; ``None`` means it failed."""
@@ -76,11 +82,11 @@ class Ledger:
             self.gc_seconds += gc_seconds
             self.cache_clears += cache_clears
 
-    def oom(self, error: BaseException, serial: int, *, retried: bool, reduced: bool) -> bool:
-        """An out-of-memory error met by the batch numbered ``serial``; returns whether it is
-        new to that batch (one failure seen by several layers counts once)."""
+    def oom(self, error: BaseException, *, retried: bool, reduced: bool = False) -> bool:
+        """An out-of-memory error met; returns whether it is new to this ledger (one failure
+        seen by several layers counts once)."""
         with self.lock:
-            new = _first_sighting(error, serial)
+            new = _first_sighting(error, self.serial)
             self.ooms += int(new)
             self.oom_retries += int(retried)
             self.batch_size_reductions += int(reduced)
@@ -98,12 +104,14 @@ class Ledger:
             return {name: getattr(self, name) for name in _COUNTS}
 
 
-# The ledger's counts: every field but its lock, in the order declared.
-_COUNTS = tuple(counted.name for counted in fields(Ledger) if counted.name != "lock")
+# The ledger's counts: every field but its lock and its number, in the order declared.
+_COUNTS = tuple(
+    counted.name for counted in fields(Ledger) if counted.name not in ("lock", "serial")
+)
 
 
-def _first_sighting(error: BaseException, batch_serial: int) -> bool:
-    """Whether the batch numbered ``batch_serial`` meets ``error`` for the first time.
+def _first_sighting(error: BaseException, serial: int) -> bool:
+    """Whether the ledger numbered ``serial`` meets ``error`` for the first time.
 
     An error can pass through several memscope layers (a decorator's retries, an adaptive
     function that gives up and raises ``BatchSizeExhaustedError`` from it, then the batch's
@@ -116,11 +124,11 @@ def _first_sighting(error: BaseException, batch_serial: int) -> bool:
     while current is not None and len(chain) < 64 and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    seen_before = any(batch_serial in getattr(link, "_memscope_counted_by", ()) for link in chain)
+    seen_before = any(serial in getattr(link, "_memscope_counted_by", ()) for link in chain)
     marks: frozenset[int] = getattr(error, "_memscope_counted_by", frozenset())
     # An exception type without a __dict__ cannot be marked; it may then count twice.
     with contextlib.suppress(AttributeError):
-        error._memscope_counted_by = marks | {batch_serial}  # type: ignore[attr-defined]
+        error._memscope_counted_by = marks | {serial}  # type: ignore[attr-defined]
     return not seen_before
 
 
@@ -142,7 +150,7 @@ class CleanupStats:
     cleanups = LedgerCount("cleanups", "Cleanup steps the function ran itself.")
     gc_runs = LedgerCount("gc_runs", "``gc.collect()`` calls its cleanups made.")
     cleanup_failures = LedgerCount("cleanup_failures", "Cleanups that failed (logged).")
-    ooms = LedgerCount("ooms", "Out-of-memory errors its calls raised, retried or not.")
+    ooms = LedgerCount("ooms", "Out-of-memory failures of its calls, retried or not.")
     oom_retries = LedgerCount("oom_retries", "Calls made again after an out-of-memory error.")
 
     def as_dict(self) -> dict[str, int]:

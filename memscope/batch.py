@@ -8,7 +8,6 @@ and is what the toolkit's clients (``@auto_clear``, ``@adaptive_batch``,
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import weakref
@@ -40,8 +39,6 @@ logger = logging.getLogger("memscope")
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-_batch_serials = itertools.count()
 
 
 class ManagedBatch(SyncAndAsyncContextManager):
@@ -116,7 +113,6 @@ class ManagedBatch(SyncAndAsyncContextManager):
         )
         self.every = self.options.every
         self.cache_policy: CachePolicy = self.options.cache_policy
-        self._serial = next(_batch_serials)
         self._holds = 0
         self._manager: MemoryManager | None = None
         self._parent: context.ActiveBatch | None = None
@@ -430,7 +426,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         leaving: bool = False,
     ) -> None:
         """Count an out-of-memory error met inside this batch, and what was done about it."""
-        new = self._ledger.oom(error, self._serial, retried=retried, reduced=batch_size_reduced)
+        new = self._ledger.oom(error, retried=retried, reduced=batch_size_reduced)
         if new or leaving:
             for oom_seen in self._hooks.oom_seen:
                 oom_seen(self, error, leaving=leaving)

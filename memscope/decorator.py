@@ -181,9 +181,7 @@ class _CleanupCadence:
         oom = is_oom_error(failure)
         retry = oom and retries_left > 0
         if oom:
-            with self.ledger.lock:
-                self.ledger.ooms += 1
-                self.ledger.oom_retries += int(retry)
+            self.ledger.oom(failure, retried=retry)
             if batch is not None:
                 batch._record_oom(failure, retried=retry)
         if not retry:

@@ -42,6 +42,27 @@ def test_retries_then_succeeds() -> None:
     assert (stats.calls, stats.errors, stats.ooms, stats.oom_retries) == (1, 0, 2, 2)
 
 
+def test_one_failure_raised_again_counts_once_in_the_decorator_and_the_batch() -> None:
+    """A stored OOM raised by every attempt (a failed future's ``result()``) is one failure:
+    ``@auto_clear`` and its batch each count it once, through the same ledger rule, and
+    count every retry."""
+    from concurrent.futures import Future
+
+    failed: Future[None] = Future()
+    failed.set_exception(oom_error("cuda"))
+
+    @auto_clear(every=100, manager=RecordingManager(), oom_retries=2)
+    def colorize() -> None:
+        failed.result()
+
+    with managed_batch(manager=RecordingManager(), every=None) as batch:
+        with pytest.raises(RuntimeError, match="CUDA out of memory"):
+            colorize()
+        stats = colorize.cleanup_stats
+        assert (stats.ooms, stats.oom_retries, stats.errors) == (1, 2, 1)
+    assert (batch.report.ooms, batch.report.oom_retries) == (1, 2)
+
+
 def test_last_oom_is_raised_unchanged_with_a_note() -> None:
     """After N failed retries the last OOM propagates: same object, its traceback, a note."""
     errors: list[BaseException] = []
