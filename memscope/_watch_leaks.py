@@ -41,7 +41,6 @@ class LeakWatcher(Watcher):
         self._offset = offset
         self._watch: LeakWatch | None = None
         self._device_figures = False
-        self._host_samples_seen = 0
 
     def __repr__(self) -> str:
         return "LeakWatcher()"
@@ -108,6 +107,9 @@ class LeakWatcher(Watcher):
 class CountOnlyLeakWatcher(LeakWatcher):
     """The leak watch of a count-only batch, which cleans nothing: it judges the readings
     other watchers (the timeline) took after items, and reads nothing of its own."""
+
+    _host_samples_seen = 0
+    """The host watch's sample count at the last host sample judged."""
 
     def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
         if self._watch is None:
