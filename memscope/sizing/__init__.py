@@ -14,15 +14,15 @@ freeing what a failed call held), which it uses. Its private modules, one per jo
 ``_snapshot`` and ``_rules`` (what a search learned, and the sizing rules), ``_state`` (the
 learned state under a lock), ``_measure`` (the device's figures before an attempt, its peak
 after), ``_search`` (the one decision step and its sync and async drivers), ``_decoration``
-(``@adaptive_batch``), ``_items`` and ``_chunks`` (``process_in_chunks``) and ``_calibration``
-(:func:`calibrate`, :func:`fit_samples`). Reading a call's peak is the private top-level
-``memscope._peak``'s, which the pytest checks share. The pure memory models stay in
-:mod:`memscope.estimation`.
+(``@adaptive_batch``), ``_items``, ``_chunk_search`` and ``_chunks`` (``process_in_chunks``)
+and ``_calibration`` (:func:`calibrate`, :func:`fit_samples`). Reading a call's peak is the
+private top-level ``memscope._peak``'s, which the pytest checks share. The pure memory models
+stay in :mod:`memscope.estimation`.
 """
 
 from memscope.sizing._calibration import calibrate, fit_samples
+from memscope.sizing._chunk_search import ChunkKeywords
 from memscope.sizing._chunks import (
-    ChunkKeywords,
     iter_chunks,
     iter_chunks_async,
     process_in_chunks,

@@ -1,10 +1,9 @@
 """``process_in_chunks``: a function over consecutive chunks of items, shorter where memory fails.
 
-The size search is :mod:`memscope.sizing._search`'s; this module says what an attempt is (the
-function on the next ``size`` items) and when the work is done (no items left), and checks
-and combines what the chunks return. Chunks are counted in items, or, with a memory model,
-sized by memory: the unit of work is then one byte the model estimates, so a chunk of large
-images holds fewer of them than a chunk of small ones.
+The four entry points (sync and async, all results at once or one by one) check their call
+once into a search (:mod:`memscope.sizing._chunk_search`) and drive it. Chunks are counted in
+items, or, with a memory model, sized by memory: the unit of work is then one byte the model
+estimates, so a chunk of large images holds fewer of them than a chunk of small ones.
 """
 
 from __future__ import annotations
@@ -17,48 +16,17 @@ from collections.abc import (
     Coroutine,
     Generator,
     Iterable,
-    Mapping,
+    Iterator,
     Sequence,
 )
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 
-from memscope import _context as context
-from memscope.estimation import ChunkMemoryModel
-from memscope.exceptions import (
-    InvalidArgumentError,
-    InvalidArgumentTypeError,
-    MemoryFiguresUnavailableError,
-)
-from memscope.manager import MemoryManager
-from memscope.sizing._items import (
-    _check_combine,
-    _check_concatenable,
-    _check_items,
-    _check_memory_sizing,
-    _check_state,
-    _combined,
-    _item_source,
-    _Items,
-    _MemorySizing,
-    _MemoryWork,
-    _SlicedItems,
-    _StreamedItems,
-)
-from memscope.sizing._options import Sizing, SizingKeywords, SizingOptions, resolve_sizing
-from memscope.sizing._search import (
-    Call,
-    SizeSearch,
-    drive,
-    drive_async,
-    run_search,
-    run_search_async,
-)
-from memscope.sizing._snapshot import Attempt, CountedWork, Work
-from memscope.sizing._state import AdaptiveBatchState
-from memscope.typing import Combine, DeviceLike
+from memscope.exceptions import InvalidArgumentTypeError
+from memscope.sizing._chunk_search import ChunkKeywords, _ChunkCall
+from memscope.sizing._search import drive, drive_async, run_search, run_search_async
+from memscope.typing import Combine
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -67,7 +35,6 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 __all__ = [
-    "ChunkKeywords",
     "iter_chunks",
     "iter_chunks_async",
     "process_in_chunks",
@@ -75,186 +42,40 @@ __all__ = [
 ]
 
 
-class _ChunkSearch(SizeSearch[Any]):
-    """The search over the chunks of one ``process_in_chunks`` (or ``iter_chunks``) call.
-
-    ``combine`` ``None`` keeps no result: the driver hands each on (``iter_chunks``), or the
-    function returns nothing worth keeping.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        function: Callable[[Any], Any],
-        items: _Items,
-        combine: Combine | None,
-        options: SizingOptions,
-        sizing: _MemorySizing | None,
-        state: AdaptiveBatchState | None,
-        hands_on: bool,
-    ) -> None:
-        batch = context.current()
-        super().__init__(
-            name=name,
-            # Without a state passed in, what is learned lasts for this call: the next call
-            # may get other items.
-            state=AdaptiveBatchState(options.sizing) if state is None else state,
-            manager=options.manager_for(batch),
-            batch=batch,
-            figures=sizing is not None,
-            hands_on=hands_on,
-        )
-        self.function = function
-        self.items = items
-        self.combine = combine
-        self.sizing = sizing
-        self.results: list[Any] = []
-
-    def _attempt_at(self, attempt: Attempt) -> Call:
-        # A stream may end before the attempt's size: only now, reading it, is that known.
-        available = self.items.available(attempt.size)
-        if available < attempt.size:
-            attempt = replace(
-                attempt,
-                size=available,
-                units=self._work().units_of(available),
-                regrowing_from=None,
-            )
-        return super()._attempt_at(attempt)
-
-    def _call(self, size: int) -> Call:
-        return Call(self.function, (self.items.chunk(size),), {})
-
-    def _accept(self, attempt: Attempt, result: Any) -> None:
-        if self.combine is not None:
-            if self.combine == "concat":
-                _check_concatenable(result, self.results[0] if self.results else result)
-            self.results.append(result)
-        self.items.advance(attempt.size)
-
-    def _finished(self) -> bool:
-        return self.items.finished()
-
-    def _result(self) -> Any:
-        if self.combine is None:
-            return None
-        return _combined(self.results, self.combine)
-
-    def _items_left(self) -> int | None:
-        return self.items.left()
-
-    def _work(self) -> Work:
-        if self.sizing is None:
-            return CountedWork(self._items_left())
-        left = self._items_left()
-        assert isinstance(self.items, _SlicedItems)
-        assert left is not None
-        return _MemoryWork(self.sizing, self.items.position, left)
-
-    def _check_reading(self, available: int | None) -> None:
-        if self.sizing is not None and available is None and not self.sizes:
-            raise MemoryFiguresUnavailableError(
-                f"{self.name}: chunks sized by memory_model need the memory available on "
-                f"{self.manager.resolved_device}, which it does not report; use a manager "
-                "with a budget (MemoryManager(device, budget=...)) or, on the CPU, host=True"
-            )
-
-    def _where(self) -> str:
-        return f" for the chunk at {self.items.where()}"
-
-
-class ChunkKeywords(SizingKeywords, total=False):
-    """The keywords every chunk entry point takes (``combine`` aside): the sizing (a
-    :class:`Sizing`, or its fields), the memory model, where memory is freed, the state."""
-
-    sizing: Sizing | None
-    memory_model: ChunkMemoryModel | None
-    image_size: Callable[[Any], tuple[int, int]] | None
-    manager: MemoryManager | None
-    device: DeviceLike
-    state: AdaptiveBatchState | None
-
-
-# The keywords a chunk call takes besides the sizing fields, as ChunkKeywords declares them.
-_CALL_FIELDS = tuple(
-    name for name in ChunkKeywords.__annotations__ if name not in SizingKeywords.__annotations__
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _ChunkCall:
-    """What one call of a chunk entry point was told, before anything is checked."""
-
-    sizing: Sizing | None
-    options: Mapping[str, object]
-    memory_model: object
-    image_size: object
-    combine: object
-    manager: object
-    device: DeviceLike
-    state: object
-
-    @classmethod
-    def of(cls, combine: object, keywords: Mapping[str, object]) -> _ChunkCall:
-        """The call told ``combine`` and ``keywords`` (the sizing fields among them)."""
-        options = dict(keywords)
-        given = {name: options.pop(name, None) for name in _CALL_FIELDS}
-        return cls(options=options, combine=combine, **given)  # type: ignore[arg-type]
-
-    def search(
-        self, where: str, function: object, items: Any, *, awaited: bool, hands_on: bool = False
-    ) -> _ChunkSearch:
-        """Every argument checked, then the search; nothing is called yet (no item is read).
-
-        With ``awaited``, the search's attempts return awaitables, for the async driver; with
-        ``hands_on``, it hands each chunk's result on.
-        """
-        kept = _check_state(self.state)
-        if kept is not None:
-            if self.sizing is not None or self.options:
-                given = ", ".join(
-                    [f"{name}={value!r}" for name, value in self.options.items()]
-                    + ([] if self.sizing is None else [f"sizing={self.sizing!r}"])
-                )
-                raise InvalidArgumentError(
-                    f"{where}(): with state=, the state's sizing is used: pass the sizing to "
-                    f"the AdaptiveBatchState, not here (got {given} and state={kept!r})"
-                )
-            sizing = kept.sizing
-        else:
-            sizing = resolve_sizing(where, self.sizing, self.options)
-        if sizing.start is None:
-            if self.memory_model is None:
-                raise InvalidArgumentTypeError(
-                    f"{where} needs start= (the first chunk's length in items) or "
-                    "memory_model= (to size chunks by memory), or state= (an AdaptiveBatchState)"
-                )
-            # Sized by memory without a cap, a chunk may hold every item.
-            sizing = replace(sizing, start=max(_check_items(items), sizing.min_size))
-        options = SizingOptions(sizing, cast("MemoryManager | None", self.manager), self.device)
-        checked_combine = _check_combine(self.combine)
-        if not callable(function):
-            raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
-        source = _item_source(items)
-        if self.memory_model is not None and isinstance(source, _StreamedItems):
-            raise InvalidArgumentTypeError(
-                "memory_model needs items that can be sliced (a sequence or a tensor), to "
-                f"read the image sizes of the next items; got {type(items).__name__}: pass "
-                "list(items)"
-            )
-        memory = _check_memory_sizing(self.memory_model, self.image_size, items)
-        by_memory = None if memory is None else _MemorySizing(memory[0], items, memory[1])
-        name = getattr(function, "__qualname__", repr(function))
-        attempt = _awaiting(function) if awaited else function
-        return _ChunkSearch(
-            name, attempt, source, checked_combine, options, by_memory, kept, hands_on
-        )
-
-
 @overload
 def process_in_chunks(
     function: Callable[[torch.Tensor], object],
     items: torch.Tensor,
+    *,
+    combine: Combine | None = "concat",
+    **options: Unpack[ChunkKeywords],
+) -> Any: ...
+
+
+@overload
+def process_in_chunks(
+    function: Callable[[list[Item]], object],
+    items: list[Item],
+    *,
+    combine: Combine | None = "concat",
+    **options: Unpack[ChunkKeywords],
+) -> Any: ...
+
+
+@overload
+def process_in_chunks(
+    function: Callable[[Sequence[Item]], object],
+    items: Sequence[Item],
+    *,
+    combine: Combine | None = "concat",
+    **options: Unpack[ChunkKeywords],
+) -> Any: ...
+
+
+@overload
+def process_in_chunks(
+    function: Callable[[list[Item]], object],
+    items: Iterator[Item],
     *,
     combine: Combine | None = "concat",
     **options: Unpack[ChunkKeywords],
@@ -356,25 +177,40 @@ def process_in_chunks(
     return run_search(search)
 
 
-def _awaiting(function: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
-    """``function``, refusing a result that cannot be awaited with a clear error."""
-
-    async def call(chunk: Any) -> Any:
-        returned = function(chunk)
-        if not inspect.isawaitable(returned):
-            raise InvalidArgumentTypeError(
-                f"process_in_chunks_async needs a function that returns an awaitable; "
-                f"{function!r} returned {type(returned).__name__}: use process_in_chunks"
-            )
-        return await returned
-
-    return call
-
-
 @overload
 def process_in_chunks_async(
     function: Callable[[torch.Tensor], Awaitable[object]],
     items: torch.Tensor,
+    *,
+    combine: Combine | None = "concat",
+    **options: Unpack[ChunkKeywords],
+) -> Coroutine[Any, Any, Any]: ...
+
+
+@overload
+def process_in_chunks_async(
+    function: Callable[[list[Item]], Awaitable[object]],
+    items: list[Item],
+    *,
+    combine: Combine | None = "concat",
+    **options: Unpack[ChunkKeywords],
+) -> Coroutine[Any, Any, Any]: ...
+
+
+@overload
+def process_in_chunks_async(
+    function: Callable[[Sequence[Item]], Awaitable[object]],
+    items: Sequence[Item],
+    *,
+    combine: Combine | None = "concat",
+    **options: Unpack[ChunkKeywords],
+) -> Coroutine[Any, Any, Any]: ...
+
+
+@overload
+def process_in_chunks_async(
+    function: Callable[[list[Item]], Awaitable[object]],
+    items: Iterator[Item],
     *,
     combine: Combine | None = "concat",
     **options: Unpack[ChunkKeywords],
@@ -418,6 +254,30 @@ def iter_chunks(
 
 @overload
 def iter_chunks(
+    function: Callable[[list[Item]], Result],
+    items: list[Item],
+    **options: Unpack[ChunkKeywords],
+) -> Generator[Result, None, None]: ...
+
+
+@overload
+def iter_chunks(
+    function: Callable[[Sequence[Item]], Result],
+    items: Sequence[Item],
+    **options: Unpack[ChunkKeywords],
+) -> Generator[Result, None, None]: ...
+
+
+@overload
+def iter_chunks(
+    function: Callable[[list[Item]], Result],
+    items: Iterator[Item],
+    **options: Unpack[ChunkKeywords],
+) -> Generator[Result, None, None]: ...
+
+
+@overload
+def iter_chunks(
     function: Callable[[Sequence[Item]], Result],
     items: Iterable[Item],
     **options: Unpack[ChunkKeywords],
@@ -451,6 +311,30 @@ def iter_chunks(
 def iter_chunks_async(
     function: Callable[[torch.Tensor], Awaitable[Result]],
     items: torch.Tensor,
+    **options: Unpack[ChunkKeywords],
+) -> AsyncGenerator[Result, None]: ...
+
+
+@overload
+def iter_chunks_async(
+    function: Callable[[list[Item]], Awaitable[Result]],
+    items: list[Item],
+    **options: Unpack[ChunkKeywords],
+) -> AsyncGenerator[Result, None]: ...
+
+
+@overload
+def iter_chunks_async(
+    function: Callable[[Sequence[Item]], Awaitable[Result]],
+    items: Sequence[Item],
+    **options: Unpack[ChunkKeywords],
+) -> AsyncGenerator[Result, None]: ...
+
+
+@overload
+def iter_chunks_async(
+    function: Callable[[list[Item]], Awaitable[Result]],
+    items: Iterator[Item],
     **options: Unpack[ChunkKeywords],
 ) -> AsyncGenerator[Result, None]: ...
 

@@ -12,7 +12,8 @@ at run time either, as the first positional parameter is taken as the batch size
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Generator, Sequence
+from typing import Any
 
 import torch
 from typing_extensions import assert_type
@@ -25,7 +26,13 @@ from memscope.oom import (
     AdaptiveBatchSnapshot,
     AdaptiveBatchState,
 )
-from memscope.sizing import Sizing, iter_chunks, iter_chunks_async, process_in_chunks
+from memscope.sizing import (
+    Sizing,
+    iter_chunks,
+    iter_chunks_async,
+    process_in_chunks,
+    process_in_chunks_async,
+)
 
 # A function: memscope supplies the batch size, callers pass the rest. -------------------
 
@@ -184,3 +191,35 @@ assert_type(iter_chunks_async(lengths_later, ["a.png"], start=2), AsyncGenerator
 process_in_chunks(lengths, ["a.png"], sizing=sizing)
 process_in_chunks(lengths, [1, 2, 3], start=2)  # type: ignore[arg-type]
 iter_chunks(rows, ["a.png"], start=2)  # type: ignore[arg-type]
+
+
+# A list's chunks are lists, and so are an iterator's (a generator's, say): a function typed
+# for lists takes both; a tuple's chunks are tuples, which such a function must not be given,
+# and so is any other iterable (a DataLoader, a set), whose function must take a Sequence.
+def list_lengths(chunk: list[str]) -> list[int]:
+    return [len(name) for name in chunk]
+
+
+async def list_lengths_later(chunk: list[str]) -> list[int]:
+    return [len(name) for name in chunk]
+
+
+def names() -> Generator[str, None, None]:
+    yield "a.png"
+
+
+assert_type(iter_chunks(list_lengths, ["a.png"], start=2), Generator[list[int], None, None])
+assert_type(iter_chunks(list_lengths, names(), start=2), Generator[list[int], None, None])
+assert_type(
+    iter_chunks_async(list_lengths_later, names(), start=2), AsyncGenerator[list[int], None]
+)
+process_in_chunks(list_lengths, ["a.png"], start=2)
+process_in_chunks(list_lengths, names(), start=2)
+chunked_later: Coroutine[Any, Any, Any] = process_in_chunks_async(
+    list_lengths_later, ["a.png"], start=2
+)
+process_in_chunks(lengths, ("a.png",), start=2)
+process_in_chunks(list_lengths, ("a.png",), start=2)  # type: ignore[arg-type]
+iter_chunks(list_lengths, ("a.png",), start=2)  # type: ignore[arg-type]
+process_in_chunks(list_lengths, {"a.png"}, start=2)  # type: ignore[arg-type]
+process_in_chunks(lengths, {"a.png"}, start=2)
