@@ -75,6 +75,8 @@ class Trend:
     """How many steps the t statistic is of."""
     recent_slope: float
     """The Theil-Sen slope of the latest :data:`RECENT_BLOCKS` blocks."""
+    early_slope: float
+    """The Theil-Sen slope of the earliest :data:`RECENT_BLOCKS` blocks."""
     first_item: int
     last_item: int
     samples: int
@@ -172,6 +174,7 @@ class Blocks:
         intercept = statistics.median(value - slope * item for item, value in blocks)
         t, steps = _step_test(blocks)
         recent = blocks[-RECENT_BLOCKS:]
+        early = blocks[:RECENT_BLOCKS]
         # A second difference of normal jitter has a mean absolute value of
         # sqrt(6) * sqrt(2 / pi) jitters.
         noise = statistics.median(self._spread) / _BEND_TO_SD
@@ -182,6 +185,7 @@ class Blocks:
             t=t,
             steps=steps,
             recent_slope=_theil_sen(recent) if len(recent) >= 2 else slope,
+            early_slope=_theil_sen(early) if len(early) >= 2 else slope,
             first_item=self.first_item,
             last_item=self.last_item,
             samples=self.samples,

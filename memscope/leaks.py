@@ -70,6 +70,15 @@ CLEAR_SHARE: Final = 0.125
 """A finding is cleared once the latest 32 samples grow less than this share of its rate,"""
 CLEAR_JUDGEMENTS: Final = 2
 """at this many judgements in a row (8 samples apart): the hysteresis of "growth stopped"."""
+FAST_SHARE: Final = 0.01
+"""Growth of this share per item (1 %) of the memory held where the rise began is named as
+soon as the test holds: memory that doubles within 100 items."""
+URGENT_SPANS: Final = 4
+"""Growth that would fill the capacity within this many times the items it has been watched is
+named as soon as the test holds."""
+STRAIGHT_SHARE: Final = 0.8
+"""Slower growth is named once it spans a whole window and both its earliest and its latest
+quarter grow at this share of the window's rate or more."""
 FREED_SHARE: Final = 0.5
 """A collection that frees more than this share of the growth shows it was garbage."""
 SEARCH_SETTLE: Final = 2
@@ -354,7 +363,31 @@ class LeakWatch:
         # Memory must reach a level it never held: growth back up to where it came down from
         # (the next rise of a wave, of a sawtooth) is no leak. The level is the line's, or the
         # latest block's where that is lower (a rise that bends over).
-        return self._past_every_level(min(trend.at(trend.last_item), self._blocks.latest))
+        level = min(trend.at(trend.last_item), self._blocks.latest)
+        if not self._past_every_level(level):
+            return False
+        return self._fast(trend) or self._urgent(trend, level) or self._sustained(trend)
+
+    def _fast(self, trend: Trend) -> bool:
+        """Growth of :data:`FAST_SHARE` per item of what memory held where the rise began:
+        more than the first rise of a wave or a cache the code fills and empties."""
+        return trend.slope >= FAST_SHARE * max(trend.at(trend.first_item), 1)
+
+    def _urgent(self, trend: Trend, level: float) -> bool:
+        """Growth that would fill the capacity within :data:`URGENT_SPANS` times the items it
+        has been watched: waiting for a whole window of evidence could end in the OOM."""
+        if self.capacity is None:
+            return False
+        items_left = (self.capacity - level) / trend.slope
+        return items_left <= URGENT_SPANS * max(trend.last_item - trend.first_item, 1)
+
+    def _sustained(self, trend: Trend) -> bool:
+        """Growth over a whole window that is as fast at its start as at its end (within
+        :data:`STRAIGHT_SHARE`): a straight line, not part of a wave, which bends."""
+        if len(self._blocks) < self._max_blocks:
+            return False
+        floor = STRAIGHT_SHARE * trend.slope
+        return trend.early_slope >= floor and trend.recent_slope >= floor
 
     def _highest_level(self) -> float:
         """The level growth must pass: the lowest floor, or higher where memory came down."""

@@ -231,9 +231,9 @@ def test_slow_growth_below_the_rate_threshold_is_not_a_leak() -> None:
 
 
 def test_growth_below_the_share_of_the_device_is_not_a_leak_yet() -> None:
-    """1 MiB per item for 100 items is 100 MiB: under 1 % of an 80 GiB device, not named;
-    without a capacity, the same growth is."""
-    figures = leaking(100, rate=1 * MiB)
+    """1 MiB per item for 160 items is 160 MiB: under 1 % of an 80 GiB device, not named;
+    without a capacity, the same growth is (straight over a whole window)."""
+    figures = leaking(160, rate=1 * MiB)
     assert DEFAULT_MIN_SHARE == 0.01
     assert watch_figures(figures, capacity=80 * GiB).finding is None
     assert watch_figures(figures, capacity=None).finding is not None
@@ -241,7 +241,7 @@ def test_growth_below_the_share_of_the_device_is_not_a_leak_yet() -> None:
 
 def test_the_thresholds_can_be_set() -> None:
     """min_growth_per_item and min_share take sizes and fractions."""
-    figures = leaking(100, rate=1 * MiB)
+    figures = leaking(160, rate=1 * MiB)
     assert watch_figures(figures, capacity=80 * GiB, min_share=0.001).finding is not None
     assert watch_figures(figures, capacity=None, min_growth_per_item="2MiB").finding is None
 
