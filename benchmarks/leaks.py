@@ -119,14 +119,15 @@ def wandering(phi: float, items: int = 1000) -> Series:
     return series
 
 
-def wave(period: int, items: int = 300) -> Series:
-    """A sine of 500 MiB peak to peak around 2 GiB at a random phase, plus 5 MiB of jitter."""
+def wave(period: int, items: int = 300, peak_to_peak: int = 500 * MiB) -> Series:
+    """A sine of ``peak_to_peak`` (500 MiB) around 2 GiB at a random phase, plus 5 MiB of
+    jitter."""
 
     def series(noise: random.Random) -> Iterator[float]:
         phase = noise.uniform(0, 2 * math.pi)
         for item in range(items):
             angle = 2 * math.pi * item / period + phase
-            yield 2 * GiB + 250 * MiB * math.sin(angle) + noise.gauss(0, 5 * MiB)
+            yield 2 * GiB + peak_to_peak / 2 * math.sin(angle) + noise.gauss(0, 5 * MiB)
 
     return series
 
@@ -191,9 +192,19 @@ SHAPES: tuple[Shape, ...] = (
     Shape("1. wandering, phi 0.9, 8 GiB, 1,000 items", 8 * GiB, wandering(0.9)),
     Shape("2. sine 500 MiB, period 20, 8 GiB, 300 items", 8 * GiB, wave(20)),
     Shape("2. sine 500 MiB, period 50, 8 GiB, 300 items", 8 * GiB, wave(50)),
-    Shape("2. sine 500 MiB, period 100, 8 GiB, 300 items (limit)", 8 * GiB, wave(100)),
-    Shape("2. sine 500 MiB, period 300, 8 GiB, 300 items (limit)", 8 * GiB, wave(300)),
-    Shape("2. sine 500 MiB, period 300, 8 GiB, 1,000 items (limit)", 8 * GiB, wave(300, 1000)),
+    Shape("2. sine 500 MiB, period 100, 8 GiB, 300 items", 8 * GiB, wave(100)),
+    Shape("2. sine 500 MiB, period 300, 8 GiB, 300 items", 8 * GiB, wave(300)),
+    Shape("2. sine 500 MiB, period 300, 8 GiB, 1,000 items", 8 * GiB, wave(300, 1000)),
+    Shape(
+        "2. sine 500 MiB, period 1,000, 8 GiB, 1,000 items (limit)",
+        8 * GiB,
+        wave(1000, 1000),
+    ),
+    Shape(
+        "2. sine 3 GiB, period 100, 8 GiB, 300 items (limit)",
+        8 * GiB,
+        wave(100, 300, 3 * GiB),
+    ),
     Shape(
         "2. sawtooth 500 MiB flushed by collections every 37, 8 GiB",
         8 * GiB,
@@ -208,8 +219,8 @@ SHAPES: tuple[Shape, ...] = (
         garbage=_sawtooth_garbage(100),
         collect_every=100,
     ),
-    Shape("2. sawtooth 500 MiB the code empties every 37, 8 GiB (limit)", 8 * GiB, sawtooth(37)),
-    Shape("2. sawtooth 500 MiB the code empties every 100, 8 GiB (limit)", 8 * GiB, sawtooth(100)),
+    Shape("2. sawtooth 500 MiB the code empties every 37, 8 GiB", 8 * GiB, sawtooth(37)),
+    Shape("2. sawtooth 500 MiB the code empties every 100, 8 GiB", 8 * GiB, sawtooth(100)),
     Shape(
         "3. 64 MiB/item of cyclic garbage, threshold GC, 24 GiB",
         24 * GiB,

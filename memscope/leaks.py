@@ -103,6 +103,12 @@ class LeakWatch:
       the highest block it came down from before that floor (the last crest of a wave or a
       sawtooth), and after a finding was cleared, above the level it stopped at; the
       level is the line's at the latest sample, or the latest block's where that is lower,
+    * it is fast, urgent or long: it grows :data:`FAST_SHARE` per item (1 %) of the memory
+      held where the window's line begins, or would fill ``capacity`` within
+      :data:`URGENT_SPANS` times the items the window spans, or fills a whole window with
+      both its earliest and its latest 32 samples growing at :data:`STRAIGHT_SHARE` of its
+      rate: the first rise of a wave bends within a window, and is slow for the memory it
+      sits on,
     * and the growth is memory that stays: where the samples were taken after cleanups that
       ran no collection (``collected=False``), the watch sets :attr:`wants_collection` and
       names the leak only if the next collection (``collected=True``) frees less than half of
