@@ -12,8 +12,9 @@ import ast
 import dataclasses
 import json
 import logging
+import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -752,6 +753,33 @@ def test_managed_batch_on_a_steady_loop_reports_no_growth_and_no_leak() -> None:
             fake.set_memory(allocated=BASELINE)
     assert batch.report.memory_growth_per_item == 0
     assert batch.report.leak is None
+
+
+@pytest.mark.parametrize(
+    "allocated",
+    [
+        pytest.param(
+            lambda item: 2 * GiB + 5 * MiB * (item % 100), id="sawtooth emptied every 100"
+        ),
+        pytest.param(
+            lambda item: 2 * GiB + 250 * MiB * math.sin(2 * math.pi * item / 300),
+            id="sine of 500 MiB, period 300",
+        ),
+    ],
+)
+def test_managed_batch_names_no_leak_on_the_first_rise_of_a_wave(
+    allocated: Callable[[int], float], memscope_log: pytest.LogCaptureFixture
+) -> None:
+    """On an 8 GiB fake CUDA device, a cache the code fills for 100 items and empties, and a
+    sine of period 300, over 600 items at every=1: no WARNING and no leak in the report."""
+    with (
+        FakeDevice("cuda", total=8 * GiB) as fake,
+        managed_batch("cuda", every=1) as batch,
+    ):
+        for item in batch.track(range(1, 601)):
+            fake.set_memory(allocated=round(allocated(item)))
+    assert batch.report.leak is None
+    assert warnings_logged(memscope_log) == []
 
 
 def test_managed_batch_with_a_cadence_measures_growth_per_item() -> None:
