@@ -40,7 +40,7 @@ MAX_BLOCKS: Final = 32
 MIN_STEPS: Final = 4
 """Steps between blocks (5 blocks, 20 samples) before anything is judged."""
 RECENT_BLOCKS: Final = 8
-"""Blocks the recent rate is measured over: the latest half of the window."""
+"""Blocks the recent (and the early) rate is measured over: a quarter of the default window."""
 
 # One-sided 99.95 % quantiles of Student's t, by degrees of freedom (1 to 31): the step test's
 # critical values for a false-alarm probability of 0.05 % per judgement on a random walk.
