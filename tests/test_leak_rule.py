@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.leaks import SHAPES, Shape, operations_per_sample, run
 from memscope import InvalidArgumentTypeError
@@ -154,6 +156,36 @@ def test_slow_growth_is_named_once_it_has_gone_on_straight_for_a_whole_window() 
     for item in range(1, 129):
         bent.observe(item, BASELINE + 2 * MiB * max(0, item - 64))
     assert bent.finding is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    capacity_gib=st.sampled_from([8, 24, 80]),
+    level=st.floats(0.02, 0.8),
+    items_to_full=st.integers(40, 4000),
+    jitter_share=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_a_steady_leak_is_named_before_most_of_the_device_is_gone(
+    capacity_gib: int, level: float, items_to_full: int, jitter_share: float, seed: int
+) -> None:
+    """Whatever its level and rate, a steady leak that fills the device in 40 to 4,000 items,
+    under jitter of up to 5 MiB and at most five times its rate, is named before 80 % of the
+    way to a full device: the fast, urgent or long test drops no leak the rest would name."""
+    capacity = capacity_gib * GiB
+    start = level * capacity
+    rate = (capacity - start) / items_to_full
+    jitter = jitter_share * min(5 * MiB, 5 * rate)
+    noise = random.Random(seed)
+    watch = LeakWatch("cuda:0", capacity=capacity, search_suspects=False)
+    named = None
+    for item in range(1, items_to_full + 1):
+        retained = max(0, round(start + rate * item + noise.gauss(0, jitter)))
+        if watch.observe(item, retained) is not None:
+            named = item
+            break
+    assert named is not None
+    assert named <= 0.8 * items_to_full
 
 
 # One warning per leak -----------------------------------------------------------------------
