@@ -429,7 +429,7 @@ def test_an_existing_empty_folder_is_used(tmp_path: Path) -> None:
         ({"images": 0}, InvalidArgumentError, "images must be an int >= 1"),
         ({"every": 0}, InvalidArgumentError, "every must be an int >= 1"),
         ({"seed": -1}, InvalidArgumentError, "seed must be an int >= 0"),
-        ({"size": (0, 5)}, InvalidArgumentError, "size width must be positive"),
+        ({"size": (0, 5)}, InvalidArgumentError, "size width must be an int >= 1, got 0"),
         ({"memory_threshold": 1.5}, InvalidArgumentError, "memory_threshold"),
         ({"device": "cuda:7"}, DeviceUnavailableError, "cuda:7"),
         ({"progress": "yes"}, InvalidArgumentTypeError, "progress must be a bool"),

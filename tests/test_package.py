@@ -183,6 +183,22 @@ def test_no_package_imports_another_packages_private_module() -> None:
     assert crossings == []
 
 
+def test_the_cli_and_the_demo_use_public_names_only() -> None:
+    """memscope.cli (the demo included) imports memscope as a user would: no private module
+    of memscope outside the CLI's own, but the version string's (``memscope.__version__``
+    itself, read where it is defined so that ``--version`` needs no more of the package)."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    private = []
+    for name, path in sorted(modules.items()):
+        if not name.startswith("memscope.cli"):
+            continue
+        for target in _imports(path, name, set(modules)) - {"memscope._version"}:
+            theirs = target.startswith("memscope") and not target.startswith("memscope.cli")
+            if theirs and any(part.startswith("_") for part in target.split(".")):
+                private.append(f"{name} -> {target}")
+    assert private == []
+
+
 def test_version_is_a_string() -> None:
     """``memscope.__version__`` is set."""
     assert isinstance(memscope.__version__, str)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from memscope._validation import check_fraction, check_image_size, check_int
 from memscope.batch import managed_batch
 from memscope.cli._demo_art import Colorizer, ImageLeftovers, draw_line_art, leftover_bytes
 from memscope.cli._demo_files import (
@@ -174,16 +173,16 @@ class Demo:
         seed: int = 0,
         progress: bool = False,
     ) -> None:
-        self.images = check_int(images, "images", minimum=1)
-        self.width, self.height = check_image_size(size, "size")
-        self.every = check_int(every, "every", minimum=1)
-        self.seed = check_int(seed, "seed", minimum=0)
+        self.images = _whole_number(images, "images", minimum=1)
+        self.width, self.height = _image_size(size)
+        self.every = _whole_number(every, "every", minimum=1)
+        self.seed = _whole_number(seed, "seed", minimum=0)
         if not isinstance(progress, bool):
             raise InvalidArgumentTypeError(f"progress must be a bool, got {progress!r}")
         self.progress = progress
-        self.memory_threshold = check_fraction(memory_threshold, "memory_threshold")
-        # Made now, so an absent device fails before any work.
-        self.manager = MemoryManager(device, self.memory_threshold)
+        # Made now, so an absent device or a bad threshold fails before any work.
+        self.manager = MemoryManager(device, memory_threshold)
+        self.memory_threshold = self.manager.memory_threshold
         self._host_monitor = self._watch_host()
         self._check_leftovers_fit()
         # Last: a folder is only tried once everything else is known to be right.
@@ -397,3 +396,24 @@ class Demo:
         check_output_folder(self.out, "out")
         self.out.mkdir(parents=True, exist_ok=True)
         return self.out
+
+
+def _whole_number(value: object, name: str, *, minimum: int) -> int:
+    """A count or a seed of the demo's, refused with memscope's errors if it is none."""
+    if type(value) is not int:  # a bool is no count
+        raise InvalidArgumentTypeError(
+            f"{name} must be an int, got {value!r} of type {type(value).__name__}"
+        )
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _image_size(size: object) -> tuple[int, int]:
+    """The demo's ``(width, height)``, each side a whole number of pixels."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise InvalidArgumentTypeError(f"size must be a (width, height) pair, got {size!r}")
+    width, height = size
+    return _whole_number(width, "size width", minimum=1), _whole_number(
+        height, "size height", minimum=1
+    )
