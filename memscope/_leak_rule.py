@@ -53,6 +53,18 @@ _BEND_TO_SD: Final = math.sqrt(6) * math.sqrt(2 / math.pi)
 SIGNIFICANCE: Final = 0.0005
 """The step test's false-alarm probability per judgement on memory that wanders at random."""
 
+GOING_ON_SHARE: Final = 0.25
+"""A leak is named only while the latest 32 samples grow at this share of its rate or more."""
+FAST_SHARE: Final = 0.01
+"""Growth of this share per item (1 %) of the memory held where the rise began is named as
+soon as the test holds: memory that doubles within 100 items."""
+URGENT_SPANS: Final = 4
+"""Growth that would fill the capacity within this many times the items it has been watched is
+named as soon as the test holds."""
+STRAIGHT_SHARE: Final = 0.8
+"""Slower growth is named once it spans a whole window and both its earliest and its latest
+quarter grow at this share of the window's rate or more."""
+
 
 def critical_t(degrees: int) -> float:
     """The one-sided critical value of the step test for ``degrees`` degrees of freedom."""
@@ -87,6 +99,63 @@ class Trend:
     def significant(self, min_steps: int = MIN_STEPS) -> bool:
         """Whether the steps rise more than wandering memory's would, at :data:`SIGNIFICANCE`."""
         return self.steps >= min_steps and self.t >= critical_t(self.steps - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LeakRule:
+    """When a rise of the blocks is a leak: a leak watch's thresholds, checked by the watch."""
+
+    min_growth_per_item: int
+    min_share: float
+    capacity: int | None
+    min_steps: int
+    """Steps the step test needs (the watch's ``min_samples``, in blocks, less one)."""
+    max_blocks: int
+    """Blocks a full window holds."""
+
+    def past(self, level: float, highest: float | None) -> bool:
+        """Whether ``level`` passed ``highest`` (the level growth must pass) by the share of
+        the capacity a leak needs; always, where the capacity or ``highest`` is unknown."""
+        if self.capacity is None or highest is None:
+            return True
+        return level - highest >= self.min_share * self.capacity
+
+    def holds(self, trend: Trend, blocks: Blocks, highest: float | None) -> bool:
+        """Whether ``trend``, the line through ``blocks``, is a leak past ``highest``."""
+        if trend.slope < max(self.min_growth_per_item, 1):
+            return False
+        if not trend.significant(self.min_steps):
+            return False
+        if trend.recent_slope < GOING_ON_SHARE * trend.slope:
+            return False  # growth that stopped (a cache that filled) is no leak
+        # Memory must reach a level it never held: growth back up to where it came down from
+        # (the next rise of a wave, of a sawtooth) is no leak. The level is the line's, or the
+        # latest block's where that is lower (a rise that bends over).
+        level = min(trend.at(trend.last_item), blocks.latest)
+        if not self.past(level, highest):
+            return False
+        return self._fast(trend) or self._urgent(trend, level) or self._sustained(trend, blocks)
+
+    def _fast(self, trend: Trend) -> bool:
+        """Growth of :data:`FAST_SHARE` per item of what memory held where the rise began:
+        more than the first rise of a wave or a cache the code fills and empties."""
+        return trend.slope >= FAST_SHARE * max(trend.at(trend.first_item), 1)
+
+    def _urgent(self, trend: Trend, level: float) -> bool:
+        """Growth that would fill the capacity within :data:`URGENT_SPANS` times the items it
+        has been watched: waiting for a whole window of evidence could end in the OOM."""
+        if self.capacity is None:
+            return False
+        items_left = (self.capacity - level) / trend.slope
+        return items_left <= URGENT_SPANS * max(trend.last_item - trend.first_item, 1)
+
+    def _sustained(self, trend: Trend, blocks: Blocks) -> bool:
+        """Growth over a whole window that is as fast at its start as at its end (within
+        :data:`STRAIGHT_SHARE`): a straight line, not part of a wave, which bends."""
+        if len(blocks) < self.max_blocks:
+            return False
+        floor = STRAIGHT_SHARE * trend.slope
+        return trend.early_slope >= floor and trend.recent_slope >= floor
 
 
 class Blocks:

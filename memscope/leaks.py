@@ -32,12 +32,19 @@ from typing import Any, Final
 
 import torch
 
+# The rule's thresholds (``as``) are served here too: docs/leaks.md names them as this
+# module's.
 from memscope._leak_rule import (
     BLOCK,
+    FAST_SHARE as FAST_SHARE,
+    GOING_ON_SHARE as GOING_ON_SHARE,
     MIN_GROWTH_PER_ITEM,
     SAMPLED,
     SIGNIFICANCE,
+    STRAIGHT_SHARE as STRAIGHT_SHARE,
+    URGENT_SPANS as URGENT_SPANS,
     Blocks,
+    LeakRule,
     Sampled,
     Trend,
 )
@@ -64,21 +71,10 @@ DEFAULT_MIN_SHARE: Final = 0.01
 FALSE_ALARM_PER_JUDGEMENT: Final = SIGNIFICANCE
 """The step test's false-alarm probability per judgement (0.05 %) on memory that wanders."""
 
-GOING_ON_SHARE: Final = 0.25
-"""A leak is named only while the latest 32 samples grow at this share of its rate or more."""
 CLEAR_SHARE: Final = 0.125
 """A finding is cleared once the latest 32 samples grow less than this share of its rate,"""
 CLEAR_JUDGEMENTS: Final = 2
 """at this many judgements in a row (8 samples apart): the hysteresis of "growth stopped"."""
-FAST_SHARE: Final = 0.01
-"""Growth of this share per item (1 %) of the memory held where the rise began is named as
-soon as the test holds: memory that doubles within 100 items."""
-URGENT_SPANS: Final = 4
-"""Growth that would fill the capacity within this many times the items it has been watched is
-named as soon as the test holds."""
-STRAIGHT_SHARE: Final = 0.8
-"""Slower growth is named once it spans a whole window and both its earliest and its latest
-quarter grow at this share of the window's rate or more."""
 FREED_SHARE: Final = 0.5
 """A collection that frees more than this share of the growth shows it was garbage."""
 SEARCH_SETTLE: Final = 2
@@ -196,6 +192,13 @@ class LeakWatch:
         self._min_steps = max(1, math.ceil(self.min_samples / BLOCK) - 1)
         self._lock = threading.Lock()
         self._blocks = Blocks(self._max_blocks)
+        self._rule = LeakRule(
+            min_growth_per_item=self.min_growth_per_item,
+            min_share=self.min_share,
+            capacity=self.capacity,
+            min_steps=self._min_steps,
+            max_blocks=self._max_blocks,
+        )
         self._samples: deque[tuple[int, int]] = deque(maxlen=self.window)
         # The samples nothing could free (after a collection), for the growth figure.
         self._floors: deque[tuple[int, int]] = deque(maxlen=self.window)
@@ -326,8 +329,8 @@ class LeakWatch:
         if len(self._blocks) < 2:
             return
         finding = self._finding
-        if (finding is None or not finding.active) and not self._past_every_level(
-            self._blocks.latest
+        if (finding is None or not finding.active) and not self._rule.past(
+            self._blocks.latest, self._highest_level()
         ):
             # The test's cheap half first: memory that has not risen past every level it held
             # is no leak whatever its line, so most judgements fit no line at all.
@@ -349,7 +352,7 @@ class LeakWatch:
                 # The same leak, measured on more evidence: its figures follow, its name stays.
                 self._finding = replace(self._evidence(trend), **_kept_from(finding))
             return
-        if not self._is_leak(trend):
+        if not self._rule.holds(trend, self._blocks, self._highest_level()):
             self._wanted = False
             return
         if self._uncollected:
@@ -359,54 +362,11 @@ class LeakWatch:
             return
         self._name(trend, trend.last_item)
 
-    def _is_leak(self, trend: Trend) -> bool:
-        if trend.slope < max(self.min_growth_per_item, 1):
-            return False
-        if not trend.significant(self._min_steps):
-            return False
-        if trend.recent_slope < GOING_ON_SHARE * trend.slope:
-            return False  # growth that stopped (a cache that filled) is no leak
-        # Memory must reach a level it never held: growth back up to where it came down from
-        # (the next rise of a wave, of a sawtooth) is no leak. The level is the line's, or the
-        # latest block's where that is lower (a rise that bends over).
-        level = min(trend.at(trend.last_item), self._blocks.latest)
-        if not self._past_every_level(level):
-            return False
-        return self._fast(trend) or self._urgent(trend, level) or self._sustained(trend)
-
-    def _fast(self, trend: Trend) -> bool:
-        """Growth of :data:`FAST_SHARE` per item of what memory held where the rise began:
-        more than the first rise of a wave or a cache the code fills and empties."""
-        return trend.slope >= FAST_SHARE * max(trend.at(trend.first_item), 1)
-
-    def _urgent(self, trend: Trend, level: float) -> bool:
-        """Growth that would fill the capacity within :data:`URGENT_SPANS` times the items it
-        has been watched: waiting for a whole window of evidence could end in the OOM."""
-        if self.capacity is None:
-            return False
-        items_left = (self.capacity - level) / trend.slope
-        return items_left <= URGENT_SPANS * max(trend.last_item - trend.first_item, 1)
-
-    def _sustained(self, trend: Trend) -> bool:
-        """Growth over a whole window that is as fast at its start as at its end (within
-        :data:`STRAIGHT_SHARE`): a straight line, not part of a wave, which bends."""
-        if len(self._blocks) < self._max_blocks:
-            return False
-        floor = STRAIGHT_SHARE * trend.slope
-        return trend.early_slope >= floor and trend.recent_slope >= floor
-
-    def _highest_level(self) -> float:
+    def _highest_level(self) -> float | None:
         """The level growth must pass: the lowest floor, or higher where memory came down."""
-        assert self._lowest is not None
+        if self._lowest is None:
+            return None
         return max(self._lowest, self._rearm_above or 0, self._blocks.high_before_low or 0)
-
-    def _past_every_level(self, level: float) -> bool:
-        """Whether ``level`` passed :meth:`_highest_level` by the share a leak needs (always,
-        where the capacity is unknown). The cheap test asks it of the latest block, the rule
-        of the line's level, which is never above the block's."""
-        if self.capacity is None or self._lowest is None:
-            return True
-        return level - self._highest_level() >= self.min_share * self.capacity
 
     def _evidence(self, fit: Trend, detected_at: int | None = None) -> LeakFinding:
         retained_last = fit.at(fit.last_item)
