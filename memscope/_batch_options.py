@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING
 
-from memscope import _context as context
-from memscope import _manager_checks as manager_checks
+from memscope import _context as context, _manager_checks as manager_checks
 from memscope._devices import as_torch_device
 from memscope._validation import check_fraction, check_int, reject_both
 from memscope._watch_allocator import AllocatorWatch

@@ -15,9 +15,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from os import PathLike
 from typing import Any, TypeVar
 
-from memscope import _context as context
-from memscope import _heap as heap
-from memscope import _loops as loops
+from memscope import _context as context, _heap as heap, _loops as loops
 from memscope._batch_options import BatchOptions
 from memscope._cleanup import CleanupOutcome, reclaim, run_cleanup_safely
 from memscope._context_manager import SyncAndAsyncContextManager

@@ -16,8 +16,7 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
-from memscope import _context as context
-from memscope import _wrapt as wrapt
+from memscope import _context as context, _wrapt as wrapt
 from memscope._cleanup import CleanupOutcome, failures, run_cleanup_safely
 from memscope._context import ActiveBatch
 from memscope._devices import as_torch_device, present_torch_device

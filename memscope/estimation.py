@@ -37,13 +37,14 @@ if TYPE_CHECKING:
     import torch
 
     # Explicit re-exports (``as``), for type checkers: the names that moved to sizing.
-    from memscope._peak import PeakStart as PeakStart
-    from memscope._peak import host_peak as host_peak
-    from memscope._peak import peak_source as peak_source
-    from memscope._peak import read_peak as read_peak
-    from memscope._peak import start_peak as start_peak
-    from memscope.sizing import calibrate as calibrate
-    from memscope.sizing import fit_samples as fit_samples
+    from memscope._peak import (
+        PeakStart as PeakStart,
+        host_peak as host_peak,
+        peak_source as peak_source,
+        read_peak as read_peak,
+        start_peak as start_peak,
+    )
+    from memscope.sizing import calibrate as calibrate, fit_samples as fit_samples
 
 
 class MemoryManager(Protocol):

@@ -20,11 +20,11 @@ from memscope import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MemscopeError,
+    _context as context,
     adaptive_batch,
     is_oom_error,
     managed_batch,
 )
-from memscope import _context as context
 from memscope.oom import AdaptiveBatchFunction, AdaptiveBatchState
 from memscope.testing import FakeDevice, GiB, MiB, RecordingManager, oom_error
 

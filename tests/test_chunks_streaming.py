@@ -7,8 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from memscope import ImageMemoryModel, InvalidArgumentError, InvalidArgumentTypeError
 from memscope.oom import (

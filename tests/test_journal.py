@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from memscope import InvalidArgumentError, InvalidArgumentTypeError, auto_clear, managed_batch
 from memscope.exceptions import JournalError

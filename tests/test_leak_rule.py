@@ -10,8 +10,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from benchmarks.leaks import SHAPES, Shape, operations_per_sample, run
 from memscope import InvalidArgumentTypeError

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import memscope.leaks
 from memscope import BatchReport, InvalidArgumentError, InvalidArgumentTypeError, managed_batch

@@ -8,8 +8,7 @@ import math
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from memscope.sizing import Sizing, adaptive_batch
 from memscope.sizing._fit import fit_memory, with_point

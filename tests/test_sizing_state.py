@@ -7,8 +7,7 @@ import dataclasses
 import threading
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from memscope import InvalidArgumentError, InvalidArgumentTypeError, adaptive_batch
 from memscope.oom import AdaptiveBatchSnapshot, AdaptiveBatchState

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.reports import BatchReport, TimelineEntry

@@ -31,17 +31,19 @@ from memscope.oom._history import MemoryHistory, MemoryHistoryRecorder
 
 if TYPE_CHECKING:
     # Explicit re-exports (``as``), for type checkers: the sizing names memscope.oom had.
-    from memscope.sizing import AdaptiveBatchClassMethod as AdaptiveBatchClassMethod
-    from memscope.sizing import AdaptiveBatchDecorator as AdaptiveBatchDecorator
-    from memscope.sizing import AdaptiveBatchFunction as AdaptiveBatchFunction
-    from memscope.sizing import AdaptiveBatchMethod as AdaptiveBatchMethod
-    from memscope.sizing import AdaptiveBatchSnapshot as AdaptiveBatchSnapshot
-    from memscope.sizing import AdaptiveBatchState as AdaptiveBatchState
-    from memscope.sizing import adaptive_batch as adaptive_batch
-    from memscope.sizing import iter_chunks as iter_chunks
-    from memscope.sizing import iter_chunks_async as iter_chunks_async
-    from memscope.sizing import process_in_chunks as process_in_chunks
-    from memscope.sizing import process_in_chunks_async as process_in_chunks_async
+    from memscope.sizing import (
+        AdaptiveBatchClassMethod as AdaptiveBatchClassMethod,
+        AdaptiveBatchDecorator as AdaptiveBatchDecorator,
+        AdaptiveBatchFunction as AdaptiveBatchFunction,
+        AdaptiveBatchMethod as AdaptiveBatchMethod,
+        AdaptiveBatchSnapshot as AdaptiveBatchSnapshot,
+        AdaptiveBatchState as AdaptiveBatchState,
+        adaptive_batch as adaptive_batch,
+        iter_chunks as iter_chunks,
+        iter_chunks_async as iter_chunks_async,
+        process_in_chunks as process_in_chunks,
+        process_in_chunks_async as process_in_chunks_async,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -23,8 +23,7 @@ from typing import (
     runtime_checkable,
 )
 
-from memscope import _context as context
-from memscope import _wrapt as wrapt
+from memscope import _context as context, _wrapt as wrapt
 from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import MemoryManager
