@@ -167,6 +167,16 @@ def test_import_graph_has_no_cycles() -> None:
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
 
 
+def test_no_module_is_over_500_lines() -> None:
+    """Every module of the library is short enough to read whole: 500 lines at most."""
+    long = {
+        str(path.relative_to(PACKAGE.parent)): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}
+
+
 def test_no_package_imports_another_packages_private_module() -> None:
     """A private module inside a subpackage (``memscope.oom._detection``) is imported only
     from its own package; the rest of memscope goes through the package's public names or a
