@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from memscope import _context as context
 from memscope._recovery import recover_from_oom
@@ -19,9 +19,11 @@ from memscope.journal import item_key
 from memscope.oom import is_oom_error
 from memscope.reports import ItemFailure
 from memscope.typing import ItemKey
+from memscope.watch import WatchedBatch
 
 if TYPE_CHECKING:
-    from memscope.batch import ManagedBatch
+    from memscope._ledger import Ledger
+    from memscope.watch import Hooks
 
 __all__: list[str] = []
 
@@ -29,6 +31,23 @@ logger = logging.getLogger("memscope")
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+class LoopedBatch(context.ActiveBatch, WatchedBatch, Protocol):
+    """What the loops use of the batch they run in (a ``managed_batch`` is one): its
+    watchers' hooks, its ledger, its list of failures and its item count."""
+
+    _hooks: Hooks
+    _ledger: Ledger
+    _failed_items: list[ItemFailure]
+
+    def _advance(self, count: int, calls: int = 0) -> None:
+        """``count`` items finished: counted, and the cadence's cleanup where it is due."""
+        ...
+
+    def clean_up(self, reason: str = ...) -> None:
+        """A cleanup step now."""
+        ...
 
 
 class _Raised:
@@ -83,7 +102,7 @@ class Loop(Iterator[Item]):
 
 
 def keyed(
-    batch: ManagedBatch, items: Iterable[Item], key: Callable[[Item], object] | None
+    batch: LoopedBatch, items: Iterable[Item], key: Callable[[Item], object] | None
 ) -> Iterable[tuple[Item, ItemKey | None]]:
     """The items with their keys (``None`` where nothing needs one)."""
     if key is not None and not callable(key):
@@ -97,7 +116,7 @@ def keyed(
     return ((item, item_key(item, key)) for item in items)
 
 
-def done(batch: ManagedBatch, key: ItemKey | None) -> None:
+def done(batch: LoopedBatch, key: ItemKey | None) -> None:
     """An item's work finished: shown to the watchers that record keys, then counted."""
     if key is not None:
         for item_finished in batch._hooks.item_finished:
@@ -105,7 +124,7 @@ def done(batch: ManagedBatch, key: ItemKey | None) -> None:
     batch._advance(1)
 
 
-def skipped(batch: ManagedBatch, key: ItemKey) -> bool:
+def skipped(batch: LoopedBatch, key: ItemKey) -> bool:
     """Whether a watcher skips the item with ``key`` (an earlier run did it); counted."""
     hooks = batch._hooks
     if not any(skips(batch, key) for skips in hooks.skips):
@@ -117,7 +136,7 @@ def skipped(batch: ManagedBatch, key: ItemKey) -> bool:
     return True
 
 
-def failed(batch: ManagedBatch, key: ItemKey, error: Exception) -> None:
+def failed(batch: LoopedBatch, key: ItemKey, error: Exception) -> None:
     """Record an item of ``map(on_error="skip")`` whose call raised, and free what it left."""
     failure = ItemFailure.of(key, error)
     with batch._ledger.lock:
@@ -139,7 +158,7 @@ def failed(batch: ManagedBatch, key: ItemKey, error: Exception) -> None:
 
 
 def tracked(
-    batch: ManagedBatch, keyed_items: Iterable[tuple[Item, ItemKey | None]]
+    batch: LoopedBatch, keyed_items: Iterable[tuple[Item, ItemKey | None]]
 ) -> Generator[Item, None, None]:
     """``track()``'s generator: each loop body is one tracked item."""
     marked, mark = context.tracked_item.get, context.tracked_item.set
@@ -171,7 +190,7 @@ def check_map(function: object, on_error: object) -> bool:
 
 
 def mapped(
-    batch: ManagedBatch,
+    batch: LoopedBatch,
     function: Callable[[Item], Result],
     keyed_items: Iterable[tuple[Item, ItemKey | None]],
     *,

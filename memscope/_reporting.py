@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 from memscope._notes import add_note
 from memscope.exceptions import MemscopeError
 from memscope.reports import BatchReport, ItemFailure, with_process_rank
-from memscope.watch import defined_hooks
+from memscope.watch import WatchedBatch, defined_hooks
 
 if TYPE_CHECKING:
     from memscope._ledger import Ledger
-    from memscope.batch import ManagedBatch
 
 __all__: list[str] = []
 
@@ -30,7 +29,7 @@ _REPORT_FIELDS = frozenset(BatchReport.__dataclass_fields__)
 
 
 def assemble_report(
-    batch: ManagedBatch,
+    batch: WatchedBatch,
     ledger: Ledger,
     failed_items: tuple[ItemFailure, ...],
     ended_by: str | None,
@@ -65,7 +64,7 @@ def assemble_report(
     return with_process_rank(BatchReport(**figures))
 
 
-def finish_watchers(batch: ManagedBatch, error: BaseException | None) -> None:
+def finish_watchers(batch: WatchedBatch, error: BaseException | None) -> None:
     """Let every watcher release what it holds, in reverse order of starting.
 
     A watcher that fails here never replaces the user's exception: the failure is logged

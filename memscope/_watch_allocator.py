@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from memscope.backends import DeviceBackend, MemoryReading
 from memscope.units import format_bytes
-from memscope.watch import Watcher
+from memscope.watch import WatchedBatch, Watcher
 
 if TYPE_CHECKING:
-    from memscope.batch import ManagedBatch
     from memscope.snapshot import MemorySnapshot
 
 __all__: list[str] = []
@@ -123,16 +122,16 @@ class AllocatorWatch(Watcher):
         self._start: MemorySnapshot | None = None
         self._ended_by_oom = False
 
-    def started(self, batch: ManagedBatch) -> None:
+    def started(self, batch: WatchedBatch) -> None:
         self._start = batch.start_figures
         if self._start.inactive_split is not None:
             self.observing = observers.listen(self, batch.manager.backend)
 
-    def oom_seen(self, batch: ManagedBatch, error: BaseException, *, leaving: bool) -> None:
+    def oom_seen(self, batch: WatchedBatch, error: BaseException, *, leaving: bool) -> None:
         if leaving:
             self._ended_by_oom = True
 
-    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         start = self._start
         if start is None or start.inactive_split is None:
             return {}  # no allocator statistics here (not CUDA, or cudaMallocAsync)
@@ -151,7 +150,7 @@ class AllocatorWatch(Watcher):
             "inactive_split_end": end.inactive_split,
         }
 
-    def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
+    def finished(self, batch: WatchedBatch, error: BaseException | None) -> None:
         observers.stop(self)
 
     def __repr__(self) -> str:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memscope.oom import MemoryHistory, MemoryHistoryRecorder, add_oom_note
-from memscope.watch import Watcher
-
-if TYPE_CHECKING:
-    from memscope.batch import ManagedBatch
+from memscope.watch import WatchedBatch, Watcher
 
 __all__: list[str] = []
 
@@ -24,7 +21,7 @@ class HistoryWatch(Watcher):
     def __repr__(self) -> str:
         return f"HistoryWatch({self._options!r})"
 
-    def started(self, batch: ManagedBatch) -> None:
+    def started(self, batch: WatchedBatch) -> None:
         manager = batch.manager
         self._recorder = MemoryHistoryRecorder(
             manager.resolved_device,
@@ -34,16 +31,16 @@ class HistoryWatch(Watcher):
         )
         self._recorder.start()
 
-    def oom_seen(self, batch: ManagedBatch, error: BaseException, *, leaving: bool) -> None:
+    def oom_seen(self, batch: WatchedBatch, error: BaseException, *, leaving: bool) -> None:
         if leaving and self._recorder is not None:
             path = self._recorder.dump()
             if path is not None:
                 add_oom_note(error, batch.manager, snapshot_path=path)
 
-    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         paths = () if self._recorder is None else self._recorder.snapshot_paths
         return {"memory_snapshots": tuple(str(path) for path in paths)}
 
-    def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
+    def finished(self, batch: WatchedBatch, error: BaseException | None) -> None:
         if self._recorder is not None:
             self._recorder.stop()

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memscope.exceptions import HostMemoryUnavailableError
 from memscope.host import HostMemoryMonitor
 from memscope.manager import MemoryManager
-from memscope.watch import CleanupStep, Watcher
-
-if TYPE_CHECKING:
-    from memscope.batch import ManagedBatch
+from memscope.watch import CleanupStep, WatchedBatch, Watcher
 
 __all__: list[str] = []
 
@@ -68,7 +65,7 @@ class HostWatch(Watcher):
     def __repr__(self) -> str:
         return "HostWatch()"
 
-    def started(self, batch: ManagedBatch) -> None:
+    def started(self, batch: WatchedBatch) -> None:
         self.monitor = monitor = host_monitor_for(batch.manager)
         self._read = None if monitor is None else monitor.resident_bytes
         self.reuse_for = 0.0 if monitor is None else monitor.reuse_for
@@ -110,7 +107,7 @@ class HostWatch(Watcher):
         share = self.share
         return None if share is None or resident is None else share(resident)
 
-    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         usage_of = usage_basis(batch, None if self.monitor is None else self.monitor.limit.size)
         if self.monitor is None:
             return {"usage_of": usage_of}
@@ -128,7 +125,7 @@ class HostWatch(Watcher):
         return part
 
 
-def usage_basis(batch: ManagedBatch, host_limit: int | None) -> str | None:
+def usage_basis(batch: WatchedBatch, host_limit: int | None) -> str | None:
     """What the batch's usage is a share of (the report's ``usage_of``), given the limit of
     the host when it is watched; ``None`` where it is a share of nothing (the CPU with no
     host figures)."""
@@ -161,7 +158,7 @@ class SteppedHostWatch(HostWatch):
 
     # The step's sample: the one other watchers of the step (the leak watch, the timeline)
     # read.
-    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+    def cleaned(self, batch: WatchedBatch, step: CleanupStep) -> None:
         self.sample_at(step.item)
 
 

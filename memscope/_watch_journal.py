@@ -10,15 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memscope.journal import Journal
 from memscope.reports import ItemFailure, TimelineEntry
 from memscope.typing import ItemKey
-from memscope.watch import Watcher
-
-if TYPE_CHECKING:
-    from memscope.batch import ManagedBatch
+from memscope.watch import WatchedBatch, Watcher
 
 __all__: list[str] = []
 
@@ -39,7 +36,7 @@ class JournalWatch(Watcher):
     def __repr__(self) -> str:
         return f"JournalWatch({str(self.journal.path)!r})"
 
-    def started(self, batch: ManagedBatch) -> None:
+    def started(self, batch: WatchedBatch) -> None:
         previous = self.journal.open()
         if not self.journal.retry_failed:
             self._carried_failures = dict(previous.failed)
@@ -54,22 +51,22 @@ class JournalWatch(Watcher):
                 previous.runs,
             )
 
-    def skips(self, batch: ManagedBatch, key: ItemKey) -> bool:
+    def skips(self, batch: WatchedBatch, key: ItemKey) -> bool:
         # Each occurrence of a key consumes one the journal records (repeated keys count
         # per occurrence).
         return self.journal.reached(key) in ("done", "failed")
 
-    def item_finished(self, batch: ManagedBatch, key: ItemKey) -> None:
+    def item_finished(self, batch: WatchedBatch, key: ItemKey) -> None:
         self.journal.done(key)
 
-    def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:
+    def item_failed(self, batch: WatchedBatch, failure: ItemFailure) -> None:
         self.journal.failed(failure)
 
     def timeline(self, entry: TimelineEntry) -> None:
         """Stream one timeline row into the journal."""
         self.journal.timeline(entry)
 
-    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         return {
             "items": self.items_before + figures["items"],
             "elapsed_seconds": self.seconds_before + figures["elapsed_seconds"],
@@ -78,7 +75,7 @@ class JournalWatch(Watcher):
             "retried": self.journal.retried,
         }
 
-    def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
+    def finished(self, batch: WatchedBatch, error: BaseException | None) -> None:
         started = batch.started_at
         # memscope's own I/O failing here never replaces the user's exception: the journal
         # attaches it to ``error`` as a note, and raises it only when there is none.

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from memscope._watch_host import HostWatch
 from memscope.leaks import LeakWatch
-from memscope.watch import CleanupStep, Watcher
+from memscope.watch import CleanupStep, WatchedBatch, Watcher
 
 if TYPE_CHECKING:
     from memscope._watch_journal import JournalWatch
-    from memscope.batch import ManagedBatch
 
 __all__: list[str] = []
 
@@ -45,7 +44,7 @@ class LeakWatcher(Watcher):
     def __repr__(self) -> str:
         return "LeakWatcher()"
 
-    def started(self, batch: ManagedBatch) -> None:
+    def started(self, batch: WatchedBatch) -> None:
         start = batch.start_figures
         device = batch.manager.resolved_device
         self._device_figures = start.total is not None or start.allocated is not None
@@ -65,7 +64,7 @@ class LeakWatcher(Watcher):
                 after_cleanup=self._after_cleanup,
             )
 
-    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+    def cleaned(self, batch: WatchedBatch, step: CleanupStep) -> None:
         watch = self._watch
         if watch is None:
             return
@@ -78,7 +77,7 @@ class LeakWatcher(Watcher):
         retained = step.figures().allocated if self._device_figures else self._host.last
         self._observe(step.item, retained, collected=collected)
 
-    def _collect(self, batch: ManagedBatch) -> int | None:
+    def _collect(self, batch: WatchedBatch) -> int | None:
         """A collection and a cache clear now, counted in the batch's report; the memory that
         stays after it."""
         batch.collect()
@@ -95,7 +94,7 @@ class LeakWatcher(Watcher):
             # Watching is a diagnosis: it never stops the batch.
             logger.debug("the leak watch failed", exc_info=True)
 
-    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         if self._watch is None:
             return {}
         return {
@@ -111,7 +110,7 @@ class CountOnlyLeakWatcher(LeakWatcher):
     _host_samples_seen = 0
     """The host watch's sample count at the last host sample judged."""
 
-    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
+    def items_done(self, batch: WatchedBatch, item: int, count: int) -> None:
         if self._watch is None:
             return
         if self._device_figures:

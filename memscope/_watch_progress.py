@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from memscope._watch_host import HostWatch
 from memscope.units import format_bytes
-from memscope.watch import CleanupStep, Watcher
+from memscope.watch import CleanupStep, WatchedBatch, Watcher
 
 if TYPE_CHECKING:
-    from memscope.batch import ManagedBatch
     from memscope.reports import ItemFailure
     from memscope.typing import ItemKey
 
@@ -44,35 +43,35 @@ class ProgressBar(Watcher):
     def __repr__(self) -> str:
         return "ProgressBar()"
 
-    def _shown(self, batch: ManagedBatch) -> Any:
+    def _shown(self, batch: WatchedBatch) -> Any:
         if self._bar is None:
             self._bar = load_tqdm()(
                 total=None, unit="item", desc=str(batch.manager.resolved_device)
             )
         return self._bar
 
-    def iterating(self, batch: ManagedBatch, total: int | None) -> None:
+    def iterating(self, batch: WatchedBatch, total: int | None) -> None:
         bar = self._shown(batch)
         if total is not None:
             bar.total = (bar.total or 0) + total
             bar.refresh()
 
-    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
+    def items_done(self, batch: WatchedBatch, item: int, count: int) -> None:
         self._shown(batch).update(count)
 
-    def item_skipped(self, batch: ManagedBatch, key: ItemKey) -> None:
+    def item_skipped(self, batch: WatchedBatch, key: ItemKey) -> None:
         self._shown(batch).update(1)
 
-    def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:
+    def item_failed(self, batch: WatchedBatch, failure: ItemFailure) -> None:
         self._shown(batch).update(1)
 
-    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+    def cleaned(self, batch: WatchedBatch, step: CleanupStep) -> None:
         if self._host.monitor is not None and batch.start_figures.total is None:
             figure = f"host memory {format_bytes(self._host.last)}"
         else:
             figure = f"memory {step.figures().usage:.0%}"
         self._shown(batch).set_postfix_str(figure, refresh=False)
 
-    def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
+    def finished(self, batch: WatchedBatch, error: BaseException | None) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -17,11 +17,10 @@ from memscope._watch_host import HostWatch
 from memscope.reports import Timeline, TimelineEntry
 from memscope.snapshot import MemorySnapshot
 from memscope.typing import BatchCounts
-from memscope.watch import Watcher
+from memscope.watch import WatchedBatch, Watcher
 
 if TYPE_CHECKING:
     from memscope._watch_journal import JournalWatch
-    from memscope.batch import ManagedBatch
 
 __all__: list[str] = []
 
@@ -46,7 +45,7 @@ class TimelineWatch(Watcher):
     def __repr__(self) -> str:
         return "TimelineWatch()"
 
-    def started(self, batch: ManagedBatch) -> None:
+    def started(self, batch: WatchedBatch) -> None:
         start = batch.start_figures
         self._started_at = batch.started_at
         self._counts = batch.counts
@@ -55,7 +54,7 @@ class TimelineWatch(Watcher):
         figureless = start.total is None and start.reserved is None and start.budget is None
         self._fixed = start if figureless and start.host_limit is None else None
 
-    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
+    def items_done(self, batch: WatchedBatch, item: int, count: int) -> None:
         snapshot = self._fixed or batch.memory_now()
         now = time.perf_counter()
         host = self._host
@@ -96,7 +95,7 @@ class TimelineWatch(Watcher):
             )
         )
 
-    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         if self._journal is not None:
             return {"timeline_file": str(self._journal.journal.path)}
         return {"timeline": self._entries.copy()}

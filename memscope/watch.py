@@ -34,15 +34,15 @@ and attached to that exception as a note, and raised only when the batch ends cl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from memscope.batch import ManagedBatch
-    from memscope.reports import ItemFailure
+    from memscope.manager import MemoryManager
+    from memscope.reports import BatchReport, ItemFailure
     from memscope.snapshot import MemorySnapshot
-    from memscope.typing import ItemKey
+    from memscope.typing import BatchCounts, ItemKey
 
-__all__ = ["HOOKS", "CleanupStep", "Hooks", "Watcher", "defined_hooks"]
+__all__ = ["HOOKS", "CleanupStep", "Hooks", "WatchedBatch", "Watcher", "defined_hooks"]
 
 HOOKS = (
     "started",
@@ -60,6 +60,60 @@ HOOKS = (
 """The hooks a watcher may define, in the order a batch's life reaches them."""
 
 
+class WatchedBatch(Protocol):
+    """The batch as its watchers see it: what a hook may read of it or ask of it.
+
+    A ``managed_batch`` is one; watchers depend on this socket, never on the batch's class,
+    so the batch and its features stay apart.
+    """
+
+    @property
+    def manager(self) -> MemoryManager:
+        """The batch's MemoryManager (set when the batch starts)."""
+        ...
+
+    @property
+    def every(self) -> int | None:
+        """The cleanup cadence in items (``None``: count-only)."""
+        ...
+
+    @property
+    def counts(self) -> BatchCounts:
+        """The run's counts so far, live."""
+        ...
+
+    @property
+    def started_at(self) -> float:
+        """``time.perf_counter()`` when the batch started."""
+        ...
+
+    @property
+    def start_figures(self) -> MemorySnapshot:
+        """The device's figures when the batch started."""
+        ...
+
+    @property
+    def watchers(self) -> Sequence[Watcher]:
+        """The watchers of the current run."""
+        ...
+
+    def memory_now(self, *, fresh: bool = False) -> MemorySnapshot:
+        """The device's figures now, shared within one item."""
+        ...
+
+    def memory_if_read(self) -> MemorySnapshot | None:
+        """The reading :meth:`memory_now` would share, or ``None`` when none was taken."""
+        ...
+
+    def collect(self) -> None:
+        """Collect garbage and empty the cache now, counted in the batch's report."""
+        ...
+
+    def report_so_far(self) -> BatchReport:
+        """The batch's report as it stands."""
+        ...
+
+
 class CleanupStep:
     """One cleanup step of a batch, as its watchers see it.
 
@@ -72,7 +126,7 @@ class CleanupStep:
 
     def __init__(
         self,
-        batch: ManagedBatch,
+        batch: WatchedBatch,
         item: int,
         cache_clears: int,
         gc_runs: int,
@@ -111,36 +165,36 @@ class Watcher:
             name for name in HOOKS if getattr(cls, name) is not getattr(Watcher, name)
         )
 
-    def started(self, batch: ManagedBatch) -> None:
+    def started(self, batch: WatchedBatch) -> None:
         """The batch was entered; ``batch.manager`` is set."""
 
-    def items_done(self, batch: ManagedBatch, item: int, count: int) -> None:
+    def items_done(self, batch: WatchedBatch, item: int, count: int) -> None:
         """``count`` items finished; ``item`` is the batch's count now. After any cleanup."""
 
-    def item_finished(self, batch: ManagedBatch, key: ItemKey) -> None:
+    def item_finished(self, batch: WatchedBatch, key: ItemKey) -> None:
         """A keyed item (``track`` or ``map`` with a journal or ``key=``) finished."""
 
-    def item_failed(self, batch: ManagedBatch, failure: ItemFailure) -> None:
+    def item_failed(self, batch: WatchedBatch, failure: ItemFailure) -> None:
         """An item of ``map(on_error="skip")`` failed and was recorded."""
 
-    def item_skipped(self, batch: ManagedBatch, key: ItemKey) -> None:
+    def item_skipped(self, batch: WatchedBatch, key: ItemKey) -> None:
         """An item was skipped because a watcher's :meth:`skips` said so."""
 
-    def skips(self, batch: ManagedBatch, key: ItemKey) -> bool:
+    def skips(self, batch: WatchedBatch, key: ItemKey) -> bool:
         """Whether the item with ``key`` should be skipped (an earlier run did it)."""
         return False
 
-    def iterating(self, batch: ManagedBatch, total: int | None) -> None:
+    def iterating(self, batch: WatchedBatch, total: int | None) -> None:
         """``track`` or ``map`` started on ``total`` items (``None``: not known)."""
 
-    def cleaned(self, batch: ManagedBatch, step: CleanupStep) -> None:
+    def cleaned(self, batch: WatchedBatch, step: CleanupStep) -> None:
         """The batch ran a cleanup step."""
 
-    def oom_seen(self, batch: ManagedBatch, error: BaseException, *, leaving: bool) -> None:
+    def oom_seen(self, batch: WatchedBatch, error: BaseException, *, leaving: bool) -> None:
         """An out-of-memory error met the batch; ``leaving``: it is ending the batch (and
         runs before the batch's final cleanup, so the device still shows the failure)."""
 
-    def report_part(self, batch: ManagedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         """This watcher's fields of the batch's report (``figures``: the fields so far).
 
         Asked when the batch ends and by ``batch.report_so_far()``; it must not release
@@ -148,7 +202,7 @@ class Watcher:
         """
         return {}
 
-    def finished(self, batch: ManagedBatch, error: BaseException | None) -> None:
+    def finished(self, batch: WatchedBatch, error: BaseException | None) -> None:
         """The batch is ending (``error``: the exception ending it, if any): release what
         :meth:`started` acquired. A failure here never replaces the user's exception."""
 
