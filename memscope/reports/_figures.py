@@ -7,10 +7,12 @@ reports none, is shown through the host figures the batch watched instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from memscope.reports._batch import BatchReport
+    from memscope.reports._leak import LeakFinding
+    from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
 
@@ -18,7 +20,41 @@ _FIGURELESS_DEVICE_TYPES = frozenset({"cpu"})
 """Device types whose backend reports no memory figures: usage is 0.0 by definition."""
 
 
-def device_reports_figures(report: BatchReport) -> bool:
+class ShownReport(Protocol):
+    """What the summary line and the plot read of a report (a ``BatchReport`` is one): a
+    protocol, so that these helpers, which the report calls, never import it."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def items(self) -> int: ...
+    @property
+    def elapsed_seconds(self) -> float: ...
+    @property
+    def gc_runs(self) -> int: ...
+    @property
+    def peak_allocated(self) -> int | None: ...
+    @property
+    def peak_reserved(self) -> int | None: ...
+    @property
+    def host_resident_start(self) -> int | None: ...
+    @property
+    def host_resident_end(self) -> int | None: ...
+    @property
+    def host_resident_peak(self) -> int | None: ...
+    @property
+    def host_limit(self) -> int | None: ...
+    @property
+    def memory_threshold(self) -> float | None: ...
+    @property
+    def memory_growth_per_item(self) -> float | None: ...
+    @property
+    def leak(self) -> LeakFinding | None: ...
+    @property
+    def timeline(self) -> Sequence[TimelineEntry]: ...
+
+
+def device_reports_figures(report: ShownReport) -> bool:
     """Whether the report's device told anything about its memory.
 
     A device with peaks or byte figures in its timeline does. So does any device other than
@@ -33,7 +69,7 @@ def device_reports_figures(report: BatchReport) -> bool:
     return device_type not in _FIGURELESS_DEVICE_TYPES
 
 
-def host_reports_figures(report: BatchReport) -> bool:
+def host_reports_figures(report: ShownReport) -> bool:
     """Whether the batch watched the host: any resident-memory figure is set."""
     return (
         report.host_resident_start is not None

@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
-from memscope._leak_rule import MIN_GROWTH_PER_ITEM, Sampled
+from memscope._leak_rule import Sampled
 from memscope.exceptions import InvalidArgumentError, InvalidArgumentTypeError
 from memscope.units import format_bytes
 
 if TYPE_CHECKING:
-    from memscope.reports._batch import BatchReport
     from memscope.reports._timeline import TimelineEntry
 
 __all__ = ["LeakFinding", "LeakSuspect"]
@@ -30,8 +29,6 @@ __all__ = ["LeakFinding", "LeakSuspect"]
 FIT_WINDOW: Final = 64
 """How many of the latest samples the growth is fitted over (the detector's default window);
 the plot and the CSV draw the fitted line over as many of the timeline's last items."""
-MIN_SAMPLES: Final = 12
-"""Samples the detector needs before it judges; the plot draws no line through fewer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,19 +240,6 @@ def fitted_series(timeline: Sequence[TimelineEntry]) -> Sampled | None:
     if any(entry.host_resident is not None for entry in timeline):
         return "resident"
     return None
-
-
-def shows_growth(report: BatchReport) -> bool:
-    """Whether the plot draws the fitted line: a leak was named, or the growth is worth a
-    look (64 KiB per item or more, either way) over a dozen items or more."""
-    if report.leak is not None:
-        return True
-    growth = report.memory_growth_per_item
-    return (
-        growth is not None
-        and abs(growth) >= MIN_GROWTH_PER_ITEM
-        and len(report.timeline) >= MIN_SAMPLES
-    )
 
 
 def fitted_line(

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from memscope._leak_rule import Sampled
-from memscope.reports._figures import counted, device_reports_figures
-from memscope.reports._leak import fitted_line, fitted_series, shows_growth
+from memscope._leak_rule import MIN_GROWTH_PER_ITEM, Sampled
+from memscope.reports._figures import ShownReport, counted, device_reports_figures
+from memscope.reports._leak import fitted_line, fitted_series
 from memscope.units import format_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from memscope.reports._batch import BatchReport
     from memscope.reports._timeline import TimelineEntry
 
 __all__: list[str] = []
@@ -31,6 +30,9 @@ PLOT_MISSING = (
 )
 
 HOST_RESIDENT_LABEL = "host memory (resident)"
+
+MIN_SAMPLES: Final = 12
+"""Samples a leak watch needs before it judges; the plot draws no line through fewer."""
 
 _MEBIBYTE = 1024**2
 _GIBIBYTE = 1024**3
@@ -42,14 +44,14 @@ _HOST_HEIGHT = 2.0
 _TITLE_HEIGHT = 1.5
 
 
-def plot_timeline(report: BatchReport, path: str | os.PathLike[str]) -> Path:
+def plot_timeline(report: ShownReport, path: str | os.PathLike[str]) -> Path:
     """Draw the report's timeline into ``path``; the suffix picks the format (``.png``)."""
     target = Path(path)
     draw_timeline(report).savefig(target)
     return target
 
 
-def draw_timeline(report: BatchReport) -> Figure:
+def draw_timeline(report: ShownReport) -> Figure:
     """The report's timeline as a matplotlib ``Figure``, not yet saved."""
     try:
         # The package first: a hidden or broken matplotlib must fail here even when a
@@ -102,7 +104,7 @@ def draw_timeline(report: BatchReport) -> Figure:
     return figure
 
 
-def _plot_usage(axes: Axes, report: BatchReport, *, has_bytes: bool) -> None:
+def _plot_usage(axes: Axes, report: ShownReport, *, has_bytes: bool) -> None:
     from matplotlib.ticker import PercentFormatter
 
     timeline = report.timeline
@@ -148,7 +150,7 @@ def _mark_gc_runs(axes: Axes, points: list[tuple[TimelineEntry, float]]) -> None
         axes.scatter(items, values, marker="v", s=70, color="tab:orange", zorder=3, label="GC ran")
 
 
-def _plot_bytes(axes: Axes, report: BatchReport) -> None:
+def _plot_bytes(axes: Axes, report: ShownReport) -> None:
     for label, colour, values in (
         ("allocated", "tab:blue", [entry.allocated for entry in report.timeline]),
         ("reserved", "tab:green", [entry.reserved for entry in report.timeline]),
@@ -183,7 +185,7 @@ def host_axis_range(residents: list[int], limit: int | None) -> tuple[int, int, 
     return max(0, low - margin), top, shows_limit
 
 
-def _plot_host(axes: Axes, report: BatchReport, *, marks_gc_runs: bool) -> None:
+def _plot_host(axes: Axes, report: ShownReport, *, marks_gc_runs: bool) -> None:
     measured = [entry for entry in report.timeline if entry.host_resident is not None]
     limit = report.host_limit
     bottom, top, shows_limit = host_axis_range(
@@ -230,7 +232,7 @@ def _legend_beside(axes: Axes) -> None:
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
-def _plot_growth(axes: Axes, report: BatchReport, series: Sampled, divisor: int) -> None:
+def _plot_growth(axes: Axes, report: ShownReport, series: Sampled, divisor: int) -> None:
     """The fitted growth as a dashed line, and the item a leak was named at, on the panel of
     the memory they describe."""
     if fitted_series(report.timeline) != series or not shows_growth(report):
@@ -254,3 +256,16 @@ def _plot_growth(axes: Axes, report: BatchReport, series: Sampled, divisor: int)
             linestyle=":",
             label=f"leak {state} (item {leak.detected_at_item:,})",
         )
+
+
+def shows_growth(report: ShownReport) -> bool:
+    """Whether the plot draws the fitted line: a leak was named, or the growth is worth a
+    look (64 KiB per item or more, either way) over a dozen items or more."""
+    if report.leak is not None:
+        return True
+    growth = report.memory_growth_per_item
+    return (
+        growth is not None
+        and abs(growth) >= MIN_GROWTH_PER_ITEM
+        and len(report.timeline) >= MIN_SAMPLES
+    )
