@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from memscope.estimation import MemoryManager
+from memscope.estimation import MeasuredManager
 from memscope.host import status_bytes
 from memscope.snapshot import MemorySnapshot
 
@@ -125,7 +125,7 @@ def peak_source(snapshot: MemorySnapshot, *, host: bool) -> str | None:
 
 
 def start_peak(
-    manager: MemoryManager, snapshot: MemorySnapshot, source: str | None
+    manager: MeasuredManager, snapshot: MemorySnapshot, source: str | None
 ) -> PeakStart | None:
     """Reset the peak from ``source`` and note the baseline; ``None`` when nothing can be
     measured. ``snapshot`` is the manager's, read just before (the caller folds its peaks
@@ -140,7 +140,7 @@ def start_peak(
     return None
 
 
-def read_peak(manager: MemoryManager, start: PeakStart) -> int | None:
+def read_peak(manager: MeasuredManager, start: PeakStart) -> int | None:
     """Bytes the peak rose above the baseline since ``start``; ``None`` if unreadable."""
     from_allocator = start.source == "allocator"
     peak = manager.snapshot().peak_allocated if from_allocator else host_peak.peak()

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from memscope.sizing import calibrate as calibrate, fit_samples as fit_samples
 
 
-class MemoryManager(Protocol):
+class MeasuredManager(Protocol):
     """What measuring and calibrating need of a :class:`memscope.MemoryManager`: its device,
     its figures and its peak statistics. A protocol, so that this module of models never
     imports the manager (which imports the models)."""
@@ -152,7 +152,7 @@ class _BatchFitting(abc.ABC):
     def max_batch_size(
         self,
         image_size: tuple[int, int],
-        available: int | MemoryManager,
+        available: int | MeasuredManager,
         *,
         headroom: float = DEFAULT_HEADROOM,
     ) -> int:
@@ -164,7 +164,7 @@ class _BatchFitting(abc.ABC):
         return 0 if room <= 0 else int(room // per_image)
 
 
-def _available_from(source: int | MemoryManager) -> int:
+def _available_from(source: int | MeasuredManager) -> int:
     """``source`` itself when it is a byte count, else what the manager says is available."""
     if isinstance(source, numbers.Integral) and not isinstance(source, bool):
         if source < 0:

@@ -16,7 +16,7 @@ from typing import Any
 
 from memscope._peak import peak_source, read_peak, start_peak
 from memscope._validation import check_image_size, check_int
-from memscope.estimation import CalibratedImageMemoryModel, CalibrationSample, MemoryManager
+from memscope.estimation import CalibratedImageMemoryModel, CalibrationSample, MeasuredManager
 from memscope.exceptions import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
@@ -80,7 +80,7 @@ _POOR_FIT_MISS = 0.1
 def calibrate(
     function: Callable[[int, tuple[int, int]], object],
     *,
-    manager: MemoryManager,
+    manager: MeasuredManager,
     image_sizes: Sequence[tuple[int, int]] = _DEFAULT_CALIBRATION_SIZES,
     batch_sizes: Sequence[int] = _DEFAULT_CALIBRATION_BATCHES,
     repeats: int = 2,
@@ -156,7 +156,7 @@ def calibrate(
 
 def _measure_once(
     function: Callable[[int, tuple[int, int]], object],
-    manager: MemoryManager,
+    manager: MeasuredManager,
     source: str,
     batch: int,
     size: tuple[int, int],
