@@ -24,6 +24,7 @@ import itertools
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -288,4 +289,14 @@ def _theil_sen(points: list[tuple[float, float]]) -> float:
     return statistics.median(
         (later_value - value) / (later_item - item)
         for (item, value), (later_item, later_value) in zip(points, points[lag:], strict=False)
+    )
+
+
+def median_slope(points: Sequence[tuple[int, int]]) -> float:
+    """Theil-Sen's estimator over every pair of ``points`` (items increasing): the median of
+    their slopes. For figures asked now and then; the judgement uses :func:`_theil_sen`."""
+    return statistics.median(
+        (later - value) / (later_item - item)
+        for index, (item, value) in enumerate(points)
+        for later_item, later in points[index + 1 :]
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -32,8 +31,7 @@ from typing import Any, Final
 
 import torch
 
-# The rule's thresholds (``as``) are served here too: docs/leaks.md names them as this
-# module's.
+# The rule's thresholds, re-exported (``as``): docs/leaks.md names them as this module's.
 from memscope._leak_rule import (
     BLOCK,
     FAST_SHARE as FAST_SHARE,
@@ -47,6 +45,7 @@ from memscope._leak_rule import (
     LeakRule,
     Sampled,
     Trend,
+    median_slope,
 )
 from memscope._suspects import SuspectSearch
 from memscope._validation import check_fraction, check_int
@@ -95,16 +94,11 @@ class LeakWatch:
       judgement): this holds under autocorrelation, and one step up is never enough,
     * it goes on: the latest 32 samples grow at a quarter of the rate or more,
     * the memory has grown by at least ``min_share`` of ``capacity`` past every level it
-      held before (skipped when the capacity is unknown): above the lowest floor, above
-      the highest block it came down from before that floor (the last crest of a wave or a
-      sawtooth), and after a finding was cleared, above the level it stopped at; the
-      level is the line's at the latest sample, or the latest block's where that is lower,
-    * it is fast, urgent or long: it grows :data:`FAST_SHARE` per item (1 %) of the memory
-      held where the window's line begins, or would fill ``capacity`` within
-      :data:`URGENT_SPANS` times the items the window spans, or fills a whole window with
-      both its earliest and its latest 32 samples growing at :data:`STRAIGHT_SHARE` of its
-      rate: the first rise of a wave bends within a window, and is slow for the memory it
-      sits on,
+      held before: the lowest floor, the last crest it came down from before that floor,
+      the level a cleared finding stopped at (skipped when the capacity is unknown),
+    * it is fast, urgent or long (:data:`FAST_SHARE`, :data:`URGENT_SPANS`,
+      :data:`STRAIGHT_SHARE`, in ``docs/leaks.md``): the first rise of a wave bends within
+      a window, and is slow for the memory it sits on,
     * and the growth is memory that stays: where the samples were taken after cleanups that
       ran no collection (``collected=False``), the watch sets :attr:`wants_collection` and
       names the leak only if the next collection (``collected=True``) frees less than half of
@@ -117,9 +111,9 @@ class LeakWatch:
     of the finding's rate at two judgements in a row, the growth has stopped: the finding is
     kept with ``cleared_at_item`` set (logged at INFO), and a later leak is named anew.
 
-    The samples are judged once per block (every 4 samples), each judgement a Theil-Sen fit
-    of at most 32 block medians, so a sample costs a few hundred operations amortised
-    whatever the length of the run; the watch holds ``window`` samples and as many floors.
+    Judged once per block of 4 samples (a Theil-Sen fit of at most 32 block medians), a
+    sample costs a few hundred operations amortised; the watch holds ``window`` samples and
+    as many floors.
 
     Args:
         device: the device whose memory is sampled, for messages (``"cuda:0"``).
@@ -172,8 +166,8 @@ class LeakWatch:
             if not isinstance(flag, bool):
                 raise InvalidArgumentTypeError(f"{name} must be a bool, got {flag!r}")
         self.device = str(device)
-        self.capacity = None if capacity is None else parse_bytes(capacity, "capacity")
-        if self.capacity == 0:
+        checked_capacity = None if capacity is None else parse_bytes(capacity, "capacity")
+        if checked_capacity == 0:
             raise InvalidArgumentError("capacity must be positive or None, got 0")
         self.sampled: Sampled = sampled
         self.history_recorded = history_recorded
@@ -184,21 +178,18 @@ class LeakWatch:
             raise InvalidArgumentError(
                 f"min_samples must not exceed window ({self.window}), got {min_samples!r}"
             )
-        self.min_growth_per_item = parse_bytes(min_growth_per_item, "min_growth_per_item")
-        self.min_share = check_fraction(min_share, "min_share")
+        # The thresholds live in the rule alone; the properties below read them there.
+        self._rule = LeakRule(
+            min_growth_per_item=parse_bytes(min_growth_per_item, "min_growth_per_item"),
+            min_share=check_fraction(min_share, "min_share"),
+            capacity=checked_capacity,
+            min_steps=max(1, math.ceil(self.min_samples / BLOCK) - 1),
+            max_blocks=self.window // BLOCK,
+        )
         self.search_suspects = search_suspects
 
-        self._max_blocks = self.window // BLOCK
-        self._min_steps = max(1, math.ceil(self.min_samples / BLOCK) - 1)
         self._lock = threading.Lock()
-        self._blocks = Blocks(self._max_blocks)
-        self._rule = LeakRule(
-            min_growth_per_item=self.min_growth_per_item,
-            min_share=self.min_share,
-            capacity=self.capacity,
-            min_steps=self._min_steps,
-            max_blocks=self._max_blocks,
-        )
+        self._blocks = Blocks(self._rule.max_blocks)
         self._samples: deque[tuple[int, int]] = deque(maxlen=self.window)
         # The samples nothing could free (after a collection), for the growth figure.
         self._floors: deque[tuple[int, int]] = deque(maxlen=self.window)
@@ -224,6 +215,21 @@ class LeakWatch:
     # What the watch knows ---------------------------------------------------------------
 
     @property
+    def capacity(self) -> int | None:
+        """The bytes that run out, or ``None`` when unknown."""
+        return self._rule.capacity
+
+    @property
+    def min_growth_per_item(self) -> int:
+        """Growth slower than this many bytes per item is never a leak."""
+        return self._rule.min_growth_per_item
+
+    @property
+    def min_share(self) -> float:
+        """The share of :attr:`capacity` the growth must have taken to be a leak."""
+        return self._rule.min_share
+
+    @property
     def growth_per_item(self) -> float | None:
         """The growth of the memory that stays, in bytes per item: the Theil-Sen slope of the
         latest floors (samples after a collection) where some samples were taken without
@@ -232,13 +238,7 @@ class LeakWatch:
         with self._lock:
             floors_only = not self._only_floors and len(self._floors) >= 2
             points = list(self._floors if floors_only else self._samples)
-        if len(points) < 2:
-            return None
-        return statistics.median(
-            (later - bytes_) / (later_item - item)
-            for index, (item, bytes_) in enumerate(points)
-            for later_item, later in points[index + 1 :]
-        )
+        return median_slope(points) if len(points) >= 2 else None
 
     @property
     def finding(self) -> LeakFinding | None:
@@ -329,8 +329,9 @@ class LeakWatch:
         if len(self._blocks) < 2:
             return
         finding = self._finding
+        highest = self._highest_level()
         if (finding is None or not finding.active) and not self._rule.past(
-            self._blocks.latest, self._highest_level()
+            self._blocks.latest, highest
         ):
             # The test's cheap half first: memory that has not risen past every level it held
             # is no leak whatever its line, so most judgements fit no line at all.
@@ -352,12 +353,13 @@ class LeakWatch:
                 # The same leak, measured on more evidence: its figures follow, its name stays.
                 self._finding = replace(self._evidence(trend), **_kept_from(finding))
             return
-        if not self._rule.holds(trend, self._blocks, self._highest_level()):
+        if not self._rule.holds(trend, self._blocks, highest):
             self._wanted = False
             return
         if self._uncollected:
             # Confirmed or refuted by the next collection; asked for once per wait.
-            needed = min(self._max_blocks, (self._min_steps + 1) << self._refuted)
+            rule = self._rule
+            needed = min(rule.max_blocks, (rule.min_steps + 1) << self._refuted)
             self._wanted = len(self._blocks) >= needed
             return
         self._name(trend, trend.last_item)

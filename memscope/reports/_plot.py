@@ -32,7 +32,7 @@ PLOT_MISSING = (
 HOST_RESIDENT_LABEL = "host memory (resident)"
 
 MIN_SAMPLES: Final = 12
-"""Samples a leak watch needs before it judges; the plot draws no line through fewer."""
+"""The fewest timeline entries the plot draws a growth line through, unless a leak was named."""
 
 _MEBIBYTE = 1024**2
 _GIBIBYTE = 1024**3
@@ -235,7 +235,7 @@ def _legend_beside(axes: Axes) -> None:
 def _plot_growth(axes: Axes, report: ShownReport, series: Sampled, divisor: int) -> None:
     """The fitted growth as a dashed line, and the item a leak was named at, on the panel of
     the memory they describe."""
-    if fitted_series(report.timeline) != series or not shows_growth(report):
+    if fitted_series(report.timeline) != series or not _shows_growth(report):
         return
     fitted = fitted_line(report.timeline, report.memory_growth_per_item)
     if fitted:
@@ -258,7 +258,7 @@ def _plot_growth(axes: Axes, report: ShownReport, series: Sampled, divisor: int)
         )
 
 
-def shows_growth(report: ShownReport) -> bool:
+def _shows_growth(report: ShownReport) -> bool:
     """Whether the plot draws the fitted line: a leak was named, or the growth is worth a
     look (64 KiB per item or more, either way) over a dozen items or more."""
     if report.leak is not None:
