@@ -116,16 +116,14 @@ def _imports(
     of names that moved are served by ``memscope._homes``, which imports the new home by name
     when such a name is first asked for: no dependency of one layer on another.)"""
     tree = ast.parse(path.read_text())
-    type_checking_only = (
-        set()
-        if type_checking
-        else {
+    type_checking_only: set[int] = set()
+    if not type_checking:
+        type_checking_only = {
             id(inner)
             for node in ast.walk(tree)
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
             for inner in ast.walk(node)
         }
-    )
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -145,7 +143,6 @@ def _imports(
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The import cycles of ``graph`` (module -> the modules it imports), one per back edge."""
-    # A module imports its package's __init__ implicitly; only explicit edges count.
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 
@@ -165,6 +162,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _graph(*, type_checking: bool = False) -> dict[str, set[str]]:
+    # A module imports its package's __init__ implicitly; only explicit edges count.
     modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
     return {
         name: {
