@@ -23,7 +23,7 @@ from memscope._devices import as_torch_device, present_torch_device
 from memscope._ledger import CleanupStats, Ledger
 from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope._recovery import recover_from_oom
-from memscope._validation import check_fraction, check_int
+from memscope._validation import check_fraction, check_int, reject_both
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.oom import add_oom_note, is_oom_error, release_exception_frames
@@ -346,7 +346,7 @@ def auto_clear(
     *,
     every: int = 5,
     device: DeviceLike = None,
-    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
+    memory_threshold: float | None = None,
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,
@@ -359,7 +359,7 @@ def auto_clear(
     *,
     every: int = 5,
     device: DeviceLike = None,
-    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD,
+    memory_threshold: float | None = None,
     manager: MemoryManager | None = None,
     enabled: Enabled = True,
     cache_policy: CachePolicy | None = None,
@@ -384,8 +384,9 @@ def auto_clear(
         every: outside a batch, clean up after every this many calls (an int >= 1). A call
             that raises cleans up whatever the count.
         device: the device of the default manager; ``None`` auto-detects.
-        memory_threshold: the default manager's GC threshold.
-        manager: the manager to clean up through. Without one, calls inside a
+        memory_threshold: the default manager's GC threshold (0.8 if not given).
+        manager: the manager to clean up through; then ``device`` and ``memory_threshold``
+            belong to it and cannot be given here. Without one, calls inside a
             ``managed_batch`` use the batch's manager, and other calls share one default
             manager per device and threshold, made at the first cleanup.
         enabled: a bool, or a zero-argument callable asked at every call; while it is
@@ -413,12 +414,23 @@ def auto_clear(
         )
     every = check_int(every, "every", minimum=1)
     oom_retries = check_int(oom_retries, "oom_retries", minimum=0)
-    memory_threshold = check_fraction(memory_threshold, "memory_threshold")
+    threshold = (
+        DEFAULT_MEMORY_THRESHOLD
+        if memory_threshold is None
+        else check_fraction(memory_threshold, "memory_threshold")
+    )
     enabled = _check_enabled(enabled)
     if cache_policy is not None:
         check_cache_policy(cache_policy)
-    if manager is not None and not isinstance(manager, MemoryManager):
-        raise InvalidArgumentTypeError(f"manager must be a MemoryManager or None, got {manager!r}")
+    if manager is not None:
+        if not isinstance(manager, MemoryManager):
+            raise InvalidArgumentTypeError(
+                f"manager must be a MemoryManager or None, got {manager!r}"
+            )
+        for name, value in (("device", device), ("memory_threshold", memory_threshold)):
+            if value is not None:
+                why = f"{name} belongs to the manager; give it to your MemoryManager"
+                reject_both("manager", manager, name, value, why)
     if device is not None:
         # An explicit device that is not there is refused now, not after the first call
         # has run (touches no device beyond asking whether it exists).
@@ -448,7 +460,7 @@ def auto_clear(
     cadence = _CleanupCadence(
         every=every,
         device=device,
-        memory_threshold=memory_threshold,
+        memory_threshold=threshold,
         manager=manager,
         cache_policy=cache_policy,
         oom_retries=oom_retries,

@@ -175,6 +175,23 @@ def test_bad_threshold_and_manager_are_refused_when_decorating() -> None:
         auto_clear(device="gpu")
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("device", "cpu"), ("memory_threshold", 0.5), ("memory_threshold", 0.8)]
+)
+def test_options_of_the_default_manager_are_refused_with_a_manager(
+    name: str, value: object
+) -> None:
+    """With ``manager=``, ``device`` and ``memory_threshold`` (even the default's 0.8) would be
+    ignored, so decorating refuses them, naming both, in both forms."""
+    manager = MemoryManager("cpu")
+    message = f"pass manager= or {name}=, not both: {name} belongs to the manager"
+    with pytest.raises(InvalidArgumentError, match=message):
+        auto_clear(manager=manager, **{name: value})
+    with pytest.raises(InvalidArgumentError, match=message):
+        auto_clear(lambda: None, manager=manager, **{name: value})
+    assert auto_clear(manager=manager)(lambda: 7)() == 7
+
+
 def test_decorating_an_async_generator_is_refused() -> None:
     """Async generator functions get a clear TypeError when decorated."""
 
