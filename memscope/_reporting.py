@@ -8,8 +8,10 @@ so a feature adds its fields without an edit here.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from memscope._notes import add_note
@@ -50,18 +52,51 @@ def assemble_report(
         "memory_threshold": manager.memory_threshold,
         "failed_items": failed_items,
     }
+    extras: dict[str, Any] = {}
+    added_by: dict[str, object] = {}
     for watcher in batch.watchers:
         if "report_part" not in defined_hooks(watcher):
             continue
-        part = watcher.report_part(batch, figures)
+        part = dict(watcher.report_part(batch, figures))
         unknown = set(part) - _REPORT_FIELDS
         if unknown:
             raise MemscopeError(
                 f"the watcher {watcher!r} contributes {sorted(unknown)} to the report, which "
-                f"has no such fields"
+                f'has no such fields (a watcher\'s own figures go under "extras")'
             )
+        if "extras" in part:
+            _add_extras(extras, added_by, part.pop("extras"), watcher)
         figures.update(part)
-    return with_process_rank(BatchReport(**figures))
+    return with_process_rank(BatchReport(**figures, extras=extras))
+
+
+def _add_extras(
+    extras: dict[str, Any], added_by: dict[str, object], part: object, watcher: object
+) -> None:
+    """Add one watcher's extras; a name two watchers give, or a value JSON cannot hold, is
+    an error naming the watcher (nothing is overwritten or lost on the way to a file)."""
+    if not isinstance(part, Mapping):
+        raise MemscopeError(
+            f'the watcher {watcher!r} contributes "extras" {part!r:.80}, not a mapping of names '
+            "to values"
+        )
+    for name, value in part.items():
+        if not isinstance(name, str):
+            raise MemscopeError(f"the watcher {watcher!r} names an extra {name!r}, not a str")
+        if name in added_by:
+            raise MemscopeError(
+                f"the watchers {added_by[name]!r} and {watcher!r} both contribute the extra "
+                f"{name!r}"
+            )
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as error:
+            raise MemscopeError(
+                f"the watcher {watcher!r} contributes the extra {name!r} = {value!r:.80}, "
+                f"which JSON cannot hold: {error}"
+            ) from None
+        added_by[name] = watcher
+        extras[name] = value
 
 
 def finish_watchers(batch: WatchedBatch, error: BaseException | None) -> None:

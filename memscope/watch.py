@@ -197,8 +197,10 @@ class Watcher:
     def report_part(self, batch: WatchedBatch, figures: Mapping[str, Any]) -> Mapping[str, Any]:
         """This watcher's fields of the batch's report (``figures``: the fields so far).
 
-        Asked when the batch ends and by ``batch.report_so_far()``; it must not release
-        anything, :meth:`finished` does that.
+        A watcher of yours returns its own figures as ``{"extras": {name: value}}``; they
+        land in ``report.extras`` (JSON values; a name another watcher gave too is an
+        error). Asked when the batch ends and by ``batch.report_so_far()``; it must not
+        release anything, :meth:`finished` does that.
         """
         return {}
 

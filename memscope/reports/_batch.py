@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -142,6 +142,11 @@ class BatchReport:
     was named; a leak whose growth stopped later stays here with ``active`` false."""
     timeline: Sequence[TimelineEntry] = ()
     """The memory as each item finished, in the order the items finished."""
+    extras: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """What your own watchers add to the report, by the names they give it: JSON values
+    (numbers, strings, booleans, ``None``, and lists and dicts of them). A watcher's
+    :meth:`~memscope.watch.Watcher.report_part` adds them as ``{"extras": {name: value}}``;
+    memscope's own watchers fill the fields above."""
 
     @property
     def items_per_second(self) -> float:
@@ -321,6 +326,7 @@ class BatchReport:
             ("out of memory", ooms),
             ("failures", failures),
             ("earlier runs", skipped),
+            ("extras", [f"{name} {value!r}" for name, value in self.extras.items()]),
         ]
 
     def _allocator_parts(self) -> list[str]:

@@ -236,6 +236,11 @@ def report_from_dict(report_type: type[Report], data: object, *, source: str = "
     leak = fields.get("leak")
     if leak is not None and not isinstance(leak, LeakFinding):
         fields["leak"] = LeakFinding.from_dict(leak)
+    extras = fields.get("extras", {})
+    if not isinstance(extras, dict):
+        raise InvalidArgumentTypeError(
+            f"{source}: extras must be an object of names and values, got {extras!r:.80}"
+        )
     # JSON has no tuples: other sequences (memory_snapshots) come back as lists.
     for name, value in fields.items():
         if isinstance(value, list):
