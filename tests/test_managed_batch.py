@@ -146,6 +146,7 @@ def test_report_fields_and_json() -> None:
         "memory_threshold",
         "usage_of",
         "timeline",
+        "extras",
     }
     assert data["items"] == 4
     assert data["device"] == "cpu"
