@@ -8,6 +8,7 @@ so a feature adds its fields without an edit here.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -96,7 +97,7 @@ def _add_extras(
                 f"which JSON cannot hold: {error}"
             ) from None
         added_by[name] = watcher
-        extras[name] = value
+        extras[name] = copy.deepcopy(value)  # a watcher's live list must not change the report
 
 
 def finish_watchers(batch: WatchedBatch, error: BaseException | None) -> None:

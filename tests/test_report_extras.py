@@ -135,3 +135,22 @@ def test_extras_that_are_not_an_object_in_a_file_are_refused() -> None:
         pass
     with pytest.raises(InvalidArgumentTypeError, match="extras must be an object"):
         BatchReport.from_dict({**batch.report.to_dict(), "extras": [1, 2]})
+
+
+def test_extras_are_the_values_when_the_report_was_made() -> None:
+    """A report keeps its own copy: a watcher changing its list later changes no report."""
+    seen: list[int] = []
+
+    class Items(Watcher):
+        def items_done(self, batch: Any, item: int, count: int) -> None:
+            seen.append(item)
+
+        def report_part(self, batch: Any, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+            return {"extras": {"items": seen}}
+
+    with managed_batch("cpu", watchers=[Items()]) as batch:
+        batch.step()
+        so_far = batch.report_so_far()
+        batch.step()
+    assert so_far.extras == {"items": [1]}
+    assert batch.report.extras == {"items": [1, 2]}
