@@ -87,6 +87,39 @@ active_batch: ContextVar[ActiveBatch | None] = ContextVar("memscope_active_batch
 tracked_item: ContextVar[ActiveBatch | None] = ContextVar("memscope_tracked_item", default=None)
 
 
+# The batches a `with` entered in this context, each with the batch that was active here
+# before: leaving one restores that, so a batch entered twice here stays active until its
+# outer `with` ends. Changed only on entering and leaving, never on the hot path.
+_entered: ContextVar[tuple[tuple[ActiveBatch, ActiveBatch | None], ...]] = ContextVar(
+    "memscope_entered", default=()
+)
+
+
+def enter(batch: ActiveBatch) -> None:
+    """Make ``batch`` the active batch of this context, until :func:`leave`."""
+    _entered.set((*_entered.get(), (batch, active_batch.get())))
+    active_batch.set(batch)
+
+
+def leave(batch: ActiveBatch) -> None:
+    """End the latest :func:`enter` of ``batch`` in this context.
+
+    Left in order, the batch active before it is active again (or, if that one has ended,
+    the nearest of its parents still running). Left out of order, with another batch
+    entered on top and still running, that batch stays active here and falls back past this
+    one when it leaves. Left from another context (an ExitStack closed in another thread),
+    this context has nothing to restore.
+    """
+    stack = _entered.get()
+    for position in range(len(stack) - 1, -1, -1):
+        entered, before = stack[position]
+        if entered is batch:
+            _entered.set(stack[:position] + stack[position + 1 :])
+            if active_batch.get() is batch:
+                active_batch.set(nearest_running(before))
+            return
+
+
 def nearest_running(batch: ActiveBatch | None) -> ActiveBatch | None:
     """``batch`` if it is still running, else the nearest of its parents that is."""
     while batch is not None and not batch.active:

@@ -192,17 +192,13 @@ class ManagedBatch(SyncAndAsyncContextManager):
 
     def __enter__(self) -> ManagedBatch:
         self.open()
-        # Restored on exit to the nearest batch still running (see context.current).
-        context.active_batch.set(self)
+        context.enter(self)
         return self
 
     def _leave(self, error: BaseException | None) -> None:
         if self._holds == 0:
             raise BatchStateError("batch.__exit__ was called without a matching __enter__")
-        if context.active_batch.get() is self:
-            # Left in order. Out of order (an inner batch still running on top), the inner
-            # batch stays active here and falls back past this one when it leaves.
-            context.active_batch.set(context.nearest_running(self._parent))
+        context.leave(self)
         self.close(error)
 
     def _start(self) -> None:

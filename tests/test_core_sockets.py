@@ -167,6 +167,63 @@ def test_inner_batch_stays_current_when_the_outer_one_leaves_first() -> None:
     assert outer.report.items == 0
 
 
+def test_a_batch_entered_twice_stays_current_until_its_outer_with_ends() -> None:
+    """``with batch:`` inside ``with batch:`` (a helper that enters the batch it is given):
+    after the inner block the batch is still current and its calls still count; after the
+    outer one the batch that was current before it is current again."""
+
+    @auto_clear
+    def colorize(item: int) -> int:
+        return item
+
+    with managed_batch("cpu", every=None) as outside:
+        batch = managed_batch("cpu", every=None)
+        with batch:
+            with batch:
+                colorize(1)
+            assert current_batch() is batch
+            colorize(2)
+        assert current_batch() is outside
+        colorize(3)
+    assert current_batch() is None
+    assert batch.report.items == 2
+    assert outside.report.items == 1
+
+
+def test_an_async_batch_entered_twice_stays_current_in_its_task() -> None:
+    """The same with ``async with``, in a task, while another task enters the same batch
+    once: each task's current batch follows its own blocks."""
+    batch = managed_batch("cpu", every=None)
+    seen: list[tuple[str, object]] = []
+
+    async def twice() -> None:
+        async with batch:
+            async with batch:
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            seen.append(("twice, after the inner block", current_batch()))
+        seen.append(("twice, after both", current_batch()))
+
+    async def once() -> None:
+        async with batch:
+            await asyncio.sleep(0)
+        seen.append(("once, after its block", current_batch()))
+
+    async def main() -> None:
+        await asyncio.gather(twice(), once())
+
+    asyncio.run(main())
+    assert sorted(seen, key=str) == sorted(
+        [
+            ("twice, after the inner block", batch),
+            ("twice, after both", None),
+            ("once, after its block", None),
+        ],
+        key=str,
+    )
+    assert not batch.active
+
+
 # Defect 4: calls that outlive their batch.
 
 
