@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 
 from memscope._devices import resolve_device
+from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.policies import GCBackoff
 
@@ -223,6 +224,8 @@ def manager_for(
 
 def run_in(batch: ActiveBatch, function: Callable[..., Result]) -> Callable[..., Result]:
     """``function``, made to run with ``batch`` active in whatever thread calls it."""
+    if not callable(function):
+        raise InvalidArgumentTypeError(f"bind takes a function, got {function!r}")
 
     @functools.wraps(function)
     def run_in_batch(*args: Any, **kwargs: Any) -> Result:

@@ -102,18 +102,29 @@ class Loop(Iterator[Item]):
 
 
 def keyed(
-    batch: LoopedBatch, items: Iterable[Item], key: Callable[[Item], object] | None
+    batch: LoopedBatch,
+    items: Iterable[Item],
+    key: Callable[[Item], object] | None,
+    *,
+    name: str,
 ) -> Iterable[tuple[Item, ItemKey | None]]:
-    """The items with their keys (``None`` where nothing needs one)."""
+    """The items with their keys (``None`` where nothing needs one); ``name``: the
+    parameter that gave the items, for the error if they cannot be iterated."""
     if key is not None and not callable(key):
         raise InvalidArgumentTypeError(f"key must be a function or None, got {key!r}")
     total = len(items) if isinstance(items, Sized) else None
+    try:
+        iterator = iter(items)  # once: a DataLoader starts its workers on each iter()
+    except TypeError:
+        raise InvalidArgumentTypeError(
+            f"{name} must be iterable, got {items!r:.80} of type {type(items).__name__}"
+        ) from None
     for iterating in batch._hooks.iterating:
         iterating(batch, total)
     if not batch._hooks.keys_needed and key is None:
-        return zip(items, itertools.repeat(None))
+        return zip(iterator, itertools.repeat(None))
     # Each key is made and checked as its item is reached, before the item's work.
-    return ((item, item_key(item, key)) for item in items)
+    return ((item, item_key(item, key)) for item in iterator)
 
 
 def done(batch: LoopedBatch, key: ItemKey | None) -> None:

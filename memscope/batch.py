@@ -360,7 +360,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         are skipped.
         """
         self._require_active("batch.track()")
-        return self._loop(loops.tracked(self, loops.keyed(self, iterable, key)))
+        return self._loop(loops.tracked(self, loops.keyed(self, iterable, key, name="iterable")))
 
     def map(
         self,
@@ -381,7 +381,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         """
         self._require_active("batch.map()")
         skip_errors = loops.check_map(function, on_error)
-        keyed = loops.keyed(self, items, key)
+        keyed = loops.keyed(self, items, key, name="items")
         return self._loop(loops.mapped(self, function, keyed, skip_errors=skip_errors))
 
     def _loop(self, generator: Generator[Any, None, None]) -> Loop[Any]:

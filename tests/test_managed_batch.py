@@ -80,6 +80,42 @@ def test_step_counts_loops_without_track() -> None:
     assert manager.events.count("clear_cache") == 3
 
 
+def test_loops_and_bind_refuse_what_they_cannot_use_naming_the_parameter() -> None:
+    """track() and map() of something that cannot be iterated, and bind() of something that
+    cannot be called, are refused at once with the parameter's name, before any item runs."""
+    with managed_batch("cpu", every=None) as batch:
+        with pytest.raises(InvalidArgumentTypeError, match="iterable must be iterable, got 5"):
+            batch.track(5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentTypeError, match="items must be iterable, got None"):
+            batch.map(str, None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentTypeError, match="bind takes a function, got 3"):
+            batch.bind(3)  # type: ignore[arg-type]
+    assert batch.report.items == 0
+
+
+def test_a_tracked_iterable_is_iterated_once() -> None:
+    """track() asks its iterable for an iterator once (a DataLoader starts its workers on
+    each), and yields what that iterator gives."""
+
+    class CountsIterators:
+        def __init__(self) -> None:
+            self.iterators = 0
+
+        def __iter__(self) -> Iterator[int]:
+            self.iterators += 1
+            return iter(range(3))
+
+        def __len__(self) -> int:
+            return 3
+
+    items = CountsIterators()
+    with managed_batch("cpu", every=None) as batch:
+        assert list(batch.track(items)) == [0, 1, 2]
+        assert list(batch.map(str, items, key=str)) == ["0", "1", "2"]
+    assert items.iterators == 2
+    assert batch.report.items == 6
+
+
 def test_entry_records_start_and_resets_peak() -> None:
     """Entering reads the device and resets its peak, so the report's peak is the batch's."""
     with FakeDevice("cuda", total=8 * GiB) as fake:
