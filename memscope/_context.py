@@ -88,7 +88,7 @@ active_batch: ContextVar[ActiveBatch | None] = ContextVar("memscope_active_batch
 tracked_item: ContextVar[ActiveBatch | None] = ContextVar("memscope_tracked_item", default=None)
 
 
-# The batches a `with` entered in this context, each with the batch that was active here
+# The batches a `with` entered in this context, each with the batch that was current here
 # before: leaving one restores that, so a batch entered twice here stays active until its
 # outer `with` ends. Changed only on entering and leaving, never on the hot path.
 _entered: ContextVar[tuple[tuple[ActiveBatch, ActiveBatch | None], ...]] = ContextVar(
@@ -98,7 +98,9 @@ _entered: ContextVar[tuple[tuple[ActiveBatch, ActiveBatch | None], ...]] = Conte
 
 def enter(batch: ActiveBatch) -> None:
     """Make ``batch`` the active batch of this context, until :func:`leave`."""
-    _entered.set((*_entered.get(), (batch, active_batch.get())))
+    # A batch that has ended was left from another context; this one drops its entries here.
+    still_entered = tuple(entry for entry in _entered.get() if entry[0].active)
+    _entered.set((*still_entered, (batch, current())))
     active_batch.set(batch)
 
 

@@ -171,6 +171,24 @@ def test_exit_stack_closed_from_another_thread_finishes_the_batch() -> None:
     assert_heap_released()
 
 
+def test_batches_left_from_another_thread_are_not_held_by_the_entering_context() -> None:
+    """A batch entered here and left elsewhere is dropped from this context's bookkeeping at
+    the next batch entered here, so a loop of such batches holds none of them."""
+    left_elsewhere = []
+    for _ in range(3):
+        stack = contextlib.ExitStack()
+        left_elsewhere.append(weakref.ref(stack.enter_context(managed_batch("cpu"))))
+        closer = threading.Thread(target=stack.close)
+        closer.start()
+        closer.join()
+        del stack
+    with managed_batch("cpu", every=None) as batch:
+        gc.collect()
+        assert [ref() for ref in left_elsewhere] == [None, None, None]
+        assert current_batch() is batch
+    assert current_batch() is None
+
+
 def test_interrupt_in_the_final_cleanup_keeps_the_report_and_the_users_error() -> None:
     """A KeyboardInterrupt raised by the final cleanup propagates with the user's exception as
     its context, and the report is still made."""
