@@ -60,12 +60,13 @@ def budget_fits(
 ) -> None:
     """Refuse a budget larger than what it is measured on: the host's limit where the budget
     counts host memory (``host_monitor``), else the device's capacity."""
-    capacity, of_what = device_capacity, f"the total memory of {device}"
     if host_monitor is not None:
-        capacity = host_monitor.limit.size
-        of_what = f"the host's memory limit, {host_monitor.limit}"
+        capacity: int | None = host_monitor.limit.size
+        of_what = f"the host's memory limit, {host_monitor.limit}"  # says its size
+    else:
+        capacity = device_capacity
+        of_what = f"the total memory of {device} ({format_bytes(capacity)})"
     if capacity is not None and size > capacity:
         raise InvalidArgumentError(
-            f"budget {given!r} ({format_bytes(size)}) is larger than {of_what} "
-            f"({format_bytes(capacity)})"
+            f"budget {given!r} ({format_bytes(size)}) is larger than {of_what}"
         )
