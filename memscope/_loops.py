@@ -7,6 +7,7 @@ means.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
@@ -116,8 +117,11 @@ def keyed(
     try:
         iterator = iter(items)  # once: a DataLoader starts its workers on each iter()
     except TypeError:
+        hint = ""
+        if hasattr(items, "__aiter__"):
+            hint = ": for an async iterable, call batch.step() after each item of an async for"
         raise InvalidArgumentTypeError(
-            f"{name} must be iterable, got {items!r:.80} of type {type(items).__name__}"
+            f"{name} must be iterable, got {items!r:.80} of type {type(items).__name__}{hint}"
         ) from None
     for iterating in batch._hooks.iterating:
         iterating(batch, total)
@@ -195,6 +199,15 @@ def check_map(function: object, on_error: object) -> bool:
     """Whether ``map()`` skips failures; an error for a bad function or ``on_error``."""
     if not callable(function):
         raise InvalidArgumentTypeError(f"function must be callable, got {function!r}")
+    if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        type(function).__call__
+    ):
+        # Its items would count (and be journaled as done) when the coroutine is made,
+        # before any of its work has run.
+        raise InvalidArgumentTypeError(
+            f"map() runs plain functions, got the coroutine function {function!r}: await it "
+            "in an async for loop and call batch.step() after each item"
+        )
     if on_error not in ("raise", "skip"):
         raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     return on_error == "skip"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +93,33 @@ def test_loops_and_bind_refuse_what_they_cannot_use_naming_the_parameter() -> No
         with pytest.raises(InvalidArgumentTypeError, match="bind takes a function, got 3"):
             batch.bind(3)  # type: ignore[arg-type]
     assert batch.report.items == 0
+
+
+def test_map_refuses_coroutine_functions_before_counting_anything(tmp_path: Path) -> None:
+    """map() of a coroutine function (plain, decorated, a partial of one, or an object with
+    an async __call__) is refused before any item: its items would otherwise count, and be
+    journaled as done, before their work ran. An async iterable in track() is told how."""
+
+    async def colorize(item: int) -> int:
+        return item
+
+    class Colorizer:
+        async def __call__(self, item: int) -> int:
+            return item
+
+    journal = tmp_path / "run.jsonl"
+    with managed_batch("cpu", every=None, journal=journal) as batch:
+        for function in (colorize, auto_clear(colorize), functools.partial(colorize), Colorizer()):
+            with pytest.raises(InvalidArgumentTypeError, match=r"map\(\) runs plain functions"):
+                batch.map(function, [1, 2])  # type: ignore[arg-type]
+
+        async def images() -> AsyncIterator[int]:
+            yield 1
+
+        with pytest.raises(InvalidArgumentTypeError, match=r"call batch.step\(\) after each"):
+            batch.track(images())  # type: ignore[arg-type]
+    assert batch.report.items == 0
+    assert "done" not in journal.read_text()
 
 
 def test_a_tracked_iterable_is_iterated_once() -> None:
