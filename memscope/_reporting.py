@@ -36,8 +36,16 @@ def assemble_report(
     ledger: Ledger,
     failed_items: tuple[ItemFailure, ...],
     ended_by: str | None,
+    *,
+    ending: BaseException | None = None,
+    failures: list[Exception] | None = None,
 ) -> BatchReport:
-    """The batch's report now: one reading of the device, the ledger, the watchers' parts."""
+    """The batch's report now: one reading of the device, the ledger, the watchers' parts.
+
+    With ``failures`` (the report the batch ends with), a watcher whose part fails adds
+    nothing and its failure is appended there, and noted on ``ending``, the exception ending
+    the batch, which it never replaces. Without (a report so far), the failure is raised.
+    """
     manager = batch.manager
     end = batch.memory_now(fresh=True)  # shared with the watchers' parts (one reading)
     ledger.peaks(end.peak_allocated, end.peak_reserved)
@@ -58,29 +66,37 @@ def assemble_report(
     for watcher in batch.watchers:
         if "report_part" not in defined_hooks(watcher):
             continue
-        part = dict(watcher.report_part(batch, figures))
-        unknown = set(part) - _REPORT_FIELDS
-        if unknown:
-            raise MemscopeError(
-                f"the watcher {watcher!r} contributes {sorted(unknown)} to the report, which "
-                f'has no such fields (a watcher\'s own figures go under "extras")'
-            )
-        if "extras" in part:
-            _add_extras(extras, added_by, part.pop("extras"), watcher)
+        try:
+            part = dict(watcher.report_part(batch, figures))
+            unknown = set(part) - _REPORT_FIELDS
+            if unknown:
+                raise MemscopeError(
+                    f"the watcher {watcher!r} contributes {sorted(unknown)} to the report, "
+                    f'which has no such fields (a watcher\'s own figures go under "extras")'
+                )
+            own = _checked_extras(part.pop("extras", {}), watcher, added_by)
+        except Exception as failure:
+            if failures is None:
+                raise
+            failures.append(failure)
+            tell_failure(ending, watcher, failure, "made its part of the report")
+            continue
+        added_by.update(dict.fromkeys(own, watcher))
+        extras.update(own)
         figures.update(part)
     return with_process_rank(BatchReport(**figures, extras=extras))
 
 
-def _add_extras(
-    extras: dict[str, Any], added_by: dict[str, object], part: object, watcher: object
-) -> None:
-    """Add one watcher's extras; a name two watchers give, or a value JSON cannot hold, is
-    an error naming the watcher (nothing is overwritten or lost on the way to a file)."""
+def _checked_extras(part: object, watcher: object, added_by: dict[str, object]) -> dict[str, Any]:
+    """One watcher's extras, copied; a name another watcher gave, or a value JSON cannot
+    hold, is an error naming the watcher (nothing is overwritten or lost on the way to a
+    file)."""
     if not isinstance(part, Mapping):
         raise MemscopeError(
             f'the watcher {watcher!r} contributes "extras" {part!r:.80}, not a mapping of names '
             "to values"
         )
+    checked: dict[str, Any] = {}
     for name, value in part.items():
         if not isinstance(name, str):
             raise MemscopeError(f"the watcher {watcher!r} names an extra {name!r}, not a str")
@@ -96,8 +112,21 @@ def _add_extras(
                 f"the watcher {watcher!r} contributes the extra {name!r} = {value!r:.80}, "
                 f"which JSON cannot hold: {error}"
             ) from None
-        added_by[name] = watcher
-        extras[name] = copy.deepcopy(value)  # a watcher's live list must not change the report
+        checked[name] = copy.deepcopy(value)  # a watcher's live list must not change the report
+    return checked
+
+
+def tell_failure(
+    ending: BaseException | None, watcher: object, failure: Exception, doing: str
+) -> None:
+    """Say, without raising, that ``watcher`` failed while the batch ended with ``ending``:
+    logged, and attached to that exception as a note (nothing to say without one: the
+    failure is raised once the batch has ended)."""
+    if ending is None:
+        return
+    logger.warning("%r failed while the batch ended (%s)", watcher, doing, exc_info=failure)
+    with contextlib.suppress(Exception):
+        add_note(ending, f"memscope: {watcher!r} failed while the batch ended: {failure!r}")
 
 
 def finish_watchers(batch: WatchedBatch, error: BaseException | None) -> None:
@@ -114,11 +143,7 @@ def finish_watchers(batch: WatchedBatch, error: BaseException | None) -> None:
         try:
             watcher.finished(batch, error)
         except Exception as failure:
-            if error is None:
-                first_failure = first_failure or failure
-                continue
-            logger.warning("%r failed while the batch ended", watcher, exc_info=True)
-            with contextlib.suppress(Exception):
-                add_note(error, f"memscope: {watcher!r} failed while the batch ended: {failure!r}")
-    if first_failure is not None:
+            first_failure = first_failure or failure
+            tell_failure(error, watcher, failure, "released what it held")
+    if error is None and first_failure is not None:
         raise first_failure

@@ -228,6 +228,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
 
     def _finish(self, error: BaseException | None) -> None:
         interrupted: BaseException | None = None
+        part_failures: list[Exception] = []  # raised after the end, if nothing else is
         try:
             if error is not None and is_oom_error(error):
                 # Before the final cleanup, so the note shows the figures of the failure.
@@ -240,7 +241,14 @@ class ManagedBatch(SyncAndAsyncContextManager):
                     self._clean_up("the batch")
                 except BaseException as stop:  # KeyboardInterrupt, SystemExit: report, raise
                     interrupted = stop
-            self._report = report = self._report_now(_ended_by(error, interrupted))
+            self._report = report = assemble_report(
+                self,
+                self._ledger,
+                tuple(self._failed_items),
+                _ended_by(error, interrupted),
+                ending=error,
+                failures=part_failures,
+            )
             self._share_peaks(report.peak_allocated, report.peak_reserved)
             logger.info("batch finished: %s", report.summary())
         except BaseException as failure:
@@ -251,6 +259,8 @@ class ManagedBatch(SyncAndAsyncContextManager):
             self._release(error)
         if interrupted is not None:
             _raise_after(interrupted, error)
+        if error is None and part_failures:
+            raise part_failures[0]
 
     def _share_peaks(self, allocated: int | None, reserved: int | None) -> None:
         """Fold this batch's peaks into the outer batch's, where it watches the same device."""
@@ -271,10 +281,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
         """The figures up to now, while the batch runs: what :attr:`report` would hold if the
         batch ended now, less the final cleanup (``ended_by`` is ``None``)."""
         self._require_active("batch.report_so_far()")
-        return self._report_now(None)
-
-    def _report_now(self, ended_by: str | None) -> BatchReport:
-        return assemble_report(self, self._ledger, tuple(self._failed_items), ended_by)
+        return assemble_report(self, self._ledger, tuple(self._failed_items), None)
 
     # Counting --------------------------------------------------------------------------
 

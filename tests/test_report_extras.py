@@ -154,3 +154,51 @@ def test_extras_are_the_values_when_the_report_was_made() -> None:
         batch.step()
     assert so_far.extras == {"items": [1]}
     assert batch.report.extras == {"items": [1, 2]}
+
+
+class Broken(Watcher):
+    """Fails while making its part of the report."""
+
+    def report_part(self, batch: Any, figures: Mapping[str, Any]) -> Mapping[str, Any]:
+        raise RuntimeError("watcher bug")
+
+
+@pytest.mark.parametrize("broken", [Broken(), Gives({"extras": {"when": object()}})])
+def test_a_failing_part_never_replaces_the_users_exception(
+    broken: Watcher, memscope_log: pytest.LogCaptureFixture
+) -> None:
+    """A watcher whose part fails while the user's exception ends the batch adds nothing:
+    the user's exception propagates (the failure logged and noted on it), and the report is
+    made with every other watcher's part."""
+    user_error = ValueError("bad image")
+    batch = managed_batch("cpu", watchers=[broken, CountsCleanups()])
+    with pytest.raises(ValueError, match="bad image") as raised, batch:
+        raise user_error
+    assert raised.value is user_error
+    assert batch.report.ended_by == "ValueError"
+    assert batch.report.extras == {"cleanup_steps": 1}
+    assert any(repr(broken) in note for note in getattr(user_error, "__notes__", []))
+    assert any(record.levelname == "WARNING" for record in memscope_log.records)
+
+
+def test_a_failing_part_is_raised_after_the_report_is_made() -> None:
+    """Without a user exception the part's failure is raised when the batch has ended, and
+    the report is there, with the other watchers' parts."""
+    counting = CountsCleanups()
+    batch = managed_batch("cpu", watchers=[Broken(), counting])
+    with pytest.raises(RuntimeError, match="watcher bug"), batch:
+        batch.step()
+    assert batch.report.items == 1
+    assert batch.report.extras == {"cleanup_steps": 1}
+    assert not batch.active
+
+
+def test_a_failing_part_is_raised_by_report_so_far() -> None:
+    """While the batch runs, report_so_far() raises a part's failure as it is."""
+    batch = managed_batch("cpu", watchers=[Broken()]).open()
+    with pytest.raises(RuntimeError, match="watcher bug"):
+        batch.report_so_far()
+    batch.step()
+    with pytest.raises(RuntimeError, match="watcher bug"):
+        batch.close()
+    assert batch.report.items == 1
