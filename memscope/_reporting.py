@@ -79,7 +79,7 @@ def assemble_report(
             if failures is None:
                 raise
             failures.append(failure)
-            tell_failure(ending, watcher, failure, "made its part of the report")
+            tell_failure(ending, failure, f"{watcher!r}, making its part of the report,")
             continue
         added_by.update(dict.fromkeys(own, watcher))
         extras.update(own)
@@ -116,17 +116,15 @@ def _checked_extras(part: object, watcher: object, added_by: dict[str, object]) 
     return checked
 
 
-def tell_failure(
-    ending: BaseException | None, watcher: object, failure: Exception, doing: str
-) -> None:
-    """Say, without raising, that ``watcher`` failed while the batch ended with ``ending``:
+def tell_failure(ending: BaseException | None, failure: Exception, who: str) -> None:
+    """Say, without raising, that ``who`` failed while the batch ended with ``ending``:
     logged, and attached to that exception as a note (nothing to say without one: the
     failure is raised once the batch has ended)."""
     if ending is None:
         return
-    logger.warning("%r failed while the batch ended (%s)", watcher, doing, exc_info=failure)
+    logger.warning("%s failed while the batch ended", who, exc_info=failure)
     with contextlib.suppress(Exception):
-        add_note(ending, f"memscope: {watcher!r} failed while the batch ended: {failure!r}")
+        add_note(ending, f"memscope: {who} failed while the batch ended: {failure!r}")
 
 
 def finish_watchers(batch: WatchedBatch, error: BaseException | None) -> None:
@@ -144,6 +142,6 @@ def finish_watchers(batch: WatchedBatch, error: BaseException | None) -> None:
             watcher.finished(batch, error)
         except Exception as failure:
             first_failure = first_failure or failure
-            tell_failure(error, watcher, failure, "released what it held")
+            tell_failure(error, failure, repr(watcher))
     if error is None and first_failure is not None:
         raise first_failure

@@ -21,7 +21,7 @@ from memscope._cleanup import CleanupOutcome, reclaim, run_cleanup_safely
 from memscope._context_manager import SyncAndAsyncContextManager
 from memscope._ledger import Ledger
 from memscope._loops import Loop
-from memscope._reporting import assemble_report, finish_watchers
+from memscope._reporting import assemble_report, finish_watchers, tell_failure
 from memscope.exceptions import BatchStateError
 from memscope.journal import Journal
 from memscope.manager import MemoryManager
@@ -232,15 +232,21 @@ class ManagedBatch(SyncAndAsyncContextManager):
         try:
             if error is not None and is_oom_error(error):
                 # Before the final cleanup, so the note shows the figures of the failure.
-                self._record_oom(error, retried=False, leaving=True)
+                try:
+                    self._record_oom(error, retried=False, leaving=True)
+                except Exception as failure:  # a watcher's: never instead of the user's error
+                    tell_failure(error, failure, "a watcher of the out-of-memory error")
                 add_oom_note(error, self.manager)
             for loop in list(self._open_loops):
                 loop.end()
             if self.every is not None:
                 try:
                     self._clean_up("the batch")
-                except BaseException as stop:  # KeyboardInterrupt, SystemExit: report, raise
-                    interrupted = stop
+                except BaseException as stop:
+                    if error is not None and isinstance(stop, Exception):
+                        tell_failure(error, stop, "a watcher of the final cleanup")
+                    else:  # raised once the report is made (KeyboardInterrupt, say)
+                        interrupted = stop
             self._report = report = assemble_report(
                 self,
                 self._ledger,

@@ -27,10 +27,11 @@ A watcher overrides only the hooks it needs; the batch calls a hook only on the 
 whose class defines it, so a watcher with nothing to do on an item costs nothing there.
 Hooks run in the batch's threads; one that raises during the batch propagates like the
 user's own code would (a journal that cannot write must stop the run), except while the
-batch ends (:meth:`Watcher.report_part` for the final report, :meth:`Watcher.finished`):
-there a failure never replaces the user's exception. It is logged and attached to that
-exception as a note, the report is made without that watcher's part, and the failure is
-raised only when the batch ends without an exception of its own.
+batch ends (:meth:`Watcher.oom_seen` for the error ending it, :meth:`Watcher.cleaned` for
+the final cleanup, :meth:`Watcher.report_part` for the final report,
+:meth:`Watcher.finished`): there a failure never replaces the user's exception. It is
+logged and attached to that exception as a note, the report is made (without a failing
+part), and the failure is raised only when the batch ends without an exception of its own.
 """
 
 from __future__ import annotations

@@ -468,6 +468,41 @@ def test_watcher_failing_at_the_end_never_masks_the_users_exception() -> None:
         pass
 
 
+def test_watcher_failing_in_the_final_cleanup_never_masks_the_users_exception() -> None:
+    """A watcher whose ``cleaned`` raises during the final cleanup, or whose ``oom_seen``
+    raises for the OOM ending the batch, leaves the user's exception in charge with a note,
+    and the report is made; without a user exception the final cleanup's failure is raised
+    once the report is made, and the report says what ended it."""
+
+    class BrokenCleaned(Watcher):
+        def cleaned(self, batch: Any, step: CleanupStep) -> None:
+            raise OSError("disk full")
+
+    class BrokenOomSeen(Watcher):
+        def oom_seen(self, batch: Any, error: BaseException, *, leaving: bool) -> None:
+            raise OSError("no room for the snapshot")
+
+    batch = managed_batch("cpu", watchers=[BrokenCleaned()])
+    with pytest.raises(KeyError, match="the user's") as raised, batch:
+        raise KeyError("the user's")
+    assert any("final cleanup" in note for note in raised.value.__notes__)
+    assert batch.report.ended_by == "KeyError"
+
+    with FakeDevice("cuda"):
+        batch = managed_batch("cuda", watchers=[BrokenOomSeen()])
+        user_oom = oom_error()
+        with pytest.raises(torch.cuda.OutOfMemoryError) as caught, batch:
+            raise user_oom
+    assert caught.value is user_oom
+    assert any("no room for the snapshot" in note for note in user_oom.__notes__)
+    assert batch.report.ooms == 1
+
+    batch = managed_batch("cpu", watchers=[BrokenCleaned()])
+    with pytest.raises(OSError, match="disk full"), batch:
+        pass
+    assert batch.report.ended_by == "OSError"
+
+
 def test_a_report_part_naming_no_field_is_a_clear_error() -> None:
     """A watcher contributing a field the report does not have is told so, by name."""
 
