@@ -252,7 +252,7 @@ class ManagedBatch(SyncAndAsyncContextManager):
                 self._ledger,
                 tuple(self._failed_items),
                 _ended_by(error, interrupted),
-                ending=error,
+                ending=error if error is not None else interrupted,
                 failures=part_failures,
             )
             self._share_peaks(report.peak_allocated, report.peak_reserved)

@@ -202,3 +202,19 @@ def test_a_failing_part_is_raised_by_report_so_far() -> None:
     with pytest.raises(RuntimeError, match="watcher bug"):
         batch.close()
     assert batch.report.items == 1
+
+
+def test_a_failing_part_is_noted_on_an_interrupt_of_the_final_cleanup() -> None:
+    """A KeyboardInterrupt in the final cleanup is what the batch raises; a part failing
+    after it is not lost: it is noted on the interrupt, and the report is made."""
+
+    class Interrupts(Watcher):
+        def cleaned(self, batch: Any, step: Any) -> None:
+            raise KeyboardInterrupt
+
+    batch = managed_batch("cpu", watchers=[Interrupts(), Broken(), CountsCleanups()])
+    with pytest.raises(KeyboardInterrupt) as raised, batch:
+        pass
+    assert any("watcher bug" in note for note in raised.value.__notes__)
+    assert batch.report.ended_by == "KeyboardInterrupt"
+    assert batch.report.extras == {"cleanup_steps": 0}
