@@ -355,14 +355,16 @@ def test_plot_of_a_cpu_batch_without_host_figures_says_the_cpu_reports_none() ->
 
 
 def test_plot_without_a_timeline_says_how_to_record_one() -> None:
-    """A report without a timeline plots a note naming timeline=True."""
+    """A report without a timeline plots a note naming timeline=True, and no item numbers
+    (there are no items to number)."""
     pytest.importorskip("matplotlib")
     from memscope.reports._plot import draw_timeline
 
     with managed_batch(manager=RecordingManager()) as batch:
         batch.step()
-    texts = [text.get_text() for text in draw_timeline(batch.report).axes[0].texts]
-    assert any("timeline=True" in text for text in texts)
+    axes = draw_timeline(batch.report).axes[0]
+    assert any("timeline=True" in text.get_text() for text in axes.texts)
+    assert list(axes.get_xticks()) == []
 
 
 def test_plot_without_matplotlib_names_the_extra(

@@ -130,6 +130,7 @@ def _plot_usage(axes: Axes, report: ShownReport, *, has_bytes: bool) -> None:
     note = None
     if not timeline:
         note = "no timeline recorded: managed_batch(..., timeline=True) records one"
+        axes.set_xticks([])  # no items to number: matplotlib would invent -0.04 to 0.04
     elif not has_bytes and not any(entry.usage for entry in timeline):
         note = f"{report.device} reports no memory figures: usage reads 0%"
     if note is not None:
