@@ -100,7 +100,10 @@ def draw_timeline(report: ShownReport) -> Figure:
 
     bottom_axes = panels[-1]
     bottom_axes.set_xlabel("item")
-    bottom_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if report.timeline:
+        bottom_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        bottom_axes.set_xticks([])  # no items to number: matplotlib would invent -0.04 to 0.04
     return figure
 
 
@@ -130,7 +133,6 @@ def _plot_usage(axes: Axes, report: ShownReport, *, has_bytes: bool) -> None:
     note = None
     if not timeline:
         note = "no timeline recorded: managed_batch(..., timeline=True) records one"
-        axes.set_xticks([])  # no items to number: matplotlib would invent -0.04 to 0.04
     elif not has_bytes and not any(entry.usage for entry in timeline):
         note = f"{report.device} reports no memory figures: usage reads 0%"
     if note is not None:
