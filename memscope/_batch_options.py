@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from memscope import _context as context, _manager_checks as manager_checks
 from memscope._devices import as_torch_device
-from memscope._validation import check_fraction, check_int, reject_both
+from memscope._validation import check_fraction, check_int
 from memscope._watch_allocator import AllocatorWatch
 from memscope._watch_history import HistoryWatch
 from memscope._watch_host import host_watch_for
@@ -77,16 +77,9 @@ class BatchOptions:
     ) -> BatchOptions:
         """The options, or an error naming the first bad one."""
         torch_device = None if device is None else as_torch_device(device)
-        if manager is not None:
-            if not isinstance(manager, MemoryManager):
-                raise InvalidArgumentTypeError(
-                    f"manager must be a MemoryManager or None, got {manager!r}"
-                )
-            owned = (("device", device), ("memory_threshold", memory_threshold), ("budget", budget))
-            for name, value in owned:
-                if value is not None:
-                    why = f"{name} belongs to the manager; give it to your MemoryManager"
-                    reject_both("manager", manager, name, value, why)
+        checked_manager = context.check_manager(
+            manager, device=device, memory_threshold=memory_threshold, budget=budget
+        )
         threshold = (
             None
             if memory_threshold is None
@@ -98,7 +91,7 @@ class BatchOptions:
             load_tqdm()  # a missing tqdm is said now, not at the first item
         return cls(
             device=torch_device,
-            manager=manager,
+            manager=checked_manager,
             memory_threshold=threshold,
             budget=budget,  # type: ignore[arg-type]
             every=None if every is None else check_int(every, "every", minimum=1),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 
 from memscope._devices import resolve_device
+from memscope._validation import reject_both
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.policies import GCBackoff
@@ -222,6 +223,20 @@ def manager_for(
     if batch is not None and (device is None or same_device(device, batch.manager)):
         return batch.manager
     return shared_manager(device, memory_threshold)
+
+
+def check_manager(manager: object, **owned: object) -> MemoryManager | None:
+    """``manager``, refused if it is no MemoryManager, or given beside the options
+    (``owned``, by name) of the manager the tool would otherwise make: they would be ignored."""
+    if manager is None:
+        return None
+    if not isinstance(manager, MemoryManager):
+        raise InvalidArgumentTypeError(f"manager must be a MemoryManager or None, got {manager!r}")
+    for name, value in owned.items():
+        if value is not None:
+            why = f"{name} belongs to the manager; give it to your MemoryManager"
+            reject_both("manager", manager, name, value, why)
+    return manager
 
 
 def run_in(batch: ActiveBatch, function: Callable[..., Result]) -> Callable[..., Result]:

@@ -23,7 +23,7 @@ from memscope._devices import as_torch_device, present_torch_device
 from memscope._ledger import CleanupStats, Ledger
 from memscope._pickling import PicklableBoundFunctionWrapper, PicklableFunctionWrapper
 from memscope._recovery import recover_from_oom
-from memscope._validation import check_fraction, check_int, reject_both
+from memscope._validation import check_fraction, check_int
 from memscope.exceptions import InvalidArgumentTypeError
 from memscope.manager import DEFAULT_MEMORY_THRESHOLD, MemoryManager
 from memscope.oom import add_oom_note, is_oom_error, release_exception_frames
@@ -422,15 +422,7 @@ def auto_clear(
     enabled = _check_enabled(enabled)
     if cache_policy is not None:
         check_cache_policy(cache_policy)
-    if manager is not None:
-        if not isinstance(manager, MemoryManager):
-            raise InvalidArgumentTypeError(
-                f"manager must be a MemoryManager or None, got {manager!r}"
-            )
-        for name, value in (("device", device), ("memory_threshold", memory_threshold)):
-            if value is not None:
-                why = f"{name} belongs to the manager; give it to your MemoryManager"
-                reject_both("manager", manager, name, value, why)
+    context.check_manager(manager, device=device, memory_threshold=memory_threshold)
     if device is not None:
         # An explicit device that is not there is refused now, not after the first call
         # has run (touches no device beyond asking whether it exists).

@@ -167,10 +167,7 @@ class SizingOptions:
 
     def __post_init__(self) -> None:
         manager, device = self.manager, self.device
-        if manager is not None and not isinstance(manager, MemoryManager):
-            raise InvalidArgumentTypeError(
-                f"manager must be a MemoryManager or None, got {manager!r}"
-            )
+        context.check_manager(manager)
         if manager is not None and device is not None:
             reject_both("manager", manager, "device", device, "the manager has a device")
         if device is not None:
